@@ -1,0 +1,43 @@
+# etcdbake: `make demo` runs the main job on the built-in example; `make test` runs all tests.
+GO      ?= go
+CACHE   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/etcdbake
+DEMO    ?= out/demo
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+export ETCDBAKE_TEST_CACHE ?= $(CACHE)/test-binaries
+
+.PHONY: build setup test fuzz bench demo clean
+
+build:
+	$(GO) build -trimpath -ldflags='-X main.version=$(VERSION)' -o bin/etcdbake ./cmd/etcdbake
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o bin/etcd-firstboot ./cmd/etcd-firstboot
+
+# Debian packages and test tools (ignition-apply), idempotent, cached outside the repo.
+setup:
+	bash scripts/setup.sh
+
+test: setup build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) fuzz
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 15s ./spec
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./pki ./spec ./ignition
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./imagebuild
+
+# The whole operator-side job on the built-in example: spec, binaries, PKI, Ignition, images.
+demo: build
+	mkdir -p $(DEMO)
+	test -f $(DEMO)/cluster.yaml || bin/etcdbake init -f $(DEMO)/cluster.yaml
+	bin/etcdbake validate -f $(DEMO)/cluster.yaml
+	bin/etcdbake fetch -f $(DEMO)/cluster.yaml
+	bin/etcdbake pki -f $(DEMO)/cluster.yaml --out $(DEMO)
+	bin/etcdbake pki check -f $(DEMO)/cluster.yaml --out $(DEMO)
+	bin/etcdbake ignition -f $(DEMO)/cluster.yaml --out $(DEMO) --binaries-url http://10.88.0.1:8080/binaries
+	bin/etcdbake kubeadm -f $(DEMO)/cluster.yaml --out $(DEMO)
+	bin/etcdbake image -f $(DEMO)/cluster.yaml --out $(DEMO)
+
+clean:
+	rm -rf bin out

@@ -1,0 +1,102 @@
+// Command etcd-firstboot runs on every node around etcd.service, on every boot:
+//
+//	etcd-firstboot prepare  time gate and bootstrap decision, before etcd starts
+//	etcd-firstboot ready    health gate, learner promotion, flannel seeding, after etcd starts
+//	etcd-firstboot status   the last decisions (--json for machines)
+//
+// A refusal exits non-zero with the reason on stderr; the systemd units retry.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/etcdbake/etcdbake/firstboot"
+	"github.com/etcdbake/etcdbake/spec"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// run is the whole command; it returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) < 1 || (args[0] != "prepare" && args[0] != "ready" && args[0] != "status") {
+		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status [--config FILE] [--json]")
+		return 2
+	}
+	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", spec.NodeConfigPath, "node settings written by etcdbake")
+	asJSON := fs.Bool("json", false, "status: print JSON")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	nc, err := spec.LoadNodeConfig(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, "etcd-firstboot:", err)
+		return 1
+	}
+	start := time.Now()
+	a := &firstboot.Agent{Cfg: nc, Logf: func(format string, args ...any) {
+		fmt.Fprintf(stderr, "etcd-firstboot: "+format+"\n", args...)
+	}}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	switch args[0] {
+	case "prepare":
+		err = a.Prepare(ctx)
+	case "ready":
+		err = a.RunReady(ctx)
+	case "status":
+		err = printStatus(stdout, a, *asJSON)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "etcd-firstboot:", err)
+		return 1
+	}
+	if args[0] != "status" {
+		fmt.Fprintf(stderr, "etcd-firstboot: %s done in %s\n", args[0], time.Since(start).Round(time.Millisecond))
+	}
+	return 0
+}
+
+func printStatus(w io.Writer, a *firstboot.Agent, asJSON bool) error {
+	st, err := a.ReadStatus()
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(w, "node %s of cluster %s (updated %s)\n", st.Node, st.Cluster, st.Updated.Format(time.RFC3339))
+	if t := st.Time; t != nil {
+		fmt.Fprintf(w, "time gate:  %s via %s, offset %s (max %s), certificates %s\n            %s\n", t.Decision, t.Source, t.Offset, t.Threshold, t.CertWindow, t.Message)
+	}
+	if b := st.Bootstrap; b != nil {
+		fmt.Fprintf(w, "bootstrap:  %s (state %s): %s\n", b.Decision, b.State, b.Reason)
+	}
+	if r := st.Ready; r != nil {
+		fmt.Fprintf(w, "health:     %s, member %s, cluster %s: %s\n", r.Decision, r.MemberID, r.ClusterID, r.Message)
+	}
+	if f := st.Flannel; f != nil {
+		fmt.Fprintf(w, "flannel:    %s: %s\n", f.Decision, f.Message)
+	}
+	names := make([]string, 0, len(st.CertDaysLeft))
+	for n := range st.CertDaysLeft {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "cert:       %s: %d days left\n", n, st.CertDaysLeft[n])
+	}
+	return nil
+}

@@ -1,0 +1,314 @@
+// Package ignition renders one Ignition config (spec 3.4.0) per node from the cluster spec
+// and its PKI. Every config is checked with Ignition's own parser and validator before it
+// is returned; a failure there is a bug in etcdbake and is reported as one.
+package ignition
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha512"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+
+	v34 "github.com/coreos/ignition/v2/config/v3_4"
+	"github.com/coreos/ignition/v2/config/v3_4/types"
+
+	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/spec"
+)
+
+// Version is the Ignition spec version of the rendered configs (Fedora CoreOS and Flatcar
+// both accept it).
+const Version = "3.4.0"
+
+// BinaryNames are the programs every node gets, in spec.BinDir.
+var BinaryNames = []string{"etcd", "etcdctl", "flanneld", "etcd-firstboot"}
+
+// Binary is one program to place on the node.
+type Binary struct {
+	Name    string
+	Version string
+	// Path is the local file; it is read only when binaries are inlined.
+	Path   string
+	SHA512 string // hex
+}
+
+// Options choose how binaries reach the node.
+type Options struct {
+	// BinariesURL is the base URL the node fetches <BinariesURL>/<name> from; each file
+	// is verified with its sha512 by Ignition.
+	BinariesURL string
+	// Inline embeds the binaries as gzip data URLs instead.
+	Inline bool
+}
+
+// Input is everything a node config is made from.
+type Input struct {
+	Cluster  *spec.Cluster
+	PKI      *pki.Set
+	Binaries map[string]Binary
+	Options  Options
+	// Fragments are Butane fragments (already read) merged into every node, then the
+	// per-node ones from PerNode[node name].
+	Fragments []Fragment
+	PerNode   map[string][]Fragment
+}
+
+// Fragment is a Butane document and where it came from (for messages and local files).
+type Fragment struct {
+	Source string // file path, for messages
+	Dir    string // directory for `local:` references
+	Data   []byte
+}
+
+// ErrNoBinarySource says neither a URL nor inlining was chosen.
+var ErrNoBinarySource = errors.New("binaries need a source on the node: pass --binaries-url URL (the nodes download <URL>/<name>, verified by sha512) or --inline-binaries")
+
+// Render returns each node's config as JSON, keyed by node name.
+func Render(in Input) (map[string][]byte, error) {
+	if err := in.check(); err != nil {
+		return nil, err
+	}
+	out := make(map[string][]byte, len(in.Cluster.Nodes))
+	for _, n := range in.Cluster.Nodes {
+		b, err := RenderNode(in, n)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		out[n.Name] = b
+	}
+	return out, nil
+}
+
+func (in Input) check() error {
+	if in.Options.BinariesURL == "" && !in.Options.Inline {
+		return ErrNoBinarySource
+	}
+	if in.Options.BinariesURL != "" {
+		u, err := url.Parse(in.Options.BinariesURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--binaries-url %q is not an http(s) URL such as http://10.88.0.1:8080/binaries", in.Options.BinariesURL)
+		}
+	}
+	for _, name := range BinaryNames {
+		b, ok := in.Binaries[name]
+		if !ok || len(b.SHA512) != 128 {
+			return fmt.Errorf("binary %s is missing or has no sha512: run `etcdbake fetch` (etcd-firstboot: `make build`)", name)
+		}
+	}
+	for _, n := range in.Cluster.Nodes {
+		if _, ok := in.PKI.Nodes[n.Name]; !ok {
+			return fmt.Errorf("no certificates for node %s: run `etcdbake pki`", n.Name)
+		}
+	}
+	return nil
+}
+
+// RenderNode builds, merges, validates and encodes one node's config.
+func RenderNode(in Input, n spec.Node) ([]byte, error) {
+	cfg, err := baseConfig(in, n)
+	if err != nil {
+		return nil, err
+	}
+	frags := append(append([]Fragment(nil), in.Fragments...), in.PerNode[n.Name]...)
+	for _, f := range frags {
+		fc, err := translateFragment(f)
+		if err != nil {
+			return nil, err
+		}
+		cfg = v34.Merge(cfg, fc)
+	}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encoding Ignition config: %w", err)
+	}
+	if err := Check(b); err != nil {
+		return nil, fmt.Errorf("etcdbake bug: the generated config fails Ignition's validation (please report it): %w", err)
+	}
+	return b, nil
+}
+
+// Check parses and validates a config with Ignition's own config package (spec 3.4.0).
+func Check(b []byte) error {
+	_, rep, err := v34.Parse(b)
+	if err != nil {
+		if len(rep.Entries) > 0 {
+			return fmt.Errorf("%w:\n%s", err, rep.String())
+		}
+		return err
+	}
+	if rep.IsFatal() {
+		return errors.New(rep.String())
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+type builder struct {
+	cfg types.Config
+}
+
+func (b *builder) file(path string, mode int, owner string, data []byte) {
+	f := types.File{
+		Node: types.Node{Path: path, Overwrite: ptr(true)},
+		FileEmbedded1: types.FileEmbedded1{
+			Mode:     ptr(mode),
+			Contents: types.Resource{Source: ptr(dataURL(data))},
+		},
+	}
+	if owner != "" {
+		f.User = types.NodeUser{Name: ptr(owner)}
+		f.Group = types.NodeGroup{Name: ptr(owner)}
+	}
+	b.cfg.Storage.Files = append(b.cfg.Storage.Files, f)
+}
+
+func (b *builder) dir(path string, mode int, owner string) {
+	d := types.Directory{Node: types.Node{Path: path}, DirectoryEmbedded1: types.DirectoryEmbedded1{Mode: ptr(mode)}}
+	if owner != "" {
+		d.User = types.NodeUser{Name: ptr(owner)}
+		d.Group = types.NodeGroup{Name: ptr(owner)}
+	}
+	b.cfg.Storage.Directories = append(b.cfg.Storage.Directories, d)
+}
+
+func (b *builder) unit(name string, contents []byte, enabled bool) {
+	u := types.Unit{Name: name, Contents: ptr(string(contents))}
+	if enabled {
+		u.Enabled = ptr(true)
+	}
+	b.cfg.Systemd.Units = append(b.cfg.Systemd.Units, u)
+}
+
+// dataURL encodes small text files readably (percent-encoding) as Butane does.
+func dataURL(data []byte) string {
+	return "data:," + url.PathEscape(string(data))
+}
+
+func baseConfig(in Input, n spec.Node) (types.Config, error) {
+	c := in.Cluster
+	certs := in.PKI.Nodes[n.Name]
+	b := &builder{cfg: types.Config{Ignition: types.Ignition{Version: Version}}}
+
+	// The etcd system account owns the data dir and etcd's keys.
+	b.cfg.Passwd.Groups = []types.PasswdGroup{{Name: "etcd", System: ptr(true)}}
+	b.cfg.Passwd.Users = []types.PasswdUser{{
+		Name: "etcd", System: ptr(true), PrimaryGroup: ptr("etcd"), NoCreateHome: ptr(true),
+		HomeDir: ptr(spec.EtcdDataDir), Shell: ptr("/usr/sbin/nologin"), Gecos: ptr("etcd member"),
+	}}
+	if len(c.SSH.AuthorizedKeys) > 0 {
+		u := types.PasswdUser{Name: c.SSH.User}
+		for _, k := range c.SSH.AuthorizedKeys {
+			u.SSHAuthorizedKeys = append(u.SSHAuthorizedKeys, types.SSHAuthorizedKey(k))
+		}
+		b.cfg.Passwd.Users = append(b.cfg.Passwd.Users, u)
+	}
+
+	b.dir(spec.EtcdDataDir, 0o700, "etcd")
+	b.dir("/etc/etcd", 0o755, "")
+	b.dir(spec.EtcdPKIDir, 0o700, "etcd")
+	b.dir(spec.FirstbootPKIDir, 0o700, "")
+	b.dir(spec.FlannelPKIDir, 0o700, "")
+
+	// Certificates: etcd's own keys belong to etcd; the client keys of etcd-firstboot and
+	// flanneld are root's. Only this node's keys are here, and no CA key.
+	b.file(spec.EtcdPKIDir+"/ca.crt", 0o644, "", in.PKI.CA)
+	b.file(spec.EtcdPKIDir+"/peer-ca.crt", 0o644, "", in.PKI.PeerCA)
+	b.file(spec.EtcdPKIDir+"/server.crt", 0o600, "etcd", certs.Server.Cert)
+	b.file(spec.EtcdPKIDir+"/server.key", 0o600, "etcd", certs.Server.Key)
+	b.file(spec.EtcdPKIDir+"/peer.crt", 0o600, "etcd", certs.Peer.Cert)
+	b.file(spec.EtcdPKIDir+"/peer.key", 0o600, "etcd", certs.Peer.Key)
+	b.file(spec.FirstbootPKIDir+"/firstboot.crt", 0o600, "", certs.Firstboot.Cert)
+	b.file(spec.FirstbootPKIDir+"/firstboot.key", 0o600, "", certs.Firstboot.Key)
+	b.file(spec.FlannelPKIDir+"/ca.crt", 0o644, "", in.PKI.CA)
+	b.file(spec.FlannelPKIDir+"/flanneld.crt", 0o600, "", certs.Flanneld.Cert)
+	b.file(spec.FlannelPKIDir+"/flanneld.key", 0o600, "", certs.Flanneld.Key)
+
+	nodeJSON, err := json.MarshalIndent(c.NodeConfigFor(n), "", "  ")
+	if err != nil {
+		return types.Config{}, fmt.Errorf("encoding node config: %w", err)
+	}
+	b.file(spec.NodeConfigPath, 0o644, "", append(nodeJSON, '\n'))
+	b.file(EtcdEnvPath, 0o644, "", EtcdEnv(c, n))
+	b.file(EtcdctlEnvPath, 0o644, "", EtcdctlEnv(c, n))
+	b.file(EtcdctlWrapper, 0o755, "", EtcdctlWrapperScript())
+	b.file(FlannelEnvPath, 0o644, "", FlannelEnv(c, n))
+	b.file(ChronyConfDebian, 0o644, "", ChronyConf(c))
+	b.file(ChronyConfFCOS, 0o644, "", ChronyConf(c))
+	b.file(HostnamePath, 0o644, "", []byte(n.Name+"\n"))
+	b.file(NetworkdPath, 0o644, "", NetworkdUnit(n))
+	b.file(NMKeyfilePath, 0o600, "", NMKeyfile(n))
+	b.file(SysctlPath, 0o644, "", Sysctl())
+	b.file(ModulesPath, 0o644, "", Modules(c))
+
+	names := append([]string(nil), BinaryNames...)
+	sort.Strings(names)
+	for _, name := range names {
+		f, err := binaryFile(in.Binaries[name], in.Options)
+		if err != nil {
+			return types.Config{}, err
+		}
+		b.cfg.Storage.Files = append(b.cfg.Storage.Files, f)
+	}
+
+	b.unit(FirstbootUnit, FirstbootService(c), true)
+	b.unit(EtcdUnit, EtcdService(c), true)
+	b.unit(ReadyUnit, ReadyService(c), true)
+	b.unit(FlannelUnit, FlannelService(c), true)
+	return b.cfg, nil
+}
+
+func binaryFile(bin Binary, o Options) (types.File, error) {
+	f := types.File{
+		Node: types.Node{Path: spec.BinDir + "/" + bin.Name, Overwrite: ptr(true)},
+		FileEmbedded1: types.FileEmbedded1{
+			Mode: ptr(0o755),
+			Contents: types.Resource{
+				Verification: types.Verification{Hash: ptr("sha512-" + bin.SHA512)},
+			},
+		},
+	}
+	if !o.Inline {
+		f.Contents.Source = ptr(strings.TrimRight(o.BinariesURL, "/") + "/" + bin.Name)
+		return f, nil
+	}
+	src, err := os.Open(bin.Path)
+	if err != nil {
+		return f, fmt.Errorf("inlining %s: %w", bin.Name, err)
+	}
+	defer src.Close()
+	var gz bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestCompression)
+	if _, err := io.Copy(zw, src); err != nil {
+		return f, fmt.Errorf("inlining %s: %w", bin.Name, err)
+	}
+	if err := zw.Close(); err != nil {
+		return f, fmt.Errorf("inlining %s: %w", bin.Name, err)
+	}
+	f.Contents.Source = ptr("data:;base64," + base64.StdEncoding.EncodeToString(gz.Bytes()))
+	f.Contents.Compression = ptr("gzip")
+	return f, nil
+}
+
+// LocalBinary describes a program from a local file (e.g. etcd-firstboot built here).
+func LocalBinary(name, path string) (Binary, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Binary{}, fmt.Errorf("binary %s: %w", name, err)
+	}
+	defer f.Close()
+	h := sha512.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return Binary{}, fmt.Errorf("binary %s: %w", name, err)
+	}
+	return Binary{Name: name, Path: path, SHA512: hex.EncodeToString(h.Sum(nil))}, nil
+}

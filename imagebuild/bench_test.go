@@ -1,0 +1,59 @@
+package imagebuild
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// BenchmarkRootExt4 writes the real default base as ext4 with go-diskfs and with
+// e2fsprogs' `mkfs.ext4 -d` from the same tree extracted to disk, and reports both.
+func BenchmarkRootExt4(b *testing.B) {
+	cache, err := DefaultBaseCacheDir()
+	if err != nil {
+		b.Fatal(err)
+	}
+	basePath, err := BuildBase(context.Background(), DefaultBaseRecipe(), cache, b.Logf)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tree, err := ReadBase(basePath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	extracted := filepath.Join(dir, "tree")
+	os.MkdirAll(extracted, 0o755)
+	if out, err := exec.Command("tar", "-xf", basePath, "-C", extracted, "--numeric-owner").CombinedOutput(); err != nil {
+		b.Fatalf("tar: %v\n%s", err, out)
+	}
+	size := ext4Size(tree)
+	var ours, native time.Duration
+	for b.Loop() {
+		img := filepath.Join(dir, "go.ext4")
+		t0 := time.Now()
+		if _, err := WriteExt4(img, size, tree, Ext4Options{Label: "root"}); err != nil {
+			b.Fatal(err)
+		}
+		ours += time.Since(t0)
+		os.Remove(img)
+		img = filepath.Join(dir, "mkfs.ext4")
+		f, _ := os.Create(img)
+		f.Truncate(size)
+		f.Close()
+		t0 = time.Now()
+		if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", extracted, img).CombinedOutput(); err != nil {
+			b.Fatalf("mkfs.ext4 -d: %v\n%s", err, out)
+		}
+		native += time.Since(t0)
+		os.Remove(img)
+	}
+	n := float64(b.N)
+	b.ReportMetric(ours.Seconds()/n, "go-diskfs-s")
+	b.ReportMetric(native.Seconds()/n, "mkfs.ext4-d-s")
+	b.ReportMetric(ours.Seconds()/native.Seconds(), "ratio")
+	b.ReportMetric(float64(size>>20), "root-MiB")
+}

@@ -1,0 +1,331 @@
+package imagebuild
+
+import (
+	"crypto/sha1"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Formats maps an output format to the file suffix it writes; checked before any work.
+var Formats = map[string]string{"raw": ".raw", "qcow2": ".qcow2"}
+
+// CheckFormats rejects unknown formats with the list of known ones.
+func CheckFormats(formats []string) error {
+	if len(formats) == 0 {
+		return fmt.Errorf("--format: give at least one of raw, qcow2")
+	}
+	for _, f := range formats {
+		if _, ok := Formats[f]; !ok {
+			return fmt.Errorf("--format %q is not known: use raw and/or qcow2", f)
+		}
+	}
+	return nil
+}
+
+// NodeInput is one node's rendered Ignition config and what cannot be in it.
+type NodeInput struct {
+	Name   string
+	Config []byte
+	DNS    []string
+}
+
+// BinaryRecord is one baked program in the SBOM.
+type BinaryRecord struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	SHA256  string `json:"sha256"`
+	Source  string `json:"source"`
+}
+
+// BuildOptions is everything Build needs.
+type BuildOptions struct {
+	Cluster  string
+	Nodes    []NodeInput
+	Base     *Tree
+	BaseHash string
+	SpecHash string
+	Binaries []BinaryRecord
+	// Remote resolves the configs' binary URLs to verified local files.
+	Remote   map[string]string
+	OutDir   string
+	Formats  []string
+	DataSize int64
+	// Time is stamped into the file systems (default: SOURCE_DATE_EPOCH or a constant),
+	// so equal inputs give byte-identical images.
+	Time     time.Time
+	Progress func(format string, args ...any)
+}
+
+// Image lists the files written for one node.
+type Image struct {
+	Node  string
+	Files []string
+}
+
+// Manifest is the SBOM written next to each image.
+type Manifest struct {
+	Cluster    string         `json:"cluster"`
+	Node       string         `json:"node"`
+	BaseSHA256 string         `json:"baseSHA256"`
+	SpecSHA256 string         `json:"specSHA256"`
+	Binaries   []BinaryRecord `json:"binaries"`
+	Kernel     string         `json:"kernel"`
+	Layout     []PartInfo     `json:"layout"`
+	Cmdline    string         `json:"cmdline"`
+	PerNode    []string       `json:"perNodeFiles"`
+}
+
+// PartInfo describes one partition in the manifest.
+type PartInfo struct {
+	Label string `json:"label"`
+	GUID  string `json:"guid"`
+	Size  int64  `json:"size"`
+}
+
+// Sizes of the fixed partitions.
+const (
+	espSize  = 128 << 20
+	nodeSize = 16 << 20
+	mib      = 1 << 20
+)
+
+func buildTime(o BuildOptions) time.Time {
+	if !o.Time.IsZero() {
+		return o.Time.UTC()
+	}
+	if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
+		var sec int64
+		if _, err := fmt.Sscan(s, &sec); err == nil {
+			return time.Unix(sec, 0).UTC()
+		}
+	}
+	return time.Unix(DefaultSourceDateEpoch, 0).UTC()
+}
+
+// MachineID derives a node's systemd machine ID (32 hex digits) from its names.
+func MachineID(cluster, node string) string {
+	h := sha1.Sum([]byte("etcdbake machine-id\x00" + cluster + "\x00" + node))
+	return hex.EncodeToString(h[:16])
+}
+
+// Build makes one disk image per node. The shared root is written once and copied into
+// every node's disk; the per-node work is the node partition, the ESP and the copy.
+// Output goes to a temporary directory next to OutDir and replaces it at the end, so a
+// failure leaves the previous images as they were.
+func Build(o BuildOptions) ([]Image, error) {
+	if err := CheckFormats(o.Formats); err != nil {
+		return nil, err
+	}
+	progress := o.Progress
+	if progress == nil {
+		progress = func(string, ...any) {}
+	}
+	when := buildTime(o)
+	start := time.Now()
+
+	trees := map[string]*Tree{}
+	for _, n := range o.Nodes {
+		t := o.Base.Clone()
+		if err := ApplyIgnition(t, n.Config, ApplyOptions{Remote: o.Remote}); err != nil {
+			return nil, fmt.Errorf("node %s: applying its Ignition config: %w", n.Name, err)
+		}
+		if err := ReadOnlyRoot(t, n.DNS); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		trees[n.Name] = t
+	}
+	root, own, perNode, err := Split(trees)
+	if err != nil {
+		return nil, err
+	}
+	progress("split: %d entries in the shared root, %d per-node files (%s)", root.Len(), len(perNode), time.Since(start).Round(time.Millisecond))
+	kernel, initrd, err := KernelAndInitrd(root)
+	if err != nil {
+		return nil, err
+	}
+	bootEFI, ok := root.Get("usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+	if !ok {
+		return nil, fmt.Errorf("the base has no systemd-boot EFI binary (usr/lib/systemd/boot/efi/systemd-bootx64.efi): add the systemd-boot-efi package")
+	}
+
+	parent := filepath.Dir(filepath.Clean(o.OutDir))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(o.OutDir)+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+
+	// The shared root, once.
+	t0 := time.Now()
+	rootImg := filepath.Join(tmp, "root.ext4")
+	rootSize := ext4Size(root)
+	if _, err := WriteExt4(rootImg, rootSize, root, Ext4Options{Label: LabelRoot, UUID: DeriveGUID(o.Cluster, "root-fs"), Time: when}); err != nil {
+		return nil, fmt.Errorf("writing the shared root: %w", err)
+	}
+	progress("shared root: %d MiB ext4 in %s", rootSize>>20, time.Since(t0).Round(time.Millisecond))
+
+	var images []Image
+	for _, n := range o.Nodes {
+		t1 := time.Now()
+		im, err := buildNode(o, n, tmp, rootImg, rootSize, own[n.Name], root, kernel, initrd, bootEFI, perNode, when)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		images = append(images, im)
+		progress("%s: image in %s", n.Name, time.Since(t1).Round(time.Millisecond))
+	}
+	if err := os.Remove(rootImg); err != nil {
+		return nil, err
+	}
+	if err := replaceDir(tmp, o.OutDir); err != nil {
+		return nil, err
+	}
+	for i := range images {
+		for j, f := range images[i].Files {
+			images[i].Files[j] = filepath.Join(o.OutDir, filepath.Base(f))
+		}
+	}
+	progress("%d images in %s", len(images), time.Since(start).Round(time.Millisecond))
+	return images, nil
+}
+
+// ext4Size is the content plus room for metadata and a margin, in whole MiB.
+func ext4Size(t *Tree) int64 {
+	var bytes int64
+	n := int64(0)
+	_ = t.Walk(func(e *Entry) error {
+		n++
+		if e.IsRegular() {
+			if e.Source != "" {
+				if st, err := os.Stat(e.Source); err == nil {
+					bytes += (st.Size() + 4095) &^ 4095
+				}
+			} else {
+				bytes += (int64(len(e.Data)) + 4095) &^ 4095
+			}
+		}
+		return nil
+	})
+	size := bytes + bytes/4 + n*512 + 64*mib
+	return (size + mib - 1) &^ (mib - 1)
+}
+
+func buildNode(o BuildOptions, n NodeInput, tmp, rootImg string, rootSize int64, own, root *Tree, kernel, initrd string, bootEFI *Entry, perNode []string, when time.Time) (Image, error) {
+	nodeImg := filepath.Join(tmp, n.Name+".node.ext4")
+	if _, err := WriteExt4(nodeImg, nodeSize, own, Ext4Options{Label: LabelNode, UUID: DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
+		return Image{}, fmt.Errorf("node partition: %w", err)
+	}
+	defer os.Remove(nodeImg)
+
+	rootGUID := DeriveGUID(o.Cluster, n.Name, "root")
+	cmdline := strings.Join([]string{
+		"root=PARTUUID=" + strings.ToLower(rootGUID), "ro", "rootfstype=ext4",
+		"console=ttyS0,115200", "systemd.hostname=" + n.Name, "systemd.machine_id=" + MachineID(o.Cluster, n.Name),
+	}, " ")
+	efiData, err := root.contents(bootEFI)
+	if err != nil {
+		return Image{}, err
+	}
+	kEntry, _ := root.Get(kernel)
+	iEntry, _ := root.Get(initrd)
+	kData, err := root.contents(kEntry)
+	if err != nil {
+		return Image{}, err
+	}
+	iData, err := root.contents(iEntry)
+	if err != nil {
+		return Image{}, err
+	}
+	entry := "etcdbake-" + n.Name
+	files := []ESPFile{
+		{Path: "EFI/BOOT/BOOTX64.EFI", Data: efiData},
+		{Path: "loader/loader.conf", Data: LoaderConf(entry)},
+		{Path: "loader/entries/" + entry + ".conf", Data: LoaderEntry("etcd "+n.Name+" ("+o.Cluster+")", "/"+path.Base(kernel), "/"+path.Base(initrd), cmdline)},
+		{Path: path.Base(kernel), Data: kData},
+		{Path: path.Base(initrd), Data: iData},
+	}
+	dataSize := o.DataSize
+	if dataSize < 512*mib {
+		dataSize = 512 * mib
+	}
+	parts := []Partition{
+		{Name: LabelESP, Type: TypeESP, GUID: DeriveGUID(o.Cluster, n.Name, "esp"), Size: espSize,
+			Content: ESPContent("ESP", DeriveVolumeID(o.Cluster, n.Name, "esp"), when, files)},
+		{Name: LabelRoot, Type: TypeLinuxRootX8664, GUID: rootGUID, Size: rootSize, Content: FileContent(rootImg)},
+		{Name: LabelNode, Type: TypeLinuxData, GUID: DeriveGUID(o.Cluster, n.Name, "node"), Size: nodeSize, Content: FileContent(nodeImg)},
+		{Name: LabelData, Type: TypeLinuxVar, GUID: DeriveGUID(o.Cluster, n.Name, "data"), Size: dataSize},
+	}
+	total := int64(mib) // GPT at the start
+	for _, p := range parts {
+		total += p.Size
+	}
+	total += mib // backup GPT
+	raw := filepath.Join(tmp, n.Name+".raw")
+	if err := WriteDisk(raw, total, parts, DeriveGUID(o.Cluster, n.Name, "disk")); err != nil {
+		return Image{}, err
+	}
+	im := Image{Node: n.Name}
+	if slices.Contains(o.Formats, "qcow2") {
+		q := filepath.Join(tmp, n.Name+".qcow2")
+		if err := ConvertQCOW2(raw, q, true); err != nil { // compressed: about half the size
+			return Image{}, err
+		}
+		im.Files = append(im.Files, q)
+	}
+	if slices.Contains(o.Formats, "raw") {
+		im.Files = append(im.Files, raw)
+	} else if err := os.Remove(raw); err != nil {
+		return Image{}, err
+	}
+	var layout []PartInfo
+	for _, p := range parts {
+		layout = append(layout, PartInfo{Label: p.Name, GUID: p.GUID, Size: p.Size})
+	}
+	bins := append([]BinaryRecord(nil), o.Binaries...)
+	sort.Slice(bins, func(i, j int) bool { return bins[i].Name < bins[j].Name })
+	m := Manifest{Cluster: o.Cluster, Node: n.Name, BaseSHA256: o.BaseHash, SpecSHA256: o.SpecHash, Binaries: bins,
+		Kernel: kernel, Layout: layout, Cmdline: cmdline, PerNode: perNode}
+	mb, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return Image{}, err
+	}
+	mf := filepath.Join(tmp, n.Name+".manifest.json")
+	if err := os.WriteFile(mf, append(mb, '\n'), 0o644); err != nil {
+		return Image{}, err
+	}
+	im.Files = append(im.Files, mf)
+	return im, nil
+}
+
+// replaceDir swaps a finished temporary directory into place.
+func replaceDir(tmp, dir string) error {
+	old := tmp + ".old"
+	hadOld := false
+	if _, err := os.Stat(dir); err == nil {
+		if err := os.Rename(dir, old); err != nil {
+			return err
+		}
+		hadOld = true
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		if hadOld {
+			_ = os.Rename(old, dir)
+		}
+		return err
+	}
+	if hadOld {
+		return os.RemoveAll(old)
+	}
+	return nil
+}

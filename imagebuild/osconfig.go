@@ -1,0 +1,131 @@
+package imagebuild
+
+import (
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+)
+
+// Partition labels (GPT names) the booted system mounts by.
+const (
+	LabelESP  = "esp"
+	LabelRoot = "root"
+	LabelNode = "node"
+	LabelData = "data"
+)
+
+// factoryVar keeps the base's /var content in the read-only root; systemd-tmpfiles copies
+// what is missing onto the data partition mounted at /var.
+const factoryVar = "usr/share/factory/var"
+
+// ReadOnlyRoot adapts a node's tree (base with its Ignition config applied) to boot with
+// a read-only root, a per-node partition at /node and a data partition at /var. The
+// changes are the same on every node except resolv.conf, so they end up in the shared
+// root, and resolv.conf in the node's partition.
+func ReadOnlyRoot(t *Tree, dns []string) error {
+	// /var: saved to the factory dir, restored by tmpfiles on first boot; what the node
+	// config created under /var (etcd's data dir, etcd-firstboot's state) is recreated
+	// with the same mode and owner on every boot.
+	var lines []string
+	lines = append(lines, "# etcdbake: /var is the data partition; restore the image's /var content on first boot")
+	for _, p := range t.Paths() {
+		e, _ := t.Get(p)
+		rel, ok := strings.CutPrefix(p, "var/")
+		if !ok || strings.Contains(rel, "/") {
+			continue
+		}
+		if e.IsDir() {
+			lines = append(lines, fmt.Sprintf("C /var/%s - - - - /%s/%s", rel, factoryVar, rel))
+		}
+	}
+	for _, p := range []string{"var/lib/etcd", "var/lib/etcdbake"} {
+		if e, ok := t.Get(p); ok && e.IsDir() {
+			lines = append(lines, fmt.Sprintf("d /%s %04o %s %s -", p, e.Mode.Perm(), ownerName(t, e.UID, "etc/passwd"), ownerName(t, e.GID, "etc/group")))
+		}
+	}
+	for _, p := range t.Paths() {
+		if rel, ok := strings.CutPrefix(p, "var/"); ok {
+			e, _ := t.Get(p)
+			c := *e
+			c.Path = path.Join(factoryVar, rel)
+			t.entries[c.Path] = &c
+			delete(t.entries, p)
+		}
+	}
+	if err := t.MkdirAll(factoryVar); err != nil {
+		return err
+	}
+	put := func(p string, mode fs.FileMode, data string) error {
+		return t.Put(&Entry{Path: p, Mode: mode, Data: []byte(data)})
+	}
+	if err := put("etc/tmpfiles.d/etcdbake-var.conf", 0o644, strings.Join(lines, "\n")+"\n"); err != nil {
+		return err
+	}
+	for _, d := range []string{"var", NodeMount, "tmp"} {
+		if err := t.Put(&Entry{Path: d, Mode: fs.ModeDir | dirMode(d)}); err != nil {
+			return err
+		}
+	}
+	fstab := "# etcdbake: read-only root, per-node settings, data partition\n" +
+		"PARTLABEL=" + LabelNode + " /" + NodeMount + " ext4 ro,nodev,nosuid,noexec 0 2\n" +
+		"PARTLABEL=" + LabelData + " /var ext4 defaults,x-systemd.makefs,x-systemd.growfs 0 2\n" +
+		"tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
+	if err := put("etc/fstab", 0o644, fstab); err != nil {
+		return err
+	}
+	if err := put("etc/systemd/journald.conf.d/etcdbake.conf", 0o644, "[Journal]\nStorage=persistent\n"); err != nil {
+		return err
+	}
+	// systemd-networkd brings up the static address; it starts before local file systems,
+	// so it must wait for /node, where the node's .network file lives.
+	if err := put("etc/systemd/system/systemd-networkd.service.d/10-etcdbake-node.conf", 0o644, "[Unit]\nRequiresMountsFor=/"+NodeMount+"\n"); err != nil {
+		return err
+	}
+	for link, target := range map[string]string{
+		"etc/systemd/system/multi-user.target.wants/systemd-networkd.service":                 "/lib/systemd/system/systemd-networkd.service",
+		"etc/systemd/system/sockets.target.wants/systemd-networkd.socket":                     "/lib/systemd/system/systemd-networkd.socket",
+		"etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service": "/lib/systemd/system/systemd-networkd-wait-online.service",
+	} {
+		if err := t.Put(&Entry{Path: link, Mode: fs.ModeSymlink | 0o777, Target: target}); err != nil {
+			return err
+		}
+	}
+	var resolv strings.Builder
+	resolv.WriteString("# etcdbake: resolvers from the spec (nodes[].dns)\n")
+	for _, d := range dns {
+		fmt.Fprintf(&resolv, "nameserver %s\n", d)
+	}
+	if err := put("etc/resolv.conf", 0o644, resolv.String()); err != nil {
+		return err
+	}
+	// The machine ID comes from the kernel command line (systemd.machine_id=).
+	return put("etc/machine-id", 0o444, "")
+}
+
+func dirMode(d string) fs.FileMode {
+	if d == "tmp" {
+		return 0o777 | fs.ModeSticky
+	}
+	return 0o755
+}
+
+// ownerName maps a numeric id back to its name in the tree's passwd or group file, so
+// tmpfiles lines stay right if the IDs differ on another base.
+func ownerName(t *Tree, id int, file string) string {
+	e, ok := t.Get(file)
+	if !ok {
+		return fmt.Sprint(id)
+	}
+	data, err := t.contents(e)
+	if err != nil {
+		return fmt.Sprint(id)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) >= 3 && f[2] == fmt.Sprint(id) {
+			return f[0]
+		}
+	}
+	return fmt.Sprint(id)
+}

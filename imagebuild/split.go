@@ -1,0 +1,144 @@
+package imagebuild
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strings"
+)
+
+// NodeMount is where each node's own partition is mounted (read-only).
+const NodeMount = "node"
+
+// Clone returns a copy of the tree whose entries can be changed independently (file
+// contents are shared: entries are replaced, never edited in place, by the appliers).
+func (t *Tree) Clone() *Tree {
+	out := &Tree{entries: make(map[string]*Entry, len(t.entries))}
+	for k, e := range t.entries {
+		c := *e
+		out.entries[k] = &c
+	}
+	return out
+}
+
+// fingerprint identifies an entry's type, metadata and content.
+func (t *Tree) fingerprint(e *Entry) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "%o %d %d %q|", e.Mode, e.UID, e.GID, e.Target)
+	if e.IsRegular() {
+		b, err := t.contents(e)
+		if err != nil {
+			return "", err
+		}
+		h.Write(b)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil)), nil
+}
+
+// Split divides per-node trees into one shared root and one small tree per node: a path
+// whose entry is identical on every node stays in the root; a file or link that differs
+// (or exists on some nodes only) moves to the node's own tree, and the root gets a
+// symlink to it under /node. Directories always stay in the root. Nothing is listed by
+// hand: the split is computed from the node trees.
+//
+// systemd loads units before local file systems are mounted, so a unit or drop-in that
+// differs between nodes cannot be reached through /node; that is an error.
+func Split(nodes map[string]*Tree) (*Tree, map[string]*Tree, []string, error) {
+	names := make([]string, 0, len(nodes))
+	for n := range nodes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(names) == 0 {
+		return nil, nil, nil, fmt.Errorf("no nodes")
+	}
+	all := map[string]bool{}
+	for _, n := range names {
+		for _, p := range nodes[n].Paths() {
+			all[p] = true
+		}
+	}
+	paths := make([]string, 0, len(all))
+	for p := range all {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+
+	root := NewTree()
+	own := map[string]*Tree{}
+	for _, n := range names {
+		own[n] = NewTree()
+	}
+	var perNode []string
+	for _, p := range paths {
+		var first string
+		same, isDir := true, false
+		for i, n := range names {
+			e, ok := nodes[n].Get(p)
+			if !ok {
+				same = false
+				continue
+			}
+			if e.IsDir() {
+				isDir = true
+			}
+			fp, err := nodes[n].fingerprint(e)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			if i == 0 {
+				first = fp
+			} else if fp != first {
+				same = false
+			}
+		}
+		if p == "" {
+			continue
+		}
+		if same || isDir {
+			// Directories are kept whole in the root (with the first node's metadata).
+			for _, n := range names {
+				if e, ok := nodes[n].Get(p); ok {
+					if isDir && !e.IsDir() {
+						return nil, nil, nil, fmt.Errorf("%s is a directory on some nodes and not on others", p)
+					}
+					c := *e
+					if err := root.Put(&c); err != nil {
+						return nil, nil, nil, err
+					}
+					break
+				}
+			}
+			continue
+		}
+		if strings.HasPrefix(p, "etc/systemd/system/") || strings.HasPrefix(p, "usr/lib/systemd/system/") || strings.HasPrefix(p, "lib/systemd/system/") {
+			return nil, nil, nil, fmt.Errorf("systemd unit file %s differs between nodes: units load before /%s is mounted, so they must be identical (put node settings in a file the unit reads)", p, NodeMount)
+		}
+		perNode = append(perNode, p)
+		if err := root.Put(&Entry{Path: p, Mode: fs.ModeSymlink | 0o777, Target: "/" + path.Join(NodeMount, p)}); err != nil {
+			return nil, nil, nil, err
+		}
+		for _, n := range names {
+			if e, ok := nodes[n].Get(p); ok {
+				c := *e
+				if err := own[n].Put(&c); err != nil {
+					return nil, nil, nil, err
+				}
+			}
+		}
+	}
+	// Parent directories of per-node files keep their modes from the node's tree.
+	for _, n := range names {
+		for _, p := range own[n].Paths() {
+			if e, _ := own[n].Get(p); e.IsDir() {
+				if src, ok := nodes[n].Get(p); ok && src.IsDir() {
+					c := *src
+					own[n].entries[p] = &c
+				}
+			}
+		}
+	}
+	return root, own, perNode, nil
+}

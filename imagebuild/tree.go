@@ -1,0 +1,161 @@
+// Package imagebuild turns a base root filesystem and a node's Ignition config into a
+// bootable disk image (GPT, UEFI) without root privileges or loop devices.
+package imagebuild
+
+import (
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strings"
+)
+
+// Entry is one file system object of an image tree. Paths are clean, relative to the
+// root, without a leading slash ("etc/passwd"); the root itself is "".
+type Entry struct {
+	Path string
+	// Mode holds the type bits (fs.ModeDir, fs.ModeSymlink; none for regular files) and
+	// the permission bits including setuid/setgid/sticky.
+	Mode     fs.FileMode
+	UID, GID int
+	// Data is a regular file's content, unless Source names a local file to read it from
+	// (large binaries are not held in memory).
+	Data   []byte
+	Source string
+	// Target is a symbolic link's target.
+	Target string
+	// Hardlink names the entry this one is a hard link of (regular files only).
+	Hardlink string
+}
+
+// IsDir, IsSymlink and IsRegular classify the entry.
+func (e *Entry) IsDir() bool     { return e.Mode&fs.ModeDir != 0 }
+func (e *Entry) IsSymlink() bool { return e.Mode&fs.ModeSymlink != 0 }
+func (e *Entry) IsRegular() bool { return e.Mode.Type() == 0 }
+
+// Tree is an in-memory file system tree (metadata, small contents, references to large
+// ones). The base is read into a Tree, Ignition is applied to it, and writers turn it
+// into file systems.
+type Tree struct {
+	entries map[string]*Entry
+}
+
+// NewTree returns a tree holding only the root directory.
+func NewTree() *Tree {
+	return &Tree{entries: map[string]*Entry{"": {Path: "", Mode: fs.ModeDir | 0o755}}}
+}
+
+// Clean normalises a path to the tree's form ("/etc//x/" -> "etc/x").
+func Clean(p string) string {
+	p = path.Clean("/" + p)
+	return strings.TrimPrefix(p, "/")
+}
+
+// Get returns the entry at p.
+func (t *Tree) Get(p string) (*Entry, bool) {
+	e, ok := t.entries[Clean(p)]
+	return e, ok
+}
+
+// Put adds or replaces an entry. Missing parent directories are created (0755, root);
+// a parent that exists and is not a directory is an error.
+func (t *Tree) Put(e *Entry) error {
+	e.Path = Clean(e.Path)
+	if e.Path == "" {
+		if !e.IsDir() {
+			return fmt.Errorf("the root must be a directory")
+		}
+		t.entries[""] = e
+		return nil
+	}
+	if err := t.MkdirAll(path.Dir(e.Path)); err != nil {
+		return err
+	}
+	if old, ok := t.entries[e.Path]; ok && old.IsDir() && !e.IsDir() {
+		t.removeChildren(e.Path)
+	}
+	t.entries[e.Path] = e
+	return nil
+}
+
+// MkdirAll creates p and its parents as root-owned 0755 directories where missing.
+func (t *Tree) MkdirAll(p string) error {
+	p = Clean(p)
+	if p == "" || p == "." {
+		return nil
+	}
+	if e, ok := t.entries[p]; ok {
+		if !e.IsDir() {
+			return fmt.Errorf("%s exists and is not a directory", p)
+		}
+		return nil
+	}
+	if err := t.MkdirAll(path.Dir(p)); err != nil {
+		return err
+	}
+	t.entries[p] = &Entry{Path: p, Mode: fs.ModeDir | 0o755}
+	return nil
+}
+
+// Remove deletes p and everything below it.
+func (t *Tree) Remove(p string) {
+	p = Clean(p)
+	t.removeChildren(p)
+	if p != "" {
+		delete(t.entries, p)
+	}
+}
+
+func (t *Tree) removeChildren(p string) {
+	prefix := p + "/"
+	for k := range t.entries {
+		if strings.HasPrefix(k, prefix) || (p == "" && k != "") {
+			delete(t.entries, k)
+		}
+	}
+}
+
+// Paths returns every path in lexical order, so parents come before their children.
+func (t *Tree) Paths() []string {
+	out := make([]string, 0, len(t.entries))
+	for k := range t.entries {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Walk calls fn for every entry, parents first, in a stable order.
+func (t *Tree) Walk(fn func(*Entry) error) error {
+	for _, p := range t.Paths() {
+		if err := fn(t.entries[p]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Len is the number of entries including the root.
+func (t *Tree) Len() int { return len(t.entries) }
+
+// Subtree returns a new tree with the entries below prefix, re-rooted there.
+func (t *Tree) Subtree(prefix string) *Tree {
+	prefix = Clean(prefix)
+	out := NewTree()
+	for p, e := range t.entries {
+		rel, ok := strings.CutPrefix(p, prefix+"/")
+		if p == prefix {
+			c := *e
+			c.Path = ""
+			out.entries[""] = &c
+			continue
+		}
+		if !ok {
+			continue
+		}
+		c := *e
+		c.Path = rel
+		out.entries[rel] = &c
+	}
+	return out
+}

@@ -1,0 +1,108 @@
+package spec
+
+import "time"
+
+// Defaults. The etcd values are etcd's own defaults; the rest are etcdbake's choices.
+const (
+	DefaultClientPort        = 2379
+	DefaultPeerPort          = 2380
+	DefaultMetricsPort       = 2381
+	DefaultHeartbeat         = 100 * time.Millisecond
+	DefaultElection          = 1000 * time.Millisecond
+	DefaultSnapshotCount     = 10000
+	DefaultQuotaBackendBytes = 2 << 30 // etcd's default, 2 GiB
+	DefaultSubnetLen         = 24
+	DefaultBackend           = "vxlan"
+	DefaultVNI               = 1
+	DefaultPrefix            = "/coreos.com/network"
+	DefaultMaxSkew           = 500 * time.Millisecond
+	DefaultSyncTimeout       = 2 * time.Minute
+	DefaultAlgorithm         = "ecdsa-p256"
+	DefaultCALifetime        = 10 * 365 * 24 * time.Hour
+	DefaultLeafLifetime      = 365 * 24 * time.Hour
+	DefaultBackdate          = time.Hour
+	DefaultRenewBefore       = 30 * 24 * time.Hour
+	DefaultSSHUser           = "core"
+)
+
+// DefaultSources is the order binaries are looked for when the spec names none: the
+// official release first (users with internet), then a build from the Go module proxy
+// (machines that reach only the proxy).
+var DefaultSources = []string{SourceRelease, SourceGo}
+
+// Binary sources.
+const (
+	SourceRelease = "release"
+	SourceGo      = "go"
+	SourceFile    = "file"
+)
+
+// ApplyDefaults fills every field the operator left out. It is the only place defaults
+// are set; validation never changes the spec.
+func (c *Cluster) ApplyDefaults() {
+	e := &c.Etcd
+	if e.Token == "" {
+		e.Token = "etcdbake-" + c.Name
+	}
+	setInt(&e.ClientPort, DefaultClientPort)
+	setInt(&e.PeerPort, DefaultPeerPort)
+	setInt(&e.MetricsPort, DefaultMetricsPort)
+	setDur(&e.HeartbeatInterval, DefaultHeartbeat)
+	setDur(&e.ElectionTimeout, DefaultElection)
+	if e.SnapshotCount == 0 {
+		e.SnapshotCount = DefaultSnapshotCount
+	}
+	if e.QuotaBackendBytes == 0 {
+		e.QuotaBackendBytes = DefaultQuotaBackendBytes
+	}
+
+	f := &c.Flannel
+	setInt(&f.SubnetLen, DefaultSubnetLen)
+	if f.Backend == "" {
+		f.Backend = DefaultBackend
+	}
+	if f.Backend == "vxlan" {
+		setInt(&f.VNI, DefaultVNI)
+	}
+	if f.Prefix == "" {
+		f.Prefix = DefaultPrefix
+	}
+	if f.IPMasq == nil {
+		t := true
+		f.IPMasq = &t
+	}
+
+	setDur(&c.Time.MaxSkew, DefaultMaxSkew)
+	setDur(&c.Time.SyncTimeout, DefaultSyncTimeout)
+
+	p := &c.PKI
+	if p.Algorithm == "" {
+		p.Algorithm = DefaultAlgorithm
+	}
+	setDur(&p.CALifetime, DefaultCALifetime)
+	setDur(&p.LeafLifetime, DefaultLeafLifetime)
+	setDur(&p.Backdate, DefaultBackdate)
+	setDur(&p.RenewBefore, DefaultRenewBefore)
+	if p.Organization == "" {
+		p.Organization = "etcdbake " + c.Name
+	}
+
+	if c.SSH.User == "" {
+		c.SSH.User = DefaultSSHUser
+	}
+	if len(c.Binary.Sources) == 0 {
+		c.Binary.Sources = append([]string(nil), DefaultSources...)
+	}
+}
+
+func setInt(p *int, v int) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
+func setDur(p *Duration, v time.Duration) {
+	if p.IsZero() {
+		*p = Dur(v)
+	}
+}

@@ -1,0 +1,160 @@
+package spec
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+)
+
+// Paths on a node. The ignition package writes them; etcd-firstboot and the units read them.
+const (
+	NodeConfigPath  = "/etc/etcdbake/node.json"
+	EtcdPKIDir      = "/etc/etcd/pki"
+	FirstbootPKIDir = "/etc/etcdbake/pki"
+	FlannelPKIDir   = "/etc/flannel/pki"
+	EtcdDataDir     = "/var/lib/etcd"
+	// StateDir holds etcd-firstboot's marker and last decisions. It is off etcd's data
+	// directory so that a wiped data dir is recognised as a replacement, not a new cluster.
+	StateDir = "/var/lib/etcdbake"
+	// RunDir holds the bootstrap environment for etcd.service and the readiness status.
+	RunDir        = "/run/etcdbake"
+	BootstrapEnv  = RunDir + "/etcd-bootstrap.env"
+	BinDir        = "/opt/etcdbake/bin"
+	FlannelRunDir = "/run/flannel"
+)
+
+// NodeConfig is everything etcd-firstboot needs on one node, baked in as JSON at
+// NodeConfigPath. It is derived from the cluster spec by NodeConfigFor.
+type NodeConfig struct {
+	Cluster string `json:"cluster"`
+	Name    string `json:"name"`
+	Token   string `json:"token"`
+	DataDir string `json:"dataDir"`
+	// StateDir keeps the bootstrap marker (see the constant of the same name).
+	StateDir  string `json:"stateDir"`
+	ClientURL string `json:"clientURL"`
+	PeerURL   string `json:"peerURL"`
+	// LocalClientURL reaches this node's etcd over loopback.
+	LocalClientURL string `json:"localClientURL"`
+	Peers          []Peer `json:"peers"`
+
+	// Certificates and keys on the node.
+	CA         string `json:"ca"`
+	PeerCA     string `json:"peerCA"`
+	ServerCert string `json:"serverCert"`
+	PeerCert   string `json:"peerCert"`
+	ClientCert string `json:"clientCert"`
+	ClientKey  string `json:"clientKey"`
+
+	BootstrapEnv string `json:"bootstrapEnv"`
+	RunDir       string `json:"runDir"`
+
+	Flannel  NodeFlannel  `json:"flannel"`
+	Time     NodeTime     `json:"time"`
+	Timeouts NodeTimeouts `json:"timeouts"`
+}
+
+// NodeTimeouts bound etcd-firstboot's waits. Zero values take the defaults below.
+type NodeTimeouts struct {
+	// Dial bounds each connection attempt and etcd request (default 3s).
+	Dial Duration `json:"dial"`
+	// Ready bounds the health gate, including learner promotion (default 10m).
+	Ready Duration `json:"ready"`
+	// Retry is the pause between attempts while waiting (default 1s).
+	Retry Duration `json:"retry"`
+}
+
+// Default etcd-firstboot timeouts.
+const (
+	DefaultDialTimeout  = 3 * time.Second
+	DefaultReadyTimeout = 10 * time.Minute
+	DefaultRetryEvery   = time.Second
+)
+
+// Peer is one member of the static member list.
+type Peer struct {
+	Name      string `json:"name"`
+	PeerURL   string `json:"peerURL"`
+	ClientURL string `json:"clientURL"`
+}
+
+// NodeFlannel is flannel's network config as etcd-firstboot seeds it.
+type NodeFlannel struct {
+	Key       string          `json:"key"`
+	Config    json.RawMessage `json:"config"`
+	Overwrite bool            `json:"overwrite"`
+}
+
+// NodeTime is the time-gate policy.
+type NodeTime struct {
+	Servers     []string `json:"servers"`
+	MaxSkew     Duration `json:"maxSkew"`
+	SyncTimeout Duration `json:"syncTimeout"`
+}
+
+// NodeConfigFor derives a node's settings from the spec.
+func (c *Cluster) NodeConfigFor(n Node) NodeConfig {
+	peers := make([]Peer, len(c.Nodes))
+	for i, p := range c.Nodes {
+		peers[i] = Peer{Name: p.Name, PeerURL: c.PeerURL(p), ClientURL: c.ClientURL(p)}
+	}
+	return NodeConfig{
+		Cluster:        c.Name,
+		Name:           n.Name,
+		Token:          c.Etcd.Token,
+		DataDir:        EtcdDataDir,
+		StateDir:       StateDir,
+		ClientURL:      c.ClientURL(n),
+		PeerURL:        c.PeerURL(n),
+		LocalClientURL: fmt.Sprintf("https://127.0.0.1:%d", c.Etcd.ClientPort),
+		Peers:          peers,
+		CA:             EtcdPKIDir + "/ca.crt",
+		PeerCA:         EtcdPKIDir + "/peer-ca.crt",
+		ServerCert:     EtcdPKIDir + "/server.crt",
+		PeerCert:       EtcdPKIDir + "/peer.crt",
+		ClientCert:     FirstbootPKIDir + "/firstboot.crt",
+		ClientKey:      FirstbootPKIDir + "/firstboot.key",
+		BootstrapEnv:   BootstrapEnv,
+		RunDir:         RunDir,
+		Flannel: NodeFlannel{
+			Key:       c.Flannel.Prefix + "/config",
+			Config:    c.FlannelNetworkConfig(),
+			Overwrite: c.Flannel.Overwrite,
+		},
+		Time: NodeTime{
+			Servers:     append([]string{}, c.Time.Servers...),
+			MaxSkew:     c.Time.MaxSkew,
+			SyncTimeout: c.Time.SyncTimeout,
+		},
+		Timeouts: NodeTimeouts{Dial: Dur(DefaultDialTimeout), Ready: Dur(DefaultReadyTimeout), Retry: Dur(DefaultRetryEvery)},
+	}
+}
+
+// LoadNodeConfig reads the node settings file.
+func LoadNodeConfig(path string) (*NodeConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading node config: %w", err)
+	}
+	nc, err := LoadNodeConfigBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("node config %s: %w", path, err)
+	}
+	return nc, nil
+}
+
+// LoadNodeConfigBytes decodes a node settings file.
+func LoadNodeConfigBytes(b []byte) (*NodeConfig, error) {
+	var nc NodeConfig
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&nc); err != nil {
+		return nil, fmt.Errorf("not a valid node config (rebuild it with the same etcdbake as etcd-firstboot): %w", err)
+	}
+	if nc.Name == "" || len(nc.Peers) == 0 {
+		return nil, fmt.Errorf("no node name or no peers: rebuild it with etcdbake")
+	}
+	return &nc, nil
+}

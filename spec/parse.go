@@ -1,0 +1,273 @@
+package spec
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Load reads, decodes, defaults and validates the spec at path. The returned report holds
+// every problem found (warnings too); err is an *InvalidError when the report has errors,
+// or an I/O error. Relative Butane paths are resolved against the spec's directory.
+func Load(path string) (*Cluster, Report, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, Report{}, fmt.Errorf("spec file %s does not exist: run `etcdbake init -f %s` to write an example, or pass -f FILE", path, path)
+		}
+		return nil, Report{}, fmt.Errorf("reading spec: %w", err)
+	}
+	c, rep := Parse(data)
+	if rep.HasErrors() {
+		return nil, rep, &InvalidError{Source: path, Report: rep}
+	}
+	c.resolvePaths(filepath.Dir(path))
+	return c, rep, nil
+}
+
+func (c *Cluster) resolvePaths(dir string) {
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	c.Butane = abs(c.Butane)
+	for i := range c.Nodes {
+		c.Nodes[i].Butane = abs(c.Nodes[i].Butane)
+	}
+	for k, f := range c.Binary.Files {
+		f.Path = abs(f.Path)
+		c.Binary.Files[k] = f
+	}
+}
+
+// Parse decodes data strictly, applies defaults and validates. The cluster is nil when
+// the document could not be decoded at all; otherwise it is returned with defaults
+// applied even if the report has errors (callers must check the report).
+func Parse(data []byte) (*Cluster, Report) {
+	var rep Report
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			rep.Errorf("", "the spec is empty: run `etcdbake init` for an example")
+		} else {
+			rep.Errorf("", "not valid YAML: %v", yamlMsg(err))
+		}
+		return nil, rep
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		rep.Errorf("", "the file holds more than one YAML document: keep one cluster per file")
+		return nil, rep
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	if root.Kind != yaml.MappingNode {
+		rep.Errorf("", "the spec must be a mapping with apiVersion, kind, name and nodes")
+		return nil, rep
+	}
+	// The version comes first: a spec of another version is not decoded further.
+	if v := scalarField(root, "apiVersion"); v != APIVersion {
+		if v == "" {
+			rep.Errorf("apiVersion", "missing: add `apiVersion: %s`", APIVersion)
+		} else {
+			rep.Errorf("apiVersion", "%q is not supported: this etcdbake reads %s", v, APIVersion)
+		}
+	}
+	if k := scalarField(root, "kind"); k != Kind {
+		rep.Errorf("kind", "must be %q, found %q", Kind, k)
+	}
+	if rep.HasErrors() {
+		rep.attachLines(map[string]int{"apiVersion": root.Line, "kind": root.Line})
+		return nil, rep
+	}
+
+	lines := map[string]int{}
+	checkShape(root, reflect.TypeOf(Cluster{}), "", lines, &rep)
+	if rep.HasErrors() {
+		rep.attachLines(lines)
+		rep.Sort()
+		return nil, rep
+	}
+	var c Cluster
+	if err := root.Decode(&c); err != nil {
+		// checkShape mirrors the decoder; reaching this is a bug, but say what failed.
+		rep.Errorf("", "cannot decode spec: %v", yamlMsg(err))
+		return nil, rep
+	}
+	c.ApplyDefaults()
+	rep.Merge(Validate(&c))
+	rep.attachLines(lines)
+	rep.Sort()
+	return &c, rep
+}
+
+func scalarField(m *yaml.Node, key string) string {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key && m.Content[i+1].Kind == yaml.ScalarNode {
+			return m.Content[i+1].Value
+		}
+	}
+	return ""
+}
+
+var durationType = reflect.TypeOf(Duration{})
+
+// checkShape walks the YAML tree against the Go type, reporting unknown keys, duplicate
+// keys and values of the wrong kind, each with its field path, and recording the line of
+// every path for later messages.
+func checkShape(n *yaml.Node, t reflect.Type, path string, lines map[string]int, rep *Report) {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	lines[path] = n.Line
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n.Tag == "!!null" {
+		return
+	}
+	switch {
+	case t == durationType:
+		return // Duration records its own parse errors for validation
+	case t.Kind() == reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			rep.Errorf(path, "expected a mapping, found a %s", kindName(n.Kind))
+			return
+		}
+		fields := yamlFields(t)
+		seen := map[string]bool{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := join(path, k.Value)
+			lines[p] = k.Line
+			if seen[k.Value] {
+				rep.Errorf(p, "key given twice: keep one")
+				continue
+			}
+			seen[k.Value] = true
+			f, ok := fields[k.Value]
+			if !ok {
+				rep.Errorf(p, "unknown field %q%s", k.Value, suggest(k.Value, fields))
+				continue
+			}
+			checkShape(v, f, p, lines, rep)
+		}
+	case t.Kind() == reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			rep.Errorf(path, "expected a list, found a %s", kindName(n.Kind))
+			return
+		}
+		for i, e := range n.Content {
+			checkShape(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i), lines, rep)
+		}
+	case t.Kind() == reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			rep.Errorf(path, "expected a mapping, found a %s", kindName(n.Kind))
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := join(path, n.Content[i].Value)
+			lines[p] = n.Content[i].Line
+			checkShape(n.Content[i+1], t.Elem(), p, lines, rep)
+		}
+	default:
+		if n.Kind != yaml.ScalarNode {
+			rep.Errorf(path, "expected a single value, found a %s", kindName(n.Kind))
+			return
+		}
+		switch t.Kind() {
+		case reflect.Int, reflect.Int64:
+			if _, err := strconv.ParseInt(n.Value, 0, 64); err != nil || n.Tag != "!!int" {
+				rep.Errorf(path, "%q is not a whole number", n.Value)
+			}
+		case reflect.Bool:
+			if n.Tag != "!!bool" {
+				rep.Errorf(path, "%q is not true or false", n.Value)
+			}
+		case reflect.String:
+			if n.Tag != "!!str" && n.Tag != "!!int" && n.Tag != "!!float" && n.Tag != "!!bool" {
+				rep.Errorf(path, "expected text, found %s", n.Tag)
+			}
+		}
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func yamlFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		out[name] = f.Type
+	}
+	return out
+}
+
+// suggest names a known field that differs only in case or by a small typo.
+func suggest(key string, fields map[string]reflect.Type) string {
+	best, bestD := "", 3
+	for name := range fields {
+		if strings.EqualFold(name, key) {
+			return fmt.Sprintf(": did you mean %q?", name)
+		}
+		if d := editDistance(strings.ToLower(key), strings.ToLower(name)); d < bestD || (d == bestD && name < best) {
+			best, bestD = name, d
+		}
+	}
+	if best != "" {
+		return fmt.Sprintf(": did you mean %q?", best)
+	}
+	return ": remove it (see the spec reference in README.md)"
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+func yamlMsg(err error) string {
+	return strings.TrimPrefix(err.Error(), "yaml: ")
+}

@@ -1,0 +1,130 @@
+// Package spec holds the cluster spec (the one YAML file an operator writes), its strict
+// decoding, defaults and validation, and the per-node settings file that etcd-firstboot
+// reads on the node. Every other package takes its input from here, so the builder and the
+// node agent cannot drift apart.
+package spec
+
+// APIVersion and Kind identify a cluster spec. They are read before anything else.
+const (
+	APIVersion = "etcdbake.dev/v1alpha1"
+	Kind       = "Cluster"
+)
+
+// Cluster is the whole cluster spec as the operator writes it.
+type Cluster struct {
+	APIVersion string `yaml:"apiVersion" json:"apiVersion"`
+	Kind       string `yaml:"kind" json:"kind"`
+	// Name names the cluster; it is part of the initial-cluster token, the certificates'
+	// organisation and the IDs derived for disks.
+	Name string `yaml:"name" json:"name"`
+	// Nodes are the etcd members, one machine each.
+	Nodes   []Node   `yaml:"nodes" json:"nodes"`
+	Etcd    Etcd     `yaml:"etcd" json:"etcd"`
+	Flannel Flannel  `yaml:"flannel" json:"flannel"`
+	Time    Time     `yaml:"time" json:"time"`
+	PKI     PKI      `yaml:"pki" json:"pki"`
+	SSH     SSH      `yaml:"ssh" json:"ssh"`
+	Binary  Binaries `yaml:"binaries" json:"binaries"`
+	// Butane is the path of a Butane fragment (variant fcos or flatcar) merged into every
+	// node's Ignition config. Relative paths are relative to the spec file.
+	Butane string `yaml:"butane,omitempty" json:"butane,omitempty"`
+}
+
+// Node is one etcd member.
+type Node struct {
+	// Name is an RFC 1123 label; it is the etcd member name and the hostname.
+	Name string `yaml:"name" json:"name"`
+	// Address is the node's IP with its prefix length, e.g. 10.88.0.11/24.
+	Address string `yaml:"address" json:"address"`
+	// Gateway is the default route; required when the nodes are not all in one subnet.
+	Gateway string `yaml:"gateway,omitempty" json:"gateway,omitempty"`
+	// MAC selects the NIC the static address goes on (and identifies the node for PXE).
+	MAC string `yaml:"mac,omitempty" json:"mac,omitempty"`
+	// DNS lists resolvers written to the node's resolv.conf.
+	DNS []string `yaml:"dns,omitempty" json:"dns,omitempty"`
+	// ExtraSANs are added to this node's server certificate (DNS names or IPs).
+	ExtraSANs []string `yaml:"extraSANs,omitempty" json:"extraSANs,omitempty"`
+	// Butane is a Butane fragment merged into this node's config only.
+	Butane string `yaml:"butane,omitempty" json:"butane,omitempty"`
+}
+
+// Etcd holds etcd's version, ports and tuning. Zero values take etcd's own defaults.
+type Etcd struct {
+	Version string `yaml:"version" json:"version"`
+	// Token is the initial-cluster-token; default "etcdbake-<name>".
+	Token       string `yaml:"token,omitempty" json:"token,omitempty"`
+	ClientPort  int    `yaml:"clientPort,omitempty" json:"clientPort,omitempty"`
+	PeerPort    int    `yaml:"peerPort,omitempty" json:"peerPort,omitempty"`
+	MetricsPort int    `yaml:"metricsPort,omitempty" json:"metricsPort,omitempty"`
+	// HeartbeatInterval and ElectionTimeout map to --heartbeat-interval and
+	// --election-timeout (etcd takes milliseconds; here they are durations).
+	HeartbeatInterval Duration `yaml:"heartbeatInterval,omitempty" json:"heartbeatInterval,omitempty"`
+	ElectionTimeout   Duration `yaml:"electionTimeout,omitempty" json:"electionTimeout,omitempty"`
+	SnapshotCount     int64    `yaml:"snapshotCount,omitempty" json:"snapshotCount,omitempty"`
+	QuotaBackendBytes int64    `yaml:"quotaBackendBytes,omitempty" json:"quotaBackendBytes,omitempty"`
+	// AutoCompactionRetention keeps this much history (periodic mode); "0" disables.
+	AutoCompactionRetention Duration `yaml:"autoCompactionRetention,omitempty" json:"autoCompactionRetention,omitempty"`
+	// ExtraSANs are added to every node's server certificate, e.g. a load-balancer name.
+	ExtraSANs []string `yaml:"extraSANs,omitempty" json:"extraSANs,omitempty"`
+}
+
+// Flannel holds flanneld's version and the network config it is seeded with.
+type Flannel struct {
+	Version   string `yaml:"version" json:"version"`
+	Network   string `yaml:"network" json:"network"`
+	SubnetLen int    `yaml:"subnetLen,omitempty" json:"subnetLen,omitempty"`
+	Backend   string `yaml:"backend,omitempty" json:"backend,omitempty"`
+	// VNI is the VXLAN network identifier (vxlan backend only); default 1.
+	VNI    int    `yaml:"vni,omitempty" json:"vni,omitempty"`
+	Prefix string `yaml:"prefix,omitempty" json:"prefix,omitempty"`
+	// IPMasq makes flanneld install masquerade rules for traffic leaving the overlay.
+	IPMasq *bool `yaml:"ipMasq,omitempty" json:"ipMasq,omitempty"`
+	// Overwrite lets etcd-firstboot replace an existing, different network config
+	// (default false: a conflict is reported, never overwritten).
+	Overwrite bool `yaml:"overwrite,omitempty" json:"overwrite,omitempty"`
+}
+
+// Time is the time-sync policy: chrony's servers and the gate before etcd starts.
+type Time struct {
+	Servers     []string `yaml:"servers" json:"servers"`
+	MaxSkew     Duration `yaml:"maxSkew,omitempty" json:"maxSkew,omitempty"`
+	SyncTimeout Duration `yaml:"syncTimeout,omitempty" json:"syncTimeout,omitempty"`
+}
+
+// PKI sets key algorithm and certificate lifetimes.
+type PKI struct {
+	// Algorithm is ecdsa-p256 (default), ecdsa-p384, rsa-2048 or rsa-4096.
+	Algorithm    string   `yaml:"algorithm,omitempty" json:"algorithm,omitempty"`
+	CALifetime   Duration `yaml:"caLifetime,omitempty" json:"caLifetime,omitempty"`
+	LeafLifetime Duration `yaml:"leafLifetime,omitempty" json:"leafLifetime,omitempty"`
+	Backdate     Duration `yaml:"backdate,omitempty" json:"backdate,omitempty"`
+	RenewBefore  Duration `yaml:"renewBefore,omitempty" json:"renewBefore,omitempty"`
+	Organization string   `yaml:"organization,omitempty" json:"organization,omitempty"`
+}
+
+// SSH configures the operator's login on the nodes.
+type SSH struct {
+	// User is the login user that receives AuthorizedKeys; default "core".
+	User           string   `yaml:"user,omitempty" json:"user,omitempty"`
+	AuthorizedKeys []string `yaml:"authorizedKeys,omitempty" json:"authorizedKeys,omitempty"`
+}
+
+// Binaries says where etcd, etcdctl and flanneld come from. Sources are tried in order
+// until one yields a binary whose sha256 verifies.
+type Binaries struct {
+	// Sources: "release" (official release tarball + published checksums), "go" (build
+	// the pinned version from the Go module proxy), "file" (the local files below).
+	// Default: [release, go].
+	Sources []string `yaml:"sources,omitempty" json:"sources,omitempty"`
+	// Files are local binaries for source "file", keyed by etcd, etcdctl, flanneld.
+	Files map[string]LocalBinary `yaml:"files,omitempty" json:"files,omitempty"`
+	// EtcdReleaseURL and FlannelReleaseURL override the release download bases (a mirror).
+	EtcdReleaseURL    string `yaml:"etcdReleaseURL,omitempty" json:"etcdReleaseURL,omitempty"`
+	FlannelReleaseURL string `yaml:"flannelReleaseURL,omitempty" json:"flannelReleaseURL,omitempty"`
+}
+
+// LocalBinary is an air-gapped binary with the checksum it must have.
+type LocalBinary struct {
+	Path   string `yaml:"path" json:"path"`
+	SHA256 string `yaml:"sha256" json:"sha256"`
+}

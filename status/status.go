@@ -1,0 +1,223 @@
+// Package status asks a running cluster how it is, member by member, over the etcd v3
+// API with mutual TLS.
+package status
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/spec"
+)
+
+// Options say how to reach the cluster.
+type Options struct {
+	// Endpoints default to the spec's client URLs.
+	Endpoints []string
+	CAFile    string
+	CertFile  string
+	KeyFile   string
+	// PKIDir is read for each node's certificate lifetimes (may be empty).
+	PKIDir  string
+	Timeout time.Duration
+	Now     time.Time
+}
+
+// Member is one row of the status table.
+type Member struct {
+	Name      string `json:"name"`
+	ID        string `json:"id"`
+	Endpoint  string `json:"endpoint"`
+	Healthy   bool   `json:"healthy"`
+	Error     string `json:"error,omitempty"`
+	Leader    bool   `json:"leader"`
+	Learner   bool   `json:"learner"`
+	RaftTerm  uint64 `json:"raftTerm"`
+	RaftIndex uint64 `json:"raftIndex"`
+	Version   string `json:"version"`
+	DBSize    int64  `json:"dbSize"`
+	// CertDaysLeft is the fewest days left on the node's server and peer certificates
+	// (nil when the PKI directory has none for this member).
+	CertDaysLeft *int `json:"certDaysLeft,omitempty"`
+}
+
+// Cluster is the whole answer.
+type Cluster struct {
+	ClusterID string   `json:"clusterID"`
+	Leader    string   `json:"leader"`
+	Members   []Member `json:"members"`
+	// Quorum says whether a majority of voting members answered.
+	Quorum bool `json:"quorum"`
+}
+
+// TLSConfig loads the client certificate and CA for talking to etcd.
+func TLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading client certificate %s: %w (run `etcdbake pki`)", certFile, err)
+	}
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading CA %s: %w (run `etcdbake pki`)", caFile, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
+}
+
+// Collect connects with the given client certificate and reports every member.
+func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) {
+	if len(o.Endpoints) == 0 {
+		o.Endpoints = c.ClientEndpoints()
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 5 * time.Second
+	}
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	tlsCfg, err := TLSConfig(o.CAFile, o.CertFile, o.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   o.Endpoints,
+		TLS:         tlsCfg,
+		DialTimeout: o.Timeout,
+		DialOptions: []grpc.DialOption{grpc.WithBlock()},
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %v: %w", o.Endpoints, explain(err))
+	}
+	defer cli.Close()
+
+	lctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	ml, err := cli.MemberList(lctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("listing members via %v: %w", o.Endpoints, explain(err))
+	}
+	out := &Cluster{ClusterID: fmt.Sprintf("%x", ml.Header.ClusterId)}
+	byID := map[uint64]*Member{}
+	for _, m := range ml.Members {
+		mem := Member{Name: m.Name, ID: fmt.Sprintf("%x", m.ID), Learner: m.IsLearner, Error: "no endpoint answered for this member"}
+		if mem.Name == "" {
+			mem.Name = "(not started)"
+		}
+		if len(m.ClientURLs) > 0 {
+			mem.Endpoint = m.ClientURLs[0]
+		}
+		out.Members = append(out.Members, mem)
+	}
+	for i := range out.Members {
+		id := ml.Members[i].ID
+		byID[id] = &out.Members[i]
+	}
+	// Ask each endpoint for its member's status.
+	for _, ep := range o.Endpoints {
+		sctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		st, err := cli.Status(sctx, ep)
+		cancel()
+		if err != nil {
+			continue
+		}
+		m, ok := byID[st.Header.MemberId]
+		if !ok {
+			continue
+		}
+		m.Endpoint = ep
+		fill(m, st, out)
+	}
+	// Members we could not reach by the given endpoints: try their advertised URL.
+	for i := range out.Members {
+		m := &out.Members[i]
+		if m.Healthy || m.Version != "" || m.Endpoint == "" || slices.Contains(o.Endpoints, m.Endpoint) {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		st, err := cli.Status(sctx, m.Endpoint)
+		cancel()
+		if err != nil {
+			m.Error = explain(err).Error()
+			continue
+		}
+		fill(m, st, out)
+	}
+	voters, healthyVoters := 0, 0
+	for i := range out.Members {
+		m := &out.Members[i]
+		if !m.Learner {
+			voters++
+			if m.Healthy {
+				healthyVoters++
+			}
+		}
+		if o.PKIDir != "" {
+			m.CertDaysLeft = certDaysLeft(o.PKIDir, m.Name, o.Now)
+		}
+	}
+	out.Quorum = voters > 0 && healthyVoters > voters/2 && out.Leader != ""
+	sort.SliceStable(out.Members, func(i, j int) bool { return out.Members[i].Name < out.Members[j].Name })
+	return out, nil
+}
+
+// fill copies one member's answer into its row.
+func fill(m *Member, st *clientv3.StatusResponse, out *Cluster) {
+	m.Healthy, m.Error = len(st.Errors) == 0, ""
+	if len(st.Errors) > 0 {
+		m.Error = fmt.Sprint(st.Errors)
+	}
+	m.Leader, m.RaftTerm, m.RaftIndex = st.Leader == st.Header.MemberId, st.RaftTerm, st.RaftIndex
+	m.Version, m.DBSize, m.Learner = st.Version, st.DbSize, st.IsLearner
+	if m.Leader {
+		out.Leader = m.Name
+	}
+}
+
+func certDaysLeft(dir, node string, now time.Time) *int {
+	var least *int
+	for _, kind := range []string{"server", "peer"} {
+		crt, _ := pki.NodeCertPath(dir, node, kind)
+		b, err := os.ReadFile(crt)
+		if err != nil {
+			continue
+		}
+		d, err := pki.DaysLeft(b, now)
+		if err != nil {
+			continue
+		}
+		if least == nil || d < *least {
+			least = &d
+		}
+	}
+	return least
+}
+
+// explain adds the likely fix to the errors operators meet most.
+func explain(err error) error {
+	var uaErr x509.UnknownAuthorityError
+	var invErr x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &uaErr):
+		return fmt.Errorf("%w: the server's certificate is not from this PKI's CA; check --out/pki matches the cluster", err)
+	case errors.As(err, &invErr):
+		return fmt.Errorf("%w: check the clocks and `etcdbake pki check`", err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w: no answer in time (is the cluster up, are the endpoints and the client certificate right?)", err)
+	}
+	return err
+}

@@ -1,0 +1,79 @@
+package status
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/etcdbake/etcdbake/internal/testcluster"
+	"github.com/etcdbake/etcdbake/pki"
+)
+
+// TestStatusAgainstRealCluster starts a real 3-member etcd (embed) with mutual TLS from
+// the project's PKI and reads its status with the admin certificate; then a client
+// certificate from another CA must be rejected.
+func TestStatusAgainstRealCluster(t *testing.T) {
+	c := testcluster.Spec(t, "status", 3, 11)
+	tc := testcluster.StartAll(t, c)
+	ca, crt, key := tc.ClientFiles("admin")
+
+	ctx := context.Background()
+	st, err := Collect(ctx, c, Options{CAFile: ca, CertFile: crt, KeyFile: key, PKIDir: tc.PKIDir, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Members) != 3 || !st.Quorum || st.Leader == "" {
+		t.Fatalf("want 3 members with quorum and a leader, got %+v", st)
+	}
+	leaders := 0
+	for i, m := range st.Members {
+		want := c.Nodes[i]
+		if m.Name != want.Name || m.Endpoint != c.ClientURL(want) {
+			t.Errorf("member %d: %s at %s, want %s at %s", i, m.Name, m.Endpoint, want.Name, c.ClientURL(want))
+		}
+		if !m.Healthy || m.Version != "3.6.16" || m.Learner || m.RaftTerm == 0 || m.RaftIndex == 0 || m.DBSize == 0 {
+			t.Errorf("member %s: %+v", m.Name, m)
+		}
+		if m.CertDaysLeft == nil || *m.CertDaysLeft < 363 || *m.CertDaysLeft > 365 {
+			t.Errorf("member %s: cert days left %v, want ~364 for a fresh 1y certificate", m.Name, m.CertDaysLeft)
+		}
+		if m.Leader {
+			leaders++
+		}
+	}
+	if leaders != 1 {
+		t.Errorf("%d leaders", leaders)
+	}
+
+	// With one member down, the others still report quorum and the stopped one is unhealthy.
+	tc.Stop("m3")
+	st, err = Collect(ctx, c, Options{CAFile: ca, CertFile: crt, KeyFile: key, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Quorum || st.Members[2].Healthy || st.Members[2].Error == "" {
+		t.Errorf("after stopping m3: quorum %v, m3 %+v", st.Quorum, st.Members[2])
+	}
+
+	// A client certificate from another CA is rejected by every member.
+	otherDir := filepath.Join(t.TempDir(), "pki")
+	if _, err := pki.Ensure(c, otherDir, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	foreignCrt, foreignKey := pki.ClientCertPath(otherDir, "admin")
+	_, err = Collect(ctx, c, Options{CAFile: ca, CertFile: foreignCrt, KeyFile: foreignKey, Timeout: 2 * time.Second})
+	if err == nil {
+		t.Fatal("a client certificate from another CA was accepted")
+	}
+	if !strings.Contains(err.Error(), "listing members") && !strings.Contains(err.Error(), "connecting") {
+		t.Errorf("unexpected error: %v", err)
+	}
+	// And trusting the other CA (wrong server CA) fails too, saying so.
+	otherCA, _ := pki.CAPath(otherDir, "ca")
+	_, err = Collect(ctx, c, Options{CAFile: otherCA, CertFile: crt, KeyFile: key, Timeout: 2 * time.Second})
+	if err == nil {
+		t.Fatal("a server certificate from an untrusted CA was accepted")
+	}
+}

@@ -1,0 +1,429 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/etcdbake/etcdbake/ignition"
+)
+
+// A Cluster is several VMs on one private Ethernet segment (a Hub in this process), each
+// with a second, user-mode NIC (restrict=on) that only carries a host forward from
+// 127.0.0.1:<port> to the guest's etcd client port 2379.
+//
+// Every guest needs GuestFragment(UserMACs...) in its Ignition config, so that the user
+// NIC gets slirp's address by DHCP (without a default route) and etcd listens on it.
+
+// ClusterOptions describe the VMs of a cluster.
+type ClusterOptions struct {
+	// Images maps a node name to its disk image (raw or qcow2). Each VM writes to its own
+	// copy-on-write overlay in Dir; the images stay pristine.
+	Images map[string]string
+	// MACs maps a node name to its spec MAC, used on the private segment (so the node's
+	// static address lands there).
+	MACs map[string]string
+	// UserMACs maps a node name to the MAC of its user-mode NIC; default UserMAC(MACs[n]).
+	UserMACs map[string]string
+	// Dir holds overlays, firmware variables, console logs, QMP sockets and
+	// endpoints.json.
+	Dir       string
+	MemoryMiB int // per VM; default 768
+	// TimeServer, when valid, is an address on the segment where the hub answers NTP
+	// (ServeTime) with this machine's clock plus TimeOffset: the VMs' time source.
+	TimeServer netip.Addr
+	TimeOffset time.Duration
+}
+
+// Guest ports forwarded from the host: etcd's client port, and its peer port (for tests
+// that must see the peer port refuse client certificates).
+const (
+	EtcdClientPort = 2379
+	EtcdPeerPort   = 2380
+)
+
+// UserMAC is the default MAC of a node's user-mode NIC: its spec MAC with the fourth octet
+// set to 0x99 (52:54:00:88:00:11 -> 52:54:00:99:00:11).
+func UserMAC(specMAC string) string {
+	p := strings.Split(strings.ToLower(specMAC), ":")
+	if len(p) != 6 {
+		return specMAC
+	}
+	p[3] = "99"
+	return strings.Join(p, ":")
+}
+
+// GuestNetworkPath and the files below are what GuestFragment adds to every node.
+const (
+	GuestNetworkPath = "/etc/systemd/network/20-qemu-user.network"
+	GuestEtcdDropIn  = "/etc/systemd/system/etcd.service.d/20-qemu.conf"
+	GuestEtcdEnv     = "/etc/etcd/qemu.env"
+)
+
+// GuestFragment is a Butane fragment (fcos 1.5.0) for every node of a QEMU cluster: the
+// user-mode NICs (matched by the given MACs, all listed in one identical file so it lands
+// in the shared root) take slirp's address by DHCP with neither routes nor DNS, and etcd
+// listens for clients on all addresses (a later EnvironmentFile overrides etcd.env), so
+// the host forward to 10.0.2.15:2379 arrives. Peer traffic stays on the node address.
+func GuestFragment(userMACs ...string) ignition.Fragment {
+	macs := append([]string(nil), userMACs...)
+	for i := range macs {
+		macs[i] = strings.ToLower(macs[i])
+	}
+	sort.Strings(macs)
+	network := "# QEMU test harness: the user-mode NIC, reachable from the host through a forward only.\n" +
+		"[Match]\nMACAddress=" + strings.Join(macs, " ") + "\n\n" +
+		"[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n\n" +
+		"[DHCPv4]\nUseRoutes=false\nUseDNS=false\nUseNTP=false\nUseHostname=false\nUseDomains=false\n"
+	dropIn := "# QEMU test harness: etcd also listens on the user-mode NIC.\n[Service]\nEnvironmentFile=" + GuestEtcdEnv + "\n"
+	env := "# QEMU test harness: listen on every address (the host forwards arrive on 10.0.2.15).\n" +
+		"ETCD_LISTEN_CLIENT_URLS=https://0.0.0.0:" + strconv.Itoa(EtcdClientPort) + "\n" +
+		"ETCD_LISTEN_PEER_URLS=https://0.0.0.0:" + strconv.Itoa(EtcdPeerPort) + "\n"
+	var b strings.Builder
+	b.WriteString("variant: fcos\nversion: 1.5.0\nstorage:\n  files:\n")
+	for _, f := range []struct {
+		path, data string
+	}{{GuestNetworkPath, network}, {GuestEtcdDropIn, dropIn}, {GuestEtcdEnv, env}} {
+		fmt.Fprintf(&b, "    - path: %s\n      mode: 0644\n      contents:\n        inline: |\n", f.path)
+		for _, l := range strings.Split(strings.TrimRight(f.data, "\n"), "\n") {
+			if l == "" {
+				b.WriteString("\n")
+				continue
+			}
+			b.WriteString("          " + l + "\n")
+		}
+	}
+	return ignition.Fragment{Source: "qemu-guest.bu (test/qemu)", Data: []byte(b.String())}
+}
+
+// Cluster is a running set of VMs and their hub.
+type Cluster struct {
+	// Started is when the VMs were launched.
+	Started time.Time
+
+	dir   string
+	mem   int
+	hub   *Hub
+	mu    sync.Mutex
+	nodes map[string]*clusterNode
+}
+
+type clusterNode struct {
+	name, image, mac, userMAC string
+	overlay, vars             string
+	vm                        *VM
+	endpoint                  string
+	peer                      string
+}
+
+// StartCluster launches every VM at once and returns when each one's forwarded port is
+// known (the guests are still booting). Stop it when done.
+func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
+	if err := Check(); err != nil {
+		return nil, err
+	}
+	if len(o.Images) == 0 {
+		return nil, fmt.Errorf("no images")
+	}
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	mem := o.MemoryMiB
+	if mem == 0 {
+		mem = 768
+	}
+	c := &Cluster{dir: o.Dir, mem: mem, hub: NewHub(), nodes: map[string]*clusterNode{}}
+	if o.TimeServer.IsValid() {
+		c.hub.ServeTime(o.TimeServer, o.TimeOffset)
+	}
+	for name, img := range o.Images {
+		mac := o.MACs[name]
+		if mac == "" {
+			return nil, fmt.Errorf("node %s has no MAC", name)
+		}
+		um := o.UserMACs[name]
+		if um == "" {
+			um = UserMAC(mac)
+		}
+		abs, err := filepath.Abs(img)
+		if err != nil {
+			return nil, err
+		}
+		c.nodes[name] = &clusterNode{
+			name: name, image: abs, mac: mac, userMAC: um,
+			overlay: filepath.Join(o.Dir, name+".overlay.qcow2"),
+			vars:    filepath.Join(o.Dir, name+".vars.fd"),
+		}
+	}
+	// Overlays and firmware variables first (qemu-img takes a moment), in parallel.
+	if err := c.each(func(n *clusterNode) error { return n.prepare(ctx) }); err != nil {
+		return nil, err
+	}
+	c.Started = time.Now()
+	if err := c.each(func(n *clusterNode) error { return c.boot(n) }); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	if err := c.each(func(n *clusterNode) error { return c.readPort(ctx, n) }); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	if err := c.writeEndpoints(); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) each(f func(n *clusterNode) error) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(c.nodes))
+	for _, n := range c.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(n); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func (n *clusterNode) prepare(ctx context.Context) error {
+	format := "raw"
+	if strings.HasSuffix(n.image, ".qcow2") {
+		format = "qcow2"
+	}
+	_ = os.Remove(n.overlay)
+	_ = os.Remove(filepath.Join(filepath.Dir(n.overlay), n.name+".log"))
+	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", n.image, "-F", format, n.overlay).CombinedOutput(); err != nil {
+		return fmt.Errorf("overlay for %s: %v: %s", n.name, err, out)
+	}
+	b, err := os.ReadFile(OVMFVars)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(n.vars, b, 0o644)
+}
+
+// boot starts QEMU for a node with its existing overlay and firmware variables.
+func (c *Cluster) boot(n *clusterNode) error {
+	l2, err := c.hub.Attach(n.name)
+	if err != nil {
+		return err
+	}
+	defer l2.Close() // the child has its own copy after Start
+	vm := &VM{Name: n.name, Console: c.Console(n.name), qmpPath: filepath.Join(c.dir, n.name+".qmp"), done: make(chan error, 1)}
+	_ = os.Remove(vm.qmpPath)
+	args := []string{
+		"-name", n.name, "-machine", "q35", "-accel", "tcg,tb-size=64", "-m", strconv.Itoa(c.mem), "-smp", "1",
+		"-drive", "if=pflash,format=raw,readonly=on,file=" + OVMFCode,
+		"-drive", "if=pflash,format=raw,file=" + n.vars,
+		"-drive", "if=virtio,format=qcow2,file=" + n.overlay,
+		// First NIC: the private segment (fd 3 is ExtraFiles[0]).
+		"-netdev", "stream,id=l2,addr.type=fd,addr.str=3",
+		"-device", "virtio-net-pci,netdev=l2,mac=" + strings.ToLower(n.mac),
+		// Second NIC: host forward to etcd only; restrict=on keeps the guest off the host.
+		"-netdev", fmt.Sprintf("user,id=u0,restrict=on,hostfwd=tcp:127.0.0.1:0-:%d,hostfwd=tcp:127.0.0.1:0-:%d", EtcdClientPort, EtcdPeerPort),
+		"-device", "virtio-net-pci,netdev=u0,mac=" + strings.ToLower(n.userMAC),
+		// The console log survives restarts (append).
+		"-chardev", "file,id=con,path=" + vm.Console + ",append=on", "-serial", "chardev:con",
+		"-display", "none", "-monitor", "none", "-no-reboot",
+		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
+	}
+	vm.cmd = exec.Command("qemu-system-x86_64", args...)
+	vm.cmd.ExtraFiles = []*os.File{l2}
+	var stderr strings.Builder
+	vm.cmd.Stderr = &stderr
+	if err := vm.cmd.Start(); err != nil {
+		return fmt.Errorf("starting QEMU for %s: %w", n.name, err)
+	}
+	go func() {
+		err := vm.cmd.Wait()
+		if err != nil && stderr.Len() > 0 {
+			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+		}
+		vm.done <- err
+	}()
+	c.mu.Lock()
+	n.vm = vm
+	n.endpoint, n.peer = "", ""
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *Cluster) readPort(ctx context.Context, n *clusterNode) error {
+	c.mu.Lock()
+	vm := n.vm
+	c.mu.Unlock()
+	port, err := vm.HostPort(ctx, EtcdClientPort)
+	if err != nil {
+		return err
+	}
+	peer, err := vm.HostPort(ctx, EtcdPeerPort)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	n.endpoint = fmt.Sprintf("https://127.0.0.1:%d", port)
+	n.peer = fmt.Sprintf("https://127.0.0.1:%d", peer)
+	c.mu.Unlock()
+	return nil
+}
+
+// writeEndpoints writes Dir/endpoints.json: {"<node>": "https://127.0.0.1:<port>", ...}.
+func (c *Cluster) writeEndpoints() error {
+	b, err := json.MarshalIndent(c.Endpoints(), "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(c.dir, ".endpoints.json.tmp")
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(c.dir, "endpoints.json"))
+}
+
+func (c *Cluster) node(name string) (*clusterNode, error) {
+	n := c.nodes[name]
+	if n == nil {
+		return nil, fmt.Errorf("no node %q in the cluster", name)
+	}
+	return n, nil
+}
+
+// Nodes returns the node names, sorted.
+func (c *Cluster) Nodes() []string {
+	var out []string
+	for n := range c.nodes {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// PeerEndpoint is the host URL of the node's etcd peer port (forwarded for tests that
+// check it refuses clients).
+func (c *Cluster) PeerEndpoint(node string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n, ok := c.nodes[node]; ok {
+		return n.peer
+	}
+	return ""
+}
+
+// Endpoint is the node's etcd client URL on the host (https://127.0.0.1:port), or "" while
+// the node is down.
+func (c *Cluster) Endpoint(node string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := c.nodes[node]; n != nil {
+		return n.endpoint
+	}
+	return ""
+}
+
+// Endpoints maps every running node to its endpoint.
+func (c *Cluster) Endpoints() map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]string{}
+	for name, n := range c.nodes {
+		if n.endpoint != "" {
+			out[name] = n.endpoint
+		}
+	}
+	return out
+}
+
+// Console is the path of the node's serial console log (kept across restarts).
+func (c *Cluster) Console(node string) string {
+	return filepath.Join(c.dir, node+".log")
+}
+
+// VM returns the node's current QEMU process (nil after Kill).
+func (c *Cluster) VM(node string) *VM {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := c.nodes[node]; n != nil {
+		return n.vm
+	}
+	return nil
+}
+
+// Kill stops a node's VM at once, like pulling the power cord. Its disk (the overlay)
+// is kept for Restart.
+func (c *Cluster) Kill(node string) error {
+	n, err := c.node(node)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	vm := n.vm
+	n.vm, n.endpoint, n.peer = nil, "", ""
+	c.mu.Unlock()
+	if vm != nil {
+		vm.Kill()
+	}
+	return c.writeEndpoints()
+}
+
+// Restart kills the node's VM if it runs and boots it again from the same overlay (so
+// its disk state, etcd data included, is kept). Its forwarded port changes; Endpoint and
+// endpoints.json give the new one. A cut link stays cut.
+func (c *Cluster) Restart(ctx context.Context, node string) error {
+	if err := c.Kill(node); err != nil {
+		return err
+	}
+	n, _ := c.node(node)
+	if err := c.boot(n); err != nil {
+		return err
+	}
+	if err := c.readPort(ctx, n); err != nil {
+		return err
+	}
+	return c.writeEndpoints()
+}
+
+// CutLink drops every frame to and from the node on the private segment (its host
+// forward still works, so it can be observed while partitioned).
+func (c *Cluster) CutLink(node string) error { return c.hub.CutLink(node) }
+
+// RestoreLink undoes CutLink.
+func (c *Cluster) RestoreLink(node string) error { return c.hub.RestoreLink(node) }
+
+// Hub is the private segment, for statistics.
+func (c *Cluster) Hub() *Hub { return c.hub }
+
+// Stop kills every VM and closes the hub. Files in Dir are kept.
+func (c *Cluster) Stop() {
+	c.mu.Lock()
+	var vms []*VM
+	for _, n := range c.nodes {
+		if n.vm != nil {
+			vms = append(vms, n.vm)
+			n.vm, n.endpoint, n.peer = nil, "", ""
+		}
+	}
+	c.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, vm := range vms {
+		wg.Add(1)
+		go func() { defer wg.Done(); vm.Kill() }()
+	}
+	wg.Wait()
+	c.hub.Close()
+}

@@ -1,0 +1,116 @@
+package qemu
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"time"
+)
+
+// The hub's own address on the segment when it serves time (locally administered MAC).
+var timeHostMAC = [6]byte{0x02, 0x00, 0x00, 0xe7, 0xcd, 0x01}
+
+// ntpEpochOffset is the number of seconds from 1900 (NTP) to 1970 (Unix).
+const ntpEpochOffset = 2208988800
+
+// ServeTime makes the hub answer, as a host on the segment with address ip, ARP requests
+// for ip and NTP queries (UDP port 123) sent to it, with this machine's clock plus offset.
+// VMs then have a time source without any route off the machine (chrony and
+// etcd-firstboot's time gate query it like any NTP server). An offset lets tests skew
+// the cluster's reference clock.
+func (h *Hub) ServeTime(ip netip.Addr, offset time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.timeIP, h.timeOffset = ip, offset
+}
+
+// answerLocal handles a frame addressed to the hub's time host; it reports whether the
+// frame was for the time host only (and so is not switched further). Called with h.mu held.
+func (h *Hub) answerLocal(src *hubPort, frame []byte) (reply []byte, consumed bool) {
+	if !h.timeIP.IsValid() || len(frame) < 14 {
+		return nil, false
+	}
+	ip := h.timeIP.As4()
+	switch binary.BigEndian.Uint16(frame[12:14]) {
+	case 0x0806: // ARP
+		a := frame[14:]
+		if len(a) < 28 || binary.BigEndian.Uint16(a[6:8]) != 1 || [4]byte(a[24:28]) != ip {
+			return nil, false
+		}
+		r := make([]byte, 14+28)
+		copy(r[0:6], a[8:14]) // to the requester
+		copy(r[6:12], timeHostMAC[:])
+		binary.BigEndian.PutUint16(r[12:14], 0x0806)
+		ra := r[14:]
+		binary.BigEndian.PutUint16(ra[0:2], 1)      // Ethernet
+		binary.BigEndian.PutUint16(ra[2:4], 0x0800) // IPv4
+		ra[4], ra[5] = 6, 4
+		binary.BigEndian.PutUint16(ra[6:8], 2) // reply
+		copy(ra[8:14], timeHostMAC[:])
+		copy(ra[14:18], ip[:])
+		copy(ra[18:24], a[8:14])
+		copy(ra[24:28], a[14:18])
+		return r, false // broadcast requests still reach the other VMs
+	case 0x0800: // IPv4
+		p := frame[14:]
+		if len(p) < 20 || p[0]>>4 != 4 || p[9] != 17 || [4]byte(p[16:20]) != ip {
+			return nil, false
+		}
+		ihl := int(p[0]&0x0f) * 4
+		if len(p) < ihl+8+48 || binary.BigEndian.Uint16(p[ihl+2:ihl+4]) != 123 {
+			return nil, true // for the time host but not NTP: nothing else listens
+		}
+		req := p[ihl+8:]
+		if req[0]&0x07 != 3 { // client mode only
+			return nil, true
+		}
+		now := time.Now().Add(h.timeOffset)
+		ntp := make([]byte, 48)
+		ntp[0] = 0<<6 | 4<<3 | 4                     // no leap warning, version 4, server
+		ntp[1] = 1                                   // stratum 1
+		ntp[2] = req[2]                              // poll
+		ntp[3] = 0xec                                // precision 2^-20
+		binary.BigEndian.PutUint32(ntp[8:12], 1<<10) // root dispersion ~16 ms
+		copy(ntp[12:16], "LOCL")
+		putNTPTime(ntp[16:24], now)  // reference
+		copy(ntp[24:32], req[40:48]) // originate = client's transmit
+		putNTPTime(ntp[32:40], now)  // receive
+		putNTPTime(ntp[40:48], now)  // transmit
+
+		r := make([]byte, 14+20+8+48)
+		copy(r[0:6], frame[6:12])
+		copy(r[6:12], timeHostMAC[:])
+		binary.BigEndian.PutUint16(r[12:14], 0x0800)
+		ipr := r[14:34]
+		ipr[0], ipr[8], ipr[9] = 0x45, 64, 17
+		binary.BigEndian.PutUint16(ipr[2:4], uint16(20+8+48))
+		copy(ipr[12:16], ip[:])
+		copy(ipr[16:20], p[12:16])
+		binary.BigEndian.PutUint16(ipr[10:12], ipChecksum(ipr))
+		udp := r[34:42]
+		binary.BigEndian.PutUint16(udp[0:2], 123)
+		copy(udp[2:4], p[ihl:ihl+2]) // to the client's port
+		binary.BigEndian.PutUint16(udp[4:6], 8+48)
+		// UDP checksum 0: allowed over IPv4.
+		copy(r[42:], ntp)
+		return r, true
+	}
+	return nil, false
+}
+
+func putNTPTime(b []byte, t time.Time) {
+	secs := uint64(t.Unix()) + ntpEpochOffset
+	frac := uint64(t.Nanosecond()) << 32 / 1e9
+	binary.BigEndian.PutUint32(b[0:4], uint32(secs))
+	binary.BigEndian.PutUint32(b[4:8], uint32(frac))
+}
+
+func ipChecksum(h []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(h); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(h[i : i+2]))
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
