@@ -215,26 +215,22 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 			}
 		}
 	}
-	// Reproducible so far: the partition table and the ESP are byte-identical across
-	// builds. (The ext4 file systems are not yet: go-diskfs stamps time.Now() and a random
-	// hash seed into superblocks and inodes; see the README.)
+	// Reproducible: a second build (a second later, into another directory) gives
+	// byte-identical disk images and manifests.
+	time.Sleep(1100 * time.Millisecond)
 	out2 := filepath.Join(t.TempDir(), "images")
 	o.OutDir = out2
 	if _, err := Build(o); err != nil {
 		t.Fatal(err)
 	}
 	for _, im := range imgs {
-		var m Manifest
-		mb, _ := os.ReadFile(filepath.Join(out, im.Node+".manifest.json"))
-		json.Unmarshal(mb, &m)
-		a, b := filepath.Join(out, im.Node+".raw"), filepath.Join(out2, im.Node+".raw")
-		if sha256File(t, partition(t, a, m, LabelESP)) != sha256File(t, partition(t, b, m, LabelESP)) {
-			t.Errorf("%s: the ESPs of two builds differ", im.Node)
-		}
-		ga, _ := exec.Command("sgdisk", "-p", a).Output()
-		gb, _ := exec.Command("sgdisk", "-p", b).Output()
-		if strings.ReplaceAll(string(ga), a, "") != strings.ReplaceAll(string(gb), b, "") {
-			t.Errorf("%s: partition tables differ:\n%s\n%s", im.Node, ga, gb)
+		for _, f := range []string{im.Node + ".raw", im.Node + ".manifest.json"} {
+			a, b := sha256File(t, filepath.Join(out, f)), sha256File(t, filepath.Join(out2, f))
+			if a != b {
+				t.Errorf("%s differs between two builds: %s vs %s", f, a, b)
+			} else {
+				t.Logf("%s: sha256 %s in both builds", f, a)
+			}
 		}
 	}
 }

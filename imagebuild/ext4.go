@@ -49,7 +49,11 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 		}
 		params.UUID = &u
 	}
+	// The directory hash seed comes from uuid's random source: seed it from the file
+	// system's identity so the same input gives the same bytes (see ext4stamp.go).
+	restore := seededUUIDs("ext4/" + o.UUID + "/" + o.Label)
 	fsys, err := ext4.Create(file.New(f, false), size, 0, 512, params)
+	restore()
 	if err != nil {
 		return st, fmt.Errorf("creating ext4 (%d bytes): %w", size, err)
 	}
@@ -123,6 +127,11 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 	}
 	if err := fsys.Close(); err != nil {
 		return st, err
+	}
+	if !o.Time.IsZero() {
+		if err := stampExt4(f, 0, o.Time); err != nil {
+			return st, fmt.Errorf("%s: %w", path, err)
+		}
 	}
 	return st, f.Sync()
 }
