@@ -104,6 +104,8 @@ func DefaultBaseRecipe() BaseRecipe {
 			"ca-certificates",
 			"iputils-ping",
 			"systemd-boot-efi",
+			// Started by udev only where a hypervisor offers its virtio port (etcdbake exec, tests).
+			"qemu-guest-agent",
 		},
 		SourceDateEpoch: DefaultSourceDateEpoch,
 		CustomizeHooks:  append([]string(nil), DefaultBaseHooks...),

@@ -550,7 +550,7 @@ func TestBuildBaseFake(t *testing.T) {
 	joined := strings.Join(args, "\n")
 	for _, want := range []string{
 		"--variant=minbase",
-		"--include=ca-certificates,chrony,dbus,e2fsprogs,iproute2,iptables,iputils-ping,kmod,linux-image-cloud-amd64,systemd-boot-efi,systemd-sysv,udev",
+		"--include=ca-certificates,chrony,dbus,e2fsprogs,iproute2,iptables,iputils-ping,kmod,linux-image-cloud-amd64,qemu-guest-agent,systemd-boot-efi,systemd-sysv,udev",
 		"--customize-hook=set -e",
 		"--format=tar\n--\nbookworm\n",
 		"\nhttp://deb.example/debian",

@@ -6,11 +6,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -59,6 +61,17 @@ type Cluster struct {
 	Members   []Member `json:"members"`
 	// Quorum says whether a majority of voting members answered.
 	Quorum bool `json:"quorum"`
+	// Flannel lists the subnet leases under the spec's flannel prefix (empty when the
+	// cluster could not be read).
+	Flannel []Lease `json:"flannelLeases"`
+}
+
+// Lease is one flanneld subnet lease.
+type Lease struct {
+	Subnet   string `json:"subnet"`
+	PublicIP string `json:"publicIP"`
+	// Node is the spec node whose address is PublicIP ("" if none).
+	Node string `json:"node,omitempty"`
 }
 
 // TLSConfig loads the client certificate and CA for talking to etcd.
@@ -171,7 +184,44 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 		}
 	}
 	out.Quorum = voters > 0 && healthyVoters > voters/2 && out.Leader != ""
+	if out.Quorum {
+		leases, err := flannelLeases(ctx, cli, c, o.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("reading flannel leases: %w", explain(err))
+		}
+		out.Flannel = leases
+	}
 	sort.SliceStable(out.Members, func(i, j int) bool { return out.Members[i].Name < out.Members[j].Name })
+	return out, nil
+}
+
+// flannelLeases lists <prefix>/subnets/: keys like 10.244.7.0-24, values with PublicIP.
+func flannelLeases(ctx context.Context, cli *clientv3.Client, c *spec.Cluster, timeout time.Duration) ([]Lease, error) {
+	prefix := c.Flannel.Prefix
+	if prefix == "" {
+		prefix = spec.DefaultPrefix
+	}
+	gctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := cli.Get(gctx, strings.TrimSuffix(prefix, "/")+"/subnets/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	byIP := map[string]string{}
+	for _, n := range c.Nodes {
+		byIP[n.IP().String()] = n.Name
+	}
+	var out []Lease
+	for _, kv := range resp.Kvs {
+		key := string(kv.Key)
+		l := Lease{Subnet: strings.Replace(key[strings.LastIndex(key, "/")+1:], "-", "/", 1)}
+		var v struct{ PublicIP string }
+		if json.Unmarshal(kv.Value, &v) == nil {
+			l.PublicIP, l.Node = v.PublicIP, byIP[v.PublicIP]
+		}
+		out = append(out, l)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node+out[i].Subnet < out[j].Node+out[j].Subnet })
 	return out, nil
 }
 

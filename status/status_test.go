@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/etcdbake/etcdbake/internal/testcluster"
 	"github.com/etcdbake/etcdbake/pki"
 )
@@ -20,9 +23,25 @@ func TestStatusAgainstRealCluster(t *testing.T) {
 	ca, crt, key := tc.ClientFiles("admin")
 
 	ctx := context.Background()
+	// A flannel lease as flanneld writes it, for member m2's address.
+	tlsCfg, err := TLSConfig(ca, crt, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.ClientEndpoints(), TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, "/coreos.com/network/subnets/10.244.7.0-24", `{"PublicIP":"`+c.Nodes[1].IP().String()+`","BackendType":"vxlan"}`); err != nil {
+		t.Fatal(err)
+	}
 	st, err := Collect(ctx, c, Options{CAFile: ca, CertFile: crt, KeyFile: key, PKIDir: tc.PKIDir, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(st.Flannel) != 1 || st.Flannel[0] != (Lease{Subnet: "10.244.7.0/24", PublicIP: c.Nodes[1].IP().String(), Node: "m2"}) {
+		t.Errorf("flannel leases: %+v", st.Flannel)
 	}
 	if len(st.Members) != 3 || !st.Quorum || st.Leader == "" {
 		t.Fatalf("want 3 members with quorum and a leader, got %+v", st)

@@ -289,6 +289,17 @@ func printStatus(out interface{ Write([]byte) (int, error) }, st *status.Cluster
 	}
 	w.Flush()
 	fmt.Fprintf(out, "cluster %s, leader %s, quorum %v\n", st.ClusterID, st.Leader, st.Quorum)
+	if len(st.Flannel) > 0 {
+		var ls []string
+		for _, l := range st.Flannel {
+			who := l.Node
+			if who == "" {
+				who = l.PublicIP
+			}
+			ls = append(ls, who+"="+l.Subnet)
+		}
+		fmt.Fprintf(out, "flannel leases (%d): %s\n", len(st.Flannel), strings.Join(ls, " "))
+	}
 }
 
 func humanBytes(n int64) string {

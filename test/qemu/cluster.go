@@ -42,6 +42,9 @@ type ClusterOptions struct {
 	// (ServeTime) with this machine's clock plus TimeOffset: the VMs' time source.
 	TimeServer netip.Addr
 	TimeOffset time.Duration
+	// KeepDisks boots from the overlays already in Dir (made by an earlier StartCluster
+	// for the same images), so the nodes keep their etcd data; missing ones are created.
+	KeepDisks bool
 }
 
 // Guest ports forwarded from the host: etcd's client port, and its peer port (for tests
@@ -120,6 +123,7 @@ type Cluster struct {
 type clusterNode struct {
 	name, image, mac, userMAC string
 	overlay, vars             string
+	rtc                       time.Duration // guest clock offset for the next boot
 	vm                        *VM
 	endpoint                  string
 	peer                      string
@@ -165,7 +169,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 		}
 	}
 	// Overlays and firmware variables first (qemu-img takes a moment), in parallel.
-	if err := c.each(func(n *clusterNode) error { return n.prepare(ctx) }); err != nil {
+	if err := c.each(func(n *clusterNode) error { return n.prepare(ctx, o.KeepDisks) }); err != nil {
 		return nil, err
 	}
 	c.Started = time.Now()
@@ -201,7 +205,16 @@ func (c *Cluster) each(f func(n *clusterNode) error) error {
 	return <-errs
 }
 
-func (n *clusterNode) prepare(ctx context.Context) error {
+// prepare makes the node's overlay over its image (a blank disk, as the image was built)
+// and firmware variables; with keep, an existing overlay and variables are used as they are.
+func (n *clusterNode) prepare(ctx context.Context, keep bool) error {
+	if keep {
+		_, e1 := os.Stat(n.overlay)
+		_, e2 := os.Stat(n.vars)
+		if e1 == nil && e2 == nil {
+			return nil
+		}
+	}
 	format := "raw"
 	if strings.HasSuffix(n.image, ".qcow2") {
 		format = "qcow2"
@@ -225,8 +238,9 @@ func (c *Cluster) boot(n *clusterNode) error {
 		return err
 	}
 	defer l2.Close() // the child has its own copy after Start
-	vm := &VM{Name: n.name, Console: c.Console(n.name), qmpPath: filepath.Join(c.dir, n.name+".qmp"), done: make(chan error, 1)}
+	vm := &VM{Name: n.name, Console: c.Console(n.name), qmpPath: filepath.Join(c.dir, n.name+".qmp"), qgaPath: filepath.Join(c.dir, n.name+".qga"), done: make(chan error, 1)}
 	_ = os.Remove(vm.qmpPath)
+	_ = os.Remove(vm.qgaPath)
 	args := []string{
 		"-name", n.name, "-machine", "q35", "-accel", "tcg,tb-size=64", "-m", strconv.Itoa(c.mem), "-smp", "1",
 		"-drive", "if=pflash,format=raw,readonly=on,file=" + OVMFCode,
@@ -242,6 +256,11 @@ func (c *Cluster) boot(n *clusterNode) error {
 		"-chardev", "file,id=con,path=" + vm.Console + ",append=on", "-serial", "chardev:con",
 		"-display", "none", "-monitor", "none", "-no-reboot",
 		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
+	}
+	args = append(args, guestAgentArgs(vm.qgaPath)...)
+	if n.rtc != 0 {
+		// The guest's hardware clock starts this far from the host's.
+		args = append(args, "-rtc", "base="+time.Now().Add(n.rtc).UTC().Format("2006-01-02T15:04:05"))
 	}
 	vm.cmd = exec.Command("qemu-system-x86_64", args...)
 	vm.cmd.ExtraFiles = []*os.File{l2}
@@ -385,10 +404,33 @@ func (c *Cluster) Kill(node string) error {
 // its disk state, etcd data included, is kept). Its forwarded port changes; Endpoint and
 // endpoints.json give the new one. A cut link stays cut.
 func (c *Cluster) Restart(ctx context.Context, node string) error {
+	return c.RestartWith(ctx, node, RestartOptions{})
+}
+
+// RestartOptions change a node's next boot.
+type RestartOptions struct {
+	// ClockOffset starts the guest's hardware clock this far from the host's (QEMU
+	// -rtc base=); it stays for later restarts until changed (0 = the host's clock).
+	ClockOffset time.Duration
+	// WipeDisk replaces the node's disk with a blank one made from its image, as after a
+	// disk loss: the data partition is empty and formatted on boot.
+	WipeDisk bool
+}
+
+// RestartWith is Restart with a changed clock or a fresh disk.
+func (c *Cluster) RestartWith(ctx context.Context, node string, o RestartOptions) error {
 	if err := c.Kill(node); err != nil {
 		return err
 	}
 	n, _ := c.node(node)
+	c.mu.Lock()
+	n.rtc = o.ClockOffset
+	c.mu.Unlock()
+	if o.WipeDisk {
+		if err := n.prepare(ctx, false); err != nil {
+			return err
+		}
+	}
 	if err := c.boot(n); err != nil {
 		return err
 	}
@@ -396,6 +438,15 @@ func (c *Cluster) Restart(ctx context.Context, node string) error {
 		return err
 	}
 	return c.writeEndpoints()
+}
+
+// Exec runs a command in the node as root through its guest agent (see VM.Exec).
+func (c *Cluster) Exec(ctx context.Context, node string, argv ...string) (ExecResult, error) {
+	vm := c.VM(node)
+	if vm == nil {
+		return ExecResult{}, fmt.Errorf("node %s is not running", node)
+	}
+	return vm.Exec(ctx, argv...)
 }
 
 // CutLink drops every frame to and from the node on the private segment (its host

@@ -50,6 +50,7 @@ type VM struct {
 	Console string // serial console log
 	cmd     *exec.Cmd
 	qmpPath string
+	qgaPath string // guest agent socket (see guestagent.go)
 	done    chan error
 }
 
@@ -103,8 +104,9 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 	if err := os.WriteFile(vars, b, 0o644); err != nil {
 		return nil, err
 	}
-	vm := &VM{Name: o.Name, Console: filepath.Join(o.Dir, o.Name+".log"), qmpPath: filepath.Join(o.Dir, o.Name+".qmp"), done: make(chan error, 1)}
+	vm := &VM{Name: o.Name, Console: filepath.Join(o.Dir, o.Name+".log"), qmpPath: filepath.Join(o.Dir, o.Name+".qmp"), qgaPath: filepath.Join(o.Dir, o.Name+".qga"), done: make(chan error, 1)}
 	_ = os.Remove(vm.qmpPath)
+	_ = os.Remove(vm.qgaPath)
 	mem := o.MemoryMiB
 	if mem == 0 {
 		mem = 1024
@@ -126,6 +128,7 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 		"-serial", "file:" + vm.Console, "-display", "none", "-monitor", "none", "-no-reboot",
 		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
 	}
+	args = append(args, guestAgentArgs(vm.qgaPath)...)
 	if o.RTCBase != "" {
 		args = append(args, "-rtc", "base="+o.RTCBase)
 	}
@@ -143,6 +146,14 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 		vm.done <- err
 	}()
 	return vm, nil
+}
+
+// PID is the QEMU process's ID.
+func (vm *VM) PID() int {
+	if vm.cmd.Process == nil {
+		return 0
+	}
+	return vm.cmd.Process.Pid
 }
 
 // Kill stops the VM at once (like pulling the plug).
