@@ -298,3 +298,32 @@ func TestImageFormatCheckedFirst(t *testing.T) {
 		}
 	}
 }
+
+// TestHubTimeServer: up's time server is the highest free host address of the nodes'
+// prefix, never a node's address; a prefix without room is refused with the field named.
+func TestHubTimeServer(t *testing.T) {
+	c, rep := spec.Parse(spec.Example)
+	if c == nil || len(rep.Errors()) > 0 {
+		t.Fatalf("example: %v", rep.Problems)
+	}
+	a, err := hubTimeServer(c)
+	if err != nil || a.String() != "10.88.0.254" {
+		t.Fatalf("got %v %v, want 10.88.0.254", a, err)
+	}
+	c.Nodes[2].Address = "10.88.0.254/24"
+	if a, err := hubTimeServer(c); err != nil || a.String() != "10.88.0.253" {
+		t.Errorf("with a node on .254: got %v %v, want 10.88.0.253", a, err)
+	}
+	c.Nodes[0].Address = "10.88.0.11/31"
+	if _, err := hubTimeServer(c); err == nil || !strings.Contains(err.Error(), "nodes[0].address") {
+		t.Errorf("/31: %v", err)
+	}
+	// exec and down with nothing running say so.
+	dir := t.TempDir()
+	if _, _, err := run(t, time.Now(), "exec", "--out", dir, "etcd-1", "--", "true"); err == nil || !strings.Contains(err.Error(), "no cluster running") {
+		t.Errorf("exec without a cluster: %v", err)
+	}
+	if out, _, err := run(t, time.Now(), "down", "--out", dir); err != nil || !strings.Contains(out, "no cluster running") {
+		t.Errorf("down without a cluster: %q %v", out, err)
+	}
+}

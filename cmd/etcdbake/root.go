@@ -50,6 +50,10 @@ Start with:  etcdbake init && etcdbake validate && etcdbake ignition --binaries-
 		a.baseCmd(),
 		a.imageCmd(),
 		a.buildCmd(),
+		a.upCmd(),
+		a.downCmd(),
+		a.execCmd(),
+		a.superviseCmd(),
 	)
 	return root
 }

@@ -156,6 +156,17 @@ func (vm *VM) PID() int {
 	return vm.cmd.Process.Pid
 }
 
+// running says whether QEMU has not exited yet.
+func (vm *VM) running() bool {
+	select {
+	case err := <-vm.done:
+		vm.done <- err
+		return false
+	default:
+		return true
+	}
+}
+
 // Kill stops the VM at once (like pulling the plug).
 func (vm *VM) Kill() {
 	if vm.cmd.Process != nil {

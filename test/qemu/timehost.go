@@ -23,6 +23,13 @@ func (h *Hub) ServeTime(ip netip.Addr, offset time.Duration) {
 	h.timeIP, h.timeOffset = ip, offset
 }
 
+// TimeServer is the address ServeTime answers on (invalid when it does not).
+func (h *Hub) TimeServer() netip.Addr {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.timeIP
+}
+
 // answerLocal handles a frame addressed to the hub's time host; it reports whether the
 // frame was for the time host only (and so is not switched further). Called with h.mu held.
 func (h *Hub) answerLocal(src *hubPort, frame []byte) (reply []byte, consumed bool) {

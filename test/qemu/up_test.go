@@ -1,0 +1,145 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/etcdbake/etcdbake/binaries"
+)
+
+// TestUpDown drives the CLI as a user would: `etcdbake up` on the built-in example builds
+// the images, boots three VMs under a supervisor that outlives it and waits for the
+// healthy status table; `status` and `exec` reach the running nodes; `up` again says the
+// cluster runs; `down` stops every QEMU process and keeps the disks, so the next `up`
+// comes back with the same cluster and its data; `down --purge` discards the disks.
+func TestUpDown(t *testing.T) {
+	if err := Check(); err != nil {
+		t.Skipf("QEMU/OVMF cannot be installed here: %v (TestClusterBootstrapB0 installs them)", err)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	for _, b := range []struct{ out, pkg string }{{"etcdbake", "../../cmd/etcdbake"}, {"etcd-firstboot", "../../cmd/etcd-firstboot"}} {
+		cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(bin, b.out), b.pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("building %s: %v\n%s", b.out, err, out)
+		}
+	}
+	cache := os.Getenv("ETCDBAKE_TEST_CACHE")
+	if cache == "" {
+		cache, _ = binaries.DefaultCacheDir()
+	}
+	specPath, out := filepath.Join(dir, "cluster.yaml"), filepath.Join(dir, "out")
+	run := func(timeout time.Duration, args ...string) (string, string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, "etcdbake"), append(args, "-f", specPath, "--out", out, "--cache", cache)...)
+		var so, se bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &so, &se
+		start := time.Now()
+		err := cmd.Run()
+		t.Logf("etcdbake %s (%s, %v):\n%s%s", strings.Join(args, " "), time.Since(start).Round(100*time.Millisecond), err, se.String(), so.String())
+		return so.String(), se.String(), err
+	}
+	t.Cleanup(func() { run(time.Minute, "down", "--purge") })
+
+	if _, _, err := run(time.Minute, "init"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(specPath)
+	// The release downloads need github.com; the cached Go builds do not.
+	b = bytes.Replace(b, []byte("sources: [release, go]"), []byte("sources: [go]"), 1)
+	os.WriteFile(specPath, b, 0o644)
+
+	stdout, stderr, err := run(20*time.Minute, "up")
+	if err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	healthyTable := func(s string) {
+		t.Helper()
+		if n := regexp.MustCompile(`(?m)^etcd-\d\s+https://127\.0\.0\.1:\d+\s+healthy\s`).FindAllString(s, -1); len(n) != 3 {
+			t.Errorf("want 3 healthy members in the table, got %d", len(n))
+		}
+		if !strings.Contains(s, "flannel leases (3)") || !strings.Contains(s, "quorum true") {
+			t.Errorf("no quorum line or not 3 flannel leases")
+		}
+	}
+	healthyTable(stdout)
+	if m := regexp.MustCompile(`up: healthy after (\S+)s`).FindStringSubmatch(stderr); m != nil {
+		t.Logf("up: VMs launched -> healthy in %ss (images were built before)", m[1])
+	}
+	st, err := ReadRunState(filepath.Join(out, "run"))
+	if err != nil || !st.Running() || len(st.Nodes) != 3 {
+		t.Fatalf("run state: %v %+v", err, st)
+	}
+	clusterID := regexp.MustCompile(`cluster (\S+), leader`).FindStringSubmatch(stdout)
+
+	// up on a running cluster says so and changes nothing.
+	if stdout, _, err := run(2*time.Minute, "up"); err != nil || !strings.Contains(stdout, "already running") {
+		t.Errorf("second up: %v", err)
+	}
+	st2, _ := ReadRunState(filepath.Join(out, "run"))
+	if st2 == nil || st2.Supervisor != st.Supervisor {
+		t.Errorf("second up replaced the supervisor")
+	}
+	// status finds the forwarded endpoints by itself.
+	if stdout, _, err := run(time.Minute, "status"); err != nil {
+		t.Errorf("status: %v", err)
+	} else {
+		healthyTable(stdout)
+	}
+	// exec: output, exit codes, and a look inside.
+	if stdout, _, err := run(2*time.Minute, "exec", "etcd-2", "--", "cat", "/etc/hostname"); err != nil || strings.TrimSpace(stdout) != "etcd-2" {
+		t.Errorf("exec hostname: %q %v", stdout, err)
+	}
+	if _, _, err := run(time.Minute, "exec", "etcd-1", "--", "sh", "-c", "exit 3"); err == nil || err.(*exec.ExitError).ExitCode() != 3 {
+		t.Errorf("exec exit 3: %v", err)
+	}
+	if stdout, _, err := run(time.Minute, "exec", "etcd-1", "--", "findmnt", "-no", "OPTIONS", "/"); err != nil || !strings.HasPrefix(stdout, "ro") {
+		t.Errorf("root mount options %q (%v)", stdout, err)
+	}
+	if stdout, _, err := run(time.Minute, "exec", "etcd-3", "--", "/usr/local/bin/etcdctl", "put", "/etcdbake-test/kept", "across down and up"); err != nil || !strings.Contains(stdout, "OK") {
+		t.Fatalf("etcdctl put in etcd-3: %q %v", stdout, err)
+	}
+
+	// down stops every QEMU process and keeps the disks.
+	if stdout, _, err := run(2*time.Minute, "down"); err != nil || !strings.Contains(stdout, "stopped 3 VMs") || !strings.Contains(stdout, "kept 3 VM disks") {
+		t.Fatalf("down: %v", err)
+	}
+	for n, rn := range st.Nodes {
+		if processIs(rn.QEMU, "qemu-system") {
+			t.Errorf("%s: QEMU pid %d still runs after down", n, rn.QEMU)
+		}
+	}
+	if processIs(st.Supervisor, "") {
+		t.Errorf("supervisor %d still runs after down", st.Supervisor)
+	}
+	// The next up boots the same disks: same cluster, the key is still there.
+	stdout, _, err = run(20*time.Minute, "up")
+	if err != nil {
+		t.Fatalf("up after down: %v", err)
+	}
+	healthyTable(stdout)
+	if again := regexp.MustCompile(`cluster (\S+), leader`).FindStringSubmatch(stdout); clusterID == nil || again == nil || again[1] != clusterID[1] {
+		t.Errorf("cluster ID before down %v, after up %v", clusterID, again)
+	}
+	if stdout, _, err := run(time.Minute, "exec", "etcd-1", "--", "/usr/local/bin/etcdctl", "get", "--print-value-only", "/etcdbake-test/kept"); err != nil || strings.TrimSpace(stdout) != "across down and up" {
+		t.Errorf("key after down and up: %q %v", stdout, err)
+	}
+	if stdout, _, err := run(2*time.Minute, "down", "--purge"); err != nil || !strings.Contains(stdout, "discarded 3 VM disks") {
+		t.Errorf("down --purge: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(out, "run", "*.overlay.qcow2")); len(left) != 0 {
+		t.Errorf("disks left after --purge: %v", left)
+	}
+	if stdout, _, _ := run(time.Minute, "down"); !strings.Contains(stdout, "no cluster running") {
+		t.Errorf("down with nothing running: %q", stdout)
+	}
+}
