@@ -5,7 +5,7 @@ DEMO    ?= out/demo
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 export ETCDBAKE_TEST_CACHE ?= $(CACHE)/test-binaries
 
-.PHONY: build setup test fuzz bench demo clean
+.PHONY: build setup test fuzz bench demo demo-down clean
 
 build:
 	$(GO) build -trimpath -ldflags='-X main.version=$(VERSION)' -o bin/etcdbake ./cmd/etcdbake
@@ -27,8 +27,10 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./pki ./spec ./ignition
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./imagebuild
 
-# The whole operator-side job on the built-in example: spec, binaries, PKI, Ignition, images.
-demo: build
+# The whole job on the built-in example: spec, binaries, PKI, Ignition, images, then the
+# three nodes booted as QEMU VMs (`etcdbake up`), ending in the healthy status table.
+# `make demo-down` stops them.
+demo: setup build
 	mkdir -p $(DEMO)
 	test -f $(DEMO)/cluster.yaml || bin/etcdbake init -f $(DEMO)/cluster.yaml
 	bin/etcdbake validate -f $(DEMO)/cluster.yaml
@@ -38,6 +40,10 @@ demo: build
 	bin/etcdbake ignition -f $(DEMO)/cluster.yaml --out $(DEMO) --binaries-url http://10.88.0.1:8080/binaries
 	bin/etcdbake kubeadm -f $(DEMO)/cluster.yaml --out $(DEMO)
 	bin/etcdbake image -f $(DEMO)/cluster.yaml --out $(DEMO)
+	bin/etcdbake up -f $(DEMO)/cluster.yaml --out $(DEMO)
+
+demo-down: build
+	bin/etcdbake down -f $(DEMO)/cluster.yaml --out $(DEMO) --purge
 
 clean:
 	rm -rf bin out
