@@ -202,6 +202,14 @@ func TestClusterBootstrapB0(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The yardstick: the plain base, booted the same way on as many VMs at once.
+	plain := bootPlainBase(ctx, t, dir, bc.macs)
+	var plainMax time.Duration
+	for _, d := range plain {
+		plainMax = max(plainMax, d)
+	}
+	t.Logf("plain base (%d VMs at once): launch -> multi-user.target %v, last %s", len(plain), roundAll(plain), plainMax.Round(100*time.Millisecond))
+
 	runDir := filepath.Join(dir, "run")
 	cl, err := StartCluster(ctx, ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: runDir, MemoryMiB: 768, TimeServer: netip.MustParseAddr(qemuTimeServer)})
 	if err != nil {
@@ -209,6 +217,8 @@ func TestClusterBootstrapB0(t *testing.T) {
 	}
 	defer cl.Stop()
 	start := cl.Started
+	multiUser := make(chan map[string]time.Duration, 1)
+	go func() { multiUser <- waitMultiUser(ctx, t, cl) }()
 	eps := cl.Endpoints()
 	t.Logf("VMs launched; endpoints %v", eps)
 	if b, err := os.ReadFile(filepath.Join(runDir, "endpoints.json")); err != nil || !bytes.Contains(b, []byte(eps["etcd-1"])) {
@@ -345,6 +355,13 @@ func TestClusterBootstrapB0(t *testing.T) {
 	for _, m := range members.Members {
 		t.Logf("member %s id=%x peers=%v clients=%v learner=%v", m.Name, m.ID, m.PeerURLs, m.ClientURLs, m.IsLearner)
 	}
+	muAt := <-multiUser
+	var muMax time.Duration
+	for _, d := range muAt {
+		muMax = max(muMax, d)
+	}
+	t.Logf("B0 vs the plain base: plain base -> multi-user.target %s; etcdbake image -> multi-user.target %s (%v); -> bootstrapped %s; overhead of gates, bootstrap and flannel %s (target <= 5s)",
+		plainMax.Round(100*time.Millisecond), muMax.Round(100*time.Millisecond), roundAll(muAt), total.Round(100*time.Millisecond), (total - plainMax).Round(100*time.Millisecond))
 
 	// The flannel network config was created once.
 	cfg, err := cli.Get(ctx, prefix+"/config")
@@ -877,4 +894,12 @@ func pemBody(b []byte) []byte {
 		body = append(body, l...)
 	}
 	return body[:min(64, len(body))]
+}
+
+func roundAll(m map[string]time.Duration) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		out[k] = v.Round(100 * time.Millisecond).String()
+	}
+	return out
 }
