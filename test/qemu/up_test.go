@@ -40,7 +40,7 @@ func TestUpDown(t *testing.T) {
 	run := func(timeout time.Duration, args ...string) (string, string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, filepath.Join(bin, "etcdbake"), append(args, "-f", specPath, "--out", out, "--cache", cache)...)
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, "etcdbake"), append([]string{"-f", specPath, "--out", out, "--cache", cache}, args...)...)
 		var so, se bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &so, &se
 		start := time.Now()
