@@ -5,6 +5,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"time"
 
 	"github.com/diskfs/go-diskfs/backend/file"
@@ -57,6 +58,11 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 	if err != nil {
 		return st, fmt.Errorf("creating ext4 (%d bytes): %w", size, err)
 	}
+	// go-diskfs makes the root directory 0755 root:root and cannot change it (Chmod
+	// and Chown refuse "/"): a tree that wants another root is refused.
+	if root, ok := t.Get(""); ok && (root.Mode.Perm() != 0o755 || root.UID != 0 || root.GID != 0) {
+		return st, fmt.Errorf("the tree's root is %v %d:%d; the ext4 writer can only make 0755 0:0", root.Mode.Perm(), root.UID, root.GID)
+	}
 	err = t.Walk(func(e *Entry) error {
 		if e.Path == "" {
 			return nil
@@ -74,11 +80,6 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 			}
 			st.Symlinks++
 			// go-diskfs gives symlinks the parent's owner; modes are always 0777.
-			if !o.Time.IsZero() {
-				if err := fsys.Chtimes(p, o.Time, o.Time, o.Time); err != nil {
-					return fmt.Errorf("chtimes %s: %w", p, err)
-				}
-			}
 			return nil
 		case e.IsRegular():
 			data, err := t.contents(e)
@@ -106,24 +107,24 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 			st.Skipped = append(st.Skipped, p)
 			return nil
 		}
-		if err := fsys.Chmod(p, e.Mode&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)); err != nil {
-			return fmt.Errorf("chmod %s: %w", p, err)
+		// go-diskfs gives a new entry its parent's permission bits and owner; each Chmod
+		// and Chown is another path lookup (the bulk of the writer's time), so they are
+		// made only where the entry differs. Times are set by stampExt4 at the end.
+		inherit := parentOf(t, p)
+		if mode := e.Mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky); mode != inherit.Mode.Perm() {
+			if err := fsys.Chmod(p, mode); err != nil {
+				return fmt.Errorf("chmod %s: %w", p, err)
+			}
 		}
-		if err := fsys.Chown(p, e.UID, e.GID); err != nil {
-			return fmt.Errorf("chown %s: %w", p, err)
-		}
-		if !o.Time.IsZero() {
-			if err := fsys.Chtimes(p, o.Time, o.Time, o.Time); err != nil {
-				return fmt.Errorf("chtimes %s: %w", p, err)
+		if e.UID != inherit.UID || e.GID != inherit.GID {
+			if err := fsys.Chown(p, e.UID, e.GID); err != nil {
+				return fmt.Errorf("chown %s: %w", p, err)
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		return st, err
-	}
-	if root, ok := t.Get(""); ok {
-		_ = fsys.Chmod("/", root.Mode.Perm())
 	}
 	if err := fsys.Close(); err != nil {
 		return st, err
@@ -134,6 +135,17 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 		}
 	}
 	return st, f.Sync()
+}
+
+// parentOf is the entry of p's directory, or the root as go-diskfs makes it (0755 0:0)
+// for top-level entries.
+func parentOf(t *Tree, p string) *Entry {
+	if dir := path.Dir(p); dir != "." {
+		if e, ok := t.Get(dir); ok {
+			return e
+		}
+	}
+	return &Entry{Mode: fs.ModeDir | 0o755}
 }
 
 // contents returns a regular file's bytes (from memory, a local source file, or the entry

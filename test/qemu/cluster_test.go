@@ -86,7 +86,7 @@ for k in $keys; do
   # flanneld installs routes (here and on the peer, for the replies) as it processes
   # the leases: wait until the peer answers once (at most 60 s), then measure.
   for j in $(seq 1 60); do ping -c 1 -W 1 "$ip" >/dev/null 2>&1 && break; sleep 1; done
-  loss=$(ping -c 5 -i 0.2 -W 2 "$ip" | sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p')
+  loss=$(ping -c 5 -i 0.2 -W 5 "$ip" | sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p')
   echo "REPORT-PING $host -> $ip loss=$loss%"
 done
 pid=$(systemctl show -p MainPID --value etcd.service)
