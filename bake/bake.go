@@ -40,6 +40,8 @@ type Options struct {
 	Formats   []string
 	DataSize  int64
 	Progress  func(format string, args ...any)
+	// Meter follows the long steps (see imagebuild.BuildOptions.Meter).
+	Meter func(step string, done, total int64)
 }
 
 // NodeBinaries gathers the four programs: the verified cache (fetched if missing) and
@@ -154,7 +156,7 @@ func Images(ctx context.Context, o Options) ([]imagebuild.Image, error) {
 	return imagebuild.Build(imagebuild.BuildOptions{
 		Cluster: c.Name, Nodes: nodes, Base: base, BaseHash: baseHash,
 		SpecHash: fmt.Sprintf("%x", sha256.Sum256(o.SpecBytes)), Binaries: records, Remote: remote,
-		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, Progress: progress,
+		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, Progress: progress, Meter: o.Meter,
 	})
 }
 

@@ -62,6 +62,9 @@ type BuildOptions struct {
 	// so equal inputs give byte-identical images.
 	Time     time.Time
 	Progress func(format string, args ...any)
+	// Meter, if set, follows the long steps: it is called with the step's name and
+	// how much of it is done (done of total, in the step's own units).
+	Meter func(step string, done, total int64)
 }
 
 // Image lists the files written for one node.
@@ -170,7 +173,7 @@ func Build(o BuildOptions) ([]Image, error) {
 	t0 := time.Now()
 	rootImg := filepath.Join(tmp, "root.ext4")
 	rootSize := ext4Size(root)
-	if _, err := WriteExt4(rootImg, rootSize, root, Ext4Options{Label: LabelRoot, UUID: DeriveGUID(o.Cluster, "root-fs"), Time: when}); err != nil {
+	if _, err := WriteExt4(rootImg, rootSize, root, Ext4Options{Label: LabelRoot, UUID: DeriveGUID(o.Cluster, "root-fs"), Time: when, Meter: o.meter("shared root")}); err != nil {
 		return nil, fmt.Errorf("writing the shared root: %w", err)
 	}
 	progress("shared root: %d MiB ext4 in %s", rootSize>>20, time.Since(t0).Round(time.Millisecond))
@@ -198,6 +201,14 @@ func Build(o BuildOptions) ([]Image, error) {
 	}
 	progress("%d images in %s", len(images), time.Since(start).Round(time.Millisecond))
 	return images, nil
+}
+
+// meter binds Meter to one step (nil without a Meter).
+func (o BuildOptions) meter(step string) func(done, total int64) {
+	if o.Meter == nil {
+		return nil
+	}
+	return func(done, total int64) { o.Meter(step, done, total) }
 }
 
 // ext4Size is the content plus room for metadata and a margin, in whole MiB.
@@ -278,7 +289,7 @@ func buildNode(o BuildOptions, n NodeInput, tmp, rootImg string, rootSize int64,
 	im := Image{Node: n.Name}
 	if slices.Contains(o.Formats, "qcow2") {
 		q := filepath.Join(tmp, n.Name+".qcow2")
-		if err := ConvertQCOW2(raw, q, true); err != nil { // compressed: about half the size
+		if err := ConvertQCOW2(raw, q, true, o.meter(n.Name+" qcow2")); err != nil { // compressed: about half the size
 			return Image{}, err
 		}
 		im.Files = append(im.Files, q)

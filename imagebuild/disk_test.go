@@ -669,8 +669,17 @@ func TestDiskQCOW2(t *testing.T) {
 	}
 	for _, compress := range []bool{false, true} {
 		q := filepath.Join(dir, fmt.Sprintf("disk-%v.qcow2", compress))
-		if err := ConvertQCOW2(raw, q, compress); err != nil {
+		var last, calls int64
+		if err := ConvertQCOW2(raw, q, compress, func(done, total int64) {
+			if done < last || total != 10000 {
+				t.Errorf("progress went from %d to %d of %d", last, done, total)
+			}
+			last, calls = done, calls+1
+		}); err != nil {
 			t.Fatal(err)
+		}
+		if last != 10000 || calls < 2 {
+			t.Errorf("compress=%v: progress ended at %d/10000 after %d reports", compress, last, calls)
 		}
 		out, err := exec.Command(qemuImg, "info", "--output", "json", q).Output()
 		if err != nil {
@@ -695,7 +704,7 @@ func TestDiskQCOW2(t *testing.T) {
 
 func TestDiskQCOW2MissingTool(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
-	err := ConvertQCOW2("a", "b", false)
+	err := ConvertQCOW2("a", "b", false, nil)
 	if err == nil || !strings.Contains(err.Error(), "qemu-utils") {
 		t.Fatalf("ConvertQCOW2 without qemu-img: %v, want an error naming qemu-utils", err)
 	}

@@ -19,6 +19,8 @@ type Ext4Options struct {
 	UUID  string // filesystem UUID (derived from cluster and node names)
 	// Time is stamped on every inode, for reproducible images.
 	Time time.Time
+	// Meter, if set, is told how many of the tree's entries are written.
+	Meter func(done, total int64)
 }
 
 // Ext4Stats says what the writer could not represent (go-diskfs has no device nodes and
@@ -63,7 +65,11 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 	if root, ok := t.Get(""); ok && (root.Mode.Perm() != 0o755 || root.UID != 0 || root.GID != 0) {
 		return st, fmt.Errorf("the tree's root is %v %d:%d; the ext4 writer can only make 0755 0:0", root.Mode.Perm(), root.UID, root.GID)
 	}
+	total, done := int64(t.Len()), int64(0)
 	err = t.Walk(func(e *Entry) error {
+		if done++; o.Meter != nil && (done%256 == 0 || done == total) {
+			o.Meter(done, total)
+		}
 		if e.Path == "" {
 			return nil
 		}

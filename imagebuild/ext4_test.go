@@ -37,9 +37,14 @@ func TestWriteExt4(t *testing.T) {
 	diskTestTool(t, "fsck.ext4", "e2fsprogs")
 	diskTestTool(t, "debugfs", "e2fsprogs")
 	img := filepath.Join(t.TempDir(), "root.ext4")
-	st, err := WriteExt4(img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", "root"), Time: time.Unix(1700000000, 0)})
+	var done, total int64
+	st, err := WriteExt4(img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", "root"), Time: time.Unix(1700000000, 0),
+		Meter: func(d, n int64) { done, total = d, n }})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if done != total || total != int64(sampleTree(t).Len()) {
+		t.Errorf("meter ended at %d of %d", done, total)
 	}
 	if st.Files != 4 || st.HardlinksCopied != 1 || st.Symlinks != 1 {
 		t.Errorf("stats %+v", st)

@@ -327,3 +327,17 @@ func TestHubTimeServer(t *testing.T) {
 		t.Errorf("down without a cluster: %q %v", out, err)
 	}
 }
+
+// TestMeterPlain: off a terminal, progress is a line per quarter and step.
+func TestMeterPlain(t *testing.T) {
+	var b bytes.Buffer
+	m := newMeter(&b)
+	for i := int64(0); i <= 1000; i += 10 {
+		m("shared root", i, 1000)
+	}
+	m("etcd-1 qcow2", 5000, 10000)
+	want := "  shared root: 0%\n  shared root: 25%\n  shared root: 50%\n  shared root: 75%\n  shared root: 100%\n  etcd-1 qcow2: 50%\n"
+	if b.String() != want {
+		t.Errorf("got:\n%swant:\n%s", b.String(), want)
+	}
+}

@@ -132,6 +132,7 @@ func (a *app) runImage(cmd *cobra.Command, o imageFlags) error {
 		Firstboot: fb, FirstbootVersion: version, Base: o.base, BaseCacheDir: baseDir,
 		OutDir: filepath.Join(a.outDir, "images"), Formats: o.formats, DataSize: o.dataSize,
 		Progress: func(f string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "image: "+f+"\n", args...) },
+		Meter:    newMeter(cmd.ErrOrStderr()),
 	})
 	if err != nil {
 		return err

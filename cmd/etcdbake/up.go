@@ -198,6 +198,7 @@ func (a *app) qemuImages(cmd *cobra.Command, c *spec.Cluster, timeServer netip.A
 		Fragments: []ignition.Fragment{qemu.GuestFragment(userMACs...)},
 		OutDir:    dir, Formats: []string{"raw"}, DataSize: 1 << 30,
 		Progress: func(f string, args ...any) { fmt.Fprintf(ew, "image: "+f+"\n", args...) },
+		Meter:    newMeter(ew),
 	}); err != nil {
 		return nil, err
 	}
