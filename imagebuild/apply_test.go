@@ -89,6 +89,12 @@ const atSSHKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForEtcdbakeTestsOn
 // with an SSH key so that the passwd section also creates a login user.
 func atRender(t testing.TB) []byte {
 	t.Helper()
+	return atRenderAll(t)["etcd-1"]
+}
+
+// atRenderAll renders every node of the example that way.
+func atRenderAll(t testing.TB) map[string][]byte {
+	t.Helper()
 	c, rep := spec.Parse(spec.Example)
 	if rep.HasErrors() {
 		t.Fatalf("example spec: %s", rep.String())
@@ -118,7 +124,7 @@ func atRender(t testing.TB) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return out[c.Nodes[0].Name]
+	return out
 }
 
 func atConfig(t testing.TB, raw []byte) types.Config {
