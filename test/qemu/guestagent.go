@@ -70,11 +70,13 @@ func (vm *VM) execOnce(ctx context.Context, argv []string) (ExecResult, error) {
 	defer stop()
 	r := bufio.NewReader(conn)
 
-	// Synchronise: 0xFF resets the agent's parser; guest-sync-delimited answers with
-	// 0xFF before its JSON, which skips anything stale in the channel.
+	// Synchronise: guest-sync-delimited answers with 0xFF before its JSON, so anything
+	// stale in the channel is skipped. (A leading 0xFF from the client, which the
+	// protocol allows for resetting the agent's parser, makes qemu-ga 7.2 drop the
+	// command with a parse error.)
 	id := time.Now().UnixNano() & 0x7fffffff
 	conn.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := conn.Write(append([]byte{0xff}, fmt.Sprintf(`{"execute":"guest-sync-delimited","arguments":{"id":%d}}`+"\n", id)...)); err != nil {
+	if _, err := fmt.Fprintf(conn, `{"execute":"guest-sync-delimited","arguments":{"id":%d}}`+"\n", id); err != nil {
 		return res, fmt.Errorf("%w: %v", errAgentSilent, err)
 	}
 	for {
