@@ -25,7 +25,7 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./pki ./spec ./ignition
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./imagebuild
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m -p 1 ./imagebuild ./test/qemu
 
 # The whole job on the built-in example: spec, binaries, PKI, Ignition, images, then the
 # three nodes booted as QEMU VMs (`etcdbake up`), ending in the healthy status table.

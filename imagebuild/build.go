@@ -71,6 +71,9 @@ type BuildOptions struct {
 type Image struct {
 	Node  string
 	Files []string
+	// Took is the time spent on this node alone (its partition, ESP, disk, conversion);
+	// the shared root is made once for all nodes.
+	Took time.Duration
 }
 
 // Manifest is the SBOM written next to each image.
@@ -185,8 +188,9 @@ func Build(o BuildOptions) ([]Image, error) {
 		if err != nil {
 			return nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
+		im.Took = time.Since(t1)
 		images = append(images, im)
-		progress("%s: image in %s", n.Name, time.Since(t1).Round(time.Millisecond))
+		progress("%s: image in %s", n.Name, im.Took.Round(time.Millisecond))
 	}
 	if err := os.Remove(rootImg); err != nil {
 		return nil, err

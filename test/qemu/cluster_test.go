@@ -45,7 +45,7 @@ const qemuTimeServer = "10.88.0.254"
 // exampleSpecForQEMU is the example spec (3 nodes on 10.88.0.0/24, their MACs, heartbeat
 // 250ms / election 2500ms) with the hub's time server instead of the public pool, which a
 // VM cannot reach here.
-func exampleSpecForQEMU(t *testing.T) []byte {
+func exampleSpecForQEMU(t testing.TB) []byte {
 	t.Helper()
 	b := spec.Example
 	for _, r := range [][2]string{
@@ -123,7 +123,15 @@ type builtCluster struct {
 //
 // With guest set, GuestFragment (second NIC, etcd on all addresses) is merged too, as the
 // multi-VM harness needs.
-func buildClusterImages(ctx context.Context, t *testing.T, dir string, specText []byte, guest bool, extra ...ignition.Fragment) builtCluster {
+func buildClusterImages(ctx context.Context, t testing.TB, dir string, specText []byte, guest bool, extra ...ignition.Fragment) builtCluster {
+	t.Helper()
+	bc, _ := buildClusterImagesAs(ctx, t, dir, specText, guest, []string{"raw"}, extra...)
+	return bc
+}
+
+// buildClusterImagesAs is buildClusterImages with the image formats given; it also
+// returns what the build wrote (the first file of each node is what the VMs boot).
+func buildClusterImagesAs(ctx context.Context, t testing.TB, dir string, specText []byte, guest bool, formats []string, extra ...ignition.Fragment) (builtCluster, []imagebuild.Image) {
 	t.Helper()
 	specPath := filepath.Join(dir, "cluster.yaml")
 	os.WriteFile(specPath, specText, 0o644)
@@ -162,7 +170,7 @@ func buildClusterImages(ctx context.Context, t *testing.T, dir string, specText 
 	imgs, err := bake.Images(ctx, bake.Options{
 		Cluster: c, SpecBytes: specText, PKIDir: pkiDir, Cache: &binaries.Cache{Dir: binCache, Progress: t.Logf},
 		Firstboot: fb, FirstbootVersion: "test", BaseCacheDir: baseCache, Fragments: extra,
-		OutDir: filepath.Join(dir, "images"), Formats: []string{"qcow2"}, DataSize: 1 << 30, Progress: t.Logf,
+		OutDir: filepath.Join(dir, "images"), Formats: formats, DataSize: 1 << 30, Progress: t.Logf,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +180,7 @@ func buildClusterImages(ctx context.Context, t *testing.T, dir string, specText 
 		images[img.Node] = img.Files[0]
 	}
 	t.Logf("%d images built in %s", len(imgs), time.Since(step).Round(time.Millisecond))
-	return builtCluster{c: c, pkiDir: pkiDir, images: images, macs: macs}
+	return builtCluster{c: c, pkiDir: pkiDir, images: images, macs: macs}, imgs
 }
 
 // TestClusterBootstrapB0 boots the example's 3-node cluster (issue B0): three VMs on a

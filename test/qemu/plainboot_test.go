@@ -17,7 +17,7 @@ import (
 // same disk layout, read-only root and kernel command line as etcdbake's images, nothing
 // of etcdbake's on top), boots one VM per MAC at once as a cluster does, and returns how
 // long each took from launch to multi-user.target: the yardstick for B0's overhead.
-func bootPlainBase(ctx context.Context, t *testing.T, dir string, macs map[string]string) map[string]time.Duration {
+func bootPlainBase(ctx context.Context, t testing.TB, dir string, macs map[string]string) map[string]time.Duration {
 	t.Helper()
 	baseCache, err := imagebuild.DefaultBaseCacheDir()
 	if err != nil {
@@ -56,7 +56,7 @@ func bootPlainBase(ctx context.Context, t *testing.T, dir string, macs map[strin
 // node, the time from launch to that moment. The guest reports when it got there on its
 // own monotonic clock (systemd's ActiveEnterTimestampMonotonic against /proc/uptime), so
 // neither the guest's wall clock nor polling delays enter the figure.
-func waitMultiUser(ctx context.Context, t *testing.T, cl *Cluster) map[string]time.Duration {
+func waitMultiUser(ctx context.Context, t testing.TB, cl *Cluster) map[string]time.Duration {
 	t.Helper()
 	var mu sync.Mutex
 	var wg sync.WaitGroup

@@ -1,0 +1,126 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/status"
+)
+
+// BenchmarkImagesAndBoot prints the image figures the README shows: the example's three
+// images (raw and compressed qcow2) with the time per node and their sizes, then a
+// 1-node image booted next to the plain base (same layout, no etcdbake on top): launch
+// to multi-user.target for both, and to etcd's /readyz.
+func BenchmarkImagesAndBoot(b *testing.B) {
+	if err := Check(); err != nil {
+		b.Skipf("QEMU/OVMF missing: %v (make setup)", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	for b.Loop() {
+		benchImagesAndBoot(ctx, b)
+	}
+}
+
+// benchImagesAndBoot is one run (a closure inside the b.Loop body makes go1.26.8's
+// compiler crash).
+func benchImagesAndBoot(ctx context.Context, b *testing.B) {
+	dir := b.TempDir()
+	start := time.Now()
+	_, imgs := buildClusterImagesAs(ctx, b, dir, exampleSpecForQEMU(b), false, []string{"raw", "qcow2"})
+	total := time.Since(start)
+	var perNode time.Duration
+	var rawSize, rawAlloc, qcowSize int64
+	for _, im := range imgs {
+		perNode = max(perNode, im.Took)
+		for _, f := range im.Files {
+			st, err := os.Stat(f)
+			if err != nil {
+				b.Fatal(err)
+			}
+			switch {
+			case strings.HasSuffix(f, ".raw"):
+				rawSize, rawAlloc = st.Size(), st.Sys().(*syscall.Stat_t).Blocks*512
+			case strings.HasSuffix(f, ".qcow2"):
+				qcowSize = st.Size()
+			}
+		}
+	}
+	b.ReportMetric(total.Seconds(), "3-images-s")
+	b.ReportMetric(perNode.Seconds(), "per-node-raw+qcow2-s")
+	b.ReportMetric(float64(rawSize>>20), "raw-MiB")
+	b.ReportMetric(float64(rawAlloc>>20), "raw-allocated-MiB")
+	b.ReportMetric(float64(qcowSize)/1e6, "qcow2-MB")
+
+	// Per extra node without qcow2 (raw only): build 1 and 3 nodes.
+	one := oneNodeQEMUSpec(b)
+	t1, t3 := timeRawBuild(ctx, b, one), timeRawBuild(ctx, b, exampleSpecForQEMU(b))
+	b.ReportMetric((t3-t1).Seconds()/2, "extra-node-raw-s")
+
+	// Boot: plain base vs a 1-node etcdbake image, one VM each.
+	plain := bootPlainBase(ctx, b, filepath.Join(dir, "plain"), map[string]string{"etcd-1": "52:54:00:88:00:11"})
+	bc := buildClusterImages(ctx, b, filepath.Join(dir, "one"), one, true)
+	cl, err := StartCluster(ctx, ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: filepath.Join(dir, "one", "run"), MemoryMiB: 768, TimeServer: netip.MustParseAddr(qemuTimeServer)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ca, _ := pki.CAPath(bc.pkiDir, "ca")
+	crt, key := pki.ClientCertPath(bc.pkiDir, "admin")
+	tlsCfg, err := status.TLSConfig(ca, crt, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ready := waitReadyz(ctx, b, cl, "etcd-1", tlsCfg)
+	mu := waitMultiUser(ctx, b, cl)
+	cl.Stop()
+	b.ReportMetric(plain["etcd-1"].Seconds(), "plain-base-multi-user-s")
+	b.ReportMetric(mu["etcd-1"].Seconds(), "image-multi-user-s")
+	b.ReportMetric(ready.Seconds(), "image-readyz-s")
+}
+
+// timeRawBuild times building a spec's raw images.
+func timeRawBuild(ctx context.Context, b *testing.B, spec []byte) time.Duration {
+	t0 := time.Now()
+	buildClusterImagesAs(ctx, b, b.TempDir(), spec, false, []string{"raw"})
+	return time.Since(t0)
+}
+
+// oneNodeQEMUSpec is the example reduced to its first node.
+func oneNodeQEMUSpec(t testing.TB) []byte {
+	b := exampleSpecForQEMU(t)
+	i := bytes.Index(b, []byte("  - name: etcd-2"))
+	j := bytes.Index(b, []byte("\netcd:"))
+	if i < 0 || j < i {
+		t.Fatal("the example spec's node list changed: update oneNodeQEMUSpec")
+	}
+	return append(append([]byte{}, b[:i]...), b[j+1:]...)
+}
+
+// waitReadyz waits until the node answers /readyz and returns the time since launch.
+func waitReadyz(ctx context.Context, t testing.TB, cl *Cluster, node string, cfg *tls.Config) time.Duration {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	for {
+		resp, err := hc.Get(cl.Endpoint(node) + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return time.Since(cl.Started)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: no /readyz: %v", node, err)
+		case <-time.After(time.Second):
+		}
+	}
+}
