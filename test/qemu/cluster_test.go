@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -743,6 +744,62 @@ func TestClusterBootstrapB0(t *testing.T) {
 			t.Errorf("%d members after restart, want %d", len(ml.Members), len(ids))
 		}
 		t.Logf("Restart(etcd-1): ready again %s after relaunch, same member ID, endpoint %s -> %s", time.Since(t0).Round(100*time.Millisecond), old, cl.Endpoint("etcd-1"))
+
+		// A wiped disk: etcd-2 boots from a blank copy of its image. etcd-firstboot finds
+		// the cluster through its peers and replaces the stale member (remove, add as a
+		// learner, promote): a new member ID, three voters, and the data replicated back.
+		t0 = time.Now()
+		if err := cl.RestartWith(ctx, "etcd-2", RestartOptions{WipeDisk: true}); err != nil {
+			t.Fatal(err)
+		}
+		var newID uint64
+		waitFor("etcd-2 replaced and voting after a wiped disk", 10*time.Minute, func() bool {
+			mctx, mcancel := context.WithTimeout(ctx, 10*time.Second)
+			defer mcancel()
+			ml, err := two.MemberList(mctx)
+			if err != nil || len(ml.Members) != 3 {
+				return false
+			}
+			for _, m := range ml.Members {
+				if m.IsLearner || m.Name == "" {
+					return false
+				}
+				if m.Name == "etcd-2" {
+					newID = m.ID
+				}
+			}
+			return newID != 0 && newID != ids["etcd-2"] && ready("etcd-2")
+		})
+		res, err := cl.Exec(ctx, "etcd-2", "/bin/sh", "-c", "/opt/etcdbake/bin/etcd-firstboot status; /usr/local/bin/etcdctl get --print-value-only --consistency=s /etcdbake-test/while-cut")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(res.Stdout, "bootstrap:  replace") || !strings.HasSuffix(strings.TrimSpace(res.Stdout), "yes") {
+			t.Errorf("etcd-2 after the wiped disk: status and data:\n%s%s", res.Stdout, res.Stderr)
+		}
+		t.Logf("RestartWith(etcd-2, WipeDisk): member %x replaced by %x, voting and ready %s after relaunch; etcd-firstboot says:\n%s",
+			ids["etcd-2"], newID, time.Since(t0).Round(100*time.Millisecond), res.Stdout)
+		ids["etcd-2"] = newID
+
+		// A wrong hardware clock: etcd-2 boots with its RTC an hour ahead. The guest reads
+		// that clock; chrony steps it from the hub's NTP and the node rejoins.
+		t0 = time.Now()
+		if err := cl.RestartWith(ctx, "etcd-2", RestartOptions{ClockOffset: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		res, err = cl.Exec(ctx, "etcd-2", "cat", "/sys/class/rtc/rtc0/since_epoch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rtc, err := strconv.ParseInt(strings.TrimSpace(res.Stdout), 10, 64)
+		if skew := time.Duration(rtc-time.Now().Unix()) * time.Second; err != nil || skew < 58*time.Minute || skew > 62*time.Minute {
+			t.Errorf("etcd-2's RTC after ClockOffset 1h: %q (%v), %s from the host", res.Stdout, err, skew)
+		} else {
+			t.Logf("RestartWith(etcd-2, ClockOffset 1h): the guest's RTC is %s ahead of the host", skew)
+		}
+		waitFor("etcd-2 ready with its RTC an hour ahead", 10*time.Minute, func() bool { return ready("etcd-2") })
+		res, _ = cl.Exec(ctx, "etcd-2", "/opt/etcdbake/bin/etcd-firstboot", "status")
+		t.Logf("etcd-2 ready again %s after relaunch; etcd-firstboot says:\n%s", time.Since(t0).Round(100*time.Millisecond), res.Stdout)
 	})
 }
 
