@@ -37,6 +37,16 @@ func (t *Tree) fingerprint(e *Entry) (string, error) {
 	return fmt.Sprintf("%x", h.Sum(nil)), nil
 }
 
+// sharesContent says, without reading contents, that two entries are the same: equal
+// metadata and the same content source (the same local file, or the same bytes in
+// memory, as entries cloned from one base share them).
+func sharesContent(a, b *Entry) bool {
+	if a.Mode != b.Mode || a.UID != b.UID || a.GID != b.GID || a.Target != b.Target || a.Hardlink != b.Hardlink || a.Source != b.Source || len(a.Data) != len(b.Data) {
+		return false
+	}
+	return len(a.Data) == 0 || &a.Data[0] == &b.Data[0]
+}
+
 // Split divides per-node trees into one shared root and one small tree per node: a path
 // whose entry is identical on every node stays in the root; a file or link that differs
 // (or exists on some nodes only) moves to the node's own tree, and the root gets a
@@ -73,7 +83,8 @@ func Split(nodes map[string]*Tree) (*Tree, map[string]*Tree, []string, error) {
 	}
 	var perNode []string
 	for _, p := range paths {
-		var first string
+		var first *Entry
+		var firstFP string
 		same, isDir := true, false
 		for i, n := range names {
 			e, ok := nodes[n].Get(p)
@@ -84,13 +95,26 @@ func Split(nodes map[string]*Tree) (*Tree, map[string]*Tree, []string, error) {
 			if e.IsDir() {
 				isDir = true
 			}
+			if i == 0 {
+				first = e
+				continue
+			}
+			if first == nil || !same || sharesContent(first, e) {
+				continue
+			}
+			// Contents of different origin: compare by hash.
+			if firstFP == "" {
+				fp, err := nodes[names[0]].fingerprint(first)
+				if err != nil {
+					return nil, nil, nil, err
+				}
+				firstFP = fp
+			}
 			fp, err := nodes[n].fingerprint(e)
 			if err != nil {
 				return nil, nil, nil, err
 			}
-			if i == 0 {
-				first = fp
-			} else if fp != first {
+			if fp != firstFP {
 				same = false
 			}
 		}
