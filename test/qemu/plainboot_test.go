@@ -65,12 +65,17 @@ func waitMultiUser(ctx context.Context, t testing.TB, cl *Cluster) map[string]ti
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			deadline := time.Now().Add(10 * time.Minute)
 			for {
 				d, err := multiUserAt(ctx, cl, n)
 				if err == nil {
 					mu.Lock()
 					at[n] = d
 					mu.Unlock()
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("%s: multi-user.target not reached within 10 minutes: %v", n, err)
 					return
 				}
 				select {
@@ -88,7 +93,7 @@ func waitMultiUser(ctx context.Context, t testing.TB, cl *Cluster) map[string]ti
 
 // multiUserAt asks the guest when it reached multi-user.target.
 func multiUserAt(ctx context.Context, cl *Cluster, node string) (time.Duration, error) {
-	res, err := cl.Exec(ctx, "/bin/sh", "-c", "cat /proc/uptime; systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target")
+	res, err := cl.Exec(ctx, node, "/bin/sh", "-c", "cat /proc/uptime; systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target")
 	asked := time.Now()
 	if err != nil {
 		return 0, err
