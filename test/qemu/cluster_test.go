@@ -99,7 +99,7 @@ echo "REPORT-END $host"
 	bu := "variant: fcos\nversion: 1.5.0\nstorage:\n  files:\n    - path: /usr/local/sbin/etcdbake-test-report\n      mode: 0755\n      contents:\n        inline: |\n" +
 		indent(script, "          ") +
 		"systemd:\n  units:\n    - name: etcdbake-test-report.service\n      enabled: true\n      contents: |\n" +
-		indent("[Unit]\nDescription=etcdbake test report on the console\nAfter=flanneld.service\nRequires=flanneld.service\n[Service]\nType=oneshot\nStandardOutput=tty\nTTYPath=/dev/ttyS0\nExecStart=/usr/local/sbin/etcdbake-test-report\n[Install]\nWantedBy=multi-user.target\n", "        ")
+		indent("[Unit]\nDescription=etcdbake test report on the console\nAfter=flanneld.service\nRequires=flanneld.service\n[Service]\nType=exec\nStandardOutput=tty\nTTYPath=/dev/ttyS0\nExecStart=/usr/local/sbin/etcdbake-test-report\n[Install]\nWantedBy=multi-user.target\n", "        ")
 	return ignition.Fragment{Source: "test report fragment", Data: []byte(bu)}
 }
 
@@ -754,9 +754,15 @@ func TestClusterBootstrapB0(t *testing.T) {
 		}
 		var newID uint64
 		waitFor("etcd-2 replaced and voting after a wiped disk", 10*time.Minute, func() bool {
+			// The forwarded ports change with every relaunch: a client on today's.
+			now, err := clientv3.New(clientv3.Config{Endpoints: []string{cl.Endpoint("etcd-1"), cl.Endpoint("etcd-3")}, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+			if err != nil {
+				return false
+			}
+			defer now.Close()
 			mctx, mcancel := context.WithTimeout(ctx, 10*time.Second)
 			defer mcancel()
-			ml, err := two.MemberList(mctx)
+			ml, err := now.MemberList(mctx)
 			if err != nil || len(ml.Members) != 3 {
 				return false
 			}
