@@ -159,3 +159,12 @@ func (t *Tree) Subtree(prefix string) *Tree {
 	}
 	return out
 }
+
+// ReadFile returns a regular file's contents.
+func (t *Tree) ReadFile(p string) ([]byte, error) {
+	e, ok := t.Get(p)
+	if !ok || !e.IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file in the tree", p)
+	}
+	return t.contents(e)
+}

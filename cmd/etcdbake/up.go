@@ -45,6 +45,7 @@ func (a *app) upCmd() *cobra.Command {
 		timeout   time.Duration
 		noWait    bool
 		firstboot string
+		accel     string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -80,15 +81,18 @@ kept (and reused by the next up) unless --purge is given.`,
 			if err := a.ensurePKI(cmd, c, false); err != nil {
 				return err
 			}
-			images, err := a.qemuImages(cmd, c, timeServer, firstboot)
+			images, base, err := a.qemuImages(cmd, c, timeServer, firstboot)
 			if err != nil {
+				return err
+			}
+			if accel, err = a.chooseAccel(cmd, accel, base); err != nil {
 				return err
 			}
 			macs := map[string]string{}
 			for _, n := range c.Nodes {
 				macs[n.Name] = n.MAC
 			}
-			plan := qemu.ClusterOptions{Images: images, MACs: macs, Dir: a.runDir(), MemoryMiB: memory, TimeServer: timeServer, KeepDisks: true}
+			plan := qemu.ClusterOptions{Images: images, MACs: macs, Dir: a.runDir(), MemoryMiB: memory, TimeServer: timeServer, KeepDisks: true, Accel: accel}
 			st, err := a.startSupervisor(cmd, plan)
 			if err != nil {
 				return err
@@ -107,7 +111,74 @@ kept (and reused by the next up) unless --purge is given.`,
 	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Minute, "how long to wait for a healthy cluster")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the VMs are launched")
 	cmd.Flags().StringVar(&firstboot, "firstboot", "", "etcd-firstboot binary (default: next to etcdbake)")
+	cmd.Flags().StringVar(&accel, "accel", "auto", "tcg, kvm, or auto (KVM only if a test boot under it works; the result is kept until the host reboots)")
 	return cmd
+}
+
+// chooseAccel resolves --accel: auto probes KVM once per host boot (a kernel from the
+// base booted without a root file system) and falls back to TCG.
+func (a *app) chooseAccel(cmd *cobra.Command, flag, base string) (string, error) {
+	ew := cmd.ErrOrStderr()
+	switch flag {
+	case "tcg", "kvm":
+		return flag, nil
+	case "auto":
+	default:
+		return "", fmt.Errorf("--accel %q: use tcg, kvm or auto", flag)
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		fmt.Fprintln(ew, "up: no /dev/kvm: using TCG")
+		return "tcg", nil
+	}
+	bootID, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	cacheDir, err := imagebuild.DefaultBaseCacheDir()
+	if err != nil {
+		return "", err
+	}
+	record := filepath.Join(filepath.Dir(cacheDir), "kvm-probe.json")
+	var probe struct {
+		BootID string `json:"bootID"`
+		OK     bool   `json:"ok"`
+		Reason string `json:"reason"`
+	}
+	if b, err := os.ReadFile(record); err == nil && json.Unmarshal(b, &probe) == nil && probe.BootID == strings.TrimSpace(string(bootID)) {
+		fmt.Fprintf(ew, "up: KVM probe (earlier this host boot): %s\n", probe.Reason)
+	} else {
+		tree, err := imagebuild.ReadBase(base)
+		if err != nil {
+			return "", err
+		}
+		kernel, _, err := imagebuild.KernelAndInitrd(tree)
+		if err != nil {
+			return "", err
+		}
+		data, err := tree.ReadFile(kernel)
+		if err != nil {
+			return "", err
+		}
+		tmp, err := os.CreateTemp("", "etcdbake-kvm-probe-*")
+		if err != nil {
+			return "", err
+		}
+		defer os.Remove(tmp.Name())
+		if _, err := tmp.Write(data); err != nil {
+			tmp.Close()
+			return "", err
+		}
+		tmp.Close()
+		fmt.Fprintln(ew, "up: probing KVM with a test boot (up to 20 s)...")
+		probe.OK, probe.Reason = qemu.ProbeKVM(cmd.Context(), tmp.Name(), 20*time.Second)
+		probe.BootID = strings.TrimSpace(string(bootID))
+		if b, err := json.Marshal(probe); err == nil {
+			_ = writeFileAtomic(record, b, 0o644)
+		}
+		fmt.Fprintf(ew, "up: KVM probe: %s\n", probe.Reason)
+	}
+	if probe.OK {
+		return "kvm", nil
+	}
+	fmt.Fprintln(ew, "up: using TCG")
+	return "tcg", nil
 }
 
 // hubTimeServer is the address on the nodes' segment where the hub answers NTP: the last
@@ -136,39 +207,39 @@ func hubTimeServer(c *spec.Cluster) (netip.Addr, error) {
 // qemuImages builds the nodes' raw images for QEMU into OUT/qemu/images unless the ones
 // there were built from the same inputs. Disks kept by `down` over older images are not
 // touched: up refuses and says how to discard them.
-func (a *app) qemuImages(cmd *cobra.Command, c *spec.Cluster, timeServer netip.Addr, firstbootFlag string) (map[string]string, error) {
+func (a *app) qemuImages(cmd *cobra.Command, c *spec.Cluster, timeServer netip.Addr, firstbootFlag string) (images map[string]string, base string, err error) {
 	ew := cmd.ErrOrStderr()
 	fb, err := firstbootBinary(firstbootFlag)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	specBytes, err := os.ReadFile(a.specPath)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	baseDir, err := imagebuild.DefaultBaseCacheDir()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	base, err := imagebuild.BuildBase(cmd.Context(), imagebuild.DefaultBaseRecipe(), baseDir, func(f string, args ...any) {
+	base, err = imagebuild.BuildBase(cmd.Context(), imagebuild.DefaultBaseRecipe(), baseDir, func(f string, args ...any) {
 		fmt.Fprintf(ew, "base: "+f+"\n", args...)
 	})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	stamp, err := qemuInputsStamp(specBytes, timeServer, fb, base, a.pkiDir())
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	dir := a.qemuImageDir()
-	images := map[string]string{}
+	images = map[string]string{}
 	for _, n := range c.Nodes {
 		images[n.Name] = filepath.Join(dir, n.Name+".raw")
 	}
 	stampPath := filepath.Join(dir, "inputs.sha256")
 	if old, err := os.ReadFile(stampPath); err == nil && string(old) == stamp && allExist(images) {
 		fmt.Fprintf(ew, "up: images in %s are up to date\n", dir)
-		return images, nil
+		return images, base, nil
 	}
 	// New images: disks made over the old ones would no longer match them.
 	var stale []string
@@ -178,11 +249,11 @@ func (a *app) qemuImages(cmd *cobra.Command, c *spec.Cluster, timeServer netip.A
 		}
 	}
 	if len(stale) > 0 {
-		return nil, fmt.Errorf("the inputs of the VMs' images changed (spec, PKI, etcd-firstboot or base) but %s keeps disks of %v made from the old ones, with their etcd data: `etcdbake down --purge` discards those disks, then run up again", a.runDir(), stale)
+		return nil, "", fmt.Errorf("the inputs of the VMs' images changed (spec, PKI, etcd-firstboot or base) but %s keeps disks of %v made from the old ones, with their etcd data: `etcdbake down --purge` discards those disks, then run up again", a.runDir(), stale)
 	}
 	cache, err := a.cache(cmd)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	// The VMs reach no public time server: the hub answers NTP on the segment.
 	vc := *c
@@ -200,12 +271,12 @@ func (a *app) qemuImages(cmd *cobra.Command, c *spec.Cluster, timeServer netip.A
 		Progress: func(f string, args ...any) { fmt.Fprintf(ew, "image: "+f+"\n", args...) },
 		Meter:    newMeter(ew),
 	}); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if err := writeFileAtomic(stampPath, []byte(stamp), 0o644); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return images, nil
+	return images, base, nil
 }
 
 // qemuInputsStamp hashes everything the QEMU images are made from.

@@ -42,6 +42,8 @@ type ClusterOptions struct {
 	// (ServeTime) with this machine's clock plus TimeOffset: the VMs' time source.
 	TimeServer netip.Addr
 	TimeOffset time.Duration
+	// Accel is "tcg" (the default) or "kvm" (only after ProbeKVM said it works).
+	Accel string
 	// KeepDisks boots from the overlays already in Dir (made by an earlier StartCluster
 	// for the same images), so the nodes keep their etcd data; missing ones are created.
 	KeepDisks bool
@@ -115,6 +117,7 @@ type Cluster struct {
 
 	dir   string
 	mem   int
+	accel string
 	hub   *Hub
 	mu    sync.Mutex
 	nodes map[string]*clusterNode
@@ -145,7 +148,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if mem == 0 {
 		mem = 768
 	}
-	c := &Cluster{dir: o.Dir, mem: mem, hub: NewHub(), nodes: map[string]*clusterNode{}}
+	c := &Cluster{dir: o.Dir, mem: mem, accel: o.Accel, hub: NewHub(), nodes: map[string]*clusterNode{}}
 	if o.TimeServer.IsValid() {
 		c.hub.ServeTime(o.TimeServer, o.TimeOffset)
 	}
@@ -242,7 +245,7 @@ func (c *Cluster) boot(n *clusterNode) error {
 	_ = os.Remove(vm.qmpPath)
 	_ = os.Remove(vm.qgaPath)
 	args := []string{
-		"-name", n.name, "-machine", "q35", "-accel", "tcg,tb-size=64", "-m", strconv.Itoa(c.mem), "-smp", "1",
+		"-name", n.name, "-machine", "q35", "-m", strconv.Itoa(c.mem), "-smp", "1",
 		"-drive", "if=pflash,format=raw,readonly=on,file=" + OVMFCode,
 		"-drive", "if=pflash,format=raw,file=" + n.vars,
 		"-drive", "if=virtio,format=qcow2,file=" + n.overlay,
@@ -258,6 +261,7 @@ func (c *Cluster) boot(n *clusterNode) error {
 		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
 	}
 	args = append(args, guestAgentArgs(vm.qgaPath)...)
+	args = append(args, accelArgs(c.accel)...)
 	if n.rtc != 0 {
 		// The guest's hardware clock starts this far from the host's.
 		args = append(args, "-rtc", "base="+time.Now().Add(n.rtc).UTC().Format("2006-01-02T15:04:05"))
