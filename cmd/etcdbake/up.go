@@ -413,7 +413,14 @@ func (a *app) waitHealthy(cmd *cobra.Command, st *qemu.RunState, timeout time.Du
 		}
 	}
 	fmt.Fprintf(w, "\nUse it:\n  %s --endpoints=%s \\\n    --cacert=%s --cert=%s --key=%s member list -w table\n", etcdctl, strings.Join(eps, ","), ca, crt, key)
-	fmt.Fprintf(w, "  etcdbake exec %s -- journalctl -u etcd-firstboot -b\n  etcdbake status\n  etcdbake down [--purge]\n", nodes[0])
+	self := "etcdbake"
+	if a.specPath != "cluster.yaml" {
+		self += " -f " + a.specPath
+	}
+	if a.outDir != "out" {
+		self += " --out " + a.outDir
+	}
+	fmt.Fprintf(w, "  %s exec %s -- journalctl -u etcd-firstboot -b\n  %s status\n  %s down [--purge]\n", self, nodes[0], self, self)
 	return nil
 }
 
