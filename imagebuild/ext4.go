@@ -140,7 +140,8 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 			return st, fmt.Errorf("%s: %w", path, err)
 		}
 	}
-	return st, f.Sync()
+	// No fsync: the file is an intermediate that Build copies into each disk image.
+	return st, f.Close()
 }
 
 // parentOf is the entry of p's directory, or the root as go-diskfs makes it (0755 0:0)

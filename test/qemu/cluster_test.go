@@ -135,7 +135,12 @@ func buildClusterImages(ctx context.Context, t testing.TB, dir string, specText 
 func buildClusterImagesAs(ctx context.Context, t testing.TB, dir string, specText []byte, guest bool, formats []string, extra ...ignition.Fragment) (builtCluster, []imagebuild.Image) {
 	t.Helper()
 	specPath := filepath.Join(dir, "cluster.yaml")
-	os.WriteFile(specPath, specText, 0o644)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(specPath, specText, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	c, _, err := spec.Load(specPath)
 	if err != nil {
 		t.Fatal(err)
