@@ -30,18 +30,7 @@ func TestProbeKVM(t *testing.T) {
 		t.Logf("bogus kernel: %s", why)
 	}
 
-	cache, err := imagebuild.DefaultBaseCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	base, err := imagebuild.BuildBase(ctx, imagebuild.DefaultBaseRecipe(), cache, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tree, err := imagebuild.ReadBase(base)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tree := defaultBaseTree(ctx, t)
 	k, _, err := imagebuild.KernelAndInitrd(tree)
 	if err != nil {
 		t.Fatal(err)

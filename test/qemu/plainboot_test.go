@@ -19,18 +19,7 @@ import (
 // long each took from launch to multi-user.target: the yardstick for B0's overhead.
 func bootPlainBase(ctx context.Context, t testing.TB, dir string, macs map[string]string) map[string]time.Duration {
 	t.Helper()
-	baseCache, err := imagebuild.DefaultBaseCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	basePath, err := imagebuild.BuildBase(ctx, imagebuild.DefaultBaseRecipe(), baseCache, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base, err := imagebuild.ReadBase(basePath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := defaultBaseTree(ctx, t)
 	var nodes []imagebuild.NodeInput
 	for n := range macs {
 		nodes = append(nodes, imagebuild.NodeInput{Name: n, Config: []byte(`{"ignition":{"version":"3.4.0"}}`)})
@@ -50,6 +39,24 @@ func bootPlainBase(ctx context.Context, t testing.TB, dir string, macs map[strin
 	}
 	defer cl.Stop()
 	return waitMultiUser(ctx, t, cl)
+}
+
+// defaultBaseTree builds (or reuses) the default base and reads it.
+func defaultBaseTree(ctx context.Context, t testing.TB) *imagebuild.Tree {
+	t.Helper()
+	cache, err := imagebuild.DefaultBaseCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, err := imagebuild.BuildBase(ctx, imagebuild.DefaultBaseRecipe(), cache, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := imagebuild.ReadBase(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tree
 }
 
 // waitMultiUser waits until every node has reached multi-user.target and returns, per
