@@ -284,15 +284,13 @@ func qemuInputsStamp(specBytes []byte, timeServer netip.Addr, firstboot, base, p
 	h := sha256.New()
 	fmt.Fprintf(h, "etcdbake %s\ntime %s\nbase %s\n", version, timeServer, base)
 	h.Write(specBytes)
-	for _, p := range []string{firstboot} {
-		s, err := bake.FileSHA256(p)
-		if err != nil {
-			return "", err
-		}
-		fmt.Fprintf(h, "%s %s\n", filepath.Base(p), s)
+	fb, err := bake.FileSHA256(firstboot)
+	if err != nil {
+		return "", err
 	}
+	fmt.Fprintf(h, "etcd-firstboot %s\n", fb)
 	// The certificates (not the keys): re-issued certificates mean new images.
-	err := filepath.WalkDir(pkiDir, func(p string, d os.DirEntry, err error) error {
+	err = filepath.WalkDir(pkiDir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".crt") {
 			return err
 		}
