@@ -63,9 +63,16 @@ kept (and reused by the next up) unless --purge is given.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			w, ew := cmd.OutOrStdout(), cmd.ErrOrStderr()
-			if st, err := qemu.ReadRunState(a.runDir()); err == nil && st.Running() {
-				fmt.Fprintf(w, "the cluster is already running (supervisor pid %d, started %s); `etcdbake down` stops it\n", st.Supervisor, st.Started.Format(time.RFC3339))
-				return a.waitHealthy(cmd, st, 30*time.Second)
+			if st, err := qemu.ReadRunState(a.runDir()); err == nil {
+				if st.Running() {
+					fmt.Fprintf(w, "the cluster is already running (supervisor pid %d, started %s); `etcdbake down` stops it\n", st.Supervisor, st.Started.Format(time.RFC3339))
+					return a.waitHealthy(cmd, st, 30*time.Second)
+				}
+				// A supervisor that died (e.g. killed) may have left VMs on these disks:
+				// stop them before anything boots the disks again.
+				if _, err := qemu.StopSupervised(a.runDir(), 5*time.Second); err != nil {
+					fmt.Fprintf(ew, "up: cleaned up after a supervisor that had stopped: %v\n", err)
+				}
 			}
 			if err := qemu.Check(); err != nil {
 				return fmt.Errorf("%w (or run `make setup`)", err)
