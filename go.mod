@@ -3,6 +3,7 @@ module github.com/etcdbake/etcdbake
 go 1.26.8
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/beevik/ntp v1.6.0
 	github.com/coreos/butane v0.26.0
 	github.com/coreos/ignition/v2 v2.25.0
