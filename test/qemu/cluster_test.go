@@ -84,10 +84,16 @@ for k in $keys; do
   sn=${k##*/}
   ip=${sn%-*}
   [ "$ip" = "${own%.*}.0" ] && continue
-  # flanneld installs routes (here and on the peer, for the replies) as it processes
-  # the leases: wait until the peer answers once (at most 60 s), then measure.
-  for j in $(seq 1 60); do ping -c 1 -W 1 "$ip" >/dev/null 2>&1 && break; sleep 1; done
-  loss=$(ping -c 5 -i 0.2 -W 5 "$ip" | sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p')
+  # flanneld installs routes and neighbour entries (here and on the peer, for the
+  # replies) as it processes the leases: wait until the peer has answered three times in
+  # a row (at most 90 s), so the path is settled, then measure.
+  ok=0
+  for j in $(seq 1 90); do
+    if ping -c 1 -W 2 "$ip" >/dev/null 2>&1; then ok=$((ok+1)); else ok=0; fi
+    [ $ok -ge 3 ] && break
+    sleep 1
+  done
+  loss=$(ping -c 10 -i 0.2 -W 5 "$ip" | sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p')
   echo "REPORT-PING $host -> $ip loss=$loss%"
 done
 pid=$(systemctl show -p MainPID --value etcd.service)
