@@ -18,26 +18,34 @@ import (
 	"github.com/etcdbake/etcdbake/spec"
 )
 
+// testBootFiles are stand-ins for the programs CheckBase asks for beyond the accounts:
+// kernel, initrd, systemd-boot, init, chronyd, iptables, mkfs.ext4, a dpkg status.
+var testBootFiles = map[string]string{
+	"boot/vmlinuz-6.1.0-test-amd64":                strings.Repeat("K", 4096),
+	"boot/initrd.img-6.1.0-test-amd64":             strings.Repeat("I", 8192),
+	"usr/lib/systemd/boot/efi/systemd-bootx64.efi": "MZ-systemd-boot",
+	"usr/lib/systemd/systemd":                      "systemd",
+	"usr/sbin/init":                                "init",
+	"usr/sbin/chronyd":                             "chronyd",
+	"usr/sbin/iptables":                            "iptables",
+	"usr/sbin/mkfs.ext4":                           "mkfs",
+	"var/lib/dpkg/status":                          "Package: base\n",
+}
+
 // syntheticImageBase is a small tree with what CheckBase asks for (stand-in kernel, initrd and
 // EFI binary: their bytes only travel to the ESP here; the QEMU test boots the real base).
 func syntheticImageBase(t *testing.T) *Tree {
 	t.Helper()
 	tr := NewTree()
 	files := map[string]string{
-		"etc/passwd":                       "root:x:0:0:root:/root:/bin/sh\n",
-		"etc/group":                        "root:x:0:\n",
-		"etc/shadow":                       "root:*:19000:0:99999:7:::\n",
-		"etc/gshadow":                      "root:*::\n",
-		"boot/vmlinuz-6.1.0-test-amd64":    strings.Repeat("K", 4096),
-		"boot/initrd.img-6.1.0-test-amd64": strings.Repeat("I", 8192),
-		"usr/lib/systemd/boot/efi/systemd-bootx64.efi": "MZ-systemd-boot",
-		"usr/lib/systemd/systemd":                      "systemd",
-		"usr/sbin/init":                                "init",
-		"usr/sbin/chronyd":                             "chronyd",
-		"usr/sbin/iptables":                            "iptables",
-		"usr/sbin/mkfs.ext4":                           "mkfs",
-		"usr/lib/systemd/system/chrony.service":        "[Service]\nExecStart=/usr/sbin/chronyd\n[Install]\nWantedBy=multi-user.target\n",
-		"var/lib/dpkg/status":                          "Package: base\n",
+		"etc/passwd":                            "root:x:0:0:root:/root:/bin/sh\n",
+		"etc/group":                             "root:x:0:\n",
+		"etc/shadow":                            "root:*:19000:0:99999:7:::\n",
+		"etc/gshadow":                           "root:*::\n",
+		"usr/lib/systemd/system/chrony.service": "[Service]\nExecStart=/usr/sbin/chronyd\n[Install]\nWantedBy=multi-user.target\n",
+	}
+	for p, d := range testBootFiles {
+		files[p] = d
 	}
 	for p, d := range files {
 		if err := tr.Put(&Entry{Path: p, Mode: 0o644, Data: []byte(d)}); err != nil {

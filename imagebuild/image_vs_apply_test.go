@@ -33,17 +33,7 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 	for _, d := range []string{"boot", "usr/lib/systemd/boot", "usr/lib/systemd/boot/efi", "var/lib/dpkg", "var/log/journal"} {
 		atDir(t, base, d, 0o755, 0, 0)
 	}
-	for p, data := range map[string]string{
-		"boot/vmlinuz-6.1.0-test-amd64":                "kernel",
-		"boot/initrd.img-6.1.0-test-amd64":             "initrd",
-		"usr/lib/systemd/boot/efi/systemd-bootx64.efi": "MZ-systemd-boot",
-		"usr/lib/systemd/systemd":                      "systemd",
-		"usr/sbin/init":                                "init",
-		"usr/sbin/chronyd":                             "chronyd",
-		"usr/sbin/iptables":                            "iptables",
-		"usr/sbin/mkfs.ext4":                           "mkfs",
-		"var/lib/dpkg/status":                          "Package: base\n",
-	} {
+	for p, data := range testBootFiles {
 		atFile(t, base, p, 0o755, 0, 0, data)
 	}
 	if err := CheckBase(base); err != nil {
