@@ -130,6 +130,8 @@ type clusterNode struct {
 	vm                        *VM
 	endpoint                  string
 	peer                      string
+	// The host ports of the forwards, kept across restarts (0 until the first boot).
+	clientPort, peerPort int
 }
 
 // StartCluster launches every VM at once and returns when each one's forwarded port is
@@ -253,7 +255,8 @@ func (c *Cluster) boot(n *clusterNode) error {
 		"-netdev", "stream,id=l2,addr.type=fd,addr.str=3",
 		"-device", "virtio-net-pci,netdev=l2,mac=" + strings.ToLower(n.mac),
 		// Second NIC: host forward to etcd only; restrict=on keeps the guest off the host.
-		"-netdev", fmt.Sprintf("user,id=u0,restrict=on,hostfwd=tcp:127.0.0.1:0-:%d,hostfwd=tcp:127.0.0.1:0-:%d", EtcdClientPort, EtcdPeerPort),
+		// The host ports are chosen by QEMU at the first boot and kept by restarts.
+		"-netdev", fmt.Sprintf("user,id=u0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d,hostfwd=tcp:127.0.0.1:%d-:%d", n.clientPort, EtcdClientPort, n.peerPort, EtcdPeerPort),
 		"-device", "virtio-net-pci,netdev=u0,mac=" + strings.ToLower(n.userMAC),
 		// The console log survives restarts (append).
 		"-chardev", "file,id=con,path=" + vm.Console + ",append=on", "-serial", "chardev:con",
@@ -300,6 +303,7 @@ func (c *Cluster) readPort(ctx context.Context, n *clusterNode) error {
 		return err
 	}
 	c.mu.Lock()
+	n.clientPort, n.peerPort = port, peer
 	n.endpoint = fmt.Sprintf("https://127.0.0.1:%d", port)
 	n.peer = fmt.Sprintf("https://127.0.0.1:%d", peer)
 	c.mu.Unlock()
@@ -405,8 +409,10 @@ func (c *Cluster) Kill(node string) error {
 }
 
 // Restart kills the node's VM if it runs and boots it again from the same overlay (so
-// its disk state, etcd data included, is kept). Its forwarded port changes; Endpoint and
-// endpoints.json give the new one. A cut link stays cut.
+// its disk state, etcd data included, is kept). Its forwarded ports stay the same, so
+// clients of the cluster keep working across restarts (should another process have taken
+// a port meanwhile, QEMU picks a new one; Endpoint and endpoints.json give the current
+// one). A cut link stays cut.
 func (c *Cluster) Restart(ctx context.Context, node string) error {
 	return c.RestartWith(ctx, node, RestartOptions{})
 }
@@ -439,7 +445,18 @@ func (c *Cluster) RestartWith(ctx context.Context, node string, o RestartOptions
 		return err
 	}
 	if err := c.readPort(ctx, n); err != nil {
-		return err
+		// Most likely a kept port was taken meanwhile: let QEMU choose new ones.
+		c.mu.Lock()
+		vm := n.vm
+		n.vm, n.clientPort, n.peerPort = nil, 0, 0
+		c.mu.Unlock()
+		vm.Kill()
+		if err := c.boot(n); err != nil {
+			return err
+		}
+		if err := c.readPort(ctx, n); err != nil {
+			return err
+		}
 	}
 	return c.writeEndpoints()
 }

@@ -26,6 +26,8 @@ type Hub struct {
 	// The time host (ServeTime): its address and the offset it adds to this clock.
 	timeIP     netip.Addr
 	timeOffset time.Duration
+	noTime     map[string]bool // ports whose NTP queries go unanswered (DenyTime)
+	ntpDenied  uint64
 }
 
 type hubPort struct {
@@ -42,7 +44,7 @@ const maxFrame = 1 << 16
 
 // NewHub returns an empty hub.
 func NewHub() *Hub {
-	return &Hub{ports: map[string]*hubPort{}, macs: map[[6]byte]string{}}
+	return &Hub{ports: map[string]*hubPort{}, macs: map[[6]byte]string{}, noTime: map[string]bool{}}
 }
 
 // Attach creates the named port and returns QEMU's end of it, to pass to the child as an

@@ -23,6 +23,26 @@ func (h *Hub) ServeTime(ip netip.Addr, offset time.Duration) {
 	h.timeIP, h.timeOffset = ip, offset
 }
 
+// DenyTime makes the time host ignore (deny true) or answer again (false) the NTP queries
+// of the named VM, which then has no reachable time source while the others keep theirs.
+// It holds across restarts of that VM until changed.
+func (h *Hub) DenyTime(name string, deny bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if deny {
+		h.noTime[name] = true
+	} else {
+		delete(h.noTime, name)
+	}
+}
+
+// NTPDenied is how many NTP queries DenyTime has left unanswered.
+func (h *Hub) NTPDenied() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.ntpDenied
+}
+
 // TimeServer is the address ServeTime answers on (invalid when it does not).
 func (h *Hub) TimeServer() netip.Addr {
 	h.mu.Lock()
@@ -68,6 +88,10 @@ func (h *Hub) answerLocal(src *hubPort, frame []byte) (reply []byte, consumed bo
 		}
 		req := p[ihl+8:]
 		if req[0]&0x07 != 3 { // client mode only
+			return nil, true
+		}
+		if h.noTime[src.name] {
+			h.ntpDenied++
 			return nil, true
 		}
 		now := time.Now().Add(h.timeOffset)

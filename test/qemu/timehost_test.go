@@ -99,3 +99,67 @@ func TestHubTimeHost(t *testing.T) {
 		t.Fatalf("server time %s, want about %s", got, want)
 	}
 }
+
+// TestHubDenyTime: a VM denied time gets no NTP answer (also after its port is replaced,
+// as when it restarts), while ARP still works; allowed again, it gets one.
+func TestHubDenyTime(t *testing.T) {
+	h := NewHub()
+	defer h.Close()
+	server := netip.MustParseAddr("10.88.0.254")
+	h.ServeTime(server, 0)
+	h.DenyTime("vm", true)
+	attach := func() net.Conn {
+		f, err := h.Attach("vm")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn
+	}
+	vmMAC := []byte{0x52, 0x54, 0, 0x88, 0, 0x12}
+	vmIP := netip.MustParseAddr("10.88.0.12").As4()
+	srvIP := server.As4()
+	ntpQuery := func() []byte {
+		ntpReq := make([]byte, 48)
+		ntpReq[0] = 4<<3 | 3
+		ipHdr := []byte{0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0}
+		binary.BigEndian.PutUint16(ipHdr[2:4], 20+8+48)
+		ipHdr = append(append(ipHdr, vmIP[:]...), srvIP[:]...)
+		binary.BigEndian.PutUint16(ipHdr[10:12], ipChecksum(ipHdr))
+		udp := []byte{0x9c, 0xbb, 0, 123, 0, 8 + 48, 0, 0}
+		f := append(append(append(append(append([]byte{}, timeHostMAC[:]...), vmMAC...), 0x08, 0x00), ipHdr...), udp...)
+		f = append(f, ntpReq...)
+		return append(binary.BigEndian.AppendUint32(nil, uint32(len(f))), f...)
+	}
+	answered := func(conn net.Conn) bool {
+		if _, err := conn.Write(ntpQuery()); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		var hdr [4]byte
+		_, err := io.ReadFull(conn, hdr[:])
+		return err == nil
+	}
+
+	c1 := attach()
+	if answered(c1) {
+		t.Fatal("a VM denied time got an NTP answer")
+	}
+	c1.Close()
+	c2 := attach() // the VM restarted: still denied
+	defer c2.Close()
+	if answered(c2) {
+		t.Fatal("a restarted VM denied time got an NTP answer")
+	}
+	if n := h.NTPDenied(); n != 2 {
+		t.Errorf("NTPDenied = %d, want 2", n)
+	}
+	h.DenyTime("vm", false)
+	if !answered(c2) {
+		t.Fatal("no NTP answer after DenyTime(false)")
+	}
+}

@@ -135,8 +135,9 @@ type Result struct {
 	Linearizable      porcupine.CheckResult `json:"linearizable"`      // Ok, Illegal or Unknown (timed out)
 	// GapSeconds is the longest time without a successful operation of any client:
 	// between two successes, or from the start to the first or the last to the end.
-	GapSeconds      float64 `json:"gapSeconds"`
-	GapStartSeconds float64 `json:"gapStartSeconds"` // when that gap began
+	GapSeconds      float64  `json:"gapSeconds"`
+	GapStartSeconds float64  `json:"gapStartSeconds"`   // when that gap began
+	Readers         []Reader `json:"readers,omitempty"` // the endpoint-bound readers (in Reads/not in FailedReads)
 
 	info porcupine.LinearizationInfo // for the visualisation
 }
@@ -165,6 +166,7 @@ func Check(h *History, timeout time.Duration) Result {
 		}
 	}
 	r.FailedReads = h.FailedGets
+	r.Readers = h.Readers
 	for _, op := range h.Set {
 		if op.Acked {
 			r.AckedSet++
@@ -215,9 +217,13 @@ func (r Result) Summary(v *Report) string {
 			hash = fmt.Sprintf("equal@%d", v.Revision)
 		}
 	}
-	return fmt.Sprintf("acknowledged=%d (reg %d, set %d) lost=%s indeterminate=%d (reg %d, set %d) reads=%d porcupine=%s gap=%.2fs@%.2fs hashkv=%s",
+	readers := ""
+	for _, rd := range r.Readers {
+		readers += fmt.Sprintf(" reader[%s]=%d ok/%d failed", rd.Endpoint, rd.OK, rd.Failed)
+	}
+	return fmt.Sprintf("acknowledged=%d (reg %d, set %d) lost=%s indeterminate=%d (reg %d, set %d) reads=%d porcupine=%s gap=%.2fs@%.2fs hashkv=%s%s",
 		r.Acknowledged(), r.AckedPuts, r.AckedSet, lost, r.Indeterminate(), r.IndeterminatePuts, r.IndeterminateSet,
-		r.Reads, r.Linearizable, r.GapSeconds, r.GapStartSeconds, hash)
+		r.Reads, r.Linearizable, r.GapSeconds, r.GapStartSeconds, hash, readers)
 }
 
 // SaveOnFailure writes, when the check (or the verification, if v is not nil) failed, the

@@ -41,10 +41,14 @@ const (
 type Options struct {
 	Endpoints []string
 	TLS       *tls.Config
-	Prefix    string        // key prefix; "/workload" when empty
-	Registers int           // clients doing random Put/Get over the register keys
-	Keys      int           // register keys <prefix>/reg/k0..k{Keys-1}; 5 when 0
-	Set       bool          // one client putting unique keys <prefix>/set/<n>
+	Prefix    string // key prefix; "/workload" when empty
+	Registers int    // clients doing random Put/Get over the register keys
+	Keys      int    // register keys <prefix>/reg/k0..k{Keys-1}; 5 when 0
+	Set       bool   // one client putting unique keys <prefix>/set/<n>
+	// Readers adds, for each endpoint listed, a client bound to that endpoint alone that
+	// only does linearizable gets of the register keys: what a partitioned member answers
+	// is then in the history the checker sees (a stale read makes it not linearizable).
+	Readers   []string
 	Interval  time.Duration // pause between two operations of one client
 	OpTimeout time.Duration // timeout of each operation; 2s when 0
 }
@@ -84,6 +88,16 @@ type History struct {
 	Ops        []Op      `json:"ops"`        // register ops: successful puts and gets, indeterminate puts
 	Set        []SetOp   `json:"set"`        // set client puts
 	FailedGets int       `json:"failedGets"` // failed gets are not in Ops (they constrain nothing)
+	Readers    []Reader  `json:"readers,omitempty"`
+}
+
+// Reader is what one endpoint-bound reader (Options.Readers) did; its successful gets are
+// in Ops under Client.
+type Reader struct {
+	Endpoint string `json:"endpoint"`
+	Client   int    `json:"client"`
+	OK       int    `json:"ok"`
+	Failed   int    `json:"failed"`
 }
 
 // RegisterKey is the name of register key i.
@@ -107,8 +121,8 @@ func (o *Options) defaults() error {
 		return errors.New("workload: no endpoints")
 	case o.Registers < 0 || o.Keys < 0 || o.Interval < 0 || o.OpTimeout < 0:
 		return errors.New("workload: negative option")
-	case o.Registers == 0 && !o.Set:
-		return errors.New("workload: no clients (Registers == 0 and Set false)")
+	case o.Registers == 0 && !o.Set && len(o.Readers) == 0:
+		return errors.New("workload: no clients (Registers == 0, Set false, no Readers)")
 	}
 	return nil
 }
@@ -129,11 +143,13 @@ func Run(ctx context.Context, o Options) (*History, error) {
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
-	newClient := func() (*clientv3.Client, error) {
-		return clientv3.New(clientv3.Config{Endpoints: o.Endpoints, TLS: o.TLS, Logger: zap.NewNop()})
+	newClient := func(endpoints []string) (*clientv3.Client, error) {
+		return clientv3.New(clientv3.Config{Endpoints: endpoints, TLS: o.TLS, Logger: zap.NewNop()})
 	}
 	rec := &recorder{start: time.Now()}
-	rec.nextID.Store(int64(o.Registers))
+	// Ids 0..Registers-1 are the register clients, then the readers; a register client
+	// continues under a fresh id after an indeterminate put.
+	rec.nextID.Store(int64(o.Registers + len(o.Readers)))
 	h := &History{Prefix: o.Prefix, Start: rec.start}
 	runID := strconv.FormatInt(rec.start.UnixNano(), 36)
 
@@ -142,9 +158,14 @@ func Run(ctx context.Context, o Options) (*History, error) {
 	if o.Set {
 		n++
 	}
+	n += len(o.Readers)
 	clients := make([]*clientv3.Client, 0, n)
 	for len(clients) < n {
-		cli, err := newClient()
+		eps := o.Endpoints
+		if i := len(clients) - (n - len(o.Readers)); i >= 0 {
+			eps = []string{o.Readers[i]}
+		}
+		cli, err := newClient(eps)
 		if err != nil {
 			for _, c := range clients {
 				c.Close()
@@ -191,11 +212,26 @@ func Run(ctx context.Context, o Options) (*History, error) {
 			h.Set = setClient(ctx, clients[o.Registers], rec, &o, runID)
 		}()
 	}
+	readOps := make([][]Op, len(o.Readers))
+	h.Readers = make([]Reader, len(o.Readers))
+	firstReader := n - len(o.Readers)
+	for i, ep := range o.Readers {
+		h.Readers[i] = Reader{Endpoint: ep, Client: o.Registers + i}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			readOps[i], h.Readers[i].Failed = readerClient(ctx, clients[firstReader+i], rec, &o, o.Registers+i)
+			h.Readers[i].OK = len(readOps[i])
+		}()
+	}
 	wg.Wait()
 	h.End = rec.now()
 	for c := range regOps {
 		h.Ops = append(h.Ops, regOps[c]...)
 		h.FailedGets += failed[c]
+	}
+	for i := range readOps {
+		h.Ops = append(h.Ops, readOps[i]...)
 	}
 	return h, nil
 }
@@ -257,6 +293,30 @@ func registerClient(ctx context.Context, cli *clientv3.Client, rec *recorder, o 
 		}
 	}
 	return ops, failedGets
+}
+
+// readerClient does linearizable gets only, through its one endpoint.
+func readerClient(ctx context.Context, cli *clientv3.Client, rec *recorder, o *Options, id int) (ops []Op, failed int) {
+	for ctx.Err() == nil {
+		op := Op{Client: id, Kind: KindGet, Key: RegisterKey(o.Prefix, rand.IntN(o.Keys))}
+		octx, cancel := opContext(ctx, o.OpTimeout)
+		op.Call = rec.now()
+		resp, err := cli.Get(octx, op.Key)
+		op.Return = rec.now()
+		cancel()
+		if err != nil {
+			failed++
+		} else {
+			if len(resp.Kvs) > 0 {
+				op.Found, op.Value = true, string(resp.Kvs[0].Value)
+			}
+			ops = append(ops, op)
+		}
+		if !pause(ctx, o.Interval) {
+			break
+		}
+	}
+	return ops, failed
 }
 
 func setClient(ctx context.Context, cli *clientv3.Client, rec *recorder, o *Options, runID string) (ops []SetOp) {

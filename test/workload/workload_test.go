@@ -85,7 +85,7 @@ func TestHealthyCluster(t *testing.T) {
 func TestMemberRestart(t *testing.T) {
 	c, tc, tlsCfg, cli := cluster(t, "wlr", 84)
 	// Stop the leader, so the cluster has to elect a new one while the workload runs.
-	victim := ""
+	victim, victimURL := "", ""
 	for _, n := range c.Nodes {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		st, err := cli.Status(ctx, c.ClientURL(n))
@@ -94,7 +94,7 @@ func TestMemberRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		if st.Leader == st.Header.MemberId {
-			victim = n.Name
+			victim, victimURL = n.Name, c.ClientURL(n)
 		}
 	}
 	if victim == "" {
@@ -109,7 +109,9 @@ func TestMemberRestart(t *testing.T) {
 	}
 	done := make(chan out, 1)
 	go func() {
-		h, err := Run(ctx, Options{Endpoints: c.ClientEndpoints(), TLS: tlsCfg, Registers: 3, Keys: 4, Set: true, Interval: 5 * time.Millisecond, OpTimeout: time.Second})
+		// A reader bound to the victim: it reads while the victim is up, fails while it is down.
+		h, err := Run(ctx, Options{Endpoints: c.ClientEndpoints(), TLS: tlsCfg, Registers: 3, Keys: 4, Set: true, Interval: 5 * time.Millisecond, OpTimeout: time.Second,
+			Readers: []string{victimURL}})
 		done <- out{h, err}
 	}()
 	start := time.Now()
@@ -156,6 +158,28 @@ func TestMemberRestart(t *testing.T) {
 	}
 	if r.GapSeconds >= 4 {
 		t.Errorf("gap %.2fs: the cluster should have stayed available with 2 of 3 members", r.GapSeconds)
+	}
+	// The victim's reader: its reads are in the checked history, before and after the stop.
+	if len(h.Readers) != 1 || h.Readers[0].Endpoint != victimURL || h.Readers[0].Failed == 0 {
+		t.Fatalf("reader bound to %s: %+v (want failures while it was down)", victimURL, h.Readers)
+	}
+	var before, later int
+	for _, op := range h.Ops {
+		if op.Client != h.Readers[0].Client {
+			continue
+		}
+		if op.Kind != KindGet {
+			t.Errorf("reader did a %s", op.Kind)
+		}
+		switch {
+		case op.Return < stopped.Nanoseconds():
+			before++
+		case op.Call > restarted.Nanoseconds():
+			later++
+		}
+	}
+	if before == 0 || later == 0 || before+later > h.Readers[0].OK {
+		t.Errorf("reader bound to %s: %d reads before the stop, %d after the restart, %+v", victim, before, later, h.Readers[0])
 	}
 }
 
