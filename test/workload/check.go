@@ -102,10 +102,23 @@ var RegisterModel = porcupine.Model{
 	},
 }
 
-// Operations converts the register history for porcupine.
+// Operations converts the register history for porcupine. An indeterminate put whose value
+// no get returned is left out (as etcd's robustness tests do): "it never took effect" is
+// one of its possible outcomes, and with no read of its unique value it cannot make a
+// history linearizable that is not without it. Left in, each one stays open to the end of
+// the history, and a long outage's dozens of them make the search exponential.
 func (h *History) Operations() []porcupine.Operation {
+	read := map[string]bool{}
+	for _, op := range h.Ops {
+		if op.Kind == KindGet && op.Found {
+			read[op.Key+"\x00"+op.Value] = true
+		}
+	}
 	out := make([]porcupine.Operation, 0, len(h.Ops))
 	for _, op := range h.Ops {
+		if op.Kind == KindPut && op.Indeterminate() && !read[op.Key+"\x00"+op.Value] {
+			continue
+		}
 		p := porcupine.Operation{
 			ClientId: op.Client,
 			Input:    Input{Put: op.Kind == KindPut, Key: op.Key, Value: op.Value},

@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -218,6 +219,21 @@ func TestCheckerCatchesViolations(t *testing.T) {
 		if r.Linearizable != tc.want {
 			t.Errorf("%s: porcupine %s, want %s", tc.name, r.Linearizable, tc.want)
 		}
+	}
+
+	// An outage's many indeterminate puts, none of them read, leave the check quick, and a
+	// stale read after them is still caught.
+	outage := []Op{put(0, "k0", "a", 0, 10)}
+	for i := 0; i < 200; i++ {
+		outage = append(outage, lostPut(10+i, "k0", fmt.Sprintf("lost%d", i), int64(20+i)))
+	}
+	outage = append(outage, put(1, "k0", "b", 300, 310), get(2, "k0", "b", 320, 330))
+	if r := Check(&History{Ops: outage, End: 400e6}, 5*time.Second); r.Linearizable != porcupine.Ok || r.IndeterminatePuts != 200 {
+		t.Errorf("200 unread indeterminate puts: porcupine %s, %d indeterminate", r.Linearizable, r.IndeterminatePuts)
+	}
+	outage = append(outage, get(2, "k0", "a", 340, 350))
+	if r := Check(&History{Ops: outage, End: 400e6}, 5*time.Second); r.Linearizable != porcupine.Illegal {
+		t.Errorf("stale read after 200 unread indeterminate puts: porcupine %s, want Illegal", r.Linearizable)
 	}
 
 	// A stale read among otherwise healthy traffic, with an indeterminate set put, is caught,
