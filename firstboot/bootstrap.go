@@ -131,6 +131,11 @@ func (a *Agent) staticInitialCluster() string {
 	return strings.Join(parts, ",")
 }
 
+// restoreHint ends the refusals that only an operator can end.
+const restoreHint = "If a majority of the members lost their data, the cluster cannot heal by itself: " +
+	"restore it as the README's \"Restoring after losing a majority\" describes " +
+	"(etcd --force-new-cluster once on a member that kept its data, or etcdutl snapshot restore on every member)"
+
 func (a *Agent) decide(ctx context.Context) (BootstrapResult, error) {
 	nc := a.Cfg
 	expected := ExpectedClusterID(nc)
@@ -173,7 +178,7 @@ func (a *Agent) decide(ctx context.Context) (BootstrapResult, error) {
 		if bootstrapped {
 			return res, &RefusalError{Reason: fmt.Sprintf(
 				"the data dir %s is empty, the cluster was bootstrapped before (marker %s, member %s of cluster %s), and no peer answers: "+
-					"waiting for the other members; a new cluster is never started here. If every member's data is lost, restore from a snapshot (etcdutl snapshot restore) as the README describes",
+					"waiting for the other members; a new cluster is never started here. "+restoreHint,
 				nc.DataDir, filepath.Join(nc.StateDir, StateMarkerName), sm.MemberID, sm.ClusterID)}
 		}
 		res.Decision, res.State = DecisionNew, "new"
@@ -206,7 +211,7 @@ func (a *Agent) decide(ctx context.Context) (BootstrapResult, error) {
 	// Linearizable member list: proves a quorum is there before changing membership.
 	ml, err := withTimeout(ctx, 2*a.dialTimeout(), func(c context.Context) (*clientv3.MemberListResponse, error) { return cli.MemberList(c) })
 	if err != nil {
-		return res, &RefusalError{Reason: fmt.Sprintf("the data dir %s is empty and cluster %s exists, but it has no quorum reachable (%v): waiting; a new cluster is never started here", nc.DataDir, res.FoundClusterID, err)}
+		return res, &RefusalError{Reason: fmt.Sprintf("the data dir %s is empty and cluster %s exists, but it has no quorum reachable (%v): waiting; a new cluster is never started here. %s", nc.DataDir, res.FoundClusterID, err, restoreHint)}
 	}
 	self = findSelf(ml.Members, nc)
 	if self != nil && started(self) {
