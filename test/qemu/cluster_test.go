@@ -201,14 +201,7 @@ func buildClusterImagesAs(ctx context.Context, t testing.TB, dir string, specTex
 // /readyz and flanneld holds three distinct leases, and checks that the flannel network
 // config was written once.
 func TestClusterBootstrapB0(t *testing.T) {
-	if err := Check(); err != nil {
-		if out, ierr := exec.Command("bash", "../../scripts/setup.sh").CombinedOutput(); ierr != nil {
-			t.Skipf("QEMU/OVMF cannot be installed here: %v (setup: %v\n%s)", err, ierr, out)
-		}
-		if err := Check(); err != nil {
-			t.Skipf("QEMU/OVMF cannot be installed here: %v", err)
-		}
-	}
+	requireQEMU(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	dir := t.TempDir()

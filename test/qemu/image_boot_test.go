@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -69,14 +68,7 @@ systemd:
 // boots it under QEMU (TCG, OVMF): etcd-firstboot's gates pass, etcd answers /readyz over
 // mutual TLS through a forwarded port, flanneld holds a lease, and the root is read-only.
 func TestBootOneNodeImage(t *testing.T) {
-	if err := Check(); err != nil {
-		if out, ierr := exec.Command("bash", "../../scripts/setup.sh").CombinedOutput(); ierr != nil {
-			t.Skipf("QEMU/OVMF cannot be installed here: %v (setup: %v\n%s)", err, ierr, out)
-		}
-		if err := Check(); err != nil {
-			t.Skipf("QEMU/OVMF cannot be installed here: %v", err)
-		}
-	}
+	requireQEMU(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
