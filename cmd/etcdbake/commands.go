@@ -332,35 +332,7 @@ func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
 
 // runIgnition renders and writes OUT/ignition/<node>.ign.
 func (a *app) runIgnition(cmd *cobra.Command, opts ignition.Options, firstboot string) error {
-	c, err := a.load(cmd)
-	if err != nil {
-		return err
-	}
-	fb, err := firstbootBinary(firstboot)
-	if err != nil {
-		return err
-	}
-	if opts.BinariesURL == "" && !opts.Inline {
-		return ignition.ErrNoBinarySource // before any work or output
-	}
-	in := ignition.Input{Cluster: c, Options: opts}
-	if in.Fragments, in.PerNode, err = bake.Fragments(c); err != nil {
-		return err
-	}
-	cache, err := a.cache(cmd)
-	if err != nil {
-		return err
-	}
-	if in.Binaries, _, err = bake.NodeBinaries(cmd.Context(), c, cache, fb, version); err != nil {
-		return err
-	}
-	if err := a.ensurePKI(cmd, c, false); err != nil {
-		return err
-	}
-	if in.PKI, err = pki.Load(c, a.pkiDir()); err != nil {
-		return err
-	}
-	configs, err := ignition.Render(in)
+	c, configs, _, err := a.renderIgnition(cmd, opts, firstboot)
 	if err != nil {
 		return err
 	}
@@ -372,4 +344,42 @@ func (a *app) runIgnition(cmd *cobra.Command, opts ignition.Options, firstboot s
 		fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d bytes)\n", filepath.Join(dir, n.Name+".ign"), len(configs[n.Name]))
 	}
 	return nil
+}
+
+// renderIgnition renders every node's config (creating or reusing the PKI, fetching
+// missing binaries) and returns them with the binaries they name.
+func (a *app) renderIgnition(cmd *cobra.Command, opts ignition.Options, firstboot string) (*spec.Cluster, map[string][]byte, map[string]ignition.Binary, error) {
+	c, err := a.load(cmd)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	fb, err := firstbootBinary(firstboot)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if opts.BinariesURL == "" && !opts.Inline {
+		return nil, nil, nil, ignition.ErrNoBinarySource // before any work or output
+	}
+	in := ignition.Input{Cluster: c, Options: opts}
+	if in.Fragments, in.PerNode, err = bake.Fragments(c); err != nil {
+		return nil, nil, nil, err
+	}
+	cache, err := a.cache(cmd)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if in.Binaries, _, err = bake.NodeBinaries(cmd.Context(), c, cache, fb, version); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := a.ensurePKI(cmd, c, false); err != nil {
+		return nil, nil, nil, err
+	}
+	if in.PKI, err = pki.Load(c, a.pkiDir()); err != nil {
+		return nil, nil, nil, err
+	}
+	configs, err := ignition.Render(in)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return c, configs, in.Binaries, nil
 }

@@ -53,6 +53,7 @@ Start with:  etcdbake init && etcdbake validate && etcdbake ignition --binaries-
 		a.upCmd(),
 		a.downCmd(),
 		a.execCmd(),
+		a.serveCmd(),
 		a.superviseCmd(),
 	)
 	return root

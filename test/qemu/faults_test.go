@@ -237,7 +237,7 @@ func TestFaults(t *testing.T) {
 				t.Errorf("%s's journal lacks %q:\n%s", victim, want, tail([]byte(journal), 20))
 			}
 		}
-		etcdState := f.exec(t, victim, "systemctl show etcd.service -p ExecMainStartTimestampMonotonic -p NRestarts; echo starts=$(journalctl -b --no-pager -o cat -u etcd.service | grep -c 'starting an etcd server'); pidof etcd || echo no-etcd-process")
+		etcdState := f.exec(t, victim, "systemctl show etcd.service -p ExecMainStartTimestampMonotonic -p NRestarts; echo starts=$(journalctl -b --no-pager -o cat -u etcd.service | grep -c 'starting an etcd server'); grep -lx etcd /proc/[0-9]*/comm 2>/dev/null || echo no-etcd-process")
 		if !strings.Contains(etcdState, "ExecMainStartTimestampMonotonic=0\n") || !strings.Contains(etcdState, "starts=0") || !strings.Contains(etcdState, "no-etcd-process") {
 			t.Errorf("%s started etcd with its clock an hour ahead:\n%s", victim, etcdState)
 		}
@@ -322,7 +322,7 @@ func TestFaults(t *testing.T) {
 					t.Errorf("%s's refusal lacks %q: %s", n, want, refusal)
 				}
 			}
-			if st := f.exec(t, n, "systemctl show etcd.service -p ExecMainStartTimestampMonotonic; pidof etcd || echo no-etcd-process"); !strings.Contains(st, "ExecMainStartTimestampMonotonic=0\n") || !strings.Contains(st, "no-etcd-process") {
+			if st := f.exec(t, n, "systemctl show etcd.service -p ExecMainStartTimestampMonotonic; grep -lx etcd /proc/[0-9]*/comm 2>/dev/null || echo no-etcd-process"); !strings.Contains(st, "ExecMainStartTimestampMonotonic=0\n") || !strings.Contains(st, "no-etcd-process") {
 				t.Errorf("%s started etcd without a quorum to join:\n%s", n, st)
 			}
 		}
