@@ -121,6 +121,7 @@ type Cluster struct {
 	hub   *Hub
 	mu    sync.Mutex
 	nodes map[string]*clusterNode
+	epMu  sync.Mutex // serialises writeEndpoints
 }
 
 type clusterNode struct {
@@ -312,6 +313,8 @@ func (c *Cluster) readPort(ctx context.Context, n *clusterNode) error {
 
 // writeEndpoints writes Dir/endpoints.json: {"<node>": "https://127.0.0.1:<port>", ...}.
 func (c *Cluster) writeEndpoints() error {
+	c.epMu.Lock()
+	defer c.epMu.Unlock()
 	b, err := json.MarshalIndent(c.Endpoints(), "", "  ")
 	if err != nil {
 		return err

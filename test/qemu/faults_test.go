@@ -609,7 +609,7 @@ func (f *faultEnv) workload(t *testing.T, name string, readers ...string) func()
 	done := make(chan result, 1)
 	go func() {
 		h, err := workload.Run(ctx, workload.Options{Endpoints: eps, TLS: f.tls, Prefix: "/faults/" + name,
-			Registers: 3, Keys: 5, Set: true, Readers: readers, Interval: 50 * time.Millisecond, OpTimeout: 3 * time.Second})
+			Registers: 5, Keys: 5, Set: true, Readers: readers, Interval: 10 * time.Millisecond, OpTimeout: 3 * time.Second})
 		done <- result{h, err}
 	}()
 	return func() *workload.History {
