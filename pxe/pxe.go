@@ -35,7 +35,11 @@ import (
 type Node struct {
 	Name   string
 	MAC    string // as in the spec; any form net.ParseMAC accepts
-	Config []byte // its Ignition config (JSON)
+	Config []byte // its Ignition config (JSON), for /ignition
+	Image  string // its raw disk image, for installs (/image)
+
+	imageSHA256 string
+	imageSize   int64
 }
 
 // Binary is a file served under /binaries/Name.
@@ -62,7 +66,13 @@ type Options struct {
 	// scripts and the kernel's ignition.config.url are built from it.
 	URL      string
 	Binaries []Binary
-	FCOS     FCOS
+	// FCOS, when its URLs are set, makes /ipxe boot the live images with the node's
+	// Ignition config; otherwise /ipxe boots Installer, which writes the node's Image to
+	// its disk and reboots into it.
+	FCOS      FCOS
+	Installer *Installer
+	// KernelArgs are added to the installer's kernel command line (e.g. console=ttyS0).
+	KernelArgs string
 	// StatusFile, when set, is rewritten (atomically) after every request that served a
 	// node something: which node fetched what, when, how often.
 	StatusFile string
@@ -137,8 +147,15 @@ func New(o Options) (*Server, error) {
 		if other := s.byMAC[mac]; other != nil {
 			return nil, fmt.Errorf("pxe: nodes %s and %s have the same MAC %s", other.Name, n.Name, mac)
 		}
-		if len(n.Config) == 0 {
-			return nil, fmt.Errorf("pxe: node %s has no Ignition config", n.Name)
+		if len(n.Config) == 0 && n.Image == "" {
+			return nil, fmt.Errorf("pxe: node %s has neither an Ignition config nor a disk image to serve", n.Name)
+		}
+		if n.Image != "" {
+			sum, size, err := ImageSHA256(n.Image)
+			if err != nil {
+				return nil, fmt.Errorf("pxe: node %s: %w (build the images first: etcdbake image)", n.Name, err)
+			}
+			n.imageSHA256, n.imageSize = sum, size
 		}
 		s.byMAC[mac] = n
 		s.status[n.Name] = &NodeStatus{Node: n.Name, MAC: mac, Fetched: map[string]Fetch{}}
@@ -224,9 +241,55 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if n == nil {
 			return
 		}
+		if len(n.Config) == 0 {
+			fail(http.StatusNotFound, "node "+n.Name+" has no Ignition config on this server (it is provisioned with its disk image)")
+			return
+		}
 		a.What, a.Status = "ignition config", http.StatusOK
 		a.Bytes = s.write(w, "application/vnd.coreos.ignition+json", n.Config)
 		s.fetched(n, "ignition", a.Time)
+	case r.URL.Path == "/image":
+		n := node()
+		if n == nil {
+			return
+		}
+		if n.Image == "" {
+			fail(http.StatusNotFound, "node "+n.Name+" has no disk image on this server")
+			return
+		}
+		a.What, a.Status = "disk image (sparse stream)", http.StatusOK
+		w.Header().Set("Content-Type", "application/octet-stream")
+		cw := &countingWriter{w: w}
+		if r.Method == http.MethodGet {
+			if err := WriteSparse(cw, n.Image); err != nil {
+				a.What = "disk image, cut short: " + err.Error()
+			}
+		}
+		a.Bytes = cw.n
+		s.fetched(n, "image", a.Time)
+	case r.URL.Path == "/installed":
+		n := node()
+		if n == nil {
+			return
+		}
+		what := "installed"
+		if r.URL.Query().Get("result") != "ok" {
+			what = "install failed: " + r.URL.Query().Get("error")
+		}
+		a.What, a.Status = "report: "+what, http.StatusOK
+		a.Bytes = s.write(w, "text/plain; charset=utf-8", []byte("ok\n"))
+		s.fetched(n, what, a.Time)
+	case r.URL.Path == "/installer/vmlinuz" || r.URL.Path == "/installer/initrd.img":
+		if s.o.Installer == nil {
+			fail(http.StatusNotFound, "this server has no installer (it serves Fedora CoreOS boots)")
+			return
+		}
+		b := s.o.Installer.Kernel
+		if strings.HasSuffix(r.URL.Path, "initrd.img") {
+			b = s.o.Installer.Initrd
+		}
+		a.What, a.Status = "installer "+strings.TrimPrefix(r.URL.Path, "/installer/"), http.StatusOK
+		a.Bytes = s.write(w, "application/octet-stream", b)
 	case strings.HasPrefix(r.URL.Path, "/binaries/"):
 		name := strings.TrimPrefix(r.URL.Path, "/binaries/")
 		path, ok := s.bins[name]
@@ -255,7 +318,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			a.Bytes = n
 		}
 	default:
-		fail(http.StatusNotFound, "not found: this server serves /boot.ipxe, /ipxe?mac=, /ignition?mac= and /binaries/NAME")
+		fail(http.StatusNotFound, "not found: this server serves /boot.ipxe, /ipxe?mac=, /ignition?mac=, /image?mac=, /installer/ and /binaries/NAME")
 	}
 }
 
@@ -275,23 +338,47 @@ func (s *Server) binaryNames() []string {
 	return names
 }
 
-// ipxeScript boots the FCOS live images with the node's config URL.
+// ipxeScript boots the FCOS live images with the node's config URL, or the installer
+// with the node's image URL and checksum.
 func (s *Server) ipxeScript(n *Node) ([]byte, error) {
-	f := s.o.FCOS
-	if f.Kernel == "" || f.Initramfs == "" {
-		return nil, fmt.Errorf("node %s is known, but this server has no boot images to send it: start it with --fcos-kernel and --fcos-initramfs", n.Name)
-	}
 	mac, _ := NormalizeMAC(n.MAC)
-	args := []string{"initrd=main", "ignition.firstboot", "ignition.platform.id=metal",
-		"ignition.config.url=" + s.o.URL + "/ignition?mac=" + strings.ReplaceAll(mac, ":", "-")}
-	if f.Rootfs != "" {
-		args = append(args, "coreos.live.rootfs_url="+f.Rootfs)
+	q := "?mac=" + strings.ReplaceAll(mac, ":", "-")
+	f := s.o.FCOS
+	if f.Kernel != "" && f.Initramfs != "" {
+		if len(n.Config) == 0 {
+			return nil, fmt.Errorf("node %s has no Ignition config on this server", n.Name)
+		}
+		args := []string{"initrd=main", "ignition.firstboot", "ignition.platform.id=metal", "ignition.config.url=" + s.o.URL + "/ignition" + q}
+		if f.Rootfs != "" {
+			args = append(args, "coreos.live.rootfs_url="+f.Rootfs)
+		}
+		if f.Args != "" {
+			args = append(args, f.Args)
+		}
+		return []byte(fmt.Sprintf("#!ipxe\n# etcdbake: node %s of cluster %s: Fedora CoreOS / Flatcar live boot with its Ignition config\nkernel %s %s\ninitrd --name main %s\nboot\n",
+			n.Name, s.o.Cluster, f.Kernel, strings.Join(args, " "), f.Initramfs)), nil
 	}
-	if f.Args != "" {
-		args = append(args, f.Args)
+	if n.Image == "" || s.o.Installer == nil {
+		return nil, fmt.Errorf("node %s is known, but this server has nothing to boot it with: give it the node images (etcdbake image) or --fcos-kernel and --fcos-initramfs", n.Name)
 	}
-	return []byte(fmt.Sprintf("#!ipxe\n# etcdbake: node %s of cluster %s\nkernel %s %s\ninitrd --name main %s\nboot\n",
-		n.Name, s.o.Cluster, f.Kernel, strings.Join(args, " "), f.Initramfs)), nil
+	args := []string{"initrd=initrd.img", "boot=etcdbake", "ip=dhcp", "BOOTIF=01-${mac:hexhyp}",
+		"etcdbake.image=" + s.o.URL + "/image" + q, "etcdbake.sha256=" + n.imageSHA256, "etcdbake.report=" + s.o.URL + "/installed" + q}
+	if s.o.KernelArgs != "" {
+		args = append(args, s.o.KernelArgs)
+	}
+	return []byte(fmt.Sprintf("#!ipxe\n# etcdbake: node %s of cluster %s: install its disk image (%d MiB, sha256 %s), then boot it\nkernel %s/installer/vmlinuz %s\ninitrd --name initrd.img %s/installer/initrd.img\nboot\n",
+		n.Name, s.o.Cluster, n.imageSize>>20, n.imageSHA256, s.o.URL, strings.Join(args, " "), s.o.URL)), nil
+}
+
+type countingWriter struct {
+	w interface{ Write([]byte) (int, error) }
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (s *Server) fetched(n *Node, what string, t time.Time) {
