@@ -10,6 +10,7 @@ export ETCDBAKE_TEST_CACHE ?= $(CACHE)/test-binaries
 build:
 	$(GO) build -trimpath -ldflags='-X main.version=$(VERSION)' -o bin/etcdbake ./cmd/etcdbake
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o bin/etcd-firstboot ./cmd/etcd-firstboot
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o bin/etcdbake-installer ./cmd/etcdbake-installer
 
 # Debian packages and test tools (ignition-apply), idempotent, cached outside the repo.
 setup:

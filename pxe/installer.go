@@ -27,6 +27,9 @@ type Installer struct {
 // named by BOOTIF=) and hands over to the installer, which never returns (it reboots into
 // the installed disk, or powers off after an error).
 const InstallerScript = `# etcdbake installer: sourced by initramfs-tools' /init (boot=etcdbake).
+mount_top() { :; }
+mount_premount() { :; }
+mount_bottom() { :; }
 mountroot()
 {
 	configure_networking

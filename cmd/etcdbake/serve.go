@@ -27,6 +27,8 @@ type serveFlags struct {
 	listen, url, firstboot string
 	allInterfaces          bool
 	fcos                   pxe.FCOS
+	images, base           string
+	installer, kernelArgs  string
 }
 
 func (a *app) serveCmd() *cobra.Command {
@@ -38,6 +40,14 @@ func (a *app) serveCmd() *cobra.Command {
 /boot.ipxe, /ipxe?mac=MAC, /ignition?mac=MAC, and the binaries the configs name under
 /binaries/NAME (the configs are rendered with --binaries-url URL/binaries, so each node
 fetches and verifies them here). An unknown MAC gets a 404, never another node's config.
+
+Two ways to become a node:
+  - etcdbake's own images (the default): /ipxe boots an installer (the base's kernel and
+    initrd with etcdbake-installer added) that streams the node's disk image from
+    OUT/images/<node>.raw (/image?mac=MAC) onto its first fixed disk, checks its sha256
+    and reboots into it. Build the images first: etcdbake image.
+  - Fedora CoreOS / Flatcar live PXE (--fcos-kernel, --fcos-initramfs, --fcos-rootfs):
+    /ipxe boots your live images with ignition.config.url pointing at /ignition?mac=MAC.
 
 MAC matching is not authentication: anyone on the network who knows a node's MAC can
 fetch its config and private key. Serve only on a provisioning network you trust.
@@ -53,7 +63,10 @@ to stderr; "etcdbake serve status" shows which node has fetched what.`,
 	cmd.Flags().StringVar(&f.fcos.Kernel, "fcos-kernel", "", "URL of the Fedora CoreOS / Flatcar live kernel the iPXE scripts boot")
 	cmd.Flags().StringVar(&f.fcos.Initramfs, "fcos-initramfs", "", "URL of the live initramfs")
 	cmd.Flags().StringVar(&f.fcos.Rootfs, "fcos-rootfs", "", "URL of the live rootfs (Fedora CoreOS; not for Flatcar)")
-	cmd.Flags().StringVar(&f.fcos.Args, "kernel-args", "", "extra kernel arguments, e.g. console=ttyS0")
+	cmd.Flags().StringVar(&f.kernelArgs, "kernel-args", "", "extra kernel arguments for the installer or the live boot, e.g. console=ttyS0")
+	cmd.Flags().StringVar(&f.images, "images", "", "directory of the node images <node>.raw (default OUT/images)")
+	cmd.Flags().StringVar(&f.base, "base", "", "base root filesystem tarball whose kernel and initrd boot the installer (default: the default base)")
+	cmd.Flags().StringVar(&f.installer, "installer", "", "etcdbake-installer binary (default: next to etcdbake)")
 	cmd.Flags().StringVar(&f.firstboot, "firstboot", "", "etcd-firstboot binary (default: next to etcdbake)")
 	cmd.AddCommand(a.serveStatusCmd())
 	return cmd
@@ -95,10 +108,43 @@ func (a *app) runServe(cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	o := pxe.Options{Cluster: c.Name, URL: base, FCOS: f.fcos, StatusFile: a.pxeStatusFile(),
+	o := pxe.Options{Cluster: c.Name, URL: base, FCOS: f.fcos, KernelArgs: f.kernelArgs, StatusFile: a.pxeStatusFile(),
 		Log: func(acc pxe.Access) { fmt.Fprintln(cmd.ErrOrStderr(), acc) }}
+	o.FCOS.Args = f.kernelArgs
+	imageMode := f.fcos.Kernel == "" && f.fcos.Initramfs == ""
+	if !imageMode && (f.fcos.Kernel == "" || f.fcos.Initramfs == "") {
+		return errors.New("--fcos-kernel and --fcos-initramfs go together (and --fcos-rootfs for Fedora CoreOS)")
+	}
+	images := f.images
+	if images == "" {
+		images = filepath.Join(a.outDir, "images")
+	}
 	for _, n := range c.Nodes {
-		o.Nodes = append(o.Nodes, pxe.Node{Name: n.Name, MAC: n.MAC, Config: configs[n.Name]})
+		node := pxe.Node{Name: n.Name, MAC: n.MAC, Config: configs[n.Name]}
+		if imageMode {
+			node.Image = filepath.Join(images, n.Name+".raw")
+			if _, err := os.Stat(node.Image); err != nil {
+				return fmt.Errorf("node %s: %w: build the raw images first (etcdbake image --format raw --out %s), or serve Fedora CoreOS with --fcos-kernel/--fcos-initramfs", n.Name, err, a.outDir)
+			}
+		}
+		o.Nodes = append(o.Nodes, node)
+	}
+	if imageMode {
+		baseTar := f.base
+		if baseTar == "" {
+			if baseTar, err = a.defaultBase(cmd); err != nil {
+				return err
+			}
+		}
+		inst := f.installer
+		if inst == "" {
+			if self, err := os.Executable(); err == nil {
+				inst = filepath.Join(filepath.Dir(self), "etcdbake-installer")
+			}
+		}
+		if o.Installer, err = pxe.BuildInstaller(baseTar, inst); err != nil {
+			return err
+		}
 	}
 	for _, b := range bins {
 		o.Binaries = append(o.Binaries, pxe.Binary{Name: b.Name, Path: b.Path})
@@ -110,8 +156,12 @@ func (a *app) runServe(cmd *cobra.Command, f serveFlags) error {
 	}
 	// A fresh status for this run (the file says what was fetched since it started).
 	_ = os.Remove(a.pxeStatusFile())
-	fmt.Fprintf(cmd.OutOrStdout(), "serving %d nodes of cluster %s on %s (machines use %s); iPXE: chain %s/boot.ipxe\n",
-		len(o.Nodes), c.Name, ln.Addr(), base, base)
+	mode := "Fedora CoreOS / Flatcar live boot with Ignition"
+	if imageMode {
+		mode = fmt.Sprintf("installs the disk images of %s (installer: kernel %s)", images, o.Installer.KernelVersion)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "serving %d nodes of cluster %s on %s (machines use %s); %s; iPXE: chain %s/boot.ipxe\n",
+		len(o.Nodes), c.Name, ln.Addr(), base, mode, base)
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
