@@ -47,6 +47,12 @@ type ClusterOptions struct {
 	// KeepDisks boots from the overlays already in Dir (made by an earlier StartCluster
 	// for the same images), so the nodes keep their etcd data; missing ones are created.
 	KeepDisks bool
+	// PXE maps a node to the URL its firmware (QEMU's iPXE) boots through the user-mode
+	// NIC's DHCP bootfile: that node starts with a blank disk the size of its image and
+	// must install itself (e.g. from `etcdbake serve`); its image is not used otherwise.
+	// Its user-mode NIC can reach the host (no restrict=on; 10.0.2.2 is the host's
+	// loopback), and the VM reboots in place instead of exiting.
+	PXE map[string]string
 }
 
 // Guest ports forwarded from the host: etcd's client port, and its peer port (for tests
@@ -127,6 +133,7 @@ type Cluster struct {
 type clusterNode struct {
 	name, image, mac, userMAC string
 	overlay, vars             string
+	pxe                       string        // PXE boot URL ("" = boot the image)
 	rtc                       time.Duration // guest clock offset for the next boot
 	vm                        *VM
 	endpoint                  string
@@ -172,6 +179,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 			name: name, image: abs, mac: mac, userMAC: um,
 			overlay: filepath.Join(o.Dir, name+".overlay.qcow2"),
 			vars:    filepath.Join(o.Dir, name+".vars.fd"),
+			pxe:     o.PXE[name],
 		}
 	}
 	// Overlays and firmware variables first (qemu-img takes a moment), in parallel.
@@ -227,8 +235,23 @@ func (n *clusterNode) prepare(ctx context.Context, keep bool) error {
 	}
 	_ = os.Remove(n.overlay)
 	_ = os.Remove(filepath.Join(filepath.Dir(n.overlay), n.name+".log"))
-	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", n.image, "-F", format, n.overlay).CombinedOutput(); err != nil {
-		return fmt.Errorf("overlay for %s: %v: %s", n.name, err, out)
+	args := []string{"create", "-q", "-f", "qcow2", "-b", n.image, "-F", format, n.overlay}
+	if n.pxe != "" {
+		// A blank disk as big as the image (its virtual size) that PXE installs onto.
+		out, err := exec.CommandContext(ctx, "qemu-img", "info", "--output=json", n.image).Output()
+		if err != nil {
+			return fmt.Errorf("size of %s: %v", n.image, err)
+		}
+		var info struct {
+			VirtualSize int64 `json:"virtual-size"`
+		}
+		if err := json.Unmarshal(out, &info); err != nil || info.VirtualSize == 0 {
+			return fmt.Errorf("size of %s: %v %s", n.image, err, out)
+		}
+		args = []string{"create", "-q", "-f", "qcow2", n.overlay, strconv.FormatInt(info.VirtualSize, 10)}
+	}
+	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("disk for %s: %v: %s", n.name, err, out)
 	}
 	b, err := os.ReadFile(OVMFVars)
 	if err != nil {
@@ -247,22 +270,36 @@ func (c *Cluster) boot(n *clusterNode) error {
 	vm := &VM{Name: n.name, Console: c.Console(n.name), qmpPath: filepath.Join(c.dir, n.name+".qmp"), qgaPath: filepath.Join(c.dir, n.name+".qga"), done: make(chan error, 1)}
 	_ = os.Remove(vm.qmpPath)
 	_ = os.Remove(vm.qgaPath)
+	// The host ports are chosen by QEMU at the first boot and kept by restarts.
+	fwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d,hostfwd=tcp:127.0.0.1:%d-:%d", n.clientPort, EtcdClientPort, n.peerPort, EtcdPeerPort)
+	disk := []string{"-drive", "if=virtio,format=qcow2,file=" + n.overlay}
+	// First NIC: the private segment (fd 3 is ExtraFiles[0]).
+	l2nic := "virtio-net-pci,netdev=l2,mac=" + strings.ToLower(n.mac)
+	// Second NIC: host forward to etcd only; restrict=on keeps the guest off the host.
+	user := []string{"-netdev", "user,id=u0,restrict=on," + fwd, "-device", "virtio-net-pci,netdev=u0,mac=" + strings.ToLower(n.userMAC)}
+	if n.pxe != "" {
+		// The disk first (blank until installed), then PXE on the user NIC; no option ROM
+		// on the private segment's NIC (nothing answers DHCP there).
+		disk = []string{"-drive", "if=none,id=d0,format=qcow2,file=" + n.overlay, "-device", "virtio-blk-pci,drive=d0,bootindex=0"}
+		l2nic += ",romfile="
+		user = []string{"-netdev", "user,id=u0,bootfile=" + n.pxe + "," + fwd, "-device", "virtio-net-pci,netdev=u0,bootindex=1,mac=" + strings.ToLower(n.userMAC)}
+	}
 	args := []string{
 		"-name", n.name, "-machine", "q35", "-m", strconv.Itoa(c.mem), "-smp", "1",
 		"-drive", "if=pflash,format=raw,readonly=on,file=" + OVMFCode,
 		"-drive", "if=pflash,format=raw,file=" + n.vars,
-		"-drive", "if=virtio,format=qcow2,file=" + n.overlay,
-		// First NIC: the private segment (fd 3 is ExtraFiles[0]).
-		"-netdev", "stream,id=l2,addr.type=fd,addr.str=3",
-		"-device", "virtio-net-pci,netdev=l2,mac=" + strings.ToLower(n.mac),
-		// Second NIC: host forward to etcd only; restrict=on keeps the guest off the host.
-		// The host ports are chosen by QEMU at the first boot and kept by restarts.
-		"-netdev", fmt.Sprintf("user,id=u0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d,hostfwd=tcp:127.0.0.1:%d-:%d", n.clientPort, EtcdClientPort, n.peerPort, EtcdPeerPort),
-		"-device", "virtio-net-pci,netdev=u0,mac=" + strings.ToLower(n.userMAC),
+	}
+	args = append(args, disk...)
+	args = append(args, "-netdev", "stream,id=l2,addr.type=fd,addr.str=3", "-device", l2nic)
+	args = append(args, user...)
+	args = append(args,
 		// The console log survives restarts (append).
-		"-chardev", "file,id=con,path=" + vm.Console + ",append=on", "-serial", "chardev:con",
-		"-display", "none", "-monitor", "none", "-no-reboot",
-		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
+		"-chardev", "file,id=con,path="+vm.Console+",append=on", "-serial", "chardev:con",
+		"-display", "none", "-monitor", "none",
+		"-qmp", "unix:"+vm.qmpPath+",server=on,wait=off",
+	)
+	if n.pxe == "" {
+		args = append(args, "-no-reboot") // a guest reboot ends the VM (tests restart it)
 	}
 	args = append(args, guestAgentArgs(vm.qgaPath)...)
 	args = append(args, accelArgs(c.accel)...)
