@@ -294,6 +294,9 @@ StartLimitIntervalSec=0
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=` + bin("etcd-firstboot") + ` prepare --config ` + spec.NodeConfigPath + `
+# A refusal fails the start jobs of etcd, the health gate and flanneld ("dependency
+# failed"); when a retry here succeeds, start them again.
+ExecStartPost=/usr/bin/systemctl --no-block start ` + FlannelUnit + `
 Restart=on-failure
 RestartSec=15s
 TimeoutStartSec=` + fmt.Sprint(int((c.Time.SyncTimeout.D+2*time.Minute)/time.Second)) + `s
@@ -325,6 +328,8 @@ StartLimitIntervalSec=0
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=` + bin("etcd-firstboot") + ` ready --config ` + spec.NodeConfigPath + `
+# A failed attempt fails flanneld's start job; when a retry succeeds, start it again.
+ExecStartPost=/usr/bin/systemctl --no-block start ` + FlannelUnit + `
 Restart=on-failure
 RestartSec=10s
 TimeoutStartSec=10min
