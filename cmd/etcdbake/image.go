@@ -35,7 +35,7 @@ func (a *app) defaultBase(cmd *cobra.Command) (string, error) {
 		return "", err
 	}
 	return imagebuild.BuildBase(cmd.Context(), imagebuild.DefaultBaseRecipe(), dir, func(f string, args ...any) {
-		fmt.Fprintf(cmd.ErrOrStderr(), "base: "+f+"\n", args...)
+		fmt.Fprintf(cmd.ErrOrStderr(), f+"\n", args...) // the lines name their step ("base: ...", "mmdebstrap: ...")
 	})
 }
 

@@ -111,8 +111,26 @@ func TestPXEInstall(t *testing.T) {
 		}()
 		f.waitHealthy(t, name, 20*time.Minute, nil)
 		quorum = time.Since(cl.Started)
-		f.waitLeases(t, 5*time.Minute)
-		return quorum, time.Since(cl.Started)
+		l := f.waitLeases(t, 5*time.Minute)
+		leases = time.Since(cl.Started)
+		// B0's checks on top: distinct subnets, the flannel config created once.
+		seen := map[string]string{}
+		for n, sub := range l {
+			if other, dup := seen[sub]; dup {
+				t.Errorf("%s: subnet %s leased to %s and %s", name, sub, other, n)
+			}
+			seen[sub] = n
+		}
+		cli := f.client(t)
+		defer cli.Close()
+		gctx, gcancel := context.WithTimeout(ctx, 30*time.Second)
+		defer gcancel()
+		cfg, err := cli.Get(gctx, bc.c.Flannel.Prefix+"/config")
+		if err != nil || len(cfg.Kvs) != 1 || cfg.Kvs[0].Version != 1 {
+			t.Errorf("%s: flannel config: %v %v (want one key, written once)", name, err, cfg)
+		}
+		t.Logf("%s: flannel leases %v", name, l)
+		return quorum, leases
 	}
 
 	pxeQuorum, pxeLeases := boot("pxe", bootURLs)
