@@ -181,17 +181,31 @@ func Run(ctx context.Context, o Options) (*History, error) {
 	}()
 
 	if o.Registers > 0 {
+		// A slow cluster (a VM that just became ready) may time out a put: each one is
+		// tried for up to 10 operation timeouts; a failed try stays in the history as an
+		// indeterminate put of the same value, under a client id of its own (the initial
+		// puts have their own ids, apart from the clients that follow).
+		id := int(rec.nextID.Add(1) - 1)
 		for i := 0; i < o.Keys; i++ {
-			op := Op{Client: 0, Kind: KindPut, Key: RegisterKey(o.Prefix, i), Value: "init-" + runID}
-			octx, cancel := context.WithTimeout(ctx, o.OpTimeout)
-			op.Call = rec.now()
-			_, err := clients[0].Put(octx, op.Key, op.Value)
-			op.Return = rec.now()
-			cancel()
-			if err != nil {
-				return nil, fmt.Errorf("workload: initial put of %s: %w", op.Key, err)
+			deadline := time.Now().Add(10 * o.OpTimeout)
+			for {
+				op := Op{Client: id, Kind: KindPut, Key: RegisterKey(o.Prefix, i), Value: "init-" + runID}
+				octx, cancel := context.WithTimeout(ctx, o.OpTimeout)
+				op.Call = rec.now()
+				_, err := clients[0].Put(octx, op.Key, op.Value)
+				op.Return = rec.now()
+				cancel()
+				if err == nil {
+					h.Ops = append(h.Ops, op)
+					break
+				}
+				op.Return, op.Err = Infinity, err.Error()
+				h.Ops = append(h.Ops, op)
+				id = int(rec.nextID.Add(1) - 1)
+				if ctx.Err() != nil || time.Now().After(deadline) {
+					return nil, fmt.Errorf("workload: initial put of %s: %w", op.Key, err)
+				}
 			}
-			h.Ops = append(h.Ops, op)
 		}
 	}
 
