@@ -42,6 +42,9 @@ type Agent struct {
 	DialTimeout  time.Duration
 	ReadyTimeout time.Duration
 	RetryEvery   time.Duration
+	// RendezvousWindow bounds one attempt of the bootstrap rendezvous (default
+	// DefaultRendezvousWindow).
+	RendezvousWindow time.Duration
 }
 
 func (a *Agent) now() time.Time {

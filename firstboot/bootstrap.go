@@ -181,8 +181,19 @@ func (a *Agent) decide(ctx context.Context) (BootstrapResult, error) {
 					"waiting for the other members; a new cluster is never started here. "+restoreHint,
 				nc.DataDir, filepath.Join(nc.StateDir, StateMarkerName), sm.MemberID, sm.ClusterID)}
 		}
+		// Fresh, or wiped with the marker: only every member being fresh at once tells.
+		missing, err := a.rendezvous(ctx)
+		if err != nil {
+			return res, &RefusalError{Reason: fmt.Sprintf("the bootstrap rendezvous failed (%v): nothing is started", err)}
+		}
+		if len(missing) > 0 {
+			return res, &RefusalError{Reason: fmt.Sprintf(
+				"the data dir %s is empty and no peer reports a cluster, but a new cluster starts only when every member is fresh at once, and %s did not answer the bootstrap rendezvous within %s "+
+					"(at a first boot they are still starting: this is retried; a member that kept its data never answers, so a node whose disk was wiped waits here instead of starting a second cluster). %s",
+				nc.DataDir, strings.Join(missing, ", "), a.rendezvousWindow(), restoreHint)}
+		}
 		res.Decision, res.State = DecisionNew, "new"
-		res.Reason = fmt.Sprintf("empty data dir, no bootstrap marker, no peer reports a cluster: static bootstrap of %d members (cluster %s)", len(nc.Peers), hexID(expected))
+		res.Reason = fmt.Sprintf("empty data dir, no bootstrap marker, no peer reports a cluster, and every member answered the bootstrap rendezvous as fresh: static bootstrap of %d members (cluster %s)", len(nc.Peers), hexID(expected))
 		return res, nil
 	}
 	res.FoundClusterID = hexID(view.clusterID)

@@ -52,10 +52,10 @@ func (fc *fbCluster) agentFor(n spec.Node) *Agent {
 	nc.CA, _ = pki.CAPath(dir, "ca")
 	nc.PeerCA, _ = pki.CAPath(dir, "peer-ca")
 	nc.ServerCert, _ = pki.NodeCertPath(dir, n.Name, "server")
-	nc.PeerCert, _ = pki.NodeCertPath(dir, n.Name, "peer")
+	nc.PeerCert, nc.PeerKey = pki.NodeCertPath(dir, n.Name, "peer")
 	nc.ClientCert, nc.ClientKey = pki.NodeCertPath(dir, n.Name, "firstboot")
 	nc.Time.Servers = nil // the time gate has its own tests
-	return &Agent{Cfg: &nc, Logf: func(f string, a ...any) { fc.t.Logf(n.Name+": "+f, a...) }, RetryEvery: 100 * time.Millisecond, DialTimeout: 2 * time.Second, ReadyTimeout: time.Minute}
+	return &Agent{Cfg: &nc, Logf: func(f string, a ...any) { fc.t.Logf(n.Name+": "+f, a...) }, RetryEvery: 100 * time.Millisecond, DialTimeout: 2 * time.Second, ReadyTimeout: time.Minute, RendezvousWindow: 5 * time.Second}
 }
 
 // bootEtcd starts the member as etcd.service would: only if the bootstrap env exists,
@@ -441,6 +441,60 @@ func TestExpectedClusterIDMatchesEtcd(t *testing.T) {
 		n, _ := c.NodeByName(m.Name)
 		if m.ID != StaticMemberID(c.PeerURL(n), c.Etcd.Token) {
 			t.Errorf("%s: member ID %x, derived %x", m.Name, m.ID, StaticMemberID(c.PeerURL(n), c.Etcd.Token))
+		}
+	}
+}
+
+// TestMajorityWipedNeverNew is B10 in small: two of three members lose their disks (data
+// dir and bootstrap marker). While the third, which kept its data, runs alone they see its
+// cluster without a quorum and refuse, pointing to the restore procedure; while it is
+// down too they see each other fresh at the rendezvous, but never the third, so neither
+// starts a new cluster.
+func TestMajorityWipedNeverNew(t *testing.T) {
+	ctx := context.Background()
+	fc := newFBCluster(t, "fbw", 44)
+	fc.bootAll(ctx, all...)
+	fc.tc.Stop("m1")
+	fc.tc.Stop("m2")
+	for _, n := range []string{"m1", "m2"} {
+		a := fc.agents[n]
+		if err := os.RemoveAll(a.Cfg.DataDir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(a.Cfg.StateDir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fc.agents["m1"].Prepare(ctx); err == nil || !strings.Contains(err.Error(), "no quorum reachable") {
+		t.Fatalf("m1 with only the survivor up: want a no-quorum refusal, got %v", err)
+	}
+
+	fc.tc.StopAll()
+	var wg sync.WaitGroup
+	errs := map[string]error{}
+	var mu sync.Mutex
+	for _, n := range []string{"m1", "m2"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := fc.agents[n].Prepare(ctx)
+			mu.Lock()
+			errs[n] = err
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, n := range []string{"m1", "m2"} {
+		err := errs[n]
+		var ref *RefusalError
+		if !errors.As(err, &ref) || !strings.Contains(err.Error(), "m3 did not answer the bootstrap rendezvous") || !strings.Contains(err.Error(), "Restoring after losing a majority") {
+			t.Errorf("%s with the survivor down: want a rendezvous refusal naming m3, got %v", n, err)
+		}
+		if _, err := os.Stat(fc.agents[n].Cfg.BootstrapEnv); !os.IsNotExist(err) {
+			t.Errorf("%s: the bootstrap env exists after a refusal", n)
+		}
+		if st := fc.status(n); st.Bootstrap.Decision != DecisionRefuse {
+			t.Errorf("%s: status %+v", n, st.Bootstrap)
 		}
 	}
 }

@@ -45,6 +45,7 @@ type NodeConfig struct {
 	PeerCA     string `json:"peerCA"`
 	ServerCert string `json:"serverCert"`
 	PeerCert   string `json:"peerCert"`
+	PeerKey    string `json:"peerKey"` // etcd's peer key: the bootstrap rendezvous uses the peer identity
 	ClientCert string `json:"clientCert"`
 	ClientKey  string `json:"clientKey"`
 
@@ -64,6 +65,8 @@ type NodeTimeouts struct {
 	Ready Duration `json:"ready"`
 	// Retry is the pause between attempts while waiting (default 1s).
 	Retry Duration `json:"retry"`
+	// Rendezvous bounds one attempt of the bootstrap rendezvous (default 30s).
+	Rendezvous Duration `json:"rendezvous,omitempty"`
 }
 
 // Default etcd-firstboot timeouts.
@@ -114,6 +117,7 @@ func (c *Cluster) NodeConfigFor(n Node) NodeConfig {
 		PeerCA:         EtcdPKIDir + "/peer-ca.crt",
 		ServerCert:     EtcdPKIDir + "/server.crt",
 		PeerCert:       EtcdPKIDir + "/peer.crt",
+		PeerKey:        EtcdPKIDir + "/peer.key",
 		ClientCert:     FirstbootPKIDir + "/firstboot.crt",
 		ClientKey:      FirstbootPKIDir + "/firstboot.key",
 		BootstrapEnv:   BootstrapEnv,

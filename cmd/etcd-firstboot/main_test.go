@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -15,27 +16,56 @@ import (
 	"github.com/etcdbake/etcdbake/spec"
 )
 
-// TestPrepareThenStatus runs the command as systemd would on the first node to boot: no
-// peer and no time source answer, so it decides a static bootstrap; then `status` shows
-// the decisions, as text and as JSON.
+// TestPrepareThenStatus runs the command as systemd would on a node of a fresh cluster:
+// no time source answers; alone, it refuses (a new cluster needs every member fresh at the
+// bootstrap rendezvous) and says which members it waits for; with the other two members'
+// etcd-firstboot running, it decides a static bootstrap. `status` shows the decisions, as
+// text and as JSON.
 func TestPrepareThenStatus(t *testing.T) {
 	c := testcluster.Spec(t, "cli", 3, 71)
 	tc := testcluster.New(t, c) // PKI only; no member runs
 	dir := t.TempDir()
-	nc := c.NodeConfigFor(c.Nodes[0])
-	nc.DataDir, nc.StateDir, nc.RunDir = filepath.Join(dir, "data"), filepath.Join(dir, "state"), filepath.Join(dir, "run")
-	nc.BootstrapEnv = filepath.Join(nc.RunDir, "etcd-bootstrap.env")
-	nc.CA, _ = pki.CAPath(tc.PKIDir, "ca")
-	nc.PeerCA, _ = pki.CAPath(tc.PKIDir, "peer-ca")
-	nc.ServerCert, _ = pki.NodeCertPath(tc.PKIDir, "m1", "server")
-	nc.PeerCert, _ = pki.NodeCertPath(tc.PKIDir, "m1", "peer")
-	nc.ClientCert, nc.ClientKey = pki.NodeCertPath(tc.PKIDir, "m1", "firstboot")
-	nc.Time.Servers = []string{"127.0.0.1:9"} // discard port: no NTP answer
-	nc.Time.SyncTimeout = spec.Dur(time.Second)
-	nc.Timeouts = spec.NodeTimeouts{Dial: spec.Dur(500 * time.Millisecond), Retry: spec.Dur(200 * time.Millisecond)}
+	nodeConfig := func(i int) spec.NodeConfig {
+		n := c.Nodes[i]
+		nc := c.NodeConfigFor(n)
+		d := filepath.Join(dir, n.Name)
+		nc.DataDir, nc.StateDir, nc.RunDir = filepath.Join(d, "data"), filepath.Join(d, "state"), filepath.Join(d, "run")
+		nc.BootstrapEnv = filepath.Join(nc.RunDir, "etcd-bootstrap.env")
+		nc.CA, _ = pki.CAPath(tc.PKIDir, "ca")
+		nc.PeerCA, _ = pki.CAPath(tc.PKIDir, "peer-ca")
+		nc.ServerCert, _ = pki.NodeCertPath(tc.PKIDir, n.Name, "server")
+		nc.PeerCert, nc.PeerKey = pki.NodeCertPath(tc.PKIDir, n.Name, "peer")
+		nc.ClientCert, nc.ClientKey = pki.NodeCertPath(tc.PKIDir, n.Name, "firstboot")
+		nc.Time.Servers = []string{"127.0.0.1:9"} // discard port: no NTP answer
+		nc.Time.SyncTimeout = spec.Dur(time.Second)
+		nc.Timeouts = spec.NodeTimeouts{Dial: spec.Dur(500 * time.Millisecond), Retry: spec.Dur(200 * time.Millisecond), Rendezvous: spec.Dur(3 * time.Second)}
+		return nc
+	}
+	nc := nodeConfig(0)
 	b, _ := json.Marshal(nc)
 	cfg := filepath.Join(dir, "node.json")
 	os.WriteFile(cfg, b, 0o644)
+
+	var alone, aloneErr bytes.Buffer
+	if code := run([]string{"prepare", "--config", cfg}, &alone, &aloneErr); code == 0 || !strings.Contains(aloneErr.String(), "m2, m3 did not answer the bootstrap rendezvous") {
+		t.Fatalf("prepare alone exited %d (want a refusal naming m2, m3):\n%s", code, aloneErr.String())
+	}
+	if _, err := os.Stat(nc.BootstrapEnv); !os.IsNotExist(err) {
+		t.Fatalf("a refused prepare left %s", nc.BootstrapEnv)
+	}
+	// The other two members' etcd-firstboot at the same time.
+	others := make(chan error, 2)
+	for i := 1; i <= 2; i++ {
+		oc := nodeConfig(i)
+		go func() { others <- (&firstboot.Agent{Cfg: &oc}).Prepare(context.Background()) }()
+	}
+	defer func() {
+		for i := 0; i < 2; i++ {
+			if err := <-others; err != nil {
+				t.Errorf("another member's prepare: %v", err)
+			}
+		}
+	}()
 
 	var out, errOut bytes.Buffer
 	if code := run([]string{"prepare", "--config", cfg}, &out, &errOut); code != 0 {
