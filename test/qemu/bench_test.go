@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/imagebuild"
-	"github.com/etcdbake/etcdbake/pki"
-	"github.com/etcdbake/etcdbake/status"
 )
 
 // BenchmarkImagesAndBoot prints the image figures the README shows: the example's three
@@ -81,12 +79,7 @@ func benchImagesAndBoot(ctx context.Context, b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ca, _ := pki.CAPath(bc.pkiDir, "ca")
-	crt, key := pki.ClientCertPath(bc.pkiDir, "admin")
-	tlsCfg, err := status.TLSConfig(ca, crt, key)
-	if err != nil {
-		b.Fatal(err)
-	}
+	tlsCfg := adminTLS(b, bc.pkiDir)
 	ready := waitReadyz(ctx, b, cl, "etcd-1", tlsCfg)
 	mu := waitMultiUser(ctx, b, cl)
 	cl.Stop()

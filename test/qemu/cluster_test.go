@@ -40,6 +40,18 @@ import (
 	"github.com/etcdbake/etcdbake/status"
 )
 
+// adminTLS is mutual TLS with the admin client certificate of a PKI directory.
+func adminTLS(t testing.TB, pkiDir string) *tls.Config {
+	t.Helper()
+	ca, _ := pki.CAPath(pkiDir, "ca")
+	crt, key := pki.ClientCertPath(pkiDir, "admin")
+	c, err := status.TLSConfig(ca, crt, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // qemuTimeServer is where the L2 hub serves time to the VMs.
 const qemuTimeServer = "10.88.0.254"
 
@@ -208,12 +220,8 @@ func TestClusterBootstrapB0(t *testing.T) {
 	bc := buildClusterImages(ctx, t, dir, exampleSpecForQEMU(t), true, reportFragment())
 	c := bc.c
 
-	ca, _ := pki.CAPath(bc.pkiDir, "ca")
-	crt, key := pki.ClientCertPath(bc.pkiDir, "admin")
-	tlsCfg, err := status.TLSConfig(ca, crt, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tlsCfg := adminTLS(t, bc.pkiDir)
+	crt, key := pki.ClientCertPath(bc.pkiDir, "admin") // also used as raw files by B2
 
 	// The yardstick: the plain base, booted the same way on as many VMs at once.
 	plain := bootPlainBase(ctx, t, dir, bc.macs)

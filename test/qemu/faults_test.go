@@ -20,9 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
-	"github.com/etcdbake/etcdbake/status"
 	"github.com/etcdbake/etcdbake/test/workload"
 )
 
@@ -41,12 +39,7 @@ func TestFaults(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	bc := buildClusterImages(ctx, t, dir, exampleSpecForQEMU(t), true)
-	ca, _ := pki.CAPath(bc.pkiDir, "ca")
-	crt, key := pki.ClientCertPath(bc.pkiDir, "admin")
-	tlsCfg, err := status.TLSConfig(ca, crt, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tlsCfg := adminTLS(t, bc.pkiDir)
 	cl, err := StartCluster(ctx, ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: filepath.Join(dir, "run"), MemoryMiB: 768, TimeServer: netip.MustParseAddr(qemuTimeServer)})
 	if err != nil {
 		t.Fatal(err)

@@ -14,9 +14,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-
-	"github.com/etcdbake/etcdbake/pki"
-	"github.com/etcdbake/etcdbake/status"
 )
 
 // oneNodeSpec puts the node on QEMU's user-mode network (10.0.2.15 is where slirp's host
@@ -87,12 +84,7 @@ func TestBootOneNodeImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	ep := fmt.Sprintf("https://127.0.0.1:%d", port)
-	ca, _ := pki.CAPath(pkiDir, "ca")
-	crt, key := pki.ClientCertPath(pkiDir, "admin")
-	tlsCfg, err := status.TLSConfig(ca, crt, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tlsCfg := adminTLS(t, pkiDir)
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
 	var readyAt time.Duration
 	for readyAt == 0 {

@@ -13,9 +13,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/etcdbake/etcdbake/pki"
-	"github.com/etcdbake/etcdbake/status"
 )
 
 // TestPXEInstall (issue 7): three VMs with blank disks PXE-boot with QEMU's built-in iPXE
@@ -80,12 +77,7 @@ func TestPXEInstall(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 
-	ca, _ := pki.CAPath(bc.pkiDir, "ca")
-	crt, key := pki.ClientCertPath(bc.pkiDir, "admin")
-	tlsCfg, err := status.TLSConfig(ca, crt, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tlsCfg := adminTLS(t, bc.pkiDir)
 	bootURLs := map[string]string{}
 	for n, mac := range bc.macs {
 		bootURLs[n] = guestURL + "/ipxe?mac=" + strings.ReplaceAll(mac, ":", "-")

@@ -63,16 +63,9 @@ func TestHubTimeHost(t *testing.T) {
 	}
 
 	// NTP client query (mode 3) from port 40123 with a recognisable transmit timestamp.
-	ntpReq := make([]byte, 48)
-	ntpReq[0] = 4<<3 | 3
-	copy(ntpReq[40:48], []byte{1, 2, 3, 4, 5, 6, 7, 8})
-	ipHdr := []byte{0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0}
-	binary.BigEndian.PutUint16(ipHdr[2:4], 20+8+48)
-	ipHdr = append(append(ipHdr, vmIP[:]...), srvIP[:]...)
-	binary.BigEndian.PutUint16(ipHdr[10:12], ipChecksum(ipHdr))
-	udp := []byte{0x9c, 0xbb, 0, 123, 0, 8 + 48, 0, 0}
-	frame := append(append(append(append(append([]byte{}, timeHostMAC[:]...), vmMAC...), 0x08, 0x00), ipHdr...), udp...)
-	write(append(frame, ntpReq...))
+	ntpReq := ntpQueryFrame(vmMAC, vmIP, srvIP)
+	write(ntpReq)
+	ntpReq = ntpReq[len(ntpReq)-48:]
 	start := time.Now()
 	r = read()
 	if !bytes.Equal(r[0:6], vmMAC) || binary.BigEndian.Uint16(r[12:14]) != 0x0800 {
@@ -124,15 +117,7 @@ func TestHubDenyTime(t *testing.T) {
 	vmIP := netip.MustParseAddr("10.88.0.12").As4()
 	srvIP := server.As4()
 	ntpQuery := func() []byte {
-		ntpReq := make([]byte, 48)
-		ntpReq[0] = 4<<3 | 3
-		ipHdr := []byte{0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0}
-		binary.BigEndian.PutUint16(ipHdr[2:4], 20+8+48)
-		ipHdr = append(append(ipHdr, vmIP[:]...), srvIP[:]...)
-		binary.BigEndian.PutUint16(ipHdr[10:12], ipChecksum(ipHdr))
-		udp := []byte{0x9c, 0xbb, 0, 123, 0, 8 + 48, 0, 0}
-		f := append(append(append(append(append([]byte{}, timeHostMAC[:]...), vmMAC...), 0x08, 0x00), ipHdr...), udp...)
-		f = append(f, ntpReq...)
+		f := ntpQueryFrame(vmMAC, vmIP, srvIP)
 		return append(binary.BigEndian.AppendUint32(nil, uint32(len(f))), f...)
 	}
 	answered := func(conn net.Conn) bool {
@@ -162,4 +147,19 @@ func TestHubDenyTime(t *testing.T) {
 	if !answered(c2) {
 		t.Fatal("no NTP answer after DenyTime(false)")
 	}
+}
+
+// ntpQueryFrame is an Ethernet frame with an NTPv4 client query (mode 3) from the VM's
+// UDP port 40123 to the time host, its transmit timestamp 01..08.
+func ntpQueryFrame(vmMAC []byte, vmIP, srvIP [4]byte) []byte {
+	ntpReq := make([]byte, 48)
+	ntpReq[0] = 4<<3 | 3
+	copy(ntpReq[40:48], []byte{1, 2, 3, 4, 5, 6, 7, 8})
+	ipHdr := []byte{0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0}
+	binary.BigEndian.PutUint16(ipHdr[2:4], 20+8+48)
+	ipHdr = append(append(ipHdr, vmIP[:]...), srvIP[:]...)
+	binary.BigEndian.PutUint16(ipHdr[10:12], ipChecksum(ipHdr))
+	udp := []byte{0x9c, 0xbb, 0, 123, 0, 8 + 48, 0, 0}
+	frame := append(append(append(append(append([]byte{}, timeHostMAC[:]...), vmMAC...), 0x08, 0x00), ipHdr...), udp...)
+	return append(frame, ntpReq...)
 }
