@@ -5,10 +5,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
+	"sort"
 	"time"
 
-	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/ext4"
 	"github.com/google/uuid"
 )
@@ -36,14 +35,9 @@ type Ext4Stats struct {
 // size, with go-diskfs.
 func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, error) {
 	var st Ext4Stats
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
-	if err != nil {
-		return st, err
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		return st, err
-	}
+	// The file system is made in memory and written out once at the end (membackend.go).
+	disk := newMemDisk(size)
+	defer disk.free()
 	params := &ext4.Params{VolumeName: o.Label}
 	if o.UUID != "" {
 		u, err := uuid.Parse(o.UUID)
@@ -55,104 +49,139 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 	// The directory hash seed comes from uuid's random source: seed it from the file
 	// system's identity so the same input gives the same bytes (see ext4stamp.go).
 	restore := seededUUIDs("ext4/" + o.UUID + "/" + o.Label)
-	fsys, err := ext4.Create(file.New(f, false), size, 0, 512, params)
+	fsys, err := ext4.Create(disk, size, 0, 512, params)
 	restore()
 	if err != nil {
 		return st, fmt.Errorf("creating ext4 (%d bytes): %w", size, err)
 	}
-	// go-diskfs makes the root directory 0755 root:root and cannot change it (Chmod
-	// and Chown refuse "/"): a tree that wants another root is refused.
-	if root, ok := t.Get(""); ok && (root.Mode.Perm() != 0o755 || root.UID != 0 || root.GID != 0) {
-		return st, fmt.Errorf("the tree's root is %v %d:%d; the ext4 writer can only make 0755 0:0", root.Mode.Perm(), root.UID, root.GID)
-	}
-	total, done := int64(t.Len()), int64(0)
-	err = t.Walk(func(e *Entry) error {
-		if done++; o.Meter != nil && (done%256 == 0 || done == total) {
-			o.Meter(done, total)
-		}
-		if e.Path == "" {
-			return nil
-		}
-		p := e.Path
+	// Directories first (parents before children), then symlinks, then regular files
+	// from the smallest to the largest: go-diskfs looks for free blocks from the first
+	// block group on every allocation, so the many small files are written while the
+	// early groups still have room and the few large ones pay for the full groups.
+	// Permissions and owners are set afterwards, by stampExt4, for every entry at once.
+	var dirs, links, files []*Entry
+	attrs := make(map[string]inodeAttrs, t.Len())
+	sizes := map[*Entry]int64{}
+	if err := t.Walk(func(e *Entry) error {
 		switch {
 		case e.IsDir():
-			if err := fsys.Mkdir(p); err != nil {
-				return fmt.Errorf("mkdir %s: %w", p, err)
-			}
-			st.Dirs++
+			dirs = append(dirs, e)
 		case e.IsSymlink():
-			if err := fsys.Symlink(e.Target, p); err != nil {
-				return fmt.Errorf("symlink %s: %w", p, err)
-			}
-			st.Symlinks++
-			// go-diskfs gives symlinks the parent's owner; modes are always 0777.
-			return nil
+			links = append(links, e)
 		case e.IsRegular():
-			data, err := t.contents(e)
+			n, err := t.size(e)
 			if err != nil {
 				return err
 			}
-			if e.Hardlink != "" {
-				st.HardlinksCopied++
-			}
-			fh, err := fsys.OpenFile(p, os.O_CREATE|os.O_RDWR)
-			if err != nil {
-				return fmt.Errorf("create %s: %w", p, err)
-			}
-			if len(data) > 0 {
-				if _, err := fh.Write(data); err != nil {
-					return fmt.Errorf("write %s: %w", p, err)
-				}
-			}
-			if err := fh.Close(); err != nil {
-				return fmt.Errorf("close %s: %w", p, err)
-			}
-			st.Files++
-			st.Bytes += int64(len(data))
+			sizes[e] = n
+			files = append(files, e)
 		default:
-			st.Skipped = append(st.Skipped, p)
+			st.Skipped = append(st.Skipped, e.Path)
 			return nil
 		}
-		// go-diskfs gives a new entry its parent's permission bits and owner; each Chmod
-		// and Chown is another path lookup (the bulk of the writer's time), so they are
-		// made only where the entry differs. Times are set by stampExt4 at the end.
-		inherit := parentOf(t, p)
-		if mode := e.Mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky); mode != inherit.Mode.Perm() {
-			if err := fsys.Chmod(p, mode); err != nil {
-				return fmt.Errorf("chmod %s: %w", p, err)
-			}
-		}
-		if e.UID != inherit.UID || e.GID != inherit.GID {
-			if err := fsys.Chown(p, e.UID, e.GID); err != nil {
-				return fmt.Errorf("chown %s: %w", p, err)
-			}
-		}
+		attrs[e.Path] = inodeAttrs{Perm: unixPerm(e.Mode), UID: uint32(e.UID), GID: uint32(e.GID)}
 		return nil
-	})
-	if err != nil {
+	}); err != nil {
 		return st, err
+	}
+	sort.SliceStable(files, func(i, j int) bool { return sizes[files[i]] < sizes[files[j]] })
+	total, done := int64(t.Len()), int64(len(st.Skipped))
+	tick := func() {
+		if done++; o.Meter != nil && (done%256 == 0 || done == total) {
+			o.Meter(done, total)
+		}
+	}
+	for _, e := range dirs {
+		if e.Path != "" {
+			if err := fsys.Mkdir(e.Path); err != nil {
+				return st, fmt.Errorf("mkdir %s: %w", e.Path, err)
+			}
+			st.Dirs++
+		}
+		tick()
+	}
+	for _, e := range links {
+		if err := fsys.Symlink(e.Target, e.Path); err != nil {
+			return st, fmt.Errorf("symlink %s: %w", e.Path, err)
+		}
+		st.Symlinks++
+		tick()
+	}
+	for _, e := range files {
+		data, err := t.contents(e)
+		if err != nil {
+			return st, err
+		}
+		if e.Hardlink != "" {
+			st.HardlinksCopied++
+		}
+		fh, err := fsys.OpenFile(e.Path, os.O_CREATE|os.O_RDWR)
+		if err != nil {
+			return st, fmt.Errorf("create %s: %w", e.Path, err)
+		}
+		if len(data) > 0 {
+			if _, err := fh.Write(data); err != nil {
+				return st, fmt.Errorf("write %s: %w", e.Path, err)
+			}
+		}
+		if err := fh.Close(); err != nil {
+			return st, fmt.Errorf("close %s: %w", e.Path, err)
+		}
+		st.Files++
+		st.Bytes += int64(len(data))
+		tick()
 	}
 	if err := fsys.Close(); err != nil {
 		return st, err
 	}
-	if !o.Time.IsZero() {
-		if err := stampExt4(f, 0, o.Time); err != nil {
-			return st, fmt.Errorf("%s: %w", path, err)
-		}
+	if err := stampExt4(disk.buf, o.Time, attrs); err != nil {
+		return st, fmt.Errorf("%s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+	if err != nil {
+		return st, err
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return st, err
+	}
+	if err := disk.writeSparse(f, 0); err != nil {
+		return st, fmt.Errorf("writing %s: %w", path, err)
 	}
 	// No fsync: the file is an intermediate that Build copies into each disk image.
 	return st, f.Close()
 }
 
-// parentOf is the entry of p's directory, or the root as go-diskfs makes it (0755 0:0)
-// for top-level entries.
-func parentOf(t *Tree, p string) *Entry {
-	if dir := path.Dir(p); dir != "." {
-		if e, ok := t.Get(dir); ok {
-			return e
+// unixPerm is the mode's permission bits as ext4 stores them (07777).
+func unixPerm(m fs.FileMode) uint16 {
+	p := uint16(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		p |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		p |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		p |= 0o1000
+	}
+	return p
+}
+
+// size is a regular file's length in bytes (see contents).
+func (t *Tree) size(e *Entry) (int64, error) {
+	if e.Hardlink != "" {
+		if o, ok := t.Get(e.Hardlink); ok && o != e && o.Hardlink == "" {
+			return t.size(o)
 		}
 	}
-	return &Entry{Mode: fs.ModeDir | 0o755}
+	if e.Source != "" {
+		st, err := os.Stat(e.Source)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", e.Path, err)
+		}
+		return st.Size(), nil
+	}
+	return int64(len(e.Data)), nil
 }
 
 // contents returns a regular file's bytes (from memory, a local source file, or the entry

@@ -28,6 +28,9 @@ func sampleTree(t *testing.T) *Tree {
 	must(tr.Put(&Entry{Path: "bin", Mode: fs.ModeSymlink | 0o777, Target: "usr/bin"}))
 	must(tr.Put(&Entry{Path: "etc/big", Mode: 0o600, UID: 990, GID: 989, Data: []byte(strings.Repeat("0123456789abcdef", 70000))}))
 	must(tr.Put(&Entry{Path: "etc/big-link", Mode: 0o600, Hardlink: "etc/big"}))
+	must(tr.Put(&Entry{Path: "tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777}))
+	must(tr.Put(&Entry{Path: "var/lib/etcd/member", Mode: fs.ModeSymlink | 0o777, Target: "/data/member", UID: 990, GID: 989}))
+	must(tr.Put(&Entry{Path: "usr/bin/wall", Mode: fs.ModeSetgid | 0o2755, GID: 5, Data: []byte("x")}))
 	return tr
 }
 
@@ -46,7 +49,7 @@ func TestWriteExt4(t *testing.T) {
 	if done != total || total != int64(sampleTree(t).Len()) {
 		t.Errorf("meter ended at %d of %d", done, total)
 	}
-	if st.Files != 4 || st.HardlinksCopied != 1 || st.Symlinks != 1 {
+	if st.Files != 5 || st.HardlinksCopied != 1 || st.Symlinks != 2 {
 		t.Errorf("stats %+v", st)
 	}
 	if out, err := exec.Command("fsck.ext4", "-fn", img).CombinedOutput(); err != nil {
@@ -74,6 +77,60 @@ func TestWriteExt4(t *testing.T) {
 	}
 	if got := dbg("cat /etc/big-link"); len(got) < 16*70000 {
 		t.Errorf("hard link copy has %d bytes", len(got))
+	}
+	checkExt4Attrs(t, img, sampleTree(t))
+
+	// Any root directory: its mode and owner come from the tree too.
+	tr := sampleTree(t)
+	if err := tr.Put(&Entry{Path: "", Mode: fs.ModeDir | 0o711, UID: 7, GID: 8}); err != nil {
+		t.Fatal(err)
+	}
+	img2 := filepath.Join(t.TempDir(), "root2.ext4")
+	if _, err := WriteExt4(img2, 64<<20, tr, Ext4Options{Label: "root", UUID: DeriveGUID("test", "root2")}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("fsck.ext4", "-fn", img2).CombinedOutput(); err != nil {
+		t.Fatalf("fsck.ext4 -fn (no build time): %v\n%s", err, out)
+	}
+	checkExt4Attrs(t, img2, tr)
+}
+
+// checkExt4Attrs compares every entry's type bits, permissions and owner with what
+// debugfs reads from the image.
+func checkExt4Attrs(t *testing.T, img string, tr *Tree) {
+	t.Helper()
+	var req strings.Builder
+	paths := tr.Paths()
+	for _, p := range paths {
+		fmt.Fprintf(&req, "stat \"/%s\"\n", p)
+	}
+	cmd := exec.Command("debugfs", "-f", "-", img)
+	cmd.Stdin = strings.NewReader(req.String())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("debugfs: %v\n%s", err, out)
+	}
+	re := regexp.MustCompile(`(?m)^Inode: \d+\s+Type: (\w+)\s+Mode:\s+(\d+)\s.*\nGeneration: .*\nUser:\s+(\d+)\s+Group:\s+(\d+)`)
+	got := re.FindAllStringSubmatch(string(out), -1)
+	if len(got) != len(paths) {
+		t.Fatalf("debugfs stat: %d answers for %d paths\n%s", len(got), len(paths), out)
+	}
+	for i, p := range paths {
+		e, _ := tr.Get(p)
+		typ := map[bool]string{true: "directory"}[e.IsDir()]
+		if e.IsSymlink() {
+			typ = "symlink"
+		} else if e.IsRegular() {
+			typ = "regular"
+		}
+		perm := fmt.Sprintf("0%o", unixPerm(e.Mode)) // as debugfs prints it
+		if e.IsSymlink() {
+			perm = "0777"
+		}
+		want := fmt.Sprintf("%s %s %d:%d", typ, perm, e.UID, e.GID)
+		if g := fmt.Sprintf("%s %s %s:%s", got[i][1], got[i][2], got[i][3], got[i][4]); g != want {
+			t.Errorf("/%s: image has %s, tree says %s", p, g, want)
+		}
 	}
 }
 

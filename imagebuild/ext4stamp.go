@@ -6,8 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
-	"io"
-	"os"
 	"sync"
 	"time"
 
@@ -108,6 +106,14 @@ const (
 	gdOffInodeTableHi = 0x28
 
 	inOffMode       = 0x00
+	inOffUIDLo      = 0x02
+	inOffFlags      = 0x20
+	inOffBlock      = 0x28
+	inOffGIDLo      = 0x18
+	inOffUIDHi      = 0x78
+	inOffGIDHi      = 0x7A
+	inFlagExtents   = 0x80000
+	extentMagic     = 0xF30A
 	inOffAtime      = 0x08
 	inOffCtime      = 0x0C
 	inOffMtime      = 0x10
@@ -124,108 +130,299 @@ const (
 	inGoodOldSize   = 128
 )
 
-// stampExt4 sets every timestamp of the ext4 file system at off in f to t (see above).
-func stampExt4(f *os.File, off int64, t time.Time) error {
-	sb := make([]byte, 1024)
-	if _, err := f.ReadAt(sb, off+sbOffset); err != nil {
-		return fmt.Errorf("ext4 superblock: %w", err)
+// inodeAttrs are the permission bits and owner one path must have.
+type inodeAttrs struct {
+	Perm     uint16 // rwx bits with setuid, setgid and sticky (07777); ignored for symlinks
+	UID, GID uint32
+}
+
+// stampExt4 finishes the ext4 file system in img (the whole file system, as bytes): every
+// inode reached from the root by a path in attrs gets that path's permission bits and
+// owner, and every timestamp of the superblock (and its backups) and of every inode in use
+// becomes t (when t is not zero); the checksums are recomputed.
+//
+// The attributes are set here, by path, instead of through go-diskfs's Chmod and Chown:
+// each of those walks the path from the root again, re-reading every directory on the way
+// (about a third of the writer's time for a Debian root), and they cannot reach the root
+// directory or a symlink's owner.
+func stampExt4(img []byte, t time.Time, attrs map[string]inodeAttrs) error {
+	fsys, err := parseExt4(img)
+	if err != nil {
+		return err
 	}
 	le := binary.LittleEndian
-	if le.Uint16(sb[sbOffMagic:]) != sbMagic {
-		return fmt.Errorf("ext4 superblock: bad magic %#x", le.Uint16(sb[sbOffMagic:]))
-	}
-	var (
-		blockSize     = int64(1024) << le.Uint32(sb[sbOffLogBlockSize:])
-		blocksPerGrp  = int64(le.Uint32(sb[sbOffBlocksPerGrp:]))
-		inodesPerGrp  = int64(le.Uint32(sb[sbOffInodesPerGrp:]))
-		inodeSize     = int64(le.Uint16(sb[sbOffInodeSize:]))
-		firstData     = int64(le.Uint32(sb[sbOffFirstData:]))
-		incompat      = le.Uint32(sb[sbOffIncompat:])
-		metaCsum      = le.Uint32(sb[sbOffROCompat:])&roCompatMetaCsum != 0
-		blocks        = int64(le.Uint32(sb[sbOffBlocksLo:]))
-		inodesCount   = int64(le.Uint32(sb[sbOffInodesCount:]))
-		descSize      = int64(32)
-		is64          = incompat&incompat64Bit != 0
-		secs, nsExtra = t.Unix(), extraTime(t)
-	)
-	if is64 {
-		blocks |= int64(le.Uint32(sb[sbOffBlocksHi:])) << 32
-		if ds := int64(le.Uint16(sb[sbOffDescSize:])); ds > 0 {
-			descSize = ds
-		}
-	}
-	if blocksPerGrp == 0 || inodesPerGrp == 0 || inodeSize < inGoodOldSize {
-		return fmt.Errorf("ext4 superblock: implausible geometry (blocks/group %d, inodes/group %d, inode size %d)", blocksPerGrp, inodesPerGrp, inodeSize)
-	}
-	groups := (blocks - firstData + blocksPerGrp - 1) / blocksPerGrp
-	csumSeed := crc32cRaw(^uint32(0), sb[sbOffUUID:sbOffUUID+16])
-	if incompat&incompatCsumSeed != 0 {
-		csumSeed = le.Uint32(sb[sbOffCsumSeed:])
-	}
+	secs, nsExtra := t.Unix(), extraTime(t)
+	sb := img[sbOffset : sbOffset+1024]
 
-	// Superblock and its backups: the primary at byte 1024, a backup at the start of
-	// each group that has one (recognised by magic and group number).
-	for g := int64(0); g < groups; g++ {
-		pos := off + sbOffset
-		if g > 0 {
-			pos = off + (firstData+g*blocksPerGrp)*blockSize
+	if len(attrs) > 0 {
+		set := func(p string, in []byte) {
+			a, ok := attrs[p]
+			if !ok {
+				return
+			}
+			mode := le.Uint16(in[inOffMode:])
+			if mode&0xF000 != 0xA000 { // symlinks keep 0777
+				le.PutUint16(in[inOffMode:], mode&0xF000|a.Perm&0o7777)
+			}
+			le.PutUint16(in[inOffUIDLo:], uint16(a.UID))
+			le.PutUint16(in[inOffUIDHi:], uint16(a.UID>>16))
+			le.PutUint16(in[inOffGIDLo:], uint16(a.GID))
+			le.PutUint16(in[inOffGIDHi:], uint16(a.GID>>16))
 		}
-		b := make([]byte, 1024)
-		if _, err := f.ReadAt(b, pos); err != nil {
-			return fmt.Errorf("ext4 superblock copy in group %d: %w", g, err)
+		root, err := fsys.inode(ext4RootInode)
+		if err != nil {
+			return err
 		}
-		// go-diskfs leaves s_block_group_nr 0 in its backups: a copy is recognised by
-		// magic and UUID.
-		if le.Uint16(b[sbOffMagic:]) != sbMagic || !bytes.Equal(b[sbOffUUID:sbOffUUID+16], sb[sbOffUUID:sbOffUUID+16]) {
-			continue
-		}
-		for _, o := range []int{sbOffMtime, sbOffWtime, sbOffLastCheck, sbOffMkfsTime} {
-			le.PutUint32(b[o:], uint32(secs))
-		}
-		for _, o := range []int{sbOffWtimeHi, sbOffMtimeHi, sbOffMkfsTimeHi, sbOffLastCheckHi} {
-			b[o] = byte(secs >> 32)
-		}
-		if metaCsum || le.Uint32(b[sbOffChecksum:]) != 0 {
-			le.PutUint32(b[sbOffChecksum:], crc32cRaw(^uint32(0), b[:sbOffChecksum]))
-		}
-		if _, err := f.WriteAt(b, pos); err != nil {
+		set("", root)
+		if err := fsys.walk(ext4RootInode, "", 0, set); err != nil {
 			return err
 		}
 	}
 
-	// Group descriptors follow the primary superblock's block.
-	gdt := make([]byte, groups*descSize)
-	if _, err := f.ReadAt(gdt, off+(firstData+1)*blockSize); err != nil {
-		return fmt.Errorf("ext4 group descriptors: %w", err)
-	}
-	table := make([]byte, inodesPerGrp*inodeSize)
-	zero := make([]byte, inodeSize)
-	for g := int64(0); g < groups; g++ {
-		d := gdt[g*descSize : (g+1)*descSize]
-		itab := int64(le.Uint32(d[gdOffInodeTableLo:]))
-		if is64 && descSize >= 64 {
-			itab |= int64(le.Uint32(d[gdOffInodeTableHi:])) << 32
-		}
-		pos := off + itab*blockSize
-		if _, err := f.ReadAt(table, pos); err != nil && err != io.EOF {
-			return fmt.Errorf("ext4 inode table of group %d: %w", g, err)
-		}
-		changed := false
-		for i := int64(0); i < inodesPerGrp; i++ {
-			num := g*inodesPerGrp + i + 1
-			if num > inodesCount {
+	if !t.IsZero() {
+		// Superblock and its backups: the primary at byte 1024, a backup at the start of
+		// each group that has one (recognised by magic and UUID: go-diskfs leaves
+		// s_block_group_nr 0 in its backups).
+		for g := int64(0); g < fsys.groups; g++ {
+			pos := int64(sbOffset)
+			if g > 0 {
+				pos = (fsys.firstData + g*fsys.blocksPerGrp) * fsys.blockSize
+			}
+			if pos+1024 > int64(len(img)) {
 				break
 			}
-			in := table[i*inodeSize : (i+1)*inodeSize]
+			b := img[pos : pos+1024]
+			if le.Uint16(b[sbOffMagic:]) != sbMagic || !bytes.Equal(b[sbOffUUID:sbOffUUID+16], sb[sbOffUUID:sbOffUUID+16]) {
+				continue
+			}
+			for _, o := range []int{sbOffMtime, sbOffWtime, sbOffLastCheck, sbOffMkfsTime} {
+				le.PutUint32(b[o:], uint32(secs))
+			}
+			for _, o := range []int{sbOffWtimeHi, sbOffMtimeHi, sbOffMkfsTimeHi, sbOffLastCheckHi} {
+				b[o] = byte(secs >> 32)
+			}
+			if fsys.metaCsum || le.Uint32(b[sbOffChecksum:]) != 0 {
+				le.PutUint32(b[sbOffChecksum:], crc32cRaw(^uint32(0), b[:sbOffChecksum]))
+			}
+		}
+	}
+
+	// Every inode in use: times, then the checksum (over the attributes set above too).
+	zero := make([]byte, fsys.inodeSize)
+	for g := int64(0); g < fsys.groups; g++ {
+		table, err := fsys.inodeTable(g)
+		if err != nil {
+			return err
+		}
+		for i := int64(0); i < fsys.inodesPerGrp; i++ {
+			num := g*fsys.inodesPerGrp + i + 1
+			if num > fsys.inodesCount {
+				break
+			}
+			in := table[i*fsys.inodeSize : (i+1)*fsys.inodeSize]
 			if bytes.Equal(in, zero) {
 				continue
 			}
-			stampInode(in, uint32(num), secs, nsExtra, csumSeed)
-			changed = true
+			if !t.IsZero() {
+				stampTimes(in, secs, nsExtra)
+			}
+			checksumInode(in, uint32(num), fsys.csumSeed)
 		}
-		if changed {
-			if _, err := f.WriteAt(table, pos); err != nil {
+	}
+	return nil
+}
+
+// ext4Image is the geometry of an ext4 file system held in memory, read from its
+// superblock and group descriptors (see the kernel's fs/ext4/ext4.h).
+type ext4Image struct {
+	img                                   []byte
+	blockSize, blocksPerGrp, inodesPerGrp int64
+	inodeSize, firstData, inodesCount     int64
+	groups                                int64
+	gdt                                   []byte
+	descSize                              int64
+	is64, metaCsum                        bool
+	csumSeed                              uint32
+}
+
+const ext4RootInode = 2
+
+func parseExt4(img []byte) (*ext4Image, error) {
+	if len(img) < sbOffset+1024 {
+		return nil, fmt.Errorf("ext4: %d bytes is too small for a file system", len(img))
+	}
+	sb := img[sbOffset : sbOffset+1024]
+	le := binary.LittleEndian
+	if le.Uint16(sb[sbOffMagic:]) != sbMagic {
+		return nil, fmt.Errorf("ext4 superblock: bad magic %#x", le.Uint16(sb[sbOffMagic:]))
+	}
+	incompat := le.Uint32(sb[sbOffIncompat:])
+	f := &ext4Image{
+		img:          img,
+		blockSize:    int64(1024) << le.Uint32(sb[sbOffLogBlockSize:]),
+		blocksPerGrp: int64(le.Uint32(sb[sbOffBlocksPerGrp:])),
+		inodesPerGrp: int64(le.Uint32(sb[sbOffInodesPerGrp:])),
+		inodeSize:    int64(le.Uint16(sb[sbOffInodeSize:])),
+		firstData:    int64(le.Uint32(sb[sbOffFirstData:])),
+		inodesCount:  int64(le.Uint32(sb[sbOffInodesCount:])),
+		metaCsum:     le.Uint32(sb[sbOffROCompat:])&roCompatMetaCsum != 0,
+		is64:         incompat&incompat64Bit != 0,
+		descSize:     32,
+	}
+	blocks := int64(le.Uint32(sb[sbOffBlocksLo:]))
+	if f.is64 {
+		blocks |= int64(le.Uint32(sb[sbOffBlocksHi:])) << 32
+		if ds := int64(le.Uint16(sb[sbOffDescSize:])); ds > 0 {
+			f.descSize = ds
+		}
+	}
+	if f.blocksPerGrp == 0 || f.inodesPerGrp == 0 || f.inodeSize < inGoodOldSize || f.blockSize > 64<<10 {
+		return nil, fmt.Errorf("ext4 superblock: implausible geometry (block size %d, blocks/group %d, inodes/group %d, inode size %d)", f.blockSize, f.blocksPerGrp, f.inodesPerGrp, f.inodeSize)
+	}
+	f.groups = (blocks - f.firstData + f.blocksPerGrp - 1) / f.blocksPerGrp
+	f.csumSeed = crc32cRaw(^uint32(0), sb[sbOffUUID:sbOffUUID+16])
+	if incompat&incompatCsumSeed != 0 {
+		f.csumSeed = le.Uint32(sb[sbOffCsumSeed:])
+	}
+	// Group descriptors follow the primary superblock's block.
+	gdtOff := (f.firstData + 1) * f.blockSize
+	gdt, err := f.bytes(gdtOff, f.groups*f.descSize)
+	if err != nil {
+		return nil, fmt.Errorf("ext4 group descriptors: %w", err)
+	}
+	f.gdt = gdt
+	return f, nil
+}
+
+// bytes is the slice [off, off+n) of the image, or an error naming what is out of range.
+func (f *ext4Image) bytes(off, n int64) ([]byte, error) {
+	if off < 0 || n < 0 || off+n > int64(len(f.img)) {
+		return nil, fmt.Errorf("bytes %d-%d are outside the %d-byte file system", off, off+n, len(f.img))
+	}
+	return f.img[off : off+n], nil
+}
+
+func (f *ext4Image) inodeTable(g int64) ([]byte, error) {
+	le := binary.LittleEndian
+	d := f.gdt[g*f.descSize : (g+1)*f.descSize]
+	itab := int64(le.Uint32(d[gdOffInodeTableLo:]))
+	if f.is64 && f.descSize >= 64 {
+		itab |= int64(le.Uint32(d[gdOffInodeTableHi:])) << 32
+	}
+	n := f.inodesPerGrp * f.inodeSize
+	if rest := f.inodesCount - g*f.inodesPerGrp; rest < f.inodesPerGrp {
+		n = rest * f.inodeSize
+	}
+	t, err := f.bytes(itab*f.blockSize, n)
+	if err != nil {
+		return nil, fmt.Errorf("ext4 inode table of group %d: %w", g, err)
+	}
+	return t, nil
+}
+
+// inode is inode num's bytes, in place.
+func (f *ext4Image) inode(num uint32) ([]byte, error) {
+	if num == 0 || int64(num) > f.inodesCount {
+		return nil, fmt.Errorf("ext4: inode %d out of range (1-%d)", num, f.inodesCount)
+	}
+	g, i := (int64(num)-1)/f.inodesPerGrp, (int64(num)-1)%f.inodesPerGrp
+	t, err := f.inodeTable(g)
+	if err != nil {
+		return nil, err
+	}
+	return t[i*f.inodeSize : (i+1)*f.inodeSize], nil
+}
+
+// extentBlocks lists the physical blocks of an inode's data in file order, from its
+// extent tree (i_block holds the root node).
+func (f *ext4Image) extentBlocks(in []byte) ([]int64, error) {
+	if binary.LittleEndian.Uint32(in[inOffFlags:])&inFlagExtents == 0 {
+		return nil, fmt.Errorf("inode without an extent tree")
+	}
+	var out []int64
+	var node func(b []byte, depth int) error
+	node = func(b []byte, depth int) error {
+		le := binary.LittleEndian
+		if len(b) < 12 || le.Uint16(b[0:]) != extentMagic {
+			return fmt.Errorf("bad extent header")
+		}
+		n, d := int(le.Uint16(b[2:])), int(le.Uint16(b[6:]))
+		if d != depth && depth >= 0 || d > 5 || 12+12*n > len(b) {
+			return fmt.Errorf("bad extent node (depth %d, %d entries)", d, n)
+		}
+		for k := 0; k < n; k++ {
+			e := b[12+12*k : 24+12*k]
+			if d == 0 {
+				length := int64(le.Uint16(e[4:]))
+				if length > 32768 { // uninitialised extent: reads as zeros
+					continue
+				}
+				start := int64(le.Uint16(e[6:]))<<32 | int64(le.Uint32(e[8:]))
+				for j := int64(0); j < length; j++ {
+					out = append(out, start+j)
+				}
+				continue
+			}
+			leaf := int64(le.Uint16(e[8:]))<<32 | int64(le.Uint32(e[4:]))
+			child, err := f.bytes(leaf*f.blockSize, f.blockSize)
+			if err != nil {
 				return err
+			}
+			if err := node(child, d-1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return out, node(in[inOffBlock:inOffBlock+60], -1)
+}
+
+// walk calls fn for every entry below directory dir (at path p, "" for the root), with
+// the entry's path and inode, parents before children. Directory blocks are read
+// linearly, which is valid for hashed directories too (their index blocks look like
+// empty entries).
+func (f *ext4Image) walk(dir uint32, p string, depth int, fn func(path string, in []byte)) error {
+	if depth > 256 {
+		return fmt.Errorf("ext4: directories nested deeper than 256 at /%s", p)
+	}
+	din, err := f.inode(dir)
+	if err != nil {
+		return err
+	}
+	blocks, err := f.extentBlocks(din)
+	if err != nil {
+		return fmt.Errorf("ext4 directory /%s: %w", p, err)
+	}
+	le := binary.LittleEndian
+	for _, blk := range blocks {
+		b, err := f.bytes(blk*f.blockSize, f.blockSize)
+		if err != nil {
+			return fmt.Errorf("ext4 directory /%s: %w", p, err)
+		}
+		for pos := 0; pos+8 <= len(b); {
+			ino, recLen, nameLen := le.Uint32(b[pos:]), int(le.Uint16(b[pos+4:])), int(b[pos+6])
+			if recLen < 8 || pos+recLen > len(b) || 8+nameLen > recLen {
+				return fmt.Errorf("ext4 directory /%s: bad entry at byte %d of block %d", p, pos, blk)
+			}
+			name := string(b[pos+8 : pos+8+nameLen])
+			isDir := b[pos+7] == 2
+			pos += recLen
+			if ino == 0 || name == "." || name == ".." {
+				continue
+			}
+			cp := name
+			if p != "" {
+				cp = p + "/" + name
+			}
+			in, err := f.inode(ino)
+			if err != nil {
+				return fmt.Errorf("ext4 /%s: %w", cp, err)
+			}
+			fn(cp, in)
+			if isDir {
+				if err := f.walk(ino, cp, depth+1, fn); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -237,10 +434,8 @@ func extraTime(t time.Time) uint32 {
 	return uint32(t.Nanosecond())<<2 | uint32((t.Unix()-int64(int32(t.Unix())))>>32)&3
 }
 
-// stampInode sets the inode's times and recomputes its checksum. go-diskfs fills the
-// checksum fields even without metadata_csum (where nothing reads them), from contents
-// that included the old times, so they are recomputed either way.
-func stampInode(in []byte, num uint32, secs int64, extra, csumSeed uint32) {
+// stampTimes sets the inode's times.
+func stampTimes(in []byte, secs int64, extra uint32) {
 	le := binary.LittleEndian
 	for _, o := range []int{inOffAtime, inOffCtime, inOffMtime} {
 		le.PutUint32(in[o:], uint32(secs))
@@ -257,6 +452,16 @@ func stampInode(in []byte, num uint32, secs int64, extra, csumSeed uint32) {
 	}
 	if inGoodOldSize+extraSize >= inOffCrtime+4 {
 		le.PutUint32(in[inOffCrtime:], uint32(secs))
+	}
+}
+
+// checksumInode recomputes the inode's checksum. go-diskfs fills the checksum fields even
+// without metadata_csum (where nothing reads them), so they are recomputed either way.
+func checksumInode(in []byte, num uint32, csumSeed uint32) {
+	le := binary.LittleEndian
+	extraSize := 0
+	if len(in) > inGoodOldSize {
+		extraSize = int(le.Uint16(in[inOffExtraIsize:]))
 	}
 	hasHi := inGoodOldSize+extraSize >= inOffCsumHi+2
 	le.PutUint16(in[inOffCsumLo:], 0)
