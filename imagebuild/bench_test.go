@@ -12,18 +12,7 @@ import (
 // BenchmarkRootExt4 writes the real default base as ext4 with go-diskfs and with
 // e2fsprogs' `mkfs.ext4 -d` from the same tree extracted to disk, and reports both.
 func BenchmarkRootExt4(b *testing.B) {
-	cache, err := DefaultBaseCacheDir()
-	if err != nil {
-		b.Fatal(err)
-	}
-	basePath, err := BuildBase(context.Background(), DefaultBaseRecipe(), cache, b.Logf)
-	if err != nil {
-		b.Fatal(err)
-	}
-	tree, err := ReadBase(basePath)
-	if err != nil {
-		b.Fatal(err)
-	}
+	basePath, tree := realBase(b)
 	dir := b.TempDir()
 	extracted := filepath.Join(dir, "tree")
 	os.MkdirAll(extracted, 0o755)
@@ -62,4 +51,59 @@ func BenchmarkRootExt4(b *testing.B) {
 	b.ReportMetric(native.Seconds()/n, "mkfs.ext4-d-s")
 	b.ReportMetric(ours.Seconds()/native.Seconds(), "ratio")
 	b.ReportMetric(float64(size>>20), "root-MiB")
+}
+
+// BenchmarkExtraNode builds the example's raw images from the real default base for its
+// first node alone and for all three: the difference per node is what one more node costs
+// (its config applied, the split, its node partition, ESP and disk with the shared root).
+func BenchmarkExtraNode(b *testing.B) {
+	_, base := realBase(b)
+	// One build first: the base's file contents and the page cache warm up on it.
+	warm := exampleBuild(b, filepath.Join(b.TempDir(), "images"))
+	warm.Base, warm.Nodes = base, warm.Nodes[:1]
+	if _, err := Build(warm); err != nil {
+		b.Fatal(err)
+	}
+	var one, three, node time.Duration
+	for b.Loop() {
+		for _, n := range []int{1, 3} {
+			o := exampleBuild(b, filepath.Join(b.TempDir(), "images"))
+			o.Base, o.Nodes = base, o.Nodes[:n]
+			t0 := time.Now()
+			imgs, err := Build(o)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if n == 1 {
+				one += time.Since(t0)
+				continue
+			}
+			three += time.Since(t0)
+			for _, im := range imgs {
+				node = max(node, im.Took)
+			}
+		}
+	}
+	n := float64(b.N)
+	b.ReportMetric(one.Seconds()/n, "1-node-s")
+	b.ReportMetric(three.Seconds()/n, "3-nodes-s")
+	b.ReportMetric((three-one).Seconds()/n/2, "extra-node-s")
+	b.ReportMetric(node.Seconds(), "slowest-node-own-s")
+}
+
+// realBase builds (or reuses) the default base and reads it.
+func realBase(b *testing.B) (string, *Tree) {
+	cache, err := DefaultBaseCacheDir()
+	if err != nil {
+		b.Fatal(err)
+	}
+	basePath, err := BuildBase(context.Background(), DefaultBaseRecipe(), cache, b.Logf)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tree, err := ReadBase(basePath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return basePath, tree
 }

@@ -34,7 +34,7 @@ var testBootFiles = map[string]string{
 
 // syntheticImageBase is a small tree with what CheckBase asks for (stand-in kernel, initrd and
 // EFI binary: their bytes only travel to the ESP here; the QEMU test boots the real base).
-func syntheticImageBase(t *testing.T) *Tree {
+func syntheticImageBase(t testing.TB) *Tree {
 	t.Helper()
 	tr := NewTree()
 	files := map[string]string{
@@ -67,7 +67,7 @@ func syntheticImageBase(t *testing.T) *Tree {
 }
 
 // exampleBuild renders the example's three node configs and returns the build options.
-func exampleBuild(t *testing.T, out string) BuildOptions {
+func exampleBuild(t testing.TB, out string) BuildOptions {
 	t.Helper()
 	c, rep := spec.Parse(spec.Example)
 	if rep.HasErrors() {
