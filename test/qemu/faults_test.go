@@ -326,8 +326,9 @@ func TestFaults(t *testing.T) {
 				}
 			}
 			// Two refusals are right here, depending on whether the survivor's client
-			// port answered etcd-firstboot's probe in time (under TCG it sometimes does
-			// not): "cluster exists, no quorum" or "not every member is fresh at once".
+			// port answered etcd-firstboot's probe in time (in one CI run it did not,
+			// cause unknown; the probe lines are logged below): "cluster exists, no
+			// quorum" or "not every member is fresh at once".
 			noQuorum := strings.Contains(refusal, "no quorum reachable") && strings.Contains(refusal, "a new cluster is never started here")
 			notFresh := strings.Contains(refusal, "did not answer the bootstrap rendezvous") && strings.Contains(refusal, "instead of starting a second cluster")
 			if !noQuorum && !notFresh {
