@@ -5,6 +5,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"runtime/debug"
 	"sort"
 	"time"
 
@@ -36,9 +37,29 @@ type Ext4Stats struct {
 func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, error) {
 	var st Ext4Stats
 	// The file system is made in memory and written out once at the end (membackend.go).
-	disk := newMemDisk(size)
-	defer disk.free()
-	params := &ext4.Params{VolumeName: o.Label}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+	if err != nil {
+		return st, err
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return st, err
+	}
+	// go-diskfs re-parses directories and bitmaps on every call and leaves gigabytes of
+	// short-lived garbage; with a base's contents live on the heap the default GOGC lets
+	// the heap grow by that much into fresh pages, whose first touch costs more here than
+	// collecting more often (measured: 2.2 s at 25, 2.9 s at 100, 6 s at 400 for the
+	// Debian root). The setting is the process's; it is restored on return.
+	defer debug.SetGCPercent(debug.SetGCPercent(25))
+	// go-diskfs works on the file through a shared memory mapping (membackend.go).
+	disk, err := mapDisk(f, size)
+	if err != nil {
+		return st, fmt.Errorf("%s: %w", path, err)
+	}
+	defer disk.unmap()
+	// One inode per 16 KiB, as mkfs.ext4's default: go-diskfs's 8192 doubles the inode
+	// tables, and a root tree needs far fewer (checked by ext4Size's margin).
+	params := &ext4.Params{VolumeName: o.Label, InodeRatio: 16384}
 	if o.UUID != "" {
 		u, err := uuid.Parse(o.UUID)
 		if err != nil {
@@ -137,16 +158,8 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 	if err := stampExt4(disk.buf, o.Time, attrs); err != nil {
 		return st, fmt.Errorf("%s: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
-	if err != nil {
-		return st, err
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		return st, err
-	}
-	if err := disk.writeSparse(f, 0); err != nil {
-		return st, fmt.Errorf("writing %s: %w", path, err)
+	if err := disk.unmap(); err != nil {
+		return st, fmt.Errorf("%s: %w", path, err)
 	}
 	// No fsync: the file is an intermediate that Build copies into each disk image.
 	return st, f.Close()

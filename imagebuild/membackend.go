@@ -1,7 +1,6 @@
 package imagebuild
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -13,47 +12,50 @@ import (
 	"github.com/diskfs/go-diskfs/backend"
 )
 
-// memDisk is a go-diskfs storage backend held in memory. go-diskfs's ext4 writer reads
-// and rewrites the same metadata blocks (directories along every path, bitmaps,
-// superblock and group-descriptor copies) for every file it creates; in memory each of
-// those is a copy instead of a system call. The finished file system is written to its
-// file once, skipping blocks that are all zero (the file stays sparse).
-type memDisk struct {
-	buf    []byte
-	pos    int64
-	mapped bool
+// mappedDisk is a go-diskfs storage backend over a shared memory mapping of the image
+// file. go-diskfs's ext4 writer reads and rewrites the same metadata blocks (directories
+// along every path, bitmaps, superblock and group-descriptor copies) for every file it
+// creates: through the mapping each of those is a copy in the page cache instead of a
+// system call, and the data lands in the file's pages directly (no second copy). Blocks
+// never written stay holes in the file.
+type mappedDisk struct {
+	buf []byte
+	pos int64
+	f   *os.File
 }
 
-var _ backend.Storage = (*memDisk)(nil)
-var _ backend.WritableFile = (*memDisk)(nil)
+var _ backend.Storage = (*mappedDisk)(nil)
+var _ backend.WritableFile = (*mappedDisk)(nil)
 
-// newMemDisk allocates a zeroed disk of size bytes. The memory is mapped directly and
-// marked for transparent huge pages where the kernel allows it: touching half a
-// gigabyte in 4 KiB pages costs more page faults than the whole file system write.
-// Release it with free.
-func newMemDisk(size int64) *memDisk {
-	if size > 0 && int64(int(size)) == size {
-		if b, err := syscall.Mmap(-1, 0, int(size), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON); err == nil {
-			_ = syscall.Madvise(b, madvHugepage) // advice only: 4 KiB pages work too
-			return &memDisk{buf: b, mapped: true}
-		}
+// mapDisk maps the first size bytes of f (which must be that long) for reading and
+// writing. unmap releases it; writes are in f's page cache from the moment they are made.
+func mapDisk(f *os.File, size int64) (*mappedDisk, error) {
+	if size <= 0 || int64(int(size)) != size {
+		return nil, fmt.Errorf("cannot map a %d-byte image", size)
 	}
-	return &memDisk{buf: make([]byte, size)}
-}
-
-const madvHugepage = 14 // MADV_HUGEPAGE
-
-// free returns the memory; the disk must not be used afterwards.
-func (m *memDisk) free() {
-	if m.mapped {
-		_ = syscall.Munmap(m.buf)
+	b, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mapping the image into memory: %w (the output directory must be on a file system that supports mmap)", err)
 	}
-	m.buf, m.mapped = nil, false
+	return &mappedDisk{buf: b, f: f}, nil
 }
 
-func (m *memDisk) ReadAt(p []byte, off int64) (int, error) {
+// bulkWrite is the size from which a write goes to the file instead of the mapping.
+const bulkWrite = 16 << 10
+
+// unmap releases the mapping; it may be called more than once.
+func (m *mappedDisk) unmap() error {
+	if m.buf == nil {
+		return nil
+	}
+	err := syscall.Munmap(m.buf)
+	m.buf = nil
+	return err
+}
+
+func (m *mappedDisk) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
-		return 0, fmt.Errorf("memdisk: read at negative offset %d", off)
+		return 0, fmt.Errorf("image: read at negative offset %d", off)
 	}
 	if off >= int64(len(m.buf)) {
 		return 0, io.EOF
@@ -65,20 +67,25 @@ func (m *memDisk) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-func (m *memDisk) WriteAt(p []byte, off int64) (int, error) {
+func (m *mappedDisk) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > int64(len(m.buf)) {
-		return 0, fmt.Errorf("memdisk: write of %d bytes at %d outside the %d-byte disk", len(p), off, len(m.buf))
+		return 0, fmt.Errorf("image: write of %d bytes at %d outside the %d-byte image", len(p), off, len(m.buf))
+	}
+	// File contents go through write(2): the same page cache as the mapping (Linux keeps
+	// them coherent), filled a run of pages at a time instead of one fault per page.
+	if len(p) >= bulkWrite {
+		return m.f.WriteAt(p, off)
 	}
 	return copy(m.buf[off:], p), nil
 }
 
-func (m *memDisk) Read(p []byte) (int, error) {
+func (m *mappedDisk) Read(p []byte) (int, error) {
 	n, err := m.ReadAt(p, m.pos)
 	m.pos += int64(n)
 	return n, err
 }
 
-func (m *memDisk) Seek(off int64, whence int) (int64, error) {
+func (m *mappedDisk) Seek(off int64, whence int) (int64, error) {
 	switch whence {
 	case io.SeekStart:
 	case io.SeekCurrent:
@@ -86,55 +93,26 @@ func (m *memDisk) Seek(off int64, whence int) (int64, error) {
 	case io.SeekEnd:
 		off += int64(len(m.buf))
 	default:
-		return m.pos, fmt.Errorf("memdisk: bad whence %d", whence)
+		return m.pos, fmt.Errorf("image: bad whence %d", whence)
 	}
 	if off < 0 {
-		return m.pos, fmt.Errorf("memdisk: seek to negative offset %d", off)
+		return m.pos, fmt.Errorf("image: seek to negative offset %d", off)
 	}
 	m.pos = off
 	return off, nil
 }
 
-func (m *memDisk) Close() error                            { return nil }
-func (m *memDisk) Stat() (iofs.FileInfo, error)            { return memInfo{size: int64(len(m.buf))}, nil }
-func (m *memDisk) Sys() (*os.File, error)                  { return nil, errors.New("memdisk: no OS file") }
-func (m *memDisk) Writable() (backend.WritableFile, error) { return m, nil }
-func (m *memDisk) Path() string                            { return "" }
+func (m *mappedDisk) Close() error                            { return nil }
+func (m *mappedDisk) Stat() (iofs.FileInfo, error)            { return mappedInfo{size: int64(len(m.buf))}, nil }
+func (m *mappedDisk) Sys() (*os.File, error)                  { return nil, errors.New("image: mapped, no file") }
+func (m *mappedDisk) Writable() (backend.WritableFile, error) { return m, nil }
+func (m *mappedDisk) Path() string                            { return "" }
 
-// WriteTo writes the disk's contents to f at off, leaving all-zero blocks as holes
-// (f must be freshly truncated, i.e. read as zeros there).
-func (m *memDisk) writeSparse(f io.WriterAt, off int64) error {
-	const chunk = 64 << 10
-	var zero [chunk]byte
-	start := -1 // start of the pending run of non-zero chunks
-	flush := func(end int) error {
-		if start < 0 {
-			return nil
-		}
-		_, err := f.WriteAt(m.buf[start:end], off+int64(start))
-		start = -1
-		return err
-	}
-	for i := 0; i < len(m.buf); i += chunk {
-		end := min(i+chunk, len(m.buf))
-		if bytes.Equal(m.buf[i:end], zero[:end-i]) {
-			if err := flush(i); err != nil {
-				return err
-			}
-			continue
-		}
-		if start < 0 {
-			start = i
-		}
-	}
-	return flush(len(m.buf))
-}
+type mappedInfo struct{ size int64 }
 
-type memInfo struct{ size int64 }
-
-func (i memInfo) Name() string        { return "memdisk" }
-func (i memInfo) Size() int64         { return i.size }
-func (i memInfo) Mode() iofs.FileMode { return 0o644 }
-func (i memInfo) ModTime() time.Time  { return time.Time{} }
-func (i memInfo) IsDir() bool         { return false }
-func (i memInfo) Sys() any            { return nil }
+func (i mappedInfo) Name() string        { return "image" }
+func (i mappedInfo) Size() int64         { return i.size }
+func (i mappedInfo) Mode() iofs.FileMode { return 0o644 }
+func (i mappedInfo) ModTime() time.Time  { return time.Time{} }
+func (i mappedInfo) IsDir() bool         { return false }
+func (i mappedInfo) Sys() any            { return nil }
