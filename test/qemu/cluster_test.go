@@ -792,7 +792,7 @@ func TestClusterBootstrapB0(t *testing.T) {
 			}
 			return newID != 0 && newID != ids["etcd-2"] && ready("etcd-2")
 		})
-		res, err := cl.Exec(ctx, "etcd-2", "/bin/sh", "-c", "/opt/etcdbake/bin/etcd-firstboot status; /usr/local/bin/etcdctl get --print-value-only --consistency=s /etcdbake-test/while-cut")
+		res, err := cl.Exec(ctx, "etcd-2", "/bin/sh", "-c", "/opt/etcdbake/bin/etcd-firstboot status; /usr/local/bin/etcdctl --command-timeout=30s get --print-value-only --consistency=s /etcdbake-test/while-cut")
 		if err != nil {
 			t.Fatal(err)
 		}

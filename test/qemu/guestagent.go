@@ -124,6 +124,9 @@ func (vm *VM) execOnce(ctx context.Context, argv []string) (ExecResult, error) {
 	if err := call("guest-exec", map[string]any{"path": argv[0], "arg": argv[1:], "capture-output": true}, &started); err != nil {
 		return res, fmt.Errorf("%s: %w", vm.Name, err)
 	}
+	// Poll quickly for short commands, then back off: under TCG every poll costs the
+	// guest CPU (and a journal line from qemu-ga) that the command itself needs.
+	poll := 100 * time.Millisecond
 	for {
 		var st struct {
 			Exited   bool   `json:"exited"`
@@ -147,8 +150,9 @@ func (vm *VM) execOnce(ctx context.Context, argv []string) (ExecResult, error) {
 		select {
 		case <-ctx.Done():
 			return res, fmt.Errorf("%s: %v still running in the guest: %w", vm.Name, argv, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(poll):
 		}
+		poll = min(2*poll, time.Second)
 	}
 }
 

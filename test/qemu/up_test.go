@@ -105,7 +105,9 @@ func TestUpDown(t *testing.T) {
 	if stdout, _, err := run(time.Minute, "exec", "etcd-1", "--", "findmnt", "-no", "OPTIONS", "/"); err != nil || !strings.HasPrefix(stdout, "ro") {
 		t.Errorf("root mount options %q (%v)", stdout, err)
 	}
-	if stdout, _, err := run(time.Minute, "exec", "etcd-3", "--", "/usr/local/bin/etcdctl", "put", "/etcdbake-test/kept", "across down and up"); err != nil || !strings.Contains(stdout, "OK") {
+	// etcdctl's default 5 s command timeout is too short inside a TCG guest: starting the
+	// binary alone takes 0.1-2 s there while the VM is ~50% busy with an idle cluster.
+	if stdout, _, err := run(time.Minute, "exec", "etcd-3", "--", "/usr/local/bin/etcdctl", "--command-timeout=30s", "put", "/etcdbake-test/kept", "across down and up"); err != nil || !strings.Contains(stdout, "OK") {
 		t.Fatalf("etcdctl put in etcd-3: %q %v", stdout, err)
 	}
 
@@ -130,7 +132,7 @@ func TestUpDown(t *testing.T) {
 	if again := regexp.MustCompile(`cluster (\S+), leader`).FindStringSubmatch(stdout); clusterID == nil || again == nil || again[1] != clusterID[1] {
 		t.Errorf("cluster ID before down %v, after up %v", clusterID, again)
 	}
-	if stdout, _, err := run(time.Minute, "exec", "etcd-1", "--", "/usr/local/bin/etcdctl", "get", "--print-value-only", "/etcdbake-test/kept"); err != nil || strings.TrimSpace(stdout) != "across down and up" {
+	if stdout, _, err := run(time.Minute, "exec", "etcd-1", "--", "/usr/local/bin/etcdctl", "--command-timeout=30s", "get", "--print-value-only", "/etcdbake-test/kept"); err != nil || strings.TrimSpace(stdout) != "across down and up" {
 		t.Errorf("key after down and up: %q %v", stdout, err)
 	}
 	if stdout, _, err := run(2*time.Minute, "down", "--purge"); err != nil || !strings.Contains(stdout, "discarded 3 VM disks") {
