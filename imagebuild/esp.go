@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	iofs "io/fs"
 	"os"
 	"path"
 	"sort"
@@ -117,7 +116,7 @@ func writeESPAt(rw espReadWriterAt, off, size int64, label string, volID uint32,
 		return err
 	}
 
-	store := &espStorage{rw: rw, off: off, size: size}
+	store := newESPStorage(rw, off, size)
 	// reproducible=true only makes go-diskfs leave the volume serial 0; fixFAT32 sets
 	// ours. Timestamps are fixed there too.
 	fs, err := fat32.Create(store, size, 0, 512, label, true)
@@ -261,53 +260,21 @@ func espWriteFile(fs *fat32.FileSystem, f ESPFile) error {
 // espStorage presents the region [off, off+size) of rw as a go-diskfs backend. Writes
 // outside the region fail instead of spilling into the neighbouring partition.
 type espStorage struct {
-	rw   espReadWriterAt
-	off  int64
-	size int64
-	pos  int64
+	storageCursor
+	rw  espReadWriterAt
+	off int64
 }
 
 var _ backend.Storage = (*espStorage)(nil)
 var _ backend.WritableFile = (*espStorage)(nil)
 
-type espStorageInfo struct{ size int64 }
-
-func (i espStorageInfo) Name() string              { return "esp" }
-func (i espStorageInfo) Size() int64               { return i.size }
-func (i espStorageInfo) Mode() iofs.FileMode       { return 0o644 }
-func (i espStorageInfo) ModTime() time.Time        { return time.Time{} }
-func (i espStorageInfo) IsDir() bool               { return false }
-func (i espStorageInfo) Sys() any                  { return nil }
-func (s *espStorage) Stat() (iofs.FileInfo, error) { return espStorageInfo{s.size}, nil }
-func (s *espStorage) Close() error                 { return nil }
-func (s *espStorage) Path() string                 { return "" }
-func (s *espStorage) Sys() (*os.File, error)       { return nil, backend.ErrNotSuitable }
-func (s *espStorage) Writable() (backend.WritableFile, error) {
-	return s, nil
+func newESPStorage(rw espReadWriterAt, off, size int64) *espStorage {
+	s := &espStorage{rw: rw, off: off}
+	s.storageCursor = storageCursor{name: "esp", size: size, at: s}
+	return s
 }
 
-func (s *espStorage) Read(p []byte) (int, error) {
-	n, err := s.ReadAt(p, s.pos)
-	s.pos += int64(n)
-	return n, err
-}
-
-func (s *espStorage) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += s.pos
-	case io.SeekEnd:
-		offset += s.size
-	default:
-		return 0, fmt.Errorf("invalid whence %d", whence)
-	}
-	if offset < 0 {
-		return 0, fmt.Errorf("negative seek offset")
-	}
-	s.pos = offset
-	return offset, nil
-}
+func (s *espStorage) Writable() (backend.WritableFile, error) { return s, nil }
 
 func (s *espStorage) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {

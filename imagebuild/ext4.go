@@ -36,7 +36,6 @@ type Ext4Stats struct {
 // size, with go-diskfs.
 func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, error) {
 	var st Ext4Stats
-	// The file system is made in memory and written out once at the end (membackend.go).
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
 	if err != nil {
 		return st, err
@@ -180,13 +179,20 @@ func unixPerm(m fs.FileMode) uint16 {
 	return p
 }
 
-// size is a regular file's length in bytes (see contents).
-func (t *Tree) size(e *Entry) (int64, error) {
+// dataOf is the entry that holds a regular file's contents: the entry a hard link points
+// to (the image gets a copy), or e itself.
+func (t *Tree) dataOf(e *Entry) *Entry {
 	if e.Hardlink != "" {
 		if o, ok := t.Get(e.Hardlink); ok && o != e && o.Hardlink == "" {
-			return t.size(o)
+			return o
 		}
 	}
+	return e
+}
+
+// size is a regular file's length in bytes (see contents).
+func (t *Tree) size(e *Entry) (int64, error) {
+	e = t.dataOf(e)
 	if e.Source != "" {
 		st, err := os.Stat(e.Source)
 		if err != nil {
@@ -200,11 +206,7 @@ func (t *Tree) size(e *Entry) (int64, error) {
 // contents returns a regular file's bytes (from memory, a local source file, or the entry
 // it is a hard link of).
 func (t *Tree) contents(e *Entry) ([]byte, error) {
-	if e.Hardlink != "" {
-		if o, ok := t.Get(e.Hardlink); ok && o != e && o.Hardlink == "" {
-			return t.contents(o)
-		}
-	}
+	e = t.dataOf(e)
 	if e.Source != "" {
 		f, err := os.Open(e.Source)
 		if err != nil {

@@ -1,7 +1,6 @@
 package imagebuild
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	iofs "io/fs"
@@ -19,8 +18,8 @@ import (
 // system call, and the data lands in the file's pages directly (no second copy). Blocks
 // never written stay holes in the file.
 type mappedDisk struct {
+	storageCursor
 	buf []byte
-	pos int64
 	f   *os.File
 }
 
@@ -37,7 +36,9 @@ func mapDisk(f *os.File, size int64) (*mappedDisk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mapping the image into memory: %w (the output directory must be on a file system that supports mmap)", err)
 	}
-	return &mappedDisk{buf: b, f: f}, nil
+	m := &mappedDisk{buf: b, f: f}
+	m.storageCursor = storageCursor{name: "image", size: size, at: m}
+	return m, nil
 }
 
 // bulkWrite is the size from which a write goes to the file instead of the mapping.
@@ -79,40 +80,54 @@ func (m *mappedDisk) WriteAt(p []byte, off int64) (int, error) {
 	return copy(m.buf[off:], p), nil
 }
 
-func (m *mappedDisk) Read(p []byte) (int, error) {
-	n, err := m.ReadAt(p, m.pos)
-	m.pos += int64(n)
+func (m *mappedDisk) Writable() (backend.WritableFile, error) { return m, nil }
+
+// storageCursor is what both of our go-diskfs backends (mappedDisk, espStorage) share
+// around their own ReadAt/WriteAt: a stream position over a fixed-size region and the
+// file information go-diskfs asks for. at is the embedding backend itself.
+type storageCursor struct {
+	name string
+	size int64
+	pos  int64
+	at   io.ReaderAt
+}
+
+func (c *storageCursor) Read(p []byte) (int, error) {
+	n, err := c.at.ReadAt(p, c.pos)
+	c.pos += int64(n)
 	return n, err
 }
 
-func (m *mappedDisk) Seek(off int64, whence int) (int64, error) {
+func (c *storageCursor) Seek(off int64, whence int) (int64, error) {
 	switch whence {
 	case io.SeekStart:
 	case io.SeekCurrent:
-		off += m.pos
+		off += c.pos
 	case io.SeekEnd:
-		off += int64(len(m.buf))
+		off += c.size
 	default:
-		return m.pos, fmt.Errorf("image: bad whence %d", whence)
+		return c.pos, fmt.Errorf("%s: bad whence %d", c.name, whence)
 	}
 	if off < 0 {
-		return m.pos, fmt.Errorf("image: seek to negative offset %d", off)
+		return c.pos, fmt.Errorf("%s: seek to negative offset %d", c.name, off)
 	}
-	m.pos = off
+	c.pos = off
 	return off, nil
 }
 
-func (m *mappedDisk) Close() error                            { return nil }
-func (m *mappedDisk) Stat() (iofs.FileInfo, error)            { return mappedInfo{size: int64(len(m.buf))}, nil }
-func (m *mappedDisk) Sys() (*os.File, error)                  { return nil, errors.New("image: mapped, no file") }
-func (m *mappedDisk) Writable() (backend.WritableFile, error) { return m, nil }
-func (m *mappedDisk) Path() string                            { return "" }
+func (c *storageCursor) Close() error                 { return nil }
+func (c *storageCursor) Stat() (iofs.FileInfo, error) { return storageInfo{c.name, c.size}, nil }
+func (c *storageCursor) Sys() (*os.File, error)       { return nil, backend.ErrNotSuitable }
+func (c *storageCursor) Path() string                 { return "" }
 
-type mappedInfo struct{ size int64 }
+type storageInfo struct {
+	name string
+	size int64
+}
 
-func (i mappedInfo) Name() string        { return "image" }
-func (i mappedInfo) Size() int64         { return i.size }
-func (i mappedInfo) Mode() iofs.FileMode { return 0o644 }
-func (i mappedInfo) ModTime() time.Time  { return time.Time{} }
-func (i mappedInfo) IsDir() bool         { return false }
-func (i mappedInfo) Sys() any            { return nil }
+func (i storageInfo) Name() string        { return i.name }
+func (i storageInfo) Size() int64         { return i.size }
+func (i storageInfo) Mode() iofs.FileMode { return 0o644 }
+func (i storageInfo) ModTime() time.Time  { return time.Time{} }
+func (i storageInfo) IsDir() bool         { return false }
+func (i storageInfo) Sys() any            { return nil }
