@@ -7,12 +7,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"io"
-	"os"
 
 	"github.com/etcdbake/etcdbake/binaries"
 	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -69,7 +68,7 @@ func NodeBinaries(ctx context.Context, c *spec.Cluster, cache *binaries.Cache, f
 	}
 	fb.Version = fbVersion
 	bins["etcd-firstboot"] = fb
-	sum, err := FileSHA256(firstboot)
+	sum, err := fileutil.SHA256(firstboot)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -125,7 +124,7 @@ func Images(ctx context.Context, o Options) ([]imagebuild.Image, error) {
 	if err := imagebuild.CheckBase(base); err != nil {
 		return nil, fmt.Errorf("base %s: %w", basePath, err)
 	}
-	baseHash, err := FileSHA256(basePath)
+	baseHash, err := fileutil.SHA256(basePath)
 	if err != nil {
 		return nil, err
 	}
@@ -158,18 +157,4 @@ func Images(ctx context.Context, o Options) ([]imagebuild.Image, error) {
 		SpecHash: fmt.Sprintf("%x", sha256.Sum256(o.SpecBytes)), Binaries: records, Remote: remote,
 		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, Progress: progress, Meter: o.Meter,
 	})
-}
-
-// FileSHA256 hashes a file.
-func FileSHA256(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return fmt.Sprintf("%x", h.Sum(nil)), nil
 }

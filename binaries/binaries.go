@@ -30,6 +30,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/spec"
 )
 
@@ -168,7 +169,7 @@ func (c *Cache) Lookup(name, version string) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: the record %s describes %s %s (sha256 %q), not %s %s: delete %s and run `etcdbake fetch`", ErrCorrupt, filepath.Join(dir, manifestName), e.Name, e.Version, e.SHA256, name, version, dir)
 	}
 	e.Path = filepath.Join(dir, name)
-	sum, size, err := hashFile(e.Path)
+	sum, size, err := fileutil.Digest(e.Path, sha256.New())
 	if errors.Is(err, fs.ErrNotExist) {
 		return Entry{}, fmt.Errorf("%w: %s is recorded but the file %s is missing: run `etcdbake fetch`", ErrCorrupt, name, e.Path)
 	}
@@ -241,7 +242,9 @@ func (c *Cache) Fetch(ctx context.Context, cl *spec.Cluster) ([]Entry, error) {
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating the binary cache: %w", err)
 	}
-	unlock, err := c.lock(ctx)
+	unlock, err := fileutil.Lock(ctx, filepath.Join(c.Dir, ".lock"), func() {
+		c.progress("waiting for another etcdbake fetch using %s", c.Dir)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("locking the binary cache: %w", err)
 	}
@@ -324,56 +327,11 @@ func (c *Cache) store(tmp string, e Entry) (Entry, error) {
 	if err != nil {
 		return Entry{}, err
 	}
-	if err := writeFileAtomic(mpath, append(data, '\n'), 0o644); err != nil {
+	if err := fileutil.WriteAtomic(mpath, append(data, '\n'), 0o644); err != nil {
 		return Entry{}, err
 	}
-	syncDir(dir)
+	fileutil.SyncDir(dir)
 	return e, nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-}
-
-func hashFile(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("reading %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 func isSHA256(s string) bool {

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/spec"
 )
 
@@ -131,7 +132,7 @@ func (f *fetcher) fromSource(ctx context.Context, src, name, version string) (En
 
 // accept verifies a candidate (sha256, build info, reported version) and stores it.
 func (f *fetcher) accept(ctx context.Context, name, version string, cand candidate) (Entry, error) {
-	sum, size, err := hashFile(cand.path)
+	sum, size, err := fileutil.Digest(cand.path, sha256.New())
 	if err != nil {
 		return Entry{}, err
 	}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 )
 
 // Modes of the files and directories Ensure creates.
@@ -83,7 +85,7 @@ func (w *writer) commit() (err error) {
 		f.tmp = ""
 	}
 	for d := range dirs {
-		syncDir(d)
+		fileutil.SyncDir(d)
 	}
 	for _, p := range w.chmods {
 		if err := os.Chmod(p, keyMode); err != nil {
@@ -146,13 +148,4 @@ func writeTemp(f *pendingFile) error {
 		return fmt.Errorf("writing %s: %w", f.path, err)
 	}
 	return nil
-}
-
-// syncDir makes the renames in d durable; failure is not fatal (some filesystems do not
-// support syncing directories).
-func syncDir(d string) {
-	if f, err := os.Open(d); err == nil {
-		f.Sync()
-		f.Close()
-	}
 }

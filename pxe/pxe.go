@@ -28,7 +28,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/renameio/v2"
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 )
 
 // Node is one machine the server provisions.
@@ -396,7 +396,7 @@ func (s *Server) fetched(n *Node, what string, t time.Time) {
 	if s.o.StatusFile != "" {
 		if b, err := json.MarshalIndent(snapshot, "", "  "); err == nil {
 			_ = os.MkdirAll(filepath.Dir(s.o.StatusFile), 0o755)
-			_ = renameio.WriteFile(s.o.StatusFile, append(b, '\n'), 0o644)
+			_ = fileutil.WriteAtomic(s.o.StatusFile, append(b, '\n'), 0o644)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/etcdbake/etcdbake/bake"
 	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/status"
@@ -291,7 +292,7 @@ func qemuInputsStamp(specBytes []byte, timeServer netip.Addr, firstboot, base, p
 	h := sha256.New()
 	fmt.Fprintf(h, "etcdbake %s\ntime %s\nbase %s\n", version, timeServer, base)
 	h.Write(specBytes)
-	fb, err := bake.FileSHA256(firstboot)
+	fb, err := fileutil.SHA256(firstboot)
 	if err != nil {
 		return "", err
 	}
@@ -301,7 +302,7 @@ func qemuInputsStamp(specBytes []byte, timeServer netip.Addr, firstboot, base, p
 		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".crt") {
 			return err
 		}
-		s, err := bake.FileSHA256(p)
+		s, err := fileutil.SHA256(p)
 		fmt.Fprintf(h, "%s %s\n", strings.TrimPrefix(p, pkiDir), s)
 		return err
 	})

@@ -5,18 +5,14 @@
 package fileutil
 
 import (
-	"context"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
-	"time"
 
 	"github.com/google/renameio/v2"
 )
@@ -61,50 +57,28 @@ func SyncFile(path string) error {
 	return f.Sync()
 }
 
-// Lock takes an exclusive flock on path (created if missing), polling so that ctx can
-// end the wait. onWait, if not nil, is called once when another process holds the lock.
-// The returned function releases it.
-func Lock(ctx context.Context, path string, onWait func()) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	for waited := false; ; {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); _ = f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		if !waited && onWait != nil {
-			onWait()
-		}
-		waited = true
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
+// SHA256 returns the hex sha256 of a file's contents.
+func SHA256(path string) (string, error) {
+	sum, _, err := Digest(path, sha256.New())
+	return sum, err
 }
 
-// SHA256 returns the hex sha256 of a file's contents.
-func SHA256(path string) (string, error) { return digest(path, sha256.New()) }
-
 // SHA512 returns the hex sha512 of a file's contents.
-func SHA512(path string) (string, error) { return digest(path, sha512.New()) }
+func SHA512(path string) (string, error) {
+	sum, _, err := Digest(path, sha512.New())
+	return sum, err
+}
 
-func digest(path string, h hash.Hash) (string, error) {
+// Digest feeds a file's contents to h and returns the hex sum and the bytes read (the
+// size of what was hashed, not of a later stat).
+func Digest(path string, h hash.Hash) (sum string, n int64, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	defer f.Close()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("reading %s: %w", path, err)
+	if n, err = io.Copy(h, f); err != nil {
+		return "", 0, fmt.Errorf("reading %s: %w", path, err)
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
