@@ -17,6 +17,7 @@ setup:
 	bash scripts/setup.sh
 
 test: setup build
+	bash scripts/check-tracked.sh
 	$(GO) vet ./...
 	ETCDBAKE_MAKE_TEST=1 $(GO) test -count=1 -timeout 80m ./...
 	$(MAKE) fuzz
