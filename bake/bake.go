@@ -1,12 +1,16 @@
-// Package bake runs the whole pipeline for one spec: verified binaries, PKI, per-node
-// Ignition configs and disk images. The CLI, the QEMU harness and tests share it, so the
-// images they boot are made exactly as `etcdbake image` makes them.
+// Package bake is etcdbake's composition root: the one place where the pipeline
+// spec -> pki -> Ignition configs -> outputs (disk images, the QEMU images, PXE) is
+// assembled. The CLI, the VM runtime's users and the tests call it, so the configs and
+// images they use are made exactly as `etcdbake ignition` and `etcdbake image` make them.
+// Its functions take a context and return errors; they print nothing themselves (progress
+// goes to the Progress callback).
 package bake
 
 import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"time"
 
 	"github.com/etcdbake/etcdbake/binaries"
 	"github.com/etcdbake/etcdbake/ignition"
@@ -21,26 +25,81 @@ import (
 // configs served over the network).
 const BinariesURL = "https://binaries.etcdbake.invalid"
 
-// Options for Images.
-type Options struct {
+// Sources is what every product of one spec is made from.
+type Sources struct {
 	Cluster *spec.Cluster
-	// SpecBytes is hashed into the SBOM.
+	// SpecBytes is the spec file as read; it is hashed into the images' SBOM.
 	SpecBytes []byte
-	PKIDir    string
+	// PKIDir holds the CAs and certificates; they are created or reused (pki.Ensure).
+	PKIDir string
+	// Now is the time certificates are checked and issued at (default time.Now).
+	Now func() time.Time
 	// Cache holds etcd, etcdctl and flanneld (fetched if missing).
 	Cache *binaries.Cache
-	// Firstboot is the etcd-firstboot binary and its version.
+	// Firstboot is the etcd-firstboot binary and FirstbootVersion its version.
 	Firstboot, FirstbootVersion string
-	// Base is a base tarball; empty builds (or reuses) the default one in BaseCacheDir.
-	Base, BaseCacheDir string
-	// Fragments are extra Butane fragments for every node (e.g. the QEMU harness's).
+	// Fragments are extra Butane fragments for every node, after the spec's own (the VM
+	// runtime's guest fragment, for instance).
 	Fragments []ignition.Fragment
-	OutDir    string
-	Formats   []string
-	DataSize  int64
-	Progress  func(format string, args ...any)
-	// Meter follows the long steps (see imagebuild.BuildOptions.Meter).
-	Meter func(step string, done, total int64)
+	// Progress receives one line per step; nil discards them.
+	Progress func(format string, args ...any)
+}
+
+func (s Sources) progress(format string, args ...any) {
+	if s.Progress != nil {
+		s.Progress(format, args...)
+	}
+}
+
+// Configs are every node's rendered Ignition config and what went into them.
+type Configs struct {
+	// PKI says which certificates were issued, reused or left stale.
+	PKI *pki.Result
+	// Configs maps node name -> Ignition JSON (spec 3.4.0, validated by Ignition's parser).
+	Configs map[string][]byte
+	// Binaries are the four programs the configs name (by URL or inline) with their sums.
+	Binaries map[string]ignition.Binary
+	// Records describe the binaries for the images' SBOM.
+	Records []imagebuild.BinaryRecord
+}
+
+// RenderConfigs renders every node's Ignition config. The steps run in the order that
+// keeps bad input from leaving output behind: the options and the spec's Butane fragments
+// are read and checked first, then the binaries are gathered (fetched if missing), and
+// only then is the PKI created or reused and the configs rendered.
+func RenderConfigs(ctx context.Context, s Sources, opts ignition.Options) (*Configs, error) {
+	if opts.BinariesURL == "" && !opts.Inline {
+		return nil, ignition.ErrNoBinarySource
+	}
+	c := s.Cluster
+	in := ignition.Input{Cluster: c, Options: opts}
+	var err error
+	if in.Fragments, in.PerNode, err = Fragments(c); err != nil {
+		return nil, err
+	}
+	in.Fragments = append(in.Fragments, s.Fragments...)
+	out := &Configs{}
+	if out.Binaries, out.Records, err = NodeBinaries(ctx, c, s.Cache, s.Firstboot, s.FirstbootVersion); err != nil {
+		return nil, err
+	}
+	in.Binaries = out.Binaries
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	now := time.Now
+	if s.Now != nil {
+		now = s.Now
+	}
+	if out.PKI, err = pki.Ensure(c, s.PKIDir, now()); err != nil {
+		return nil, err
+	}
+	if in.PKI, err = pki.Load(c, s.PKIDir); err != nil {
+		return nil, err
+	}
+	if out.Configs, err = ignition.Render(in); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // NodeBinaries gathers the four programs: the verified cache (fetched if missing) and
@@ -99,62 +158,81 @@ func Fragments(c *spec.Cluster) ([]ignition.Fragment, map[string][]ignition.Frag
 	return all, per, nil
 }
 
-// Images builds every node's disk image under OutDir and returns what was written.
-func Images(ctx context.Context, o Options) ([]imagebuild.Image, error) {
-	if err := imagebuild.CheckFormats(o.Formats); err != nil {
-		return nil, err
+// Base returns the default base root filesystem tarball: built with mmdebstrap into
+// cacheDir (the default cache when empty), or reused when it is there already.
+func Base(ctx context.Context, cacheDir string, progress func(format string, args ...any)) (string, error) {
+	if cacheDir == "" {
+		var err error
+		if cacheDir, err = imagebuild.DefaultBaseCacheDir(); err != nil {
+			return "", err
+		}
 	}
-	progress := o.Progress
 	if progress == nil {
 		progress = func(string, ...any) {}
 	}
-	c := o.Cluster
+	return imagebuild.BuildBase(ctx, imagebuild.DefaultBaseRecipe(), cacheDir, progress)
+}
+
+// ImageOptions say where and how Images writes the disk images.
+type ImageOptions struct {
+	// Base is a base tarball; empty builds (or reuses) the default one in BaseCacheDir.
+	Base, BaseCacheDir string
+	OutDir             string
+	Formats            []string
+	// DataSize is the size in bytes of the /var data partition in the image.
+	DataSize int64
+	// Meter follows the long steps (see imagebuild.BuildOptions.Meter).
+	Meter func(step string, done, total int64)
+}
+
+// Images renders every node's config for an offline image build and writes the disk
+// images under o.OutDir. The formats are checked before any work starts.
+func Images(ctx context.Context, s Sources, o ImageOptions) (*Configs, []imagebuild.Image, error) {
+	if err := imagebuild.CheckFormats(o.Formats); err != nil {
+		return nil, nil, err
+	}
 	basePath := o.Base
 	if basePath == "" {
 		var err error
-		if basePath, err = imagebuild.BuildBase(ctx, imagebuild.DefaultBaseRecipe(), o.BaseCacheDir, progress); err != nil {
-			return nil, err
+		if basePath, err = Base(ctx, o.BaseCacheDir, s.Progress); err != nil {
+			return nil, nil, err
 		}
 	}
-	progress("reading base %s", basePath)
+	s.progress("reading base %s", basePath)
 	base, err := imagebuild.ReadBase(basePath)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := imagebuild.CheckBase(base); err != nil {
-		return nil, fmt.Errorf("base %s: %w", basePath, err)
+		return nil, nil, fmt.Errorf("base %s: %w", basePath, err)
 	}
 	baseHash, err := fileutil.SHA256(basePath)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	bins, records, err := NodeBinaries(ctx, c, o.Cache, o.Firstboot, o.FirstbootVersion)
+	cfg, err := RenderConfigs(ctx, s, ignition.Options{BinariesURL: BinariesURL})
 	if err != nil {
-		return nil, err
-	}
-	in := ignition.Input{Cluster: c, Binaries: bins, Options: ignition.Options{BinariesURL: BinariesURL}}
-	if in.PKI, err = pki.Load(c, o.PKIDir); err != nil {
-		return nil, err
-	}
-	if in.Fragments, in.PerNode, err = Fragments(c); err != nil {
-		return nil, err
-	}
-	in.Fragments = append(in.Fragments, o.Fragments...)
-	configs, err := ignition.Render(in)
-	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	remote := map[string]string{}
-	for name, b := range bins {
+	for name, b := range cfg.Binaries {
 		remote[BinariesURL+"/"+name] = b.Path
 	}
 	var nodes []imagebuild.NodeInput
-	for _, n := range c.Nodes {
-		nodes = append(nodes, imagebuild.NodeInput{Name: n.Name, Config: configs[n.Name], DNS: n.DNS})
+	for _, n := range s.Cluster.Nodes {
+		nodes = append(nodes, imagebuild.NodeInput{Name: n.Name, Config: cfg.Configs[n.Name], DNS: n.DNS})
 	}
-	return imagebuild.Build(imagebuild.BuildOptions{
-		Cluster: c.Name, Nodes: nodes, Base: base, BaseHash: baseHash,
-		SpecHash: fmt.Sprintf("%x", sha256.Sum256(o.SpecBytes)), Binaries: records, Remote: remote,
+	progress := s.Progress
+	if progress == nil {
+		progress = func(string, ...any) {}
+	}
+	imgs, err := imagebuild.Build(imagebuild.BuildOptions{
+		Cluster: s.Cluster.Name, Nodes: nodes, Base: base, BaseHash: baseHash,
+		SpecHash: fmt.Sprintf("%x", sha256.Sum256(s.SpecBytes)), Binaries: cfg.Records, Remote: remote,
 		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, Progress: progress, Meter: o.Meter,
 	})
+	if err != nil {
+		return cfg, nil, err
+	}
+	return cfg, imgs, nil
 }

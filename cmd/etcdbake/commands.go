@@ -44,6 +44,16 @@ func (a *app) ensurePKI(cmd *cobra.Command, c *spec.Cluster, verbose bool) error
 	if err != nil {
 		return err
 	}
+	a.reportPKI(cmd, res, verbose)
+	return nil
+}
+
+// reportPKI prints what pki.Ensure did: the changes (everything when verbose) and the
+// certificates of nodes no longer in the spec.
+func (a *app) reportPKI(cmd *cobra.Command, res *pki.Result, verbose bool) {
+	if res == nil {
+		return
+	}
 	w := cmd.OutOrStdout()
 	for _, act := range res.Actions {
 		if verbose || act.Verb != "reused" {
@@ -53,7 +63,6 @@ func (a *app) ensurePKI(cmd *cobra.Command, c *spec.Cluster, verbose bool) error
 	for _, s := range res.Stale() {
 		fmt.Fprintf(cmd.ErrOrStderr(), "pki: %s is not in the spec any more (left in place; delete it when the node is gone)\n", s)
 	}
-	return nil
 }
 
 func (a *app) pkiCheckCmd() *cobra.Command {
@@ -332,54 +341,56 @@ func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
 
 // runIgnition renders and writes OUT/ignition/<node>.ign.
 func (a *app) runIgnition(cmd *cobra.Command, opts ignition.Options, firstboot string) error {
-	c, configs, _, err := a.renderIgnition(cmd, opts, firstboot)
+	c, cfg, err := a.renderIgnition(cmd, opts, firstboot)
 	if err != nil {
 		return err
 	}
 	dir := filepath.Join(a.outDir, "ignition")
-	if err := ignition.Write(dir, configs); err != nil {
+	if err := ignition.Write(dir, cfg.Configs); err != nil {
 		return err
 	}
 	for _, n := range c.Nodes {
-		fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d bytes)\n", filepath.Join(dir, n.Name+".ign"), len(configs[n.Name]))
+		fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d bytes)\n", filepath.Join(dir, n.Name+".ign"), len(cfg.Configs[n.Name]))
 	}
 	return nil
 }
 
-// renderIgnition renders every node's config (creating or reusing the PKI, fetching
-// missing binaries) and returns them with the binaries they name.
-func (a *app) renderIgnition(cmd *cobra.Command, opts ignition.Options, firstboot string) (*spec.Cluster, map[string][]byte, map[string]ignition.Binary, error) {
+// renderIgnition loads the spec and renders every node's config through the composition
+// root (creating or reusing the PKI, fetching missing binaries), reporting PKI changes.
+func (a *app) renderIgnition(cmd *cobra.Command, opts ignition.Options, firstboot string) (*spec.Cluster, *bake.Configs, error) {
 	c, err := a.load(cmd)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	fb, err := firstbootBinary(firstboot)
+	src, err := a.sources(cmd, c, firstboot)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	if opts.BinariesURL == "" && !opts.Inline {
-		return nil, nil, nil, ignition.ErrNoBinarySource // before any work or output
+	cfg, err := bake.RenderConfigs(cmd.Context(), src, opts)
+	if err != nil {
+		return nil, nil, err
 	}
-	in := ignition.Input{Cluster: c, Options: opts}
-	if in.Fragments, in.PerNode, err = bake.Fragments(c); err != nil {
-		return nil, nil, nil, err
+	a.reportPKI(cmd, cfg.PKI, false)
+	return c, cfg, nil
+}
+
+// sources gathers what the composition root needs from the flags: the spec file, the PKI
+// directory, the binary cache and etcd-firstboot.
+func (a *app) sources(cmd *cobra.Command, c *spec.Cluster, firstbootFlag string) (bake.Sources, error) {
+	fb, err := firstbootBinary(firstbootFlag)
+	if err != nil {
+		return bake.Sources{}, err
+	}
+	specBytes, err := os.ReadFile(a.specPath)
+	if err != nil {
+		return bake.Sources{}, err
 	}
 	cache, err := a.cache(cmd)
 	if err != nil {
-		return nil, nil, nil, err
+		return bake.Sources{}, err
 	}
-	if in.Binaries, _, err = bake.NodeBinaries(cmd.Context(), c, cache, fb, version); err != nil {
-		return nil, nil, nil, err
-	}
-	if err := a.ensurePKI(cmd, c, false); err != nil {
-		return nil, nil, nil, err
-	}
-	if in.PKI, err = pki.Load(c, a.pkiDir()); err != nil {
-		return nil, nil, nil, err
-	}
-	configs, err := ignition.Render(in)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return c, configs, in.Binaries, nil
+	return bake.Sources{
+		Cluster: c, SpecBytes: specBytes, PKIDir: a.pkiDir(), Now: a.now, Cache: cache,
+		Firstboot: fb, FirstbootVersion: version,
+	}, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -30,11 +29,7 @@ func (a *app) baseCmd() *cobra.Command {
 }
 
 func (a *app) defaultBase(cmd *cobra.Command) (string, error) {
-	dir, err := imagebuild.DefaultBaseCacheDir()
-	if err != nil {
-		return "", err
-	}
-	return imagebuild.BuildBase(cmd.Context(), imagebuild.DefaultBaseRecipe(), dir, func(f string, args ...any) {
+	return bake.Base(cmd.Context(), "", func(f string, args ...any) {
 		fmt.Fprintf(cmd.ErrOrStderr(), f+"\n", args...) // the lines name their step ("base: ...", "mmdebstrap: ...")
 	})
 }
@@ -108,32 +103,18 @@ func (a *app) runImage(cmd *cobra.Command, o imageFlags) error {
 	if err != nil {
 		return err
 	}
-	fb, err := firstbootBinary(o.firstboot)
+	src, err := a.sources(cmd, c, o.firstboot)
 	if err != nil {
 		return err
 	}
-	specBytes, err := os.ReadFile(a.specPath)
-	if err != nil {
-		return err
-	}
-	cache, err := a.cache(cmd)
-	if err != nil {
-		return err
-	}
-	baseDir, err := imagebuild.DefaultBaseCacheDir()
-	if err != nil {
-		return err
-	}
-	if err := a.ensurePKI(cmd, c, false); err != nil {
-		return err
-	}
-	imgs, err := bake.Images(cmd.Context(), bake.Options{
-		Cluster: c, SpecBytes: specBytes, PKIDir: a.pkiDir(), Cache: cache,
-		Firstboot: fb, FirstbootVersion: version, Base: o.base, BaseCacheDir: baseDir,
-		OutDir: filepath.Join(a.outDir, "images"), Formats: o.formats, DataSize: o.dataSize,
-		Progress: func(f string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "image: "+f+"\n", args...) },
-		Meter:    newMeter(cmd.ErrOrStderr()),
+	src.Progress = func(f string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "image: "+f+"\n", args...) }
+	cfg, imgs, err := bake.Images(cmd.Context(), src, bake.ImageOptions{
+		Base: o.base, OutDir: filepath.Join(a.outDir, "images"), Formats: o.formats, DataSize: o.dataSize,
+		Meter: newMeter(cmd.ErrOrStderr()),
 	})
+	if cfg != nil {
+		a.reportPKI(cmd, cfg.PKI, false)
+	}
 	if err != nil {
 		return err
 	}

@@ -3,9 +3,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -23,8 +26,19 @@ type exitError struct {
 func (e *exitError) Error() string { return e.msg }
 
 func main() {
+	// Every long step (fetch builds, the base, image writing, qemu-img, up) runs under this
+	// context: the first Ctrl-C or SIGTERM cancels it and the step cleans up after itself;
+	// a second one kills the process at once (the handler is gone by then).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() { <-ctx.Done(); stop() }()
 	cmd := newRootCmd()
-	if err := cmd.Execute(); err != nil {
+	err := cmd.ExecuteContext(ctx)
+	stop()
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		fmt.Fprintln(os.Stderr, "etcdbake: interrupted")
+		os.Exit(130)
+	}
+	if err != nil {
 		var ee *exitError
 		var inv *spec.InvalidError
 		switch {

@@ -8,11 +8,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -104,10 +102,11 @@ func (a *app) runServe(cmd *cobra.Command, f serveFlags) error {
 	if base == "" {
 		base = "http://" + ln.Addr().String() // the real port when --listen asked for port 0
 	}
-	c, configs, bins, err := a.renderIgnition(cmd, ignition.Options{BinariesURL: base + "/binaries"}, f.firstboot)
+	c, cfg, err := a.renderIgnition(cmd, ignition.Options{BinariesURL: base + "/binaries"}, f.firstboot)
 	if err != nil {
 		return err
 	}
+	configs, bins := cfg.Configs, cfg.Binaries
 	o := pxe.Options{Cluster: c.Name, URL: base, FCOS: f.fcos, KernelArgs: f.kernelArgs, StatusFile: a.pxeStatusFile(),
 		Log: func(acc pxe.Access) { fmt.Fprintln(cmd.ErrOrStderr(), acc) }}
 	o.FCOS.Args = f.kernelArgs
@@ -163,8 +162,7 @@ func (a *app) runServe(cmd *cobra.Command, f serveFlags) error {
 	fmt.Fprintf(cmd.OutOrStdout(), "serving %d nodes of cluster %s on %s (machines use %s); %s; iPXE: chain %s/boot.ipxe\n",
 		len(o.Nodes), c.Name, ln.Addr(), base, mode, base)
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx := cmd.Context() // main's: ends on Ctrl-C or SIGTERM
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {

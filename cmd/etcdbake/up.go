@@ -271,13 +271,14 @@ func (a *app) qemuImages(cmd *cobra.Command, c *spec.Cluster, timeServer netip.A
 		userMACs = append(userMACs, qemu.UserMAC(n.MAC))
 	}
 	_ = os.Remove(stampPath)
-	if _, err := bake.Images(cmd.Context(), bake.Options{
-		Cluster: &vc, SpecBytes: specBytes, PKIDir: a.pkiDir(), Cache: cache,
-		Firstboot: fb, FirstbootVersion: version, Base: base, BaseCacheDir: baseDir,
+	if _, _, err := bake.Images(cmd.Context(), bake.Sources{
+		Cluster: &vc, SpecBytes: specBytes, PKIDir: a.pkiDir(), Now: a.now, Cache: cache,
+		Firstboot: fb, FirstbootVersion: version,
 		Fragments: []ignition.Fragment{qemu.GuestFragment(userMACs...)},
-		OutDir:    dir, Formats: []string{"raw"}, DataSize: 1 << 30,
-		Progress: func(f string, args ...any) { fmt.Fprintf(ew, "image: "+f+"\n", args...) },
-		Meter:    newMeter(ew),
+		Progress:  func(f string, args ...any) { fmt.Fprintf(ew, "image: "+f+"\n", args...) },
+	}, bake.ImageOptions{
+		Base: base, BaseCacheDir: baseDir, OutDir: dir, Formats: []string{"raw"}, DataSize: 1 << 30,
+		Meter: newMeter(ew),
 	}); err != nil {
 		return nil, "", err
 	}

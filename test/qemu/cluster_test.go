@@ -191,10 +191,11 @@ func buildClusterImagesAs(ctx context.Context, t testing.TB, dir string, specTex
 		extra = append(extra, GuestFragment(userMACs...))
 	}
 	step := time.Now()
-	imgs, err := bake.Images(ctx, bake.Options{
+	_, imgs, err := bake.Images(ctx, bake.Sources{
 		Cluster: c, SpecBytes: specText, PKIDir: pkiDir, Cache: &binaries.Cache{Dir: binCache, Progress: t.Logf},
-		Firstboot: fb, FirstbootVersion: "test", BaseCacheDir: baseCache, Fragments: extra,
-		OutDir: filepath.Join(dir, "images"), Formats: formats, DataSize: 1 << 30, Progress: t.Logf,
+		Firstboot: fb, FirstbootVersion: "test", Fragments: extra, Progress: t.Logf,
+	}, bake.ImageOptions{
+		BaseCacheDir: baseCache, OutDir: filepath.Join(dir, "images"), Formats: formats, DataSize: 1 << 30,
 	})
 	if err != nil {
 		t.Fatal(err)
