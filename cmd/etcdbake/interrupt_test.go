@@ -17,6 +17,7 @@ import (
 
 	"github.com/etcdbake/etcdbake/binaries"
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/internal/testtools"
 )
 
 // listTree returns every path under dir (relative), sorted; a missing dir is empty.
@@ -56,21 +57,14 @@ func TestInterruptImageLeavesNothing(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "bin")
-	for _, b := range []struct{ out, pkg string }{{"etcdbake", "."}, {"etcd-firstboot", "../etcd-firstboot"}} {
-		cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(bin, b.out), b.pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("building %s: %v\n%s", b.out, err, out)
-		}
-	}
+	self := testtools.BuildCLI(t, filepath.Join(dir, "bin"))
 	cache := os.Getenv("ETCDBAKE_TEST_CACHE")
 	if cache == "" {
 		cache, _ = binaries.DefaultCacheDir()
 	}
 	specPath, out := filepath.Join(dir, "cluster.yaml"), filepath.Join(dir, "out")
 	etcdbake := func(ctx context.Context, args ...string) *exec.Cmd {
-		return exec.CommandContext(ctx, filepath.Join(bin, "etcdbake"), append([]string{"-f", specPath, "--out", out, "--cache", cache}, args...)...)
+		return exec.CommandContext(ctx, self, append([]string{"-f", specPath, "--out", out, "--cache", cache}, args...)...)
 	}
 	if b, err := etcdbake(context.Background(), "init").CombinedOutput(); err != nil {
 		t.Fatalf("init: %v\n%s", err, b)
@@ -167,4 +161,3 @@ func scanLinesOrCR(data []byte, atEOF bool) (int, []byte, error) {
 	}
 	return 0, nil, nil
 }
-

@@ -3,7 +3,9 @@ package testtools
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
@@ -45,4 +47,22 @@ func IgnitionApply(t testing.TB) string {
 	}
 	Missing(t, "ignition-apply ("+p+")")
 	return ""
+}
+
+// BuildCLI builds etcdbake and a static etcd-firstboot into dir (as `make build` lays
+// them out in bin/: etcdbake finds etcd-firstboot next to itself) and returns the path
+// of etcdbake.
+func BuildCLI(t testing.TB, dir string) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	for _, b := range []struct{ out, pkg string }{{"etcdbake", "./cmd/etcdbake"}, {"etcd-firstboot", "./cmd/etcd-firstboot"}} {
+		cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(dir, b.out), b.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("building %s: %v\n%s", b.out, err, out)
+		}
+	}
+	return filepath.Join(dir, "etcdbake")
 }
