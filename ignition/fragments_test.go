@@ -2,8 +2,12 @@ package ignition
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 func bu(body string) []byte { return []byte("variant: fcos\nversion: 1.5.0\n" + body) }
@@ -129,5 +133,107 @@ systemd:
 	}
 	if !dropin {
 		t.Error("etcd.service lost its contents or the drop-in")
+	}
+}
+
+// TestFragmentOverridesOptIn: with butaneOverrides the same fragments are merged, and
+// CheckFragments reports each as a warning instead.
+func TestFragmentOverridesOptIn(t *testing.T) {
+	c := exampleCluster(t)
+	c.ButaneOverrides = true
+	in := testInput(t, c)
+	in.Fragments = []Fragment{{Field: "butane", Source: "over.bu", Data: bu("passwd:\n  users:\n    - name: etcd\n      shell: /bin/bash\n")}}
+	configs, err := Render(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := parseRendered(t, configs["etcd-3"])
+	if u := cfg.Passwd.Users[0]; u.Name != "etcd" || u.Shell == nil || *u.Shell != "/bin/bash" {
+		t.Fatalf("override not merged: %+v", u)
+	}
+	// A unit file over etcd.service stays refused: the merged config would be invalid.
+	in.Fragments = []Fragment{{Field: "butane", Source: "over.bu", Data: bu(overrideCases[5].body)}}
+	var fe *FragmentError
+	if _, err := Render(in); !errors.As(err, &fe) || !strings.Contains(err.Error(), "path conflicts with systemd unit") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// writeSpecFragments puts fragments next to a spec: files maps name -> content, and the
+// cluster's butane fields name them.
+func writeSpecFragments(t *testing.T, c *spec.Cluster, all string, perNode map[int]string, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if all != "" {
+		c.Butane = filepath.Join(dir, all)
+	}
+	for i, name := range perNode {
+		c.Nodes[i].Butane = filepath.Join(dir, name)
+	}
+	return dir
+}
+
+// TestCheckFragments: every fragment is read, translated and merged; each finding is a
+// problem at the spec field naming the fragment, warnings included; a fragment for every
+// node that breaks the merge is reported once.
+func TestCheckFragments(t *testing.T) {
+	c := exampleCluster(t)
+	dir := writeSpecFragments(t, c, "all.bu", map[int]string{1: "missing.bu", 2: "three.bu"}, map[string]string{
+		"all.bu":   string(bu("storage:\n  links:\n    - path: /etc/flannel\n      target: /srv/flannel\n")),
+		"three.bu": string(bu("storage:\n  files:\n    - path: /etc/motd\n      colour: blue\n    - path: /etc/etcd/pki/ca.crt\n")),
+	})
+	rep, err := CheckFragments(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := rep.String()
+	for _, want := range []string{
+		"warning: nodes[2].butane: " + filepath.Join(dir, "three.bu") + ": warning at $.storage.files.0.colour, line 6 col 7: unused key colour",
+		"error: nodes[2].butane: " + filepath.Join(dir, "three.bu") + ": $.storage.files.1 replaces /etc/etcd/pki/ca.crt, which etcdbake writes: remove the entry, or set butaneOverrides: true",
+		"error: nodes[1].butane: " + filepath.Join(dir, "missing.bu") + ": does not exist",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("want %q in:\n%s", want, got)
+		}
+	}
+	// The merge is checked once the fragments themselves are usable.
+	c.Nodes[1].Butane, c.Nodes[2].Butane = "", ""
+	rep, err = CheckFragments(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Problems) != 1 || rep.Problems[0].Path != "butane" ||
+		!strings.Contains(rep.Problems[0].Message, "all.bu makes the Ignition config of node etcd-1 invalid: error at $.storage.directories.4 (/etc/flannel/pki, written by etcdbake): directory path includes link") {
+		t.Fatalf("want one problem at butane, got:\n%s", rep.String())
+	}
+	// No fragments, no problems.
+	c.Butane = ""
+	if rep, err := CheckFragments(c); err != nil || len(rep.Problems) != 0 {
+		t.Fatalf("got %v %s", err, rep.String())
+	}
+}
+
+// TestSpecFragments reads the spec's fragments with their fields; a missing file is a
+// *FragmentError naming the field.
+func TestSpecFragments(t *testing.T) {
+	c := exampleCluster(t)
+	writeSpecFragments(t, c, "all.bu", map[int]string{2: "three.bu"}, map[string]string{"all.bu": "a", "three.bu": "b"})
+	all, per, err := SpecFragments(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 1 || all[0].Field != "butane" || string(all[0].Data) != "a" ||
+		len(per["etcd-3"]) != 1 || per["etcd-3"][0].Field != "nodes[2].butane" || len(per["etcd-1"]) != 0 {
+		t.Fatalf("got %+v %+v", all, per)
+	}
+	c.Nodes[0].Butane = "/nonexistent/x.bu"
+	var fe *FragmentError
+	if _, _, err := SpecFragments(c); !errors.As(err, &fe) || !strings.HasPrefix(err.Error(), "nodes[0].butane: /nonexistent/x.bu: does not exist") {
+		t.Fatalf("got %v", err)
 	}
 }
