@@ -155,7 +155,11 @@ func translateFragment(f Fragment) (types.Config, []finding) {
 		}
 	}
 	if err != nil && len(rep.Entries) == 0 {
-		fs = append(fs, finding{spec.Error, err.Error() + " (it needs `variant: fcos` with `version: 1.5.0` or `variant: flatcar` with `version: 1.1.0`)"})
+		msg := err.Error()
+		if strings.Contains(msg, "variant") || strings.Contains(msg, "version") {
+			msg += " (it needs `variant: fcos` with `version: 1.5.0` or `variant: flatcar` with `version: 1.1.0`)"
+		}
+		fs = append(fs, finding{spec.Error, msg})
 	}
 	if err != nil || rep.IsFatal() {
 		if errorOf(f, "", fs) == nil {

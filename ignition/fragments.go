@@ -321,8 +321,8 @@ func CheckFragments(c *spec.Cluster) (spec.Report, error) {
 		if len(frags) == 0 {
 			continue
 		}
-		if rep := validate.ValidateWithContext(merge(base, frags), nil); rep.IsFatal() {
-			err = blame(base, frags, n.Name, o, errors.New(rep.String()))
+		if vr := validate.ValidateWithContext(merge(base, frags), nil); vr.IsFatal() {
+			err = blame(base, frags, n.Name, o, errors.New(vr.String()))
 		}
 		var fe *FragmentError
 		switch {
