@@ -1,6 +1,9 @@
 // Package ignition renders one Ignition config (spec 3.4.0) per node from the cluster spec
-// and its PKI. Every config is checked with Ignition's own parser and validator before it
-// is returned; a failure there is a bug in etcdbake and is reported as one.
+// and its PKI, with the user's Butane fragments merged in. Every config is checked with
+// Ignition's own parser and validator before it is returned: a failure that a fragment
+// causes is the user's (*FragmentError, naming the fragment and the Ignition path), any
+// other is a bug in etcdbake and is reported as one. CheckFragments checks the fragments
+// alone, before any output.
 package ignition
 
 import (
@@ -57,35 +60,54 @@ type Input struct {
 	Binaries map[string]Binary
 	Options  Options
 	// Fragments are Butane fragments (already read) merged into every node, then the
-	// per-node ones from PerNode[node name].
+	// per-node ones from PerNode[node name] (see SpecFragments). Run CheckFragments first:
+	// it reports their warnings and every problem, before any output; Render refuses the
+	// same problems but reports only the first.
 	Fragments []Fragment
 	PerNode   map[string][]Fragment
-}
-
-// Fragment is a Butane document and where it came from (for messages and local files).
-type Fragment struct {
-	Source string // file path, for messages
-	Dir    string // directory for `local:` references
-	Data   []byte
 }
 
 // ErrNoBinarySource says neither a URL nor inlining was chosen.
 var ErrNoBinarySource = errors.New("binaries need a source on the node: pass --binaries-url URL (the nodes download <URL>/<name>, verified by sha512) or --inline-binaries")
 
-// Render returns each node's config as JSON, keyed by node name.
+// Render returns each node's config as JSON, keyed by node name. A fragment that cannot
+// be used is a *FragmentError; an invalid config of etcdbake's own making is reported as a
+// bug.
 func Render(in Input) (map[string][]byte, error) {
 	if err := in.check(); err != nil {
 		return nil, err
 	}
+	o, err := ownedBy(in.Cluster)
+	if err != nil {
+		return nil, errBug(err)
+	}
+	all, err := translateAll(in.Fragments, o, in.Cluster.ButaneOverrides)
+	if err != nil {
+		return nil, err
+	}
 	out := make(map[string][]byte, len(in.Cluster.Nodes))
 	for _, n := range in.Cluster.Nodes {
-		b, err := RenderNode(in, n)
+		per, err := translateAll(in.PerNode[n.Name], o, in.Cluster.ButaneOverrides)
 		if err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+			return nil, err
+		}
+		b, err := renderNode(in, n, append(append([]translated(nil), all...), per...), o)
+		if err != nil {
+			return nil, nodeErr(n, err)
 		}
 		out[n.Name] = b
 	}
 	return out, nil
+}
+
+// nodeErr names the node in an error, unless the error is a fragment's (it names the
+// node itself when the node matters).
+func nodeErr(n spec.Node, err error) error {
+	var fe *FragmentError
+	if errors.As(err, &fe) {
+		return err
+	}
+	return fmt.Errorf("node %s: %w", n.Name, err)
 }
 
 func (in Input) check() error {
@@ -114,24 +136,28 @@ func (in Input) check() error {
 
 // RenderNode builds, merges, validates and encodes one node's config.
 func RenderNode(in Input, n spec.Node) ([]byte, error) {
-	cfg, err := baseConfig(in, n)
+	o, err := ownedBy(in.Cluster)
+	if err != nil {
+		return nil, errBug(err)
+	}
+	frags, err := translateAll(append(append([]Fragment(nil), in.Fragments...), in.PerNode[n.Name]...), o, in.Cluster.ButaneOverrides)
 	if err != nil {
 		return nil, err
 	}
-	frags := append(append([]Fragment(nil), in.Fragments...), in.PerNode[n.Name]...)
-	for _, f := range frags {
-		fc, err := translateFragment(f)
-		if err != nil {
-			return nil, err
-		}
-		cfg = v34.Merge(cfg, fc)
+	return renderNode(in, n, frags, o)
+}
+
+func renderNode(in Input, n spec.Node, frags []translated, o owned) ([]byte, error) {
+	base, err := baseConfig(in, n)
+	if err != nil {
+		return nil, err
 	}
-	b, err := json.Marshal(cfg)
+	b, err := json.Marshal(merge(base, frags))
 	if err != nil {
 		return nil, fmt.Errorf("encoding Ignition config: %w", err)
 	}
 	if err := Check(b); err != nil {
-		return nil, fmt.Errorf("etcdbake bug: the generated config fails Ignition's validation (please report it): %w", err)
+		return nil, blame(base, frags, n.Name, o, err)
 	}
 	return b, nil
 }
@@ -200,9 +226,9 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 	b := &builder{cfg: types.Config{Ignition: types.Ignition{Version: Version}}}
 
 	// The etcd system account owns the data dir and etcd's keys.
-	b.cfg.Passwd.Groups = []types.PasswdGroup{{Name: "etcd", System: ptr(true)}}
+	b.cfg.Passwd.Groups = []types.PasswdGroup{{Name: spec.EtcdUser, System: ptr(true)}}
 	b.cfg.Passwd.Users = []types.PasswdUser{{
-		Name: "etcd", System: ptr(true), PrimaryGroup: ptr("etcd"), NoCreateHome: ptr(true),
+		Name: spec.EtcdUser, System: ptr(true), PrimaryGroup: ptr(spec.EtcdUser), NoCreateHome: ptr(true),
 		HomeDir: ptr(spec.EtcdDataDir), Shell: ptr("/usr/sbin/nologin"), Gecos: ptr("etcd member"),
 	}}
 	if len(c.SSH.AuthorizedKeys) > 0 {

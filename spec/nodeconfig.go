@@ -25,6 +25,9 @@ const (
 	FlannelRunDir = "/run/flannel"
 )
 
+// EtcdUser is the system account (and its group) that runs etcd and owns its data and keys.
+const EtcdUser = "etcd"
+
 // NodeConfig is everything etcd-firstboot needs on one node, baked in as JSON at
 // NodeConfigPath. It is derived from the cluster spec by NodeConfigFor.
 type NodeConfig struct {

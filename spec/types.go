@@ -28,6 +28,10 @@ type Cluster struct {
 	// Butane is the path of a Butane fragment (variant fcos or flatcar) merged into every
 	// node's Ignition config. Relative paths are relative to the spec file.
 	Butane string `yaml:"butane,omitempty" json:"butane,omitempty"`
+	// ButaneOverrides lets the Butane fragments replace what etcdbake writes on a node
+	// (its units, files and directories, the etcd system account). Default false: such a
+	// fragment is refused, naming the entry; drop-ins and new files are always allowed.
+	ButaneOverrides bool `yaml:"butaneOverrides,omitempty" json:"butaneOverrides,omitempty"`
 }
 
 // Node is one etcd member.

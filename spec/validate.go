@@ -45,7 +45,23 @@ func Validate(c *Cluster) Report {
 	if c.SSH.User != "" && !labelRe.MatchString(c.SSH.User) {
 		r.Errorf("ssh.user", "%q is not a valid user name: use lowercase letters, digits and '-'", c.SSH.User)
 	}
+	if c.SSH.User == EtcdUser {
+		r.Errorf("ssh.user", "%q is etcdbake's system account, which runs etcd and has no login: use another user, e.g. %s", c.SSH.User, DefaultSSHUser)
+	}
+	validateButane(c, &r)
 	return r
+}
+
+// validateButane checks the fragment fields themselves; the fragments' contents are
+// checked by ignition.CheckFragments.
+func validateButane(c *Cluster, r *Report) {
+	any := c.Butane != ""
+	for _, n := range c.Nodes {
+		any = any || n.Butane != ""
+	}
+	if c.ButaneOverrides && !any {
+		r.Warnf("butaneOverrides", "no Butane fragment is named (butane, nodes[].butane), so it has no effect")
+	}
 }
 
 func validateNodes(c *Cluster, r *Report) {

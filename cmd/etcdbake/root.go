@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/google/renameio/v2"
 	"github.com/spf13/cobra"
 
+	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/spec"
 )
 
@@ -97,15 +99,21 @@ func (a *app) initCmd() *cobra.Command {
 func (a *app) validateCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "validate",
-		Short: "Check the spec and print every problem",
+		Short: "Check the spec and its Butane fragments and print every problem",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			data, err := os.ReadFile(a.specPath)
-			if err != nil {
-				_, _, lerr := spec.Load(a.specPath) // same wording as every other command
-				return lerr
+			c, rep, err := spec.Load(a.specPath)
+			var inv *spec.InvalidError
+			if err != nil && !errors.As(err, &inv) {
+				return err
 			}
-			_, rep := spec.Parse(data)
+			if c != nil { // the fragments are read once the spec itself is valid
+				frep, err := ignition.CheckFragments(c)
+				if err != nil {
+					return err
+				}
+				rep.Merge(frep)
+			}
 			w := cmd.OutOrStdout()
 			for _, p := range rep.Problems {
 				fmt.Fprintf(w, "%s: %s\n", a.specPath, p)
