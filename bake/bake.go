@@ -63,6 +63,27 @@ type Configs struct {
 	Records []imagebuild.BinaryRecord
 }
 
+// Load reads and validates the spec and everything it names that the build reads besides
+// itself: its Butane fragments are read, translated and checked (ignition.CheckFragments).
+// The report holds every problem of both; when it has errors the error is a
+// *spec.InvalidError over the whole report, and the cluster is nil only when the spec
+// file itself could not be used.
+func Load(path string) (*spec.Cluster, spec.Report, error) {
+	c, rep, err := spec.Load(path)
+	if err != nil || c == nil {
+		return c, rep, err
+	}
+	frep, err := ignition.CheckFragments(c)
+	if err != nil {
+		return nil, rep, err
+	}
+	rep.Merge(frep)
+	if rep.HasErrors() {
+		return c, rep, &spec.InvalidError{Source: path, Report: rep}
+	}
+	return c, rep, nil
+}
+
 // RenderConfigs renders every node's Ignition config. The steps run in the order that
 // keeps bad input from leaving output behind: the options and the spec's Butane fragments
 // are read and checked first, then the binaries are gathered (fetched if missing), and
@@ -74,7 +95,7 @@ func RenderConfigs(ctx context.Context, s Sources, opts ignition.Options) (*Conf
 	c := s.Cluster
 	in := ignition.Input{Cluster: c, Options: opts}
 	var err error
-	if in.Fragments, in.PerNode, err = Fragments(c); err != nil {
+	if in.Fragments, in.PerNode, err = ignition.SpecFragments(c); err != nil {
 		return nil, err
 	}
 	in.Fragments = append(in.Fragments, s.Fragments...)
@@ -133,29 +154,6 @@ func NodeBinaries(ctx context.Context, c *spec.Cluster, cache *binaries.Cache, f
 	}
 	recs = append(recs, imagebuild.BinaryRecord{Name: "etcd-firstboot", Version: fbVersion, SHA256: sum, Source: "built from this repository"})
 	return bins, recs, nil
-}
-
-// Fragments reads the spec's Butane fragments: for every node, and per node.
-func Fragments(c *spec.Cluster) ([]ignition.Fragment, map[string][]ignition.Fragment, error) {
-	var all []ignition.Fragment
-	per := map[string][]ignition.Fragment{}
-	if c.Butane != "" {
-		f, err := ignition.ReadFragment(c.Butane)
-		if err != nil {
-			return nil, nil, err
-		}
-		all = append(all, f)
-	}
-	for _, n := range c.Nodes {
-		if n.Butane != "" {
-			f, err := ignition.ReadFragment(n.Butane)
-			if err != nil {
-				return nil, nil, fmt.Errorf("nodes %s: %w", n.Name, err)
-			}
-			per[n.Name] = append(per[n.Name], f)
-		}
-	}
-	return all, per, nil
 }
 
 // Base returns the default base root filesystem tarball: built with mmdebstrap into

@@ -358,7 +358,7 @@ func (a *app) runIgnition(cmd *cobra.Command, opts ignition.Options, firstboot s
 // renderIgnition loads the spec and renders every node's config through the composition
 // root (creating or reusing the PKI, fetching missing binaries), reporting PKI changes.
 func (a *app) renderIgnition(cmd *cobra.Command, opts ignition.Options, firstboot string) (*spec.Cluster, *bake.Configs, error) {
-	c, err := a.load(cmd)
+	c, err := a.loadForBuild(cmd)
 	if err != nil {
 		return nil, nil, err
 	}

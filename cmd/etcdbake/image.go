@@ -59,7 +59,7 @@ func (a *app) buildCmd() *cobra.Command {
 			if err := imagebuild.CheckFormats(o.formats); err != nil {
 				return err
 			}
-			c, err := a.load(cmd)
+			c, err := a.loadForBuild(cmd)
 			if err != nil {
 				return err
 			}
@@ -99,7 +99,7 @@ func (a *app) runImage(cmd *cobra.Command, o imageFlags) error {
 	if err := imagebuild.CheckFormats(o.formats); err != nil {
 		return err
 	}
-	c, err := a.load(cmd)
+	c, err := a.loadForBuild(cmd)
 	if err != nil {
 		return err
 	}

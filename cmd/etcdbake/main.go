@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/spec"
 )
 
@@ -41,6 +42,7 @@ func main() {
 	if err != nil {
 		var ee *exitError
 		var inv *spec.InvalidError
+		var frag *ignition.FragmentError
 		switch {
 		case errors.As(err, &ee):
 			if ee.msg != "" {
@@ -49,6 +51,9 @@ func main() {
 			os.Exit(ee.code)
 		case errors.As(err, &inv):
 			fmt.Fprintln(os.Stderr, "etcdbake:", inv.Error())
+			os.Exit(2)
+		case errors.As(err, &frag): // the user's Butane fragment, like a spec error
+			fmt.Fprintln(os.Stderr, "etcdbake:", frag.Error())
 			os.Exit(2)
 		default:
 			fmt.Fprintln(os.Stderr, "etcdbake:", err)

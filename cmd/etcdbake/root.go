@@ -8,10 +8,10 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/google/renameio/v2"
 	"github.com/spf13/cobra"
 
-	"github.com/etcdbake/etcdbake/ignition"
+	"github.com/etcdbake/etcdbake/bake"
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/spec"
 )
 
@@ -73,6 +73,20 @@ func (a *app) load(cmd *cobra.Command) (*spec.Cluster, error) {
 	return c, nil
 }
 
+// loadForBuild is load for the commands that build from the spec (ignition, image, build,
+// up, serve): the Butane fragments are read and checked as well, before anything is
+// written.
+func (a *app) loadForBuild(cmd *cobra.Command) (*spec.Cluster, error) {
+	c, rep, err := bake.Load(a.specPath)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range rep.Problems {
+		fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", a.specPath, p)
+	}
+	return c, nil
+}
+
 func (a *app) pkiDir() string { return filepath.Join(a.outDir, "pki") }
 
 func (a *app) initCmd() *cobra.Command {
@@ -85,7 +99,7 @@ func (a *app) initCmd() *cobra.Command {
 			if _, err := os.Stat(a.specPath); err == nil && !force {
 				return fmt.Errorf("%s already exists: keep it, choose another file with -f, or pass --force to overwrite", a.specPath)
 			}
-			if err := writeFileAtomic(a.specPath, spec.Example, 0o644); err != nil {
+			if err := fileutil.WriteAtomic(a.specPath, spec.Example, 0o644); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: a 3-node example; edit the addresses, then run `etcdbake validate -f %s`\n", a.specPath, a.specPath)
@@ -102,17 +116,10 @@ func (a *app) validateCmd() *cobra.Command {
 		Short: "Check the spec and its Butane fragments and print every problem",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, rep, err := spec.Load(a.specPath)
+			_, rep, err := bake.Load(a.specPath) // the fragments are read once the spec itself is valid
 			var inv *spec.InvalidError
 			if err != nil && !errors.As(err, &inv) {
 				return err
-			}
-			if c != nil { // the fragments are read once the spec itself is valid
-				frep, err := ignition.CheckFragments(c)
-				if err != nil {
-					return err
-				}
-				rep.Merge(frep)
 			}
 			w := cmd.OutOrStdout()
 			for _, p := range rep.Problems {
@@ -125,11 +132,6 @@ func (a *app) validateCmd() *cobra.Command {
 			return nil
 		},
 	}
-}
-
-// writeFileAtomic writes via a temporary file in the same directory and a rename.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return renameio.WriteFile(path, data, mode)
 }
 
 func printf(w io.Writer, format string, args ...any) { fmt.Fprintf(w, format, args...) }

@@ -78,7 +78,7 @@ kept (and reused by the next up) unless --purge is given.`,
 			if err := qemu.Check(); err != nil {
 				return fmt.Errorf("%w (or run `make setup`)", err)
 			}
-			c, err := a.load(cmd)
+			c, err := a.loadForBuild(cmd)
 			if err != nil {
 				return err
 			}
@@ -178,7 +178,7 @@ func (a *app) chooseAccel(cmd *cobra.Command, flag, base string) (string, error)
 		probe.OK, probe.Reason = qemu.ProbeKVM(cmd.Context(), tmp.Name(), 20*time.Second)
 		probe.BootID = strings.TrimSpace(string(bootID))
 		if b, err := json.Marshal(probe); err == nil {
-			_ = writeFileAtomic(record, b, 0o644)
+			_ = fileutil.WriteAtomic(record, b, 0o644)
 		}
 		fmt.Fprintf(ew, "up: KVM probe: %s\n", probe.Reason)
 	}
@@ -282,7 +282,7 @@ func (a *app) qemuImages(cmd *cobra.Command, c *spec.Cluster, timeServer netip.A
 	}); err != nil {
 		return nil, "", err
 	}
-	if err := writeFileAtomic(stampPath, []byte(stamp), 0o644); err != nil {
+	if err := fileutil.WriteAtomic(stampPath, []byte(stamp), 0o644); err != nil {
 		return nil, "", err
 	}
 	return images, base, nil
@@ -330,7 +330,7 @@ func (a *app) startSupervisor(cmd *cobra.Command, plan qemu.ClusterOptions) (*qe
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, planFile), b, 0o644); err != nil {
+	if err := fileutil.WriteAtomic(filepath.Join(dir, planFile), b, 0o644); err != nil {
 		return nil, err
 	}
 	self, err := os.Executable()
