@@ -13,6 +13,7 @@ import (
 	"github.com/etcdbake/etcdbake/binaries"
 	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -113,16 +114,16 @@ func Images(ctx context.Context, o Options) ([]imagebuild.Image, error) {
 	basePath := o.Base
 	if basePath == "" {
 		var err error
-		if basePath, err = imagebuild.BuildBase(ctx, imagebuild.DefaultBaseRecipe(), o.BaseCacheDir, progress); err != nil {
+		if basePath, err = base.Build(ctx, base.DefaultRecipe(), o.BaseCacheDir, progress); err != nil {
 			return nil, err
 		}
 	}
 	progress("reading base %s", basePath)
-	base, err := imagebuild.ReadBase(basePath)
+	baseTree, err := base.Read(basePath)
 	if err != nil {
 		return nil, err
 	}
-	if err := imagebuild.CheckBase(base); err != nil {
+	if err := base.Check(baseTree); err != nil {
 		return nil, fmt.Errorf("base %s: %w", basePath, err)
 	}
 	baseHash, err := FileSHA256(basePath)
@@ -154,7 +155,7 @@ func Images(ctx context.Context, o Options) ([]imagebuild.Image, error) {
 		nodes = append(nodes, imagebuild.NodeInput{Name: n.Name, Config: configs[n.Name], DNS: n.DNS})
 	}
 	return imagebuild.Build(imagebuild.BuildOptions{
-		Cluster: c.Name, Nodes: nodes, Base: base, BaseHash: baseHash,
+		Cluster: c.Name, Nodes: nodes, Base: baseTree, BaseHash: baseHash,
 		SpecHash: fmt.Sprintf("%x", sha256.Sum256(o.SpecBytes)), Binaries: records, Remote: remote,
 		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, Progress: progress, Meter: o.Meter,
 	})

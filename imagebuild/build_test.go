@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/ignition"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -34,9 +37,9 @@ var testBootFiles = map[string]string{
 
 // syntheticImageBase is a small tree with what CheckBase asks for (stand-in kernel, initrd and
 // EFI binary: their bytes only travel to the ESP here; the QEMU test boots the real base).
-func syntheticImageBase(t testing.TB) *Tree {
+func syntheticImageBase(t testing.TB) *fstree.Tree {
 	t.Helper()
-	tr := NewTree()
+	tr := fstree.NewTree()
 	files := map[string]string{
 		"etc/passwd":                            "root:x:0:0:root:/root:/bin/sh\n",
 		"etc/group":                             "root:x:0:\n",
@@ -48,19 +51,19 @@ func syntheticImageBase(t testing.TB) *Tree {
 		files[p] = d
 	}
 	for p, d := range files {
-		if err := tr.Put(&Entry{Path: p, Mode: 0o644, Data: []byte(d)}); err != nil {
+		if err := tr.Put(&fstree.Entry{Path: p, Mode: 0o644, Data: []byte(d)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, l := range [][2]string{{"lib", "usr/lib"}, {"sbin", "usr/sbin"}, {"bin", "usr/bin"}} {
-		if err := tr.Put(&Entry{Path: l[0], Mode: fs.ModeSymlink | 0o777, Target: l[1]}); err != nil {
+		if err := tr.Put(&fstree.Entry{Path: l[0], Mode: fs.ModeSymlink | 0o777, Target: l[1]}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := tr.MkdirAll("var/log/journal"); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckBase(tr); err != nil {
+	if err := base.Check(tr); err != nil {
 		t.Fatalf("synthetic base incomplete: %v", err)
 	}
 	return tr
@@ -149,7 +152,7 @@ func sha256File(t *testing.T, p string) string {
 // with the standard tools and by reading them back.
 func TestBuildImagesFromSyntheticBase(t *testing.T) {
 	for _, tool := range [][2]string{{"sgdisk", "gdisk"}, {"fsck.vfat", "dosfstools"}, {"fsck.ext4", "e2fsprogs"}, {"debugfs", "e2fsprogs"}} {
-		diskTestTool(t, tool[0], tool[1])
+		imagetest.Tool(t, tool[0], tool[1])
 	}
 	out := filepath.Join(t.TempDir(), "images")
 	o := exampleBuild(t, out)

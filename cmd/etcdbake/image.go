@@ -11,6 +11,7 @@ import (
 	"github.com/etcdbake/etcdbake/bake"
 	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
 )
 
 func (a *app) baseCmd() *cobra.Command {
@@ -30,11 +31,11 @@ func (a *app) baseCmd() *cobra.Command {
 }
 
 func (a *app) defaultBase(cmd *cobra.Command) (string, error) {
-	dir, err := imagebuild.DefaultBaseCacheDir()
+	dir, err := base.DefaultCacheDir()
 	if err != nil {
 		return "", err
 	}
-	return imagebuild.BuildBase(cmd.Context(), imagebuild.DefaultBaseRecipe(), dir, func(f string, args ...any) {
+	return base.Build(cmd.Context(), base.DefaultRecipe(), dir, func(f string, args ...any) {
 		fmt.Fprintf(cmd.ErrOrStderr(), f+"\n", args...) // the lines name their step ("base: ...", "mmdebstrap: ...")
 	})
 }
@@ -120,7 +121,7 @@ func (a *app) runImage(cmd *cobra.Command, o imageFlags) error {
 	if err != nil {
 		return err
 	}
-	baseDir, err := imagebuild.DefaultBaseCacheDir()
+	baseDir, err := base.DefaultCacheDir()
 	if err != nil {
 		return err
 	}

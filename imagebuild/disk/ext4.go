@@ -1,8 +1,7 @@
-package imagebuild
+package disk
 
 import (
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"runtime/debug"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/diskfs/go-diskfs/filesystem/ext4"
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 	"github.com/google/uuid"
 )
 
@@ -34,7 +34,7 @@ type Ext4Stats struct {
 
 // WriteExt4 writes the tree as an ext4 file system into a new image file of the given
 // size, with go-diskfs.
-func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, error) {
+func WriteExt4(path string, size int64, t *fstree.Tree, o Ext4Options) (Ext4Stats, error) {
 	var st Ext4Stats
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
 	if err != nil {
@@ -79,17 +79,17 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 	// block group on every allocation, so the many small files are written while the
 	// early groups still have room and the few large ones pay for the full groups.
 	// Permissions and owners are set afterwards, by stampExt4, for every entry at once.
-	var dirs, links, files []*Entry
+	var dirs, links, files []*fstree.Entry
 	attrs := make(map[string]inodeAttrs, t.Len())
-	sizes := map[*Entry]int64{}
-	if err := t.Walk(func(e *Entry) error {
+	sizes := map[*fstree.Entry]int64{}
+	if err := t.Walk(func(e *fstree.Entry) error {
 		switch {
 		case e.IsDir():
 			dirs = append(dirs, e)
 		case e.IsSymlink():
 			links = append(links, e)
 		case e.IsRegular():
-			n, err := t.size(e)
+			n, err := t.Size(e)
 			if err != nil {
 				return err
 			}
@@ -128,7 +128,7 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 		tick()
 	}
 	for _, e := range files {
-		data, err := t.contents(e)
+		data, err := t.Contents(e)
 		if err != nil {
 			return st, err
 		}
@@ -177,43 +177,4 @@ func unixPerm(m fs.FileMode) uint16 {
 		p |= 0o1000
 	}
 	return p
-}
-
-// dataOf is the entry that holds a regular file's contents: the entry a hard link points
-// to (the image gets a copy), or e itself.
-func (t *Tree) dataOf(e *Entry) *Entry {
-	if e.Hardlink != "" {
-		if o, ok := t.Get(e.Hardlink); ok && o != e && o.Hardlink == "" {
-			return o
-		}
-	}
-	return e
-}
-
-// size is a regular file's length in bytes (see contents).
-func (t *Tree) size(e *Entry) (int64, error) {
-	e = t.dataOf(e)
-	if e.Source != "" {
-		st, err := os.Stat(e.Source)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", e.Path, err)
-		}
-		return st.Size(), nil
-	}
-	return int64(len(e.Data)), nil
-}
-
-// contents returns a regular file's bytes (from memory, a local source file, or the entry
-// it is a hard link of).
-func (t *Tree) contents(e *Entry) ([]byte, error) {
-	e = t.dataOf(e)
-	if e.Source != "" {
-		f, err := os.Open(e.Source)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", e.Path, err)
-		}
-		defer f.Close()
-		return io.ReadAll(f)
-	}
-	return e.Data, nil
 }

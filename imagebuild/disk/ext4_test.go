@@ -1,4 +1,4 @@
-package imagebuild
+package disk
 
 import (
 	"bytes"
@@ -11,34 +11,37 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
 )
 
-func sampleTree(t *testing.T) *Tree {
+func sampleTree(t *testing.T) *fstree.Tree {
 	t.Helper()
-	tr := NewTree()
+	tr := fstree.NewTree()
 	must := func(err error) {
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	must(tr.Put(&Entry{Path: "etc", Mode: fs.ModeDir | 0o755}))
-	must(tr.Put(&Entry{Path: "etc/hostname", Mode: 0o644, Data: []byte("node\n")}))
-	must(tr.Put(&Entry{Path: "var/lib/etcd", Mode: fs.ModeDir | 0o700, UID: 990, GID: 989}))
-	must(tr.Put(&Entry{Path: "usr/bin/su", Mode: fs.ModeSetuid | 0o755, Data: []byte("#!/bin/sh\n")}))
-	must(tr.Put(&Entry{Path: "bin", Mode: fs.ModeSymlink | 0o777, Target: "usr/bin"}))
-	must(tr.Put(&Entry{Path: "etc/big", Mode: 0o600, UID: 990, GID: 989, Data: []byte(strings.Repeat("0123456789abcdef", 70000))}))
-	must(tr.Put(&Entry{Path: "etc/big-link", Mode: 0o600, Hardlink: "etc/big"}))
-	must(tr.Put(&Entry{Path: "tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777}))
-	must(tr.Put(&Entry{Path: "var/lib/etcd/member", Mode: fs.ModeSymlink | 0o777, Target: "/data/member", UID: 990, GID: 989}))
-	must(tr.Put(&Entry{Path: "usr/bin/wall", Mode: fs.ModeSetgid | 0o2755, GID: 5, Data: []byte("x")}))
+	must(tr.Put(&fstree.Entry{Path: "etc", Mode: fs.ModeDir | 0o755}))
+	must(tr.Put(&fstree.Entry{Path: "etc/hostname", Mode: 0o644, Data: []byte("node\n")}))
+	must(tr.Put(&fstree.Entry{Path: "var/lib/etcd", Mode: fs.ModeDir | 0o700, UID: 990, GID: 989}))
+	must(tr.Put(&fstree.Entry{Path: "usr/bin/su", Mode: fs.ModeSetuid | 0o755, Data: []byte("#!/bin/sh\n")}))
+	must(tr.Put(&fstree.Entry{Path: "bin", Mode: fs.ModeSymlink | 0o777, Target: "usr/bin"}))
+	must(tr.Put(&fstree.Entry{Path: "etc/big", Mode: 0o600, UID: 990, GID: 989, Data: []byte(strings.Repeat("0123456789abcdef", 70000))}))
+	must(tr.Put(&fstree.Entry{Path: "etc/big-link", Mode: 0o600, Hardlink: "etc/big"}))
+	must(tr.Put(&fstree.Entry{Path: "tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777}))
+	must(tr.Put(&fstree.Entry{Path: "var/lib/etcd/member", Mode: fs.ModeSymlink | 0o777, Target: "/data/member", UID: 990, GID: 989}))
+	must(tr.Put(&fstree.Entry{Path: "usr/bin/wall", Mode: fs.ModeSetgid | 0o2755, GID: 5, Data: []byte("x")}))
 	return tr
 }
 
 // TestWriteExt4 writes a tree with go-diskfs and checks it with e2fsprogs: fsck clean,
 // and debugfs reads back contents, modes, owners and link targets.
 func TestWriteExt4(t *testing.T) {
-	diskTestTool(t, "fsck.ext4", "e2fsprogs")
-	diskTestTool(t, "debugfs", "e2fsprogs")
+	imagetest.Tool(t, "fsck.ext4", "e2fsprogs")
+	imagetest.Tool(t, "debugfs", "e2fsprogs")
 	img := filepath.Join(t.TempDir(), "root.ext4")
 	var done, total int64
 	st, err := WriteExt4(img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", "root"), Time: time.Unix(1700000000, 0),
@@ -82,7 +85,7 @@ func TestWriteExt4(t *testing.T) {
 
 	// Any root directory: its mode and owner come from the tree too.
 	tr := sampleTree(t)
-	if err := tr.Put(&Entry{Path: "", Mode: fs.ModeDir | 0o711, UID: 7, GID: 8}); err != nil {
+	if err := tr.Put(&fstree.Entry{Path: "", Mode: fs.ModeDir | 0o711, UID: 7, GID: 8}); err != nil {
 		t.Fatal(err)
 	}
 	img2 := filepath.Join(t.TempDir(), "root2.ext4")
@@ -97,7 +100,7 @@ func TestWriteExt4(t *testing.T) {
 
 // checkExt4Attrs compares every entry's type bits, permissions and owner with what
 // debugfs reads from the image.
-func checkExt4Attrs(t *testing.T, img string, tr *Tree) {
+func checkExt4Attrs(t *testing.T, img string, tr *fstree.Tree) {
 	t.Helper()
 	var req strings.Builder
 	paths := tr.Paths()
@@ -139,8 +142,8 @@ func checkExt4Attrs(t *testing.T, img string, tr *Tree) {
 // stampExt4), and every time debugfs shows is the requested one. A different UUID gives
 // a different image (the hash seed follows the identity, it is not a constant).
 func TestWriteExt4Reproducible(t *testing.T) {
-	diskTestTool(t, "fsck.ext4", "e2fsprogs")
-	diskTestTool(t, "debugfs", "e2fsprogs")
+	imagetest.Tool(t, "fsck.ext4", "e2fsprogs")
+	imagetest.Tool(t, "debugfs", "e2fsprogs")
 	dir := t.TempDir()
 	when := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	write := func(name, id string) []byte {

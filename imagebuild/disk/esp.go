@@ -1,4 +1,4 @@
-package imagebuild
+package disk
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 )
 
 // ESPFile is one file of an EFI system partition.
@@ -173,7 +174,7 @@ func espSortFiles(files []ESPFile) ([]ESPFile, error) {
 	out := make([]ESPFile, 0, len(files))
 	seen := map[string]bool{}
 	for _, f := range files {
-		p := Clean(f.Path)
+		p := fstree.Clean(f.Path)
 		if p == "" {
 			return nil, fmt.Errorf("ESP file with an empty path")
 		}

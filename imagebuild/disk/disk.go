@@ -1,8 +1,10 @@
-package imagebuild
+// Package disk writes the parts of a node's disk image: the GPT disk with its partitions
+// (disk.go), ext4 file systems from an fstree.Tree with the stamp that makes them
+// reproducible (ext4.go, ext4stamp.go, membackend.go), the FAT32 EFI system partition
+// (esp.go), and the conversion to qcow2 with qemu-img (qcow2.go).
+package disk
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/sha1"
 	"encoding/binary"
 	"encoding/hex"
@@ -11,7 +13,6 @@ import (
 	"io"
 	iofs "io/fs"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -378,53 +379,6 @@ func copyRegion(w io.WriterAt, in *os.File, dstOff, srcOff, n int64) error {
 	}
 	if copied != n {
 		return fmt.Errorf("copied %d of %d bytes", copied, n)
-	}
-	return nil
-}
-
-// ConvertQCOW2 converts the raw disk image raw to a qcow2 image qcow2 (replaced if it
-// exists) with `qemu-img convert -O qcow2` (Debian package qemu-utils), compressing the
-// clusters with -c when compress is set (smaller, slower; the result still boots).
-func ConvertQCOW2(raw, qcow2 string, compress bool, meter func(done, total int64)) error {
-	qemuImg, err := exec.LookPath("qemu-img")
-	if err != nil {
-		return fmt.Errorf("qemu-img is needed to write qcow2 images; install the package qemu-utils: %w", err)
-	}
-	args := []string{"convert", "-p", "-f", "raw", "-O", "qcow2"}
-	if compress {
-		args = append(args, "-c")
-	}
-	args = append(args, raw, qcow2)
-	cmd := exec.Command(qemuImg, args...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("qemu-img: %w", err)
-	}
-	// -p prints "    (12.34/100%)" lines separated by carriage returns.
-	sc := bufio.NewScanner(stdout)
-	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
-		if i := bytes.IndexAny(data, "\r\n"); i >= 0 {
-			return i + 1, data[:i], nil
-		}
-		if atEOF && len(data) > 0 {
-			return len(data), data, nil
-		}
-		return 0, nil, nil
-	})
-	for sc.Scan() {
-		var pct float64
-		if _, err := fmt.Sscanf(strings.TrimSpace(sc.Text()), "(%f/100%%)", &pct); err == nil && meter != nil {
-			meter(int64(pct*100), 10000)
-		}
-	}
-	if err := cmd.Wait(); err != nil {
-		os.Remove(qcow2)
-		return fmt.Errorf("qemu-img %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
 }

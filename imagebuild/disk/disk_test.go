@@ -1,4 +1,4 @@
-package imagebuild
+package disk
 
 import (
 	"bytes"
@@ -12,51 +12,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
+	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
 )
-
-var diskTestAptMu sync.Mutex
-
-// diskTestTool returns the path of tool, installing Debian package pkg with apt-get when
-// running as root, and skips the test with the reason otherwise.
-func diskTestTool(t *testing.T, tool, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(tool); err == nil {
-		return p
-	}
-	if os.Geteuid() != 0 {
-		t.Skipf("%s not found (Debian package %s) and not root, so it cannot be installed", tool, pkg)
-	}
-	diskTestAptMu.Lock()
-	defer diskTestAptMu.Unlock()
-	if p, err := exec.LookPath(tool); err == nil {
-		return p
-	}
-	install := func() ([]byte, error) {
-		cmd := exec.Command("apt-get", "install", "-y", "--no-install-recommends", pkg)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		return cmd.CombinedOutput()
-	}
-	if out, err := install(); err != nil {
-		if upd, uerr := exec.Command("apt-get", "update").CombinedOutput(); uerr != nil {
-			t.Skipf("%s not found and apt-get update failed: %v\n%s", tool, uerr, upd)
-		}
-		if out2, err := install(); err != nil {
-			t.Skipf("%s not found and apt-get install %s failed: %v\n%s\n%s", tool, pkg, err, out, out2)
-		}
-	}
-	p, err := exec.LookPath(tool)
-	if err != nil {
-		t.Skipf("%s still not found after installing %s", tool, pkg)
-	}
-	return p
-}
 
 // diskTestPattern is deterministic, non-repeating-looking content.
 func diskTestPattern(n int, seed byte) []byte {
@@ -110,7 +73,7 @@ func diskTestESPFiles(t *testing.T) ([]ESPFile, map[string][]byte) {
 // diskTestFsck runs fsck.vfat -n on img and fails unless it exits 0.
 func diskTestFsck(t *testing.T, img string) {
 	t.Helper()
-	fsck := diskTestTool(t, "fsck.vfat", "dosfstools")
+	fsck := imagetest.Tool(t, "fsck.vfat", "dosfstools")
 	out, err := exec.Command(fsck, "-n", "-v", img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("fsck.vfat -n %s: %v\n%s", img, err, out)
@@ -538,7 +501,7 @@ func TestDiskWrite(t *testing.T) {
 	}
 
 	// sgdisk -v: no problems.
-	sgdisk := diskTestTool(t, "sgdisk", "gdisk")
+	sgdisk := imagetest.Tool(t, "sgdisk", "gdisk")
 	out, err := exec.Command(sgdisk, "-v", img).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "No problems found") {
 		t.Fatalf("sgdisk -v: %v\n%s", err, out)
@@ -570,7 +533,7 @@ func TestDiskWrite(t *testing.T) {
 	}
 
 	// sfdisk --json: the same, machine-readable.
-	sfdisk := diskTestTool(t, "sfdisk", "fdisk")
+	sfdisk := imagetest.Tool(t, "sfdisk", "fdisk")
 	out, err = exec.Command(sfdisk, "--json", img).Output()
 	if err != nil {
 		t.Fatalf("sfdisk --json: %v\n%s", err, out)
@@ -658,7 +621,7 @@ func TestDiskLayoutErrors(t *testing.T) {
 }
 
 func TestDiskQCOW2(t *testing.T) {
-	qemuImg := diskTestTool(t, "qemu-img", "qemu-utils")
+	qemuImg := imagetest.Tool(t, "qemu-img", "qemu-utils")
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "disk.raw")
 	const size = 48 << 20
