@@ -3,10 +3,10 @@ package base
 import (
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/internal/kernelver"
 )
 
 // Problem is one thing a base lacks.
@@ -127,7 +127,8 @@ func (e *kernelError) Error() string { return (&CheckError{e.problems}).Error() 
 
 // KernelAndInitrd returns the tree paths of the newest kernel boot/vmlinuz-VERSION that
 // has a matching boot/initrd.img-VERSION (both regular files, possibly reached through
-// symbolic links).
+// symbolic links). "Newest" is kernelver's numeric order, the one the PXE installer
+// uses too, so the installer boots the kernel the disk image boots.
 func KernelAndInitrd(t *fstree.Tree) (kernel, initrd string, err error) {
 	var versions []string
 	boot, bootPath, ok := t.ResolveEntry("boot", true)
@@ -146,7 +147,7 @@ func KernelAndInitrd(t *fstree.Tree) (kernel, initrd string, err error) {
 			}
 		}
 	}
-	sort.Slice(versions, func(i, j int) bool { return compareVersions(versions[i], versions[j]) > 0 })
+	kernelver.SortNewestFirst(versions)
 	for _, v := range versions {
 		if e, ok := t.Follow("boot/initrd.img-" + v); ok && e.IsRegular() {
 			return "boot/vmlinuz-" + v, "boot/initrd.img-" + v, nil
@@ -167,59 +168,4 @@ func KernelAndInitrd(t *fstree.Tree) (kernel, initrd string, err error) {
 		Purpose: "the initramfs that finds and mounts the root partition",
 		Package: "initramfs-tools; run update-initramfs -c -k VERSION in the base",
 	}}}
-}
-
-// compareVersions orders kernel version strings: runs of digits compare numerically,
-// everything else bytewise ("6.1.0-28-cloud-amd64" > "6.1.0-9-cloud-amd64").
-func compareVersions(a, b string) int {
-	for a != "" && b != "" {
-		da, db := isDigit(a[0]), isDigit(b[0])
-		if da && db {
-			na, ra := splitRun(a, true)
-			nb, rb := splitRun(b, true)
-			na2, nb2 := strings.TrimLeft(na, "0"), strings.TrimLeft(nb, "0")
-			if len(na2) != len(nb2) {
-				return cmpInt(len(na2), len(nb2))
-			}
-			if c := strings.Compare(na2, nb2); c != 0 {
-				return c
-			}
-			a, b = ra, rb
-			continue
-		}
-		if da != db {
-			// digits sort after non-digits
-			if da {
-				return 1
-			}
-			return -1
-		}
-		sa, ra := splitRun(a, false)
-		sb, rb := splitRun(b, false)
-		if c := strings.Compare(sa, sb); c != 0 {
-			return c
-		}
-		a, b = ra, rb
-	}
-	return cmpInt(len(a), len(b))
-}
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
-
-func splitRun(s string, digits bool) (string, string) {
-	i := 0
-	for i < len(s) && isDigit(s[i]) == digits {
-		i++
-	}
-	return s[:i], s[i:]
-}
-
-func cmpInt(a, b int) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
