@@ -24,6 +24,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 )
 
 // recipeFormat versions the canonical form hashed by Recipe.Hash and the way
@@ -253,9 +255,10 @@ func Build(ctx context.Context, r Recipe, cacheDir string, progress func(string,
 		return "", fmt.Errorf("base cache: %w", err)
 	}
 
-	unlock, err := lockFile(ctx, filepath.Join(dir, hash+".lock"), progress)
+	lock := filepath.Join(dir, hash+".lock")
+	unlock, err := fileutil.Lock(ctx, lock, func() { progress("base: waiting for another build of the same base (%s)", lock) })
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("base cache: %w", err)
 	}
 	defer unlock()
 	// Someone else may have built it while we waited for the lock.
@@ -320,17 +323,17 @@ func Build(ctx context.Context, r Recipe, cacheDir string, progress func(string,
 	if err := os.Chmod(tmpPath, 0o644); err != nil {
 		return "", err
 	}
-	if err := syncFile(tmpPath); err != nil {
+	if err := fileutil.SyncFile(tmpPath); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(dir, hash+".recipe.json"), append(r.canonical(), '\n'), 0o644); err != nil {
+	if err := fileutil.WriteAtomic(filepath.Join(dir, hash+".recipe.json"), append(r.canonical(), '\n'), 0o644); err != nil {
 		return "", fmt.Errorf("base cache: %w", err)
 	}
 	if err := os.Rename(tmpPath, out); err != nil {
 		return "", fmt.Errorf("base cache: %w", err)
 	}
 	keep = true
-	syncDir(dir)
+	fileutil.SyncDir(dir)
 	fi, _ := os.Stat(out)
 	progress("base: built %s (%d MB) in %s", out, fi.Size()>>20, time.Since(start).Round(100*time.Millisecond))
 	return out, nil
@@ -348,51 +351,6 @@ func usableFile(p string) (bool, error) {
 		return false, fmt.Errorf("%s is not a regular file", p)
 	default:
 		return fi.Size() > 0, nil
-	}
-}
-
-func syncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
-
-func syncDir(p string) {
-	if d, err := os.Open(p); err == nil {
-		d.Sync()
-		d.Close()
-	}
-}
-
-// lockFile takes an exclusive flock on p, polling so that ctx can interrupt the wait.
-func lockFile(ctx context.Context, p string, progress func(string, ...any)) (func(), error) {
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("base cache lock: %w", err)
-	}
-	told := false
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("base cache lock %s: %w", p, err)
-		}
-		if !told {
-			progress("base: waiting for another build of the same base (%s)", p)
-			told = true
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
 	}
 }
 
