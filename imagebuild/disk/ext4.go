@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"runtime/debug"
 	"sort"
 	"time"
 
@@ -44,12 +43,7 @@ func WriteExt4(path string, size int64, t *fstree.Tree, o Ext4Options) (Ext4Stat
 	if err := f.Truncate(size); err != nil {
 		return st, err
 	}
-	// go-diskfs re-parses directories and bitmaps on every call and leaves gigabytes of
-	// short-lived garbage; with a base's contents live on the heap the default GOGC lets
-	// the heap grow by that much into fresh pages, whose first touch costs more here than
-	// collecting more often (measured: 2.2 s at 25, 2.9 s at 100, 6 s at 400 for the
-	// Debian root). The setting is the process's; it is restored on return.
-	defer debug.SetGCPercent(debug.SetGCPercent(25))
+	defer lowGCPercent()()
 	// go-diskfs works on the file through a shared memory mapping (membackend.go).
 	disk, err := mapDisk(f, size)
 	if err != nil {
@@ -59,6 +53,13 @@ func WriteExt4(path string, size int64, t *fstree.Tree, o Ext4Options) (Ext4Stat
 	// One inode per 16 KiB, as mkfs.ext4's default: go-diskfs's 8192 doubles the inode
 	// tables, and a root tree needs far fewer (checked by ext4Size's margin).
 	params := &ext4.Params{VolumeName: o.Label, InodeRatio: 16384}
+	// What go-diskfs would draw at random follows from the file system's identity, so the
+	// same input gives the same bytes (see ext4stamp.go).
+	derivedUUID, hashSeed, err := ext4Identity("ext4/"+o.UUID+"/"+o.Label, o.UUID == "")
+	if err != nil {
+		return st, err
+	}
+	params.UUID = derivedUUID
 	if o.UUID != "" {
 		u, err := uuid.Parse(o.UUID)
 		if err != nil {
@@ -66,11 +67,7 @@ func WriteExt4(path string, size int64, t *fstree.Tree, o Ext4Options) (Ext4Stat
 		}
 		params.UUID = &u
 	}
-	// The directory hash seed comes from uuid's random source: seed it from the file
-	// system's identity so the same input gives the same bytes (see ext4stamp.go).
-	restore := seededUUIDs("ext4/" + o.UUID + "/" + o.Label)
 	fsys, err := ext4.Create(disk, size, 0, 512, params)
-	restore()
 	if err != nil {
 		return st, fmt.Errorf("creating ext4 (%d bytes): %w", size, err)
 	}
@@ -154,7 +151,7 @@ func WriteExt4(path string, size int64, t *fstree.Tree, o Ext4Options) (Ext4Stat
 	if err := fsys.Close(); err != nil {
 		return st, err
 	}
-	if err := stampExt4(disk.buf, o.Time, attrs); err != nil {
+	if err := stampExt4(disk.buf, o.Time, attrs, &hashSeed); err != nil {
 		return st, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := disk.unmap(); err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
+	"github.com/google/uuid"
 )
 
 func sampleTree(t *testing.T) *fstree.Tree {
@@ -198,5 +199,70 @@ func TestWriteExt4Reproducible(t *testing.T) {
 		if m := regexp.MustCompile(`(?m)^` + f + `:\s+(.*)$`).FindStringSubmatch(string(out)); m == nil || !strings.Contains(m[1], "2025") {
 			t.Errorf("superblock %q: %v", f, m)
 		}
+	}
+}
+
+// TestWriteExt4LeavesUUIDAlone: writing ext4 does not touch the process's uuid source.
+// Another goroutine draws uuid.New() the whole time two images are written: none of its
+// values may come from the stream the images' identity seeds (which a swapped global
+// source would hand out), and the two images stay identical, with the directory hash
+// seed the identity gives (the first UUID of that stream, as before: images stay
+// byte-identical across this change).
+func TestWriteExt4LeavesUUIDAlone(t *testing.T) {
+	dir := t.TempDir()
+	id := DeriveGUID("test", "root")
+	seeded := map[uuid.UUID]bool{}
+	stream := newHashStream("ext4/" + id + "/root")
+	for range 64 {
+		u, err := uuid.NewRandomFromReader(stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seeded[u] = true
+	}
+	wantSeed, _ := uuid.NewRandomFromReader(newHashStream("ext4/" + id + "/root"))
+
+	stop := make(chan struct{})
+	drawn := make(chan []uuid.UUID)
+	go func() {
+		var got []uuid.UUID
+		for {
+			select {
+			case <-stop:
+				drawn <- got
+				return
+			default:
+				got = append(got, uuid.New())
+			}
+		}
+	}()
+	var imgs [][]byte
+	for i := range 2 {
+		img := filepath.Join(dir, fmt.Sprintf("%d.ext4", i))
+		if _, err := WriteExt4(img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: id, Time: time.Unix(1700000000, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs = append(imgs, b)
+	}
+	close(stop)
+	got := <-drawn
+	bad := 0
+	for _, u := range got {
+		if seeded[u] {
+			bad++
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d uuid.New() values drawn while ext4 was written came from the image's seeded stream", bad, len(got))
+	}
+	if !bytes.Equal(imgs[0], imgs[1]) {
+		t.Error("two images of the same tree differ while another goroutine draws UUIDs")
+	}
+	if hs := imgs[0][sbOffset+0xEC : sbOffset+0xFC]; !bytes.Equal(hs, wantSeed[:]) {
+		t.Errorf("directory hash seed %x, want %x (the first UUID of the identity's stream)", hs, wantSeed[:])
 	}
 }
