@@ -154,7 +154,7 @@ func Images(ctx context.Context, o Options) ([]imagebuild.Image, error) {
 	for _, n := range c.Nodes {
 		nodes = append(nodes, imagebuild.NodeInput{Name: n.Name, Config: configs[n.Name], DNS: n.DNS})
 	}
-	return imagebuild.Build(imagebuild.BuildOptions{
+	return imagebuild.Build(ctx, imagebuild.BuildOptions{
 		Cluster: c.Name, Nodes: nodes, Base: baseTree, BaseHash: baseHash,
 		SpecHash: fmt.Sprintf("%x", sha256.Sum256(o.SpecBytes)), Binaries: records, Remote: remote,
 		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, Progress: progress, Meter: o.Meter,

@@ -33,7 +33,7 @@ func BenchmarkRootExt4(b *testing.B) {
 	for b.Loop() {
 		img := filepath.Join(dir, "go.ext4")
 		t0 := time.Now()
-		if _, err := disk.WriteExt4(img, size, tree, disk.Ext4Options{Label: "root", UUID: disk.DeriveGUID("bench", "root"), Time: time.Unix(base.DefaultSourceDateEpoch, 0)}); err != nil {
+		if _, err := disk.WriteExt4(context.Background(), img, size, tree, disk.Ext4Options{Label: "root", UUID: disk.DeriveGUID("bench", "root"), Time: time.Unix(base.DefaultSourceDateEpoch, 0)}); err != nil {
 			b.Fatal(err)
 		}
 		ours += time.Since(t0)
@@ -65,7 +65,7 @@ func BenchmarkExtraNode(b *testing.B) {
 	// One build first: the base's file contents and the page cache warm up on it.
 	warm := exampleBuild(b, filepath.Join(b.TempDir(), "images"))
 	warm.Base, warm.Nodes = baseTree, warm.Nodes[:1]
-	if _, err := Build(warm); err != nil {
+	if _, err := Build(context.Background(), warm); err != nil {
 		b.Fatal(err)
 	}
 	var one, three, node time.Duration
@@ -74,7 +74,7 @@ func BenchmarkExtraNode(b *testing.B) {
 			o := exampleBuild(b, filepath.Join(b.TempDir(), "images"))
 			o.Base, o.Nodes = baseTree, o.Nodes[:n]
 			t0 := time.Now()
-			imgs, err := Build(o)
+			imgs, err := Build(context.Background(), o)
 			if err != nil {
 				b.Fatal(err)
 			}

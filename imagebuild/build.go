@@ -1,6 +1,7 @@
 package imagebuild
 
 import (
+	"context"
 	"crypto/sha1"
 	"encoding/hex"
 	"encoding/json"
@@ -19,17 +20,42 @@ import (
 	"github.com/etcdbake/etcdbake/imagebuild/ignapply"
 )
 
-// Formats maps an output format to the file suffix it writes; checked before any work.
-var Formats = map[string]string{"raw": ".raw", "qcow2": ".qcow2"}
+// An outputFormat is one kind of image file Build can write for a node, from the node's
+// raw disk image (written first, in the same temporary directory).
+type outputFormat struct {
+	Name   string
+	Suffix string
+	// Write makes the file out from the raw image; nil: the raw image itself is the file.
+	Write func(ctx context.Context, raw, out string, meter func(done, total int64)) error
+}
+
+// formats is the one table of output formats: CheckFormats validates against it before
+// any work, and Build writes each requested one in this order (and lists it in
+// Image.Files in this order).
+var formats = []outputFormat{
+	{Name: "raw", Suffix: ".raw"},
+	{Name: "qcow2", Suffix: ".qcow2", Write: func(ctx context.Context, raw, out string, meter func(done, total int64)) error {
+		return disk.ConvertQCOW2(ctx, raw, out, true, meter) // compressed: about half the size
+	}},
+}
+
+// FormatNames lists the known output formats.
+func FormatNames() []string {
+	var names []string
+	for _, f := range formats {
+		names = append(names, f.Name)
+	}
+	return names
+}
 
 // CheckFormats rejects unknown formats with the list of known ones.
-func CheckFormats(formats []string) error {
-	if len(formats) == 0 {
-		return fmt.Errorf("--format: give at least one of raw, qcow2")
+func CheckFormats(names []string) error {
+	if len(names) == 0 {
+		return fmt.Errorf("--format: give at least one of %s", strings.Join(FormatNames(), ", "))
 	}
-	for _, f := range formats {
-		if _, ok := Formats[f]; !ok {
-			return fmt.Errorf("--format %q is not known: use raw and/or qcow2", f)
+	for _, n := range names {
+		if !slices.Contains(FormatNames(), n) {
+			return fmt.Errorf("--format %q is not known: use %s", n, strings.Join(FormatNames(), " and/or "))
 		}
 	}
 	return nil
@@ -130,8 +156,10 @@ func MachineID(cluster, node string) string {
 // Build makes one disk image per node. The shared root is written once and copied into
 // every node's disk; the per-node work is the node partition, the ESP and the copy.
 // Output goes to a temporary directory next to OutDir and replaces it at the end, so a
-// failure leaves the previous images as they were.
-func Build(o BuildOptions) ([]Image, error) {
+// failure leaves the previous images as they were. Cancelling ctx stops every long step
+// (applying the configs, the root and node file systems, the disks, qemu-img) within
+// about a second; Build then removes its temporary directory and returns ctx's error.
+func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	if err := CheckFormats(o.Formats); err != nil {
 		return nil, err
 	}
@@ -144,6 +172,9 @@ func Build(o BuildOptions) ([]Image, error) {
 
 	trees := map[string]*fstree.Tree{}
 	for _, n := range o.Nodes {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		t := o.Base.Clone()
 		if err := ignapply.Apply(t, n.Config, ignapply.Options{Remote: o.Remote}); err != nil {
 			return nil, fmt.Errorf("node %s: applying its Ignition config: %w", n.Name, err)
@@ -181,7 +212,7 @@ func Build(o BuildOptions) ([]Image, error) {
 	t0 := time.Now()
 	rootImg := filepath.Join(tmp, "root.ext4")
 	rootSize := ext4Size(root)
-	if _, err := disk.WriteExt4(rootImg, rootSize, root, disk.Ext4Options{Label: LabelRoot, UUID: disk.DeriveGUID(o.Cluster, "root-fs"), Time: when, Meter: o.meter("shared root")}); err != nil {
+	if _, err := disk.WriteExt4(ctx, rootImg, rootSize, root, disk.Ext4Options{Label: LabelRoot, UUID: disk.DeriveGUID(o.Cluster, "root-fs"), Time: when, Meter: o.meter("shared root")}); err != nil {
 		return nil, fmt.Errorf("writing the shared root: %w", err)
 	}
 	progress("shared root: %d MiB ext4 in %s", rootSize>>20, time.Since(t0).Round(time.Millisecond))
@@ -189,7 +220,7 @@ func Build(o BuildOptions) ([]Image, error) {
 	var images []Image
 	for _, n := range o.Nodes {
 		t1 := time.Now()
-		im, err := buildNode(o, n, tmp, rootImg, rootSize, own[n.Name], root, kernel, initrd, bootEFI, perNode, when)
+		im, err := buildNode(ctx, o, n, tmp, rootImg, rootSize, own[n.Name], root, kernel, initrd, bootEFI, perNode, when)
 		if err != nil {
 			return nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
@@ -198,6 +229,10 @@ func Build(o BuildOptions) ([]Image, error) {
 		progress("%s: image in %s", n.Name, im.Took.Round(time.Millisecond))
 	}
 	if err := os.Remove(rootImg); err != nil {
+		return nil, err
+	}
+	// The last moment to stop: after this the new images are in place.
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if err := replaceDir(tmp, o.OutDir); err != nil {
@@ -241,9 +276,9 @@ func ext4Size(t *fstree.Tree) int64 {
 	return (size + mib - 1) &^ (mib - 1)
 }
 
-func buildNode(o BuildOptions, n NodeInput, tmp, rootImg string, rootSize int64, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time) (Image, error) {
+func buildNode(ctx context.Context, o BuildOptions, n NodeInput, tmp, rootImg string, rootSize int64, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time) (Image, error) {
 	nodeImg := filepath.Join(tmp, n.Name+".node.ext4")
-	if _, err := disk.WriteExt4(nodeImg, nodeSize, own, disk.Ext4Options{Label: LabelNode, UUID: disk.DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
+	if _, err := disk.WriteExt4(ctx, nodeImg, nodeSize, own, disk.Ext4Options{Label: LabelNode, UUID: disk.DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
 		return Image{}, fmt.Errorf("node partition: %w", err)
 	}
 	defer os.Remove(nodeImg)
@@ -292,21 +327,26 @@ func buildNode(o BuildOptions, n NodeInput, tmp, rootImg string, rootSize int64,
 	}
 	total += mib // backup GPT
 	raw := filepath.Join(tmp, n.Name+".raw")
-	if err := disk.WriteDisk(raw, total, parts, disk.DeriveGUID(o.Cluster, n.Name, "disk")); err != nil {
+	if err := disk.WriteDisk(ctx, raw, total, parts, disk.DeriveGUID(o.Cluster, n.Name, "disk")); err != nil {
 		return Image{}, err
 	}
 	im := Image{Node: n.Name}
-	if slices.Contains(o.Formats, "qcow2") {
-		q := filepath.Join(tmp, n.Name+".qcow2")
-		if err := disk.ConvertQCOW2(raw, q, true, o.meter(n.Name+" qcow2")); err != nil { // compressed: about half the size
+	for _, f := range formats {
+		if !slices.Contains(o.Formats, f.Name) {
+			continue
+		}
+		out := filepath.Join(tmp, n.Name+f.Suffix)
+		if f.Write != nil {
+			if err := f.Write(ctx, raw, out, o.meter(n.Name+" "+f.Name)); err != nil {
+				return Image{}, err
+			}
+		}
+		im.Files = append(im.Files, out)
+	}
+	if !slices.Contains(o.Formats, "raw") {
+		if err := os.Remove(raw); err != nil {
 			return Image{}, err
 		}
-		im.Files = append(im.Files, q)
-	}
-	if slices.Contains(o.Formats, "raw") {
-		im.Files = append(im.Files, raw)
-	} else if err := os.Remove(raw); err != nil {
-		return Image{}, err
 	}
 	var layout []PartInfo
 	for _, p := range parts {

@@ -1,8 +1,10 @@
 package imagebuild
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -158,7 +160,7 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 	o := exampleBuild(t, out)
 	var log []string
 	o.Progress = func(f string, a ...any) { log = append(log, fmt.Sprintf(f, a...)) }
-	imgs, err := Build(o)
+	imgs, err := Build(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +233,7 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	out2 := filepath.Join(t.TempDir(), "images")
 	o.OutDir = out2
-	if _, err := Build(o); err != nil {
+	if _, err := Build(context.Background(), o); err != nil {
 		t.Fatal(err)
 	}
 	for _, im := range imgs {
@@ -243,5 +245,66 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 				t.Logf("%s: sha256 %s in both builds", f, a)
 			}
 		}
+	}
+}
+
+// TestBuildCancelledDuringRootWrite cancels the context while the shared root is being
+// written (from the writer's own progress report, so it is mid-write): Build returns
+// context.Canceled without finishing the root, the previous images in OutDir are
+// untouched, and nothing else is left next to OutDir (no temporary directory or file).
+func TestBuildCancelledDuringRootWrite(t *testing.T) {
+	parent := t.TempDir()
+	out := filepath.Join(parent, "images")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(out, "previous.raw"), []byte("old image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := exampleBuild(t, out)
+	// Enough entries that the root writer reports progress (every 256 entries) well
+	// before it ends.
+	for i := range 3000 {
+		if err := o.Base.Put(&fstree.Entry{Path: fmt.Sprintf("usr/share/filler/%04d", i), Mode: 0o644, Data: []byte(strings.Repeat("x", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var reports []int64
+	var total int64
+	o.Meter = func(step string, done, n int64) {
+		if step == "shared root" {
+			reports = append(reports, done)
+			total = n
+			cancel()
+		}
+	}
+	start := time.Now()
+	imgs, err := Build(ctx, o)
+	if !errors.Is(err, context.Canceled) || imgs != nil {
+		t.Fatalf("Build = %v, %v; want context.Canceled and no images", imgs, err)
+	}
+	if len(reports) != 1 || reports[0] >= total {
+		t.Errorf("the root writer reported %v of %d entries: it did not stop at the first report after the cancel", reports, total)
+	}
+	t.Logf("cancelled after %d of %d root entries; Build returned %v in %s", reports[0], total, err, time.Since(start).Round(time.Millisecond))
+	entries, err := os.ReadDir(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "images" {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("next to OutDir after the cancel: %v, want only images", names)
+	}
+	got, err := os.ReadDir(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(out, "previous.raw")); len(got) != 1 || string(b) != "old image" {
+		t.Errorf("OutDir changed by a cancelled build: %d entries, previous.raw %q", len(got), b)
 	}
 }

@@ -1,6 +1,7 @@
 package imagebuild
 
 import (
+	"context"
 	"encoding/json"
 	"io/fs"
 	"os"
@@ -63,7 +64,7 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 	for _, n := range []string{"etcd-1", "etcd-2"} {
 		nodes = append(nodes, NodeInput{Name: n, Config: configs[n]})
 	}
-	if _, err := Build(BuildOptions{Cluster: "example", Nodes: nodes, Base: baseTree, OutDir: out, Formats: []string{"raw"}}); err != nil {
+	if _, err := Build(context.Background(), BuildOptions{Cluster: "example", Nodes: nodes, Base: baseTree, OutDir: out, Formats: []string{"raw"}}); err != nil {
 		t.Fatal(err)
 	}
 	var m Manifest

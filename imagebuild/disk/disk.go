@@ -5,6 +5,7 @@
 package disk
 
 import (
+	"context"
 	"crypto/sha1"
 	"encoding/binary"
 	"encoding/hex"
@@ -105,8 +106,9 @@ func normalizeGUID(s string) (string, error) {
 // ContentFunc writes a partition's content. w is the whole disk image (WriteDisk passes
 // its *os.File, so implementations may use it for fast paths such as copy_file_range);
 // the partition occupies [offset, offset+size) and nothing outside may be written. The
-// region reads as zeros beforehand and whatever is not written stays a hole.
-type ContentFunc func(w io.WriterAt, offset, size int64) error
+// region reads as zeros beforehand and whatever is not written stays a hole. A long
+// content function stops with ctx's error when ctx is cancelled.
+type ContentFunc func(ctx context.Context, w io.WriterAt, offset, size int64) error
 
 // Partition is one GPT partition of a disk written by WriteDisk.
 type Partition struct {
@@ -202,13 +204,14 @@ func LayoutDisk(size int64, parts []Partition, diskGUID string) ([]Extent, error
 // partitions laid out by LayoutDisk with the given names, types and GUIDs, and their
 // contents. diskGUID is the disk's GUID (see DeriveGUID); nothing is random, so the same
 // inputs give the same image. The file is sparse: it is truncated to size and only the
-// GPT and the partition contents are written. On error the file is removed.
-func WriteDisk(path string, size int64, parts []Partition, diskGUID string) (err error) {
+// GPT and the partition contents are written. On error, or when ctx is cancelled, the
+// file is removed.
+func WriteDisk(ctx context.Context, path string, size int64, parts []Partition, diskGUID string) (err error) {
 	extents, err := LayoutDisk(size, parts, diskGUID)
 	if err != nil {
 		return err
 	}
-	return withSparseFile(path, size, func(f *os.File) error { return writeDisk(f, size, parts, extents, diskGUID) })
+	return withSparseFile(path, size, func(f *os.File) error { return writeDisk(ctx, f, size, parts, extents, diskGUID) })
 }
 
 // withSparseFile creates (or truncates) path as a sparse file of size bytes, runs fill on
@@ -232,7 +235,7 @@ func withSparseFile(path string, size int64, fill func(*os.File) error) (err err
 	return fill(f)
 }
 
-func writeDisk(f *os.File, size int64, parts []Partition, extents []Extent, diskGUID string) error {
+func writeDisk(ctx context.Context, f *os.File, size int64, parts []Partition, extents []Extent, diskGUID string) error {
 	table := &gpt.Table{
 		LogicalSectorSize:  diskSectorSize,
 		PhysicalSectorSize: diskSectorSize,
@@ -241,8 +244,11 @@ func writeDisk(f *os.File, size int64, parts []Partition, extents []Extent, disk
 	}
 	for i, p := range parts {
 		x := extents[i]
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if p.Content != nil {
-			if err := p.Content(f, x.Offset, x.Size); err != nil {
+			if err := p.Content(ctx, f, x.Offset, x.Size); err != nil {
 				return fmt.Errorf("partition %d (%q): %w", i+1, p.Name, err)
 			}
 		}
@@ -278,7 +284,7 @@ func (g gptFile) Close() error                              { return nil }
 
 // BytesContent returns a ContentFunc writing b at the start of the partition.
 func BytesContent(b []byte) ContentFunc {
-	return func(w io.WriterAt, offset, size int64) error {
+	return func(_ context.Context, w io.WriterAt, offset, size int64) error {
 		if int64(len(b)) > size {
 			return fmt.Errorf("content of %d bytes does not fit the %d-byte partition", len(b), size)
 		}
@@ -291,9 +297,10 @@ func BytesContent(b []byte) ContentFunc {
 // shared root built once for all nodes) to the start of the partition. Only the
 // source's data regions are copied (SEEK_DATA/SEEK_HOLE), so holes stay holes; when w
 // is an *os.File (as WriteDisk passes) each region is copied in the kernel with
-// copy_file_range (a reflink clone on file systems that can), else through a buffer.
+// copy_file_range (a reflink clone on file systems that can), else through a buffer, in
+// chunks of copyChunk bytes so that a cancelled ctx stops it promptly.
 func FileContent(src string) ContentFunc {
-	return func(w io.WriterAt, offset, size int64) error {
+	return func(ctx context.Context, w io.WriterAt, offset, size int64) error {
 		in, err := os.Open(src)
 		if err != nil {
 			return err
@@ -317,14 +324,23 @@ func FileContent(src string) ContentFunc {
 			if data >= st.Size() {
 				break
 			}
-			if err := copyRegion(w, in, offset+data, data, hole-data); err != nil {
-				return fmt.Errorf("copying %s: %w", src, err)
+			for c := data; c < hole; c += copyChunk {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				if err := copyRegion(w, in, offset+c, c, min(copyChunk, hole-c)); err != nil {
+					return fmt.Errorf("copying %s: %w", src, err)
+				}
 			}
 			pos = hole
 		}
 		return nil
 	}
 }
+
+// copyChunk is how much FileContent copies between two looks at its context (64 MiB:
+// well under a second).
+const copyChunk = 64 << 20
 
 const (
 	seekData = 3 // SEEK_DATA

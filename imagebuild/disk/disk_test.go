@@ -2,6 +2,7 @@ package disk
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -402,7 +403,7 @@ func TestDiskWrite(t *testing.T) {
 		{Name: "root", Type: TypeLinuxRootX8664, GUID: DeriveGUID("test", "root"), Size: rootSize,
 			Content: FileContent(rootImg)},
 		{Name: "node", Type: TypeLinuxData, Size: 4 << 20, // GUID derived
-			Content: func(w io.WriterAt, offset, size int64) error {
+			Content: func(_ context.Context, w io.WriterAt, offset, size int64) error {
 				_, err := w.WriteAt(bytes.Repeat([]byte("node"), int(size/4)), offset)
 				return err
 			}},
@@ -411,7 +412,7 @@ func TestDiskWrite(t *testing.T) {
 	}
 	const diskSize = 200 << 20
 	img := filepath.Join(dir, "disk.raw")
-	if err := WriteDisk(img, diskSize, parts, diskGUID); err != nil {
+	if err := WriteDisk(context.Background(), img, diskSize, parts, diskGUID); err != nil {
 		t.Fatal(err)
 	}
 	extents, err := LayoutDisk(diskSize, parts, diskGUID)
@@ -556,7 +557,7 @@ func TestDiskWrite(t *testing.T) {
 
 	// Deterministic: the same inputs give the same disk.
 	img2 := filepath.Join(dir, "disk2.raw")
-	if err := WriteDisk(img2, diskSize, parts, diskGUID); err != nil {
+	if err := WriteDisk(context.Background(), img2, diskSize, parts, diskGUID); err != nil {
 		t.Fatal(err)
 	}
 	if raw2, err := os.ReadFile(img2); err != nil || !bytes.Equal(raw, raw2) {
@@ -602,8 +603,8 @@ func TestDiskLayoutErrors(t *testing.T) {
 	// A content function failing removes the image.
 	img := filepath.Join(t.TempDir(), "disk.raw")
 	boom := errors.New("boom")
-	err = WriteDisk(img, 8<<20, []Partition{{Type: TypeLinuxData, Size: 1 << 20,
-		Content: func(io.WriterAt, int64, int64) error { return boom }}}, g)
+	err = WriteDisk(context.Background(), img, 8<<20, []Partition{{Type: TypeLinuxData, Size: 1 << 20,
+		Content: func(context.Context, io.WriterAt, int64, int64) error { return boom }}}, g)
 	if !errors.Is(err, boom) {
 		t.Errorf("WriteDisk error = %v, want boom", err)
 	}
@@ -615,7 +616,7 @@ func TestDiskLayoutErrors(t *testing.T) {
 	if err := os.WriteFile(big, make([]byte, 2<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteDisk(img, 8<<20, []Partition{{Type: TypeLinuxData, Size: 1 << 20, Content: FileContent(big)}}, g); err == nil {
+	if err := WriteDisk(context.Background(), img, 8<<20, []Partition{{Type: TypeLinuxData, Size: 1 << 20, Content: FileContent(big)}}, g); err == nil {
 		t.Error("FileContent larger than the partition: no error")
 	}
 }
@@ -625,7 +626,7 @@ func TestDiskQCOW2(t *testing.T) {
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "disk.raw")
 	const size = 48 << 20
-	if err := WriteDisk(raw, size, []Partition{
+	if err := WriteDisk(context.Background(), raw, size, []Partition{
 		{Name: "data", Type: TypeLinuxData, Size: 0, Content: BytesContent(diskTestPattern(1<<20, 5))},
 	}, DeriveGUID("test", "qcow2")); err != nil {
 		t.Fatal(err)
@@ -633,7 +634,7 @@ func TestDiskQCOW2(t *testing.T) {
 	for _, compress := range []bool{false, true} {
 		q := filepath.Join(dir, fmt.Sprintf("disk-%v.qcow2", compress))
 		var last, calls int64
-		if err := ConvertQCOW2(raw, q, compress, func(done, total int64) {
+		if err := ConvertQCOW2(context.Background(), raw, q, compress, func(done, total int64) {
 			if done < last || total != 10000 {
 				t.Errorf("progress went from %d to %d of %d", last, done, total)
 			}
@@ -667,7 +668,7 @@ func TestDiskQCOW2(t *testing.T) {
 
 func TestDiskQCOW2MissingTool(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
-	err := ConvertQCOW2("a", "b", false, nil)
+	err := ConvertQCOW2(context.Background(), "a", "b", false, nil)
 	if err == nil || !strings.Contains(err.Error(), "qemu-utils") {
 		t.Fatalf("ConvertQCOW2 without qemu-img: %v, want an error naming qemu-utils", err)
 	}

@@ -2,6 +2,7 @@ package disk
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -81,7 +82,10 @@ func WriteESP(path string, size int64, label string, volID uint32, mtime time.Ti
 // The io.WriterAt it is given must also be an io.ReaderAt (the *os.File WriteDisk passes
 // is) and the region must read as zeros (a freshly truncated disk does).
 func ESPContent(label string, volID uint32, mtime time.Time, files []ESPFile) ContentFunc {
-	return func(w io.WriterAt, offset, size int64) error {
+	return func(ctx context.Context, w io.WriterAt, offset, size int64) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		rw, ok := w.(espReadWriterAt)
 		if !ok {
 			return fmt.Errorf("ESP content needs an io.ReaderAt too, got %T", w)

@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
 	"os"
@@ -32,14 +33,22 @@ type Ext4Stats struct {
 }
 
 // WriteExt4 writes the tree as an ext4 file system into a new image file of the given
-// size, with go-diskfs.
-func WriteExt4(path string, size int64, t *fstree.Tree, o Ext4Options) (Ext4Stats, error) {
-	var st Ext4Stats
+// size, with go-diskfs. When ctx is cancelled it stops between two entries; on any error
+// the file is removed.
+func WriteExt4(ctx context.Context, path string, size int64, t *fstree.Tree, o Ext4Options) (st Ext4Stats, err error) {
+	if err := ctx.Err(); err != nil {
+		return st, err
+	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
 	if err != nil {
 		return st, err
 	}
-	defer f.Close()
+	defer func() {
+		f.Close()
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
 	if err := f.Truncate(size); err != nil {
 		return st, err
 	}
@@ -103,10 +112,14 @@ func WriteExt4(path string, size int64, t *fstree.Tree, o Ext4Options) (Ext4Stat
 	}
 	sort.SliceStable(files, func(i, j int) bool { return sizes[files[i]] < sizes[files[j]] })
 	total, done := int64(t.Len()), int64(len(st.Skipped))
-	tick := func() {
-		if done++; o.Meter != nil && (done%256 == 0 || done == total) {
-			o.Meter(done, total)
+	tick := func() error {
+		if done++; done%256 == 0 || done == total {
+			if o.Meter != nil {
+				o.Meter(done, total)
+			}
+			return ctx.Err()
 		}
+		return nil
 	}
 	for _, e := range dirs {
 		if e.Path != "" {
@@ -115,14 +128,18 @@ func WriteExt4(path string, size int64, t *fstree.Tree, o Ext4Options) (Ext4Stat
 			}
 			st.Dirs++
 		}
-		tick()
+		if err := tick(); err != nil {
+			return st, err
+		}
 	}
 	for _, e := range links {
 		if err := fsys.Symlink(e.Target, e.Path); err != nil {
 			return st, fmt.Errorf("symlink %s: %w", e.Path, err)
 		}
 		st.Symlinks++
-		tick()
+		if err := tick(); err != nil {
+			return st, err
+		}
 	}
 	for _, e := range files {
 		data, err := t.Contents(e)
@@ -146,7 +163,9 @@ func WriteExt4(path string, size int64, t *fstree.Tree, o Ext4Options) (Ext4Stat
 		}
 		st.Files++
 		st.Bytes += int64(len(data))
-		tick()
+		if err := tick(); err != nil {
+			return st, err
+		}
 	}
 	if err := fsys.Close(); err != nil {
 		return st, err

@@ -2,6 +2,7 @@ package disk
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io/fs"
 	"os"
@@ -45,7 +46,7 @@ func TestWriteExt4(t *testing.T) {
 	imagetest.Tool(t, "debugfs", "e2fsprogs")
 	img := filepath.Join(t.TempDir(), "root.ext4")
 	var done, total int64
-	st, err := WriteExt4(img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", "root"), Time: time.Unix(1700000000, 0),
+	st, err := WriteExt4(context.Background(), img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", "root"), Time: time.Unix(1700000000, 0),
 		Meter: func(d, n int64) { done, total = d, n }})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +91,7 @@ func TestWriteExt4(t *testing.T) {
 		t.Fatal(err)
 	}
 	img2 := filepath.Join(t.TempDir(), "root2.ext4")
-	if _, err := WriteExt4(img2, 64<<20, tr, Ext4Options{Label: "root", UUID: DeriveGUID("test", "root2")}); err != nil {
+	if _, err := WriteExt4(context.Background(), img2, 64<<20, tr, Ext4Options{Label: "root", UUID: DeriveGUID("test", "root2")}); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("fsck.ext4", "-fn", img2).CombinedOutput(); err != nil {
@@ -149,7 +150,7 @@ func TestWriteExt4Reproducible(t *testing.T) {
 	when := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	write := func(name, id string) []byte {
 		img := filepath.Join(dir, name)
-		if _, err := WriteExt4(img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", id), Time: when}); err != nil {
+		if _, err := WriteExt4(context.Background(), img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", id), Time: when}); err != nil {
 			t.Fatal(err)
 		}
 		if out, err := exec.Command("fsck.ext4", "-fn", img).CombinedOutput(); err != nil {
@@ -239,7 +240,7 @@ func TestWriteExt4LeavesUUIDAlone(t *testing.T) {
 	var imgs [][]byte
 	for i := range 2 {
 		img := filepath.Join(dir, fmt.Sprintf("%d.ext4", i))
-		if _, err := WriteExt4(img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: id, Time: time.Unix(1700000000, 0)}); err != nil {
+		if _, err := WriteExt4(context.Background(), img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: id, Time: time.Unix(1700000000, 0)}); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(img)

@@ -3,6 +3,7 @@ package disk
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,7 +13,8 @@ import (
 // ConvertQCOW2 converts the raw disk image raw to a qcow2 image qcow2 (replaced if it
 // exists) with `qemu-img convert -O qcow2` (Debian package qemu-utils), compressing the
 // clusters with -c when compress is set (smaller, slower; the result still boots).
-func ConvertQCOW2(raw, qcow2 string, compress bool, meter func(done, total int64)) error {
+// Cancelling ctx kills qemu-img; on any failure the qcow2 file is removed.
+func ConvertQCOW2(ctx context.Context, raw, qcow2 string, compress bool, meter func(done, total int64)) error {
 	qemuImg, err := exec.LookPath("qemu-img")
 	if err != nil {
 		return fmt.Errorf("qemu-img is needed to write qcow2 images; install the package qemu-utils: %w", err)
@@ -22,7 +24,7 @@ func ConvertQCOW2(raw, qcow2 string, compress bool, meter func(done, total int64
 		args = append(args, "-c")
 	}
 	args = append(args, raw, qcow2)
-	cmd := exec.Command(qemuImg, args...)
+	cmd := exec.CommandContext(ctx, qemuImg, args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -51,6 +53,9 @@ func ConvertQCOW2(raw, qcow2 string, compress bool, meter func(done, total int64
 	}
 	if err := cmd.Wait(); err != nil {
 		os.Remove(qcow2)
+		if ctx.Err() != nil {
+			return fmt.Errorf("qemu-img: %w", ctx.Err())
+		}
 		return fmt.Errorf("qemu-img %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return nil

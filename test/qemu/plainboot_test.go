@@ -27,7 +27,7 @@ func bootPlainBase(ctx context.Context, t testing.TB, dir string, macs map[strin
 		nodes = append(nodes, imagebuild.NodeInput{Name: n, Config: []byte(`{"ignition":{"version":"3.4.0"}}`)})
 	}
 	out := filepath.Join(dir, "plain-images")
-	imgs, err := imagebuild.Build(imagebuild.BuildOptions{Cluster: "plain", Nodes: nodes, Base: base, OutDir: out, Formats: []string{"raw"}, DataSize: 1 << 30})
+	imgs, err := imagebuild.Build(ctx, imagebuild.BuildOptions{Cluster: "plain", Nodes: nodes, Base: base, OutDir: out, Formats: []string{"raw"}, DataSize: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
