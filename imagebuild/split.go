@@ -46,6 +46,9 @@ func sharesContent(a, b *fstree.Entry) bool {
 //
 // systemd loads units before local file systems are mounted, so a unit or drop-in that
 // differs between nodes cannot be reached through /node; that is an error.
+//
+// It is long because it is one pass over every path deciding root or node, with the
+// state of that pass (the first node's entry and fingerprint).
 func Split(nodes map[string]*fstree.Tree) (*fstree.Tree, map[string]*fstree.Tree, []string, error) {
 	names := make([]string, 0, len(nodes))
 	for n := range nodes {

@@ -82,6 +82,11 @@ func cleanTarName(name string) (string, error) {
 	return fstree.Clean(name), nil
 }
 
+// readBaseTar reads a base tarball into a tree.
+//
+// It is long because it is one switch over the tar entry types with the checks each
+// needs (names, hard links to earlier members, what the tree cannot hold counted in
+// Stats); split up, those rules would be scattered.
 func readBaseTar(r io.Reader) (*fstree.Tree, *Stats, error) {
 	t := fstree.NewTree()
 	st := &Stats{}

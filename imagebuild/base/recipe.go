@@ -232,6 +232,9 @@ func Path(cacheDir string, r Recipe) string {
 // renamed into place on success; a failed or cancelled build leaves nothing behind.
 // Concurrent builders of the same recipe (other processes too) wait for each other
 // instead of building twice. A <hash>.recipe.json next to the tarball records the recipe.
+//
+// Build is long because it is one sequence (cache hit, lock, re-check, stale files,
+// mmdebstrap, publish) whose steps share the temporary file and its cleanup.
 func Build(ctx context.Context, r Recipe, cacheDir string, progress func(string, ...any)) (string, error) {
 	if progress == nil {
 		progress = func(string, ...any) {}

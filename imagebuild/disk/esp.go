@@ -433,6 +433,9 @@ var (
 //
 // It works from the on-disk structures only: the boot sector, the FAT and the
 // directory clusters.
+//
+// It is long because it is one pass over the FAT structures in on-disk order, doing the
+// repairs listed above where each structure is read.
 func fixFAT32(rw espReadWriterAt, off int64, volID uint32, mtime time.Time) error {
 	boot := make([]byte, 512)
 	if _, err := rw.ReadAt(boot, off); err != nil {

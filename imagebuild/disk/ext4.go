@@ -35,6 +35,9 @@ type Ext4Stats struct {
 // WriteExt4 writes the tree as an ext4 file system into a new image file of the given
 // size, with go-diskfs. When ctx is cancelled it stops between two entries; on any error
 // the file is removed.
+//
+// It is long because it is one linear pass (create, order the entries, directories,
+// links, files, stamp) whose ordering rules are explained where they apply.
 func WriteExt4(ctx context.Context, path string, size int64, t *fstree.Tree, o Ext4Options) (st Ext4Stats, err error) {
 	if err := ctx.Err(); err != nil {
 		return st, err

@@ -429,6 +429,9 @@ func ignDropMember(list, user string) (string, bool) {
 
 // ensureUser adds (or checks, or deletes) one user; it returns the home creation to do
 // once the databases are written.
+//
+// It is long because it follows useradd's checks and writes in their order, so that it
+// can be read side by side with shadow-utils.
 func (a *ignApplier) ensureUser(ac *ignAccounts, u types.PasswdUser) (func() error, error) {
 	i := ac.passwd.find(u.Name)
 	if u.ShouldExist != nil && !*u.ShouldExist {

@@ -231,6 +231,9 @@ func (a *ignApplier) createLink(l *types.Link, p string) error {
 
 // fetch returns a resource's contents, decompressed and verified. With allowSource an
 // uncompressed local file (from Options.Remote) is returned by path instead.
+//
+// It is long because it takes a source through Ignition's steps in Ignition's order:
+// scheme, offline lookup, decompression, verification.
 func (a *ignApplier) fetch(file string, r types.Resource, allowSource bool) ([]byte, string, error) {
 	src := ""
 	if r.Source != nil {

@@ -39,6 +39,9 @@ type ignPreset struct {
 	instances []string
 }
 
+// units applies the systemd section (drop-ins, unit files, presets, masks, enablement links).
+//
+// It is long because it keeps Ignition's processing order for units in one place.
 func (a *ignApplier) units(units []types.Unit) error {
 	presets := map[string]*ignPreset{}
 	for _, u := range units {

@@ -345,6 +345,9 @@ func RunIgnitionApply(t *testing.T, apply, root string, raw []byte) {
 // accounts that do not exist yet) and the same SSH key file (AuthorizeSSHKeys).
 // SOURCE_DATE_EPOCH=0 makes useradd leave the shadow "last change" field empty. The
 // backups and lock the shadow tools leave are removed.
+//
+// It is long because it mirrors Ignition's argument building for groupadd and useradd in
+// one piece, to be compared with it.
 func IgnitionPasswd(t *testing.T, root string, p types.Passwd) {
 	t.Helper()
 	run := func(name string, args ...string) {
