@@ -1,3 +1,12 @@
+// Package imagebuild composes a node's bootable disk image (GPT, UEFI, no root
+// privileges or loop devices): Build applies each node's Ignition config to the base
+// (imagebuild/ignapply), adapts the tree to a read-only root (ReadOnlyRoot), splits the
+// node trees into one shared root and small per-node trees (Split), and writes the disks
+// (imagebuild/disk) in the output formats of one table (CheckFormats).
+//
+// The parts live in subpackages by what they are: fstree (the in-memory tree every stage
+// works on), base (the Debian base: recipe, cache, kernel choice), ignapply (the offline
+// Ignition applier) and disk (GPT, ext4, ESP, qcow2).
 package imagebuild
 
 import (
