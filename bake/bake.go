@@ -119,7 +119,7 @@ func Images(ctx context.Context, o Options) ([]imagebuild.Image, error) {
 		}
 	}
 	progress("reading base %s", basePath)
-	baseTree, err := base.Read(basePath)
+	baseTree, err := base.ReadContext(ctx, basePath)
 	if err != nil {
 		return nil, err
 	}

@@ -192,6 +192,21 @@ func TestReadBaseRoundTrip(t *testing.T) {
 	}
 }
 
+// TestReadBaseCancelled: reading a base stops with the context's error; the same file
+// reads fine with a live context.
+func TestReadBaseCancelled(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "base.tar")
+	writeTar(t, p, false, syntheticBase())
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if tr, err := ReadContext(ctx, p); !errors.Is(err, context.Canceled) || tr != nil {
+		t.Errorf("ReadContext with a cancelled context = %v, %v", tr, err)
+	}
+	if _, err := ReadContext(context.Background(), p); err != nil {
+		t.Errorf("ReadContext: %v", err)
+	}
+}
+
 func TestReadBaseRejects(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string][]tarMember{

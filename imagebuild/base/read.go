@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
@@ -36,14 +37,25 @@ func Read(tarPath string) (*fstree.Tree, error) {
 	return t, err
 }
 
+// ReadContext is Read stopping with ctx's error when ctx is cancelled (a base is a few
+// hundred megabytes: reading it takes seconds).
+func ReadContext(ctx context.Context, tarPath string) (*fstree.Tree, error) {
+	t, _, err := readStats(ctx, tarPath)
+	return t, err
+}
+
 // ReadStats is Read also returning what was read and skipped.
 func ReadStats(tarPath string) (*fstree.Tree, *Stats, error) {
+	return readStats(context.Background(), tarPath)
+}
+
+func readStats(ctx context.Context, tarPath string) (*fstree.Tree, *Stats, error) {
 	f, err := os.Open(tarPath)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer f.Close()
-	br := bufio.NewReaderSize(f, 1<<20)
+	br := bufio.NewReaderSize(ctxReader{ctx, f}, 1<<20)
 	magic, _ := br.Peek(4)
 	var r io.Reader = br
 	switch {
@@ -66,7 +78,21 @@ func ReadStats(tarPath string) (*fstree.Tree, *Stats, error) {
 	return t, st, nil
 }
 
-// tarPath validates and cleans a member name: no absolute paths, no "..".
+// ctxReader fails its reads with ctx's error once ctx is cancelled (checked once per
+// buffered megabyte, under the bufio.Reader).
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// cleanTarName validates and cleans a member name: no absolute paths, no "..".
 func cleanTarName(name string) (string, error) {
 	if strings.HasPrefix(name, "/") {
 		return "", fmt.Errorf("absolute path %q in tarball", name)
