@@ -15,6 +15,7 @@ import (
 	"github.com/etcdbake/etcdbake/binaries"
 	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
@@ -161,14 +162,14 @@ func NodeBinaries(ctx context.Context, c *spec.Cluster, cache *binaries.Cache, f
 func Base(ctx context.Context, cacheDir string, progress func(format string, args ...any)) (string, error) {
 	if cacheDir == "" {
 		var err error
-		if cacheDir, err = imagebuild.DefaultBaseCacheDir(); err != nil {
+		if cacheDir, err = base.DefaultCacheDir(); err != nil {
 			return "", err
 		}
 	}
 	if progress == nil {
 		progress = func(string, ...any) {}
 	}
-	return imagebuild.BuildBase(ctx, imagebuild.DefaultBaseRecipe(), cacheDir, progress)
+	return base.Build(ctx, base.DefaultRecipe(), cacheDir, progress)
 }
 
 // ImageOptions say where and how Images writes the disk images.
@@ -197,11 +198,11 @@ func Images(ctx context.Context, s Sources, o ImageOptions) (*Configs, []imagebu
 		}
 	}
 	s.progress("reading base %s", basePath)
-	base, err := imagebuild.ReadBase(basePath)
+	baseTree, err := base.ReadContext(ctx, basePath)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := imagebuild.CheckBase(base); err != nil {
+	if err := base.Check(baseTree); err != nil {
 		return nil, nil, fmt.Errorf("base %s: %w", basePath, err)
 	}
 	baseHash, err := fileutil.SHA256(basePath)
@@ -224,8 +225,8 @@ func Images(ctx context.Context, s Sources, o ImageOptions) (*Configs, []imagebu
 	if progress == nil {
 		progress = func(string, ...any) {}
 	}
-	imgs, err := imagebuild.Build(imagebuild.BuildOptions{
-		Cluster: s.Cluster.Name, Nodes: nodes, Base: base, BaseHash: baseHash,
+	imgs, err := imagebuild.Build(ctx, imagebuild.BuildOptions{
+		Cluster: s.Cluster.Name, Nodes: nodes, Base: baseTree, BaseHash: baseHash,
 		SpecHash: fmt.Sprintf("%x", sha256.Sum256(s.SpecBytes)), Binaries: cfg.Records, Remote: remote,
 		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, Progress: progress, Meter: o.Meter,
 	})

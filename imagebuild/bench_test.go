@@ -7,6 +7,10 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/etcdbake/etcdbake/imagebuild/base"
+	"github.com/etcdbake/etcdbake/imagebuild/disk"
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 )
 
 // BenchmarkRootExt4 writes the real default base as ext4 with go-diskfs and with
@@ -29,7 +33,7 @@ func BenchmarkRootExt4(b *testing.B) {
 	for b.Loop() {
 		img := filepath.Join(dir, "go.ext4")
 		t0 := time.Now()
-		if _, err := WriteExt4(img, size, tree, Ext4Options{Label: "root", UUID: DeriveGUID("bench", "root"), Time: time.Unix(DefaultSourceDateEpoch, 0)}); err != nil {
+		if _, err := disk.WriteExt4(context.Background(), img, size, tree, disk.Ext4Options{Label: "root", UUID: disk.DeriveGUID("bench", "root"), Time: time.Unix(base.DefaultSourceDateEpoch, 0)}); err != nil {
 			b.Fatal(err)
 		}
 		ours += time.Since(t0)
@@ -57,20 +61,20 @@ func BenchmarkRootExt4(b *testing.B) {
 // first node alone and for all three: the difference per node is what one more node costs
 // (its config applied, the split, its node partition, ESP and disk with the shared root).
 func BenchmarkExtraNode(b *testing.B) {
-	_, base := realBase(b)
+	_, baseTree := realBase(b)
 	// One build first: the base's file contents and the page cache warm up on it.
 	warm := exampleBuild(b, filepath.Join(b.TempDir(), "images"))
-	warm.Base, warm.Nodes = base, warm.Nodes[:1]
-	if _, err := Build(warm); err != nil {
+	warm.Base, warm.Nodes = baseTree, warm.Nodes[:1]
+	if _, err := Build(context.Background(), warm); err != nil {
 		b.Fatal(err)
 	}
 	var one, three, node time.Duration
 	for b.Loop() {
 		for _, n := range []int{1, 3} {
 			o := exampleBuild(b, filepath.Join(b.TempDir(), "images"))
-			o.Base, o.Nodes = base, o.Nodes[:n]
+			o.Base, o.Nodes = baseTree, o.Nodes[:n]
 			t0 := time.Now()
-			imgs, err := Build(o)
+			imgs, err := Build(context.Background(), o)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -92,16 +96,16 @@ func BenchmarkExtraNode(b *testing.B) {
 }
 
 // realBase builds (or reuses) the default base and reads it.
-func realBase(b *testing.B) (string, *Tree) {
-	cache, err := DefaultBaseCacheDir()
+func realBase(b *testing.B) (string, *fstree.Tree) {
+	cache, err := base.DefaultCacheDir()
 	if err != nil {
 		b.Fatal(err)
 	}
-	basePath, err := BuildBase(context.Background(), DefaultBaseRecipe(), cache, b.Logf)
+	basePath, err := base.Build(context.Background(), base.DefaultRecipe(), cache, b.Logf)
 	if err != nil {
 		b.Fatal(err)
 	}
-	tree, err := ReadBase(basePath)
+	tree, err := base.Read(basePath)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,6 +1,16 @@
+// Package imagebuild composes a node's bootable disk image (GPT, UEFI, no root
+// privileges or loop devices): Build applies each node's Ignition config to the base
+// (imagebuild/ignapply), adapts the tree to a read-only root (ReadOnlyRoot), splits the
+// node trees into one shared root and small per-node trees (Split), and writes the disks
+// (imagebuild/disk) in the output formats of one table (CheckFormats).
+//
+// The parts live in subpackages by what they are: fstree (the in-memory tree every stage
+// works on), base (the Debian base: recipe, cache, kernel choice), ignapply (the offline
+// Ignition applier) and disk (GPT, ext4, ESP, qcow2).
 package imagebuild
 
 import (
+	"context"
 	"crypto/sha1"
 	"encoding/hex"
 	"encoding/json"
@@ -12,19 +22,49 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/etcdbake/etcdbake/imagebuild/base"
+	"github.com/etcdbake/etcdbake/imagebuild/disk"
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/imagebuild/ignapply"
 )
 
-// Formats maps an output format to the file suffix it writes; checked before any work.
-var Formats = map[string]string{"raw": ".raw", "qcow2": ".qcow2"}
+// An outputFormat is one kind of image file Build can write for a node, from the node's
+// raw disk image (written first, in the same temporary directory).
+type outputFormat struct {
+	Name   string
+	Suffix string
+	// Write makes the file out from the raw image; nil: the raw image itself is the file.
+	Write func(ctx context.Context, raw, out string, meter func(done, total int64)) error
+}
+
+// formats is the one table of output formats: CheckFormats validates against it before
+// any work, and Build writes each requested one in this order (and lists it in
+// Image.Files in this order).
+var formats = []outputFormat{
+	{Name: "raw", Suffix: ".raw"},
+	{Name: "qcow2", Suffix: ".qcow2", Write: func(ctx context.Context, raw, out string, meter func(done, total int64)) error {
+		return disk.ConvertQCOW2(ctx, raw, out, true, meter) // compressed: about half the size
+	}},
+}
+
+// FormatNames lists the known output formats.
+func FormatNames() []string {
+	var names []string
+	for _, f := range formats {
+		names = append(names, f.Name)
+	}
+	return names
+}
 
 // CheckFormats rejects unknown formats with the list of known ones.
-func CheckFormats(formats []string) error {
-	if len(formats) == 0 {
-		return fmt.Errorf("--format: give at least one of raw, qcow2")
+func CheckFormats(names []string) error {
+	if len(names) == 0 {
+		return fmt.Errorf("--format: give at least one of %s", strings.Join(FormatNames(), ", "))
 	}
-	for _, f := range formats {
-		if _, ok := Formats[f]; !ok {
-			return fmt.Errorf("--format %q is not known: use raw and/or qcow2", f)
+	for _, n := range names {
+		if !slices.Contains(FormatNames(), n) {
+			return fmt.Errorf("--format %q is not known: use %s", n, strings.Join(FormatNames(), " and/or "))
 		}
 	}
 	return nil
@@ -49,7 +89,7 @@ type BinaryRecord struct {
 type BuildOptions struct {
 	Cluster  string
 	Nodes    []NodeInput
-	Base     *Tree
+	Base     *fstree.Tree
 	BaseHash string
 	SpecHash string
 	Binaries []BinaryRecord
@@ -113,7 +153,7 @@ func buildTime(o BuildOptions) time.Time {
 			return time.Unix(sec, 0).UTC()
 		}
 	}
-	return time.Unix(DefaultSourceDateEpoch, 0).UTC()
+	return time.Unix(base.DefaultSourceDateEpoch, 0).UTC()
 }
 
 // MachineID derives a node's systemd machine ID (32 hex digits) from its names.
@@ -125,8 +165,10 @@ func MachineID(cluster, node string) string {
 // Build makes one disk image per node. The shared root is written once and copied into
 // every node's disk; the per-node work is the node partition, the ESP and the copy.
 // Output goes to a temporary directory next to OutDir and replaces it at the end, so a
-// failure leaves the previous images as they were.
-func Build(o BuildOptions) ([]Image, error) {
+// failure leaves the previous images as they were. Cancelling ctx stops every long step
+// (applying the configs, the root and node file systems, the disks, qemu-img) within
+// about a second; Build then removes its temporary directory and returns ctx's error.
+func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	if err := CheckFormats(o.Formats); err != nil {
 		return nil, err
 	}
@@ -137,10 +179,13 @@ func Build(o BuildOptions) ([]Image, error) {
 	when := buildTime(o)
 	start := time.Now()
 
-	trees := map[string]*Tree{}
+	trees := map[string]*fstree.Tree{}
 	for _, n := range o.Nodes {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		t := o.Base.Clone()
-		if err := ApplyIgnition(t, n.Config, ApplyOptions{Remote: o.Remote}); err != nil {
+		if err := ignapply.Apply(t, n.Config, ignapply.Options{Remote: o.Remote}); err != nil {
 			return nil, fmt.Errorf("node %s: applying its Ignition config: %w", n.Name, err)
 		}
 		if err := ReadOnlyRoot(t, n.DNS); err != nil {
@@ -153,7 +198,7 @@ func Build(o BuildOptions) ([]Image, error) {
 		return nil, err
 	}
 	progress("split: %d entries in the shared root, %d per-node files (%s)", root.Len(), len(perNode), time.Since(start).Round(time.Millisecond))
-	kernel, initrd, err := KernelAndInitrd(root)
+	kernel, initrd, err := base.KernelAndInitrd(root)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +221,7 @@ func Build(o BuildOptions) ([]Image, error) {
 	t0 := time.Now()
 	rootImg := filepath.Join(tmp, "root.ext4")
 	rootSize := ext4Size(root)
-	if _, err := WriteExt4(rootImg, rootSize, root, Ext4Options{Label: LabelRoot, UUID: DeriveGUID(o.Cluster, "root-fs"), Time: when, Meter: o.meter("shared root")}); err != nil {
+	if _, err := disk.WriteExt4(ctx, rootImg, rootSize, root, disk.Ext4Options{Label: LabelRoot, UUID: disk.DeriveGUID(o.Cluster, "root-fs"), Time: when, Meter: o.meter("shared root")}); err != nil {
 		return nil, fmt.Errorf("writing the shared root: %w", err)
 	}
 	progress("shared root: %d MiB ext4 in %s", rootSize>>20, time.Since(t0).Round(time.Millisecond))
@@ -184,7 +229,7 @@ func Build(o BuildOptions) ([]Image, error) {
 	var images []Image
 	for _, n := range o.Nodes {
 		t1 := time.Now()
-		im, err := buildNode(o, n, tmp, rootImg, rootSize, own[n.Name], root, kernel, initrd, bootEFI, perNode, when)
+		im, err := buildNode(ctx, o, n, tmp, rootImg, rootSize, own[n.Name], root, kernel, initrd, bootEFI, perNode, when)
 		if err != nil {
 			return nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
@@ -193,6 +238,10 @@ func Build(o BuildOptions) ([]Image, error) {
 		progress("%s: image in %s", n.Name, im.Took.Round(time.Millisecond))
 	}
 	if err := os.Remove(rootImg); err != nil {
+		return nil, err
+	}
+	// The last moment to stop: after this the new images are in place.
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if err := replaceDir(tmp, o.OutDir); err != nil {
@@ -216,10 +265,10 @@ func (o BuildOptions) meter(step string) func(done, total int64) {
 }
 
 // ext4Size is the content plus room for metadata and a margin, in whole MiB.
-func ext4Size(t *Tree) int64 {
+func ext4Size(t *fstree.Tree) int64 {
 	var bytes int64
 	n := int64(0)
-	_ = t.Walk(func(e *Entry) error {
+	_ = t.Walk(func(e *fstree.Entry) error {
 		n++
 		if e.IsRegular() {
 			if e.Source != "" {
@@ -236,37 +285,37 @@ func ext4Size(t *Tree) int64 {
 	return (size + mib - 1) &^ (mib - 1)
 }
 
-func buildNode(o BuildOptions, n NodeInput, tmp, rootImg string, rootSize int64, own, root *Tree, kernel, initrd string, bootEFI *Entry, perNode []string, when time.Time) (Image, error) {
+func buildNode(ctx context.Context, o BuildOptions, n NodeInput, tmp, rootImg string, rootSize int64, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time) (Image, error) {
 	nodeImg := filepath.Join(tmp, n.Name+".node.ext4")
-	if _, err := WriteExt4(nodeImg, nodeSize, own, Ext4Options{Label: LabelNode, UUID: DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
+	if _, err := disk.WriteExt4(ctx, nodeImg, nodeSize, own, disk.Ext4Options{Label: LabelNode, UUID: disk.DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
 		return Image{}, fmt.Errorf("node partition: %w", err)
 	}
 	defer os.Remove(nodeImg)
 
-	rootGUID := DeriveGUID(o.Cluster, n.Name, "root")
+	rootGUID := disk.DeriveGUID(o.Cluster, n.Name, "root")
 	cmdline := strings.Join([]string{
 		"root=PARTUUID=" + strings.ToLower(rootGUID), "ro", "rootfstype=ext4",
 		"console=ttyS0,115200", "systemd.hostname=" + n.Name, "systemd.machine_id=" + MachineID(o.Cluster, n.Name),
 	}, " ")
-	efiData, err := root.contents(bootEFI)
+	efiData, err := root.Contents(bootEFI)
 	if err != nil {
 		return Image{}, err
 	}
 	kEntry, _ := root.Get(kernel)
 	iEntry, _ := root.Get(initrd)
-	kData, err := root.contents(kEntry)
+	kData, err := root.Contents(kEntry)
 	if err != nil {
 		return Image{}, err
 	}
-	iData, err := root.contents(iEntry)
+	iData, err := root.Contents(iEntry)
 	if err != nil {
 		return Image{}, err
 	}
 	entry := "etcdbake-" + n.Name
-	files := []ESPFile{
+	files := []disk.ESPFile{
 		{Path: "EFI/BOOT/BOOTX64.EFI", Data: efiData},
-		{Path: "loader/loader.conf", Data: LoaderConf(entry)},
-		{Path: "loader/entries/" + entry + ".conf", Data: LoaderEntry("etcd "+n.Name+" ("+o.Cluster+")", "/"+path.Base(kernel), "/"+path.Base(initrd), cmdline)},
+		{Path: "loader/loader.conf", Data: disk.LoaderConf(entry)},
+		{Path: "loader/entries/" + entry + ".conf", Data: disk.LoaderEntry("etcd "+n.Name+" ("+o.Cluster+")", "/"+path.Base(kernel), "/"+path.Base(initrd), cmdline)},
 		{Path: path.Base(kernel), Data: kData},
 		{Path: path.Base(initrd), Data: iData},
 	}
@@ -274,12 +323,12 @@ func buildNode(o BuildOptions, n NodeInput, tmp, rootImg string, rootSize int64,
 	if dataSize < 512*mib {
 		dataSize = 512 * mib
 	}
-	parts := []Partition{
-		{Name: LabelESP, Type: TypeESP, GUID: DeriveGUID(o.Cluster, n.Name, "esp"), Size: espSize,
-			Content: ESPContent("ESP", DeriveVolumeID(o.Cluster, n.Name, "esp"), when, files)},
-		{Name: LabelRoot, Type: TypeLinuxRootX8664, GUID: rootGUID, Size: rootSize, Content: FileContent(rootImg)},
-		{Name: LabelNode, Type: TypeLinuxData, GUID: DeriveGUID(o.Cluster, n.Name, "node"), Size: nodeSize, Content: FileContent(nodeImg)},
-		{Name: LabelData, Type: TypeLinuxVar, GUID: DeriveGUID(o.Cluster, n.Name, "data"), Size: dataSize},
+	parts := []disk.Partition{
+		{Name: LabelESP, Type: disk.TypeESP, GUID: disk.DeriveGUID(o.Cluster, n.Name, "esp"), Size: espSize,
+			Content: disk.ESPContent("ESP", disk.DeriveVolumeID(o.Cluster, n.Name, "esp"), when, files)},
+		{Name: LabelRoot, Type: disk.TypeLinuxRootX8664, GUID: rootGUID, Size: rootSize, Content: disk.FileContent(rootImg)},
+		{Name: LabelNode, Type: disk.TypeLinuxData, GUID: disk.DeriveGUID(o.Cluster, n.Name, "node"), Size: nodeSize, Content: disk.FileContent(nodeImg)},
+		{Name: LabelData, Type: disk.TypeLinuxVar, GUID: disk.DeriveGUID(o.Cluster, n.Name, "data"), Size: dataSize},
 	}
 	total := int64(mib) // GPT at the start
 	for _, p := range parts {
@@ -287,21 +336,26 @@ func buildNode(o BuildOptions, n NodeInput, tmp, rootImg string, rootSize int64,
 	}
 	total += mib // backup GPT
 	raw := filepath.Join(tmp, n.Name+".raw")
-	if err := WriteDisk(raw, total, parts, DeriveGUID(o.Cluster, n.Name, "disk")); err != nil {
+	if err := disk.WriteDisk(ctx, raw, total, parts, disk.DeriveGUID(o.Cluster, n.Name, "disk")); err != nil {
 		return Image{}, err
 	}
 	im := Image{Node: n.Name}
-	if slices.Contains(o.Formats, "qcow2") {
-		q := filepath.Join(tmp, n.Name+".qcow2")
-		if err := ConvertQCOW2(raw, q, true, o.meter(n.Name+" qcow2")); err != nil { // compressed: about half the size
+	for _, f := range formats {
+		if !slices.Contains(o.Formats, f.Name) {
+			continue
+		}
+		out := filepath.Join(tmp, n.Name+f.Suffix)
+		if f.Write != nil {
+			if err := f.Write(ctx, raw, out, o.meter(n.Name+" "+f.Name)); err != nil {
+				return Image{}, err
+			}
+		}
+		im.Files = append(im.Files, out)
+	}
+	if !slices.Contains(o.Formats, "raw") {
+		if err := os.Remove(raw); err != nil {
 			return Image{}, err
 		}
-		im.Files = append(im.Files, q)
-	}
-	if slices.Contains(o.Formats, "raw") {
-		im.Files = append(im.Files, raw)
-	} else if err := os.Remove(raw); err != nil {
-		return Image{}, err
 	}
 	var layout []PartInfo
 	for _, p := range parts {

@@ -1,8 +1,10 @@
 package imagebuild
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -14,6 +16,9 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/ignition"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -34,9 +39,9 @@ var testBootFiles = map[string]string{
 
 // syntheticImageBase is a small tree with what CheckBase asks for (stand-in kernel, initrd and
 // EFI binary: their bytes only travel to the ESP here; the QEMU test boots the real base).
-func syntheticImageBase(t testing.TB) *Tree {
+func syntheticImageBase(t testing.TB) *fstree.Tree {
 	t.Helper()
-	tr := NewTree()
+	tr := fstree.NewTree()
 	files := map[string]string{
 		"etc/passwd":                            "root:x:0:0:root:/root:/bin/sh\n",
 		"etc/group":                             "root:x:0:\n",
@@ -48,19 +53,19 @@ func syntheticImageBase(t testing.TB) *Tree {
 		files[p] = d
 	}
 	for p, d := range files {
-		if err := tr.Put(&Entry{Path: p, Mode: 0o644, Data: []byte(d)}); err != nil {
+		if err := tr.Put(&fstree.Entry{Path: p, Mode: 0o644, Data: []byte(d)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, l := range [][2]string{{"lib", "usr/lib"}, {"sbin", "usr/sbin"}, {"bin", "usr/bin"}} {
-		if err := tr.Put(&Entry{Path: l[0], Mode: fs.ModeSymlink | 0o777, Target: l[1]}); err != nil {
+		if err := tr.Put(&fstree.Entry{Path: l[0], Mode: fs.ModeSymlink | 0o777, Target: l[1]}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := tr.MkdirAll("var/log/journal"); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckBase(tr); err != nil {
+	if err := base.Check(tr); err != nil {
 		t.Fatalf("synthetic base incomplete: %v", err)
 	}
 	return tr
@@ -149,13 +154,13 @@ func sha256File(t *testing.T, p string) string {
 // with the standard tools and by reading them back.
 func TestBuildImagesFromSyntheticBase(t *testing.T) {
 	for _, tool := range [][2]string{{"sgdisk", "gdisk"}, {"fsck.vfat", "dosfstools"}, {"fsck.ext4", "e2fsprogs"}, {"debugfs", "e2fsprogs"}} {
-		diskTestTool(t, tool[0], tool[1])
+		imagetest.Tool(t, tool[0], tool[1])
 	}
 	out := filepath.Join(t.TempDir(), "images")
 	o := exampleBuild(t, out)
 	var log []string
 	o.Progress = func(f string, a ...any) { log = append(log, fmt.Sprintf(f, a...)) }
-	imgs, err := Build(o)
+	imgs, err := Build(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +233,7 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	out2 := filepath.Join(t.TempDir(), "images")
 	o.OutDir = out2
-	if _, err := Build(o); err != nil {
+	if _, err := Build(context.Background(), o); err != nil {
 		t.Fatal(err)
 	}
 	for _, im := range imgs {
@@ -240,5 +245,66 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 				t.Logf("%s: sha256 %s in both builds", f, a)
 			}
 		}
+	}
+}
+
+// TestBuildCancelledDuringRootWrite cancels the context while the shared root is being
+// written (from the writer's own progress report, so it is mid-write): Build returns
+// context.Canceled without finishing the root, the previous images in OutDir are
+// untouched, and nothing else is left next to OutDir (no temporary directory or file).
+func TestBuildCancelledDuringRootWrite(t *testing.T) {
+	parent := t.TempDir()
+	out := filepath.Join(parent, "images")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(out, "previous.raw"), []byte("old image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := exampleBuild(t, out)
+	// Enough entries that the root writer reports progress (every 256 entries) well
+	// before it ends.
+	for i := range 3000 {
+		if err := o.Base.Put(&fstree.Entry{Path: fmt.Sprintf("usr/share/filler/%04d", i), Mode: 0o644, Data: []byte(strings.Repeat("x", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var reports []int64
+	var total int64
+	o.Meter = func(step string, done, n int64) {
+		if step == "shared root" {
+			reports = append(reports, done)
+			total = n
+			cancel()
+		}
+	}
+	start := time.Now()
+	imgs, err := Build(ctx, o)
+	if !errors.Is(err, context.Canceled) || imgs != nil {
+		t.Fatalf("Build = %v, %v; want context.Canceled and no images", imgs, err)
+	}
+	if len(reports) != 1 || reports[0] >= total {
+		t.Errorf("the root writer reported %v of %d entries: it did not stop at the first report after the cancel", reports, total)
+	}
+	t.Logf("cancelled after %d of %d root entries; Build returned %v in %s", reports[0], total, err, time.Since(start).Round(time.Millisecond))
+	entries, err := os.ReadDir(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "images" {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("next to OutDir after the cancel: %v, want only images", names)
+	}
+	got, err := os.ReadDir(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(out, "previous.raw")); len(got) != 1 || string(b) != "old image" {
+		t.Errorf("OutDir changed by a cancelled build: %d entries, previous.raw %q", len(got), b)
 	}
 }

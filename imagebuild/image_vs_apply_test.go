@@ -1,6 +1,7 @@
 package imagebuild
 
 import (
+	"context"
 	"encoding/json"
 	"io/fs"
 	"os"
@@ -12,6 +13,9 @@ import (
 
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/ext4"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
 )
 
 // TestImageMatchesIgnitionApply is the one-source-of-truth check on the finished disk:
@@ -23,36 +27,36 @@ import (
 // changed must look the same in the image (type, mode, owner, link target, sha256),
 // following the root's links into /node and the factory copy of /var.
 func TestImageMatchesIgnitionApply(t *testing.T) {
-	diskTestTool(t, "sgdisk", "gdisk")
-	apply := atIgnitionApply(t)
-	configs := atRenderAll(t)
+	imagetest.Tool(t, "sgdisk", "gdisk")
+	apply := imagetest.IgnitionApply(t)
+	configs := imagetest.RenderAll(t)
 	raw := configs["etcd-1"]
-	cfg := atConfig(t, raw)
+	cfg := imagetest.Config(t, raw)
 
-	base := atBaseTree(t)
+	baseTree := imagetest.BaseTree(t)
 	for _, d := range []string{"boot", "usr/lib/systemd/boot", "usr/lib/systemd/boot/efi", "var/lib/dpkg", "var/log/journal"} {
-		atDir(t, base, d, 0o755, 0, 0)
+		imagetest.Dir(t, baseTree, d, 0o755, 0, 0)
 	}
 	for p, data := range testBootFiles {
-		atFile(t, base, p, 0o755, 0, 0, data)
+		imagetest.File(t, baseTree, p, 0o755, 0, 0, data)
 	}
-	if err := CheckBase(base); err != nil {
-		t.Fatalf("test base: %v", err)
+	if err := base.Check(baseTree); err != nil {
+		t.Fatalf("test baseTree: %v", err)
 	}
 
 	// Ignition's result on disk.
-	root := atRootDir(t)
-	atWriteTree(t, base, root)
-	atIgnitionPasswd(t, root, cfg.Passwd)
-	atRunIgnitionApply(t, apply, root, raw)
+	root := imagetest.RootDir(t)
+	imagetest.WriteTree(t, baseTree, root)
+	imagetest.IgnitionPasswd(t, root, cfg.Passwd)
+	imagetest.RunIgnitionApply(t, apply, root, raw)
 	var enabled []string
 	for _, u := range cfg.Systemd.Units {
 		if u.Enabled != nil && *u.Enabled {
 			enabled = append(enabled, u.Name)
 		}
 	}
-	atSystemctl(t, root, append([]string{"enable"}, enabled...)...)
-	theirs := atReadDir(t, root)
+	imagetest.Systemctl(t, root, append([]string{"enable"}, enabled...)...)
+	theirs := imagetest.ReadDir(t, root)
 
 	// The images.
 	out := filepath.Join(t.TempDir(), "images")
@@ -60,7 +64,7 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 	for _, n := range []string{"etcd-1", "etcd-2"} {
 		nodes = append(nodes, NodeInput{Name: n, Config: configs[n]})
 	}
-	if _, err := Build(BuildOptions{Cluster: "example", Nodes: nodes, Base: base, OutDir: out, Formats: []string{"raw"}}); err != nil {
+	if _, err := Build(context.Background(), BuildOptions{Cluster: "example", Nodes: nodes, Base: baseTree, OutDir: out, Formats: []string{"raw"}}); err != nil {
 		t.Fatal(err)
 	}
 	var m Manifest
@@ -76,7 +80,7 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 
 	// What the node sees at p: /var's content comes from the factory copy, and a root
 	// link into /node stands for the node partition's entry.
-	effective := func(p string) (*Entry, bool) {
+	effective := func(p string) (*fstree.Entry, bool) {
 		if rel, ok := strings.CutPrefix(p, "var/"); ok {
 			p = path.Join(factoryVar, rel)
 		}
@@ -87,8 +91,8 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 		return e, ok
 	}
 
-	before, after := atSummary(t, base), atSummary(t, theirs)
-	mine := NewTree()
+	before, after := imagetest.Summary(t, baseTree), imagetest.Summary(t, theirs)
+	mine := fstree.NewTree()
 	var changed []string
 	for p, s := range after {
 		if before[p] == s {
@@ -98,11 +102,11 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 		if e, ok := effective(p); ok {
 			c := *e
 			c.Path = p
-			mine.entries[p] = &c
+			mine.Set(&c)
 		}
 	}
 	sort.Strings(changed)
-	ms := atSummary(t, mine)
+	ms := imagetest.Summary(t, mine)
 	bad := 0
 	for _, p := range changed {
 		if ms[p] != after[p] {
@@ -137,7 +141,7 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 }
 
 // readExt4Tree reads an ext4 image back with go-diskfs into a tree.
-func readExt4Tree(t *testing.T, img string) *Tree {
+func readExt4Tree(t *testing.T, img string) *fstree.Tree {
 	t.Helper()
 	f, err := os.Open(img)
 	if err != nil {
@@ -149,7 +153,7 @@ func readExt4Tree(t *testing.T, img string) *Tree {
 	if err != nil {
 		t.Fatalf("reading %s: %v", img, err)
 	}
-	tr := NewTree()
+	tr := fstree.NewTree()
 	var walk func(dir string)
 	walk = func(dir string) {
 		name := dir
@@ -177,10 +181,10 @@ func readExt4Tree(t *testing.T, img string) *Tree {
 				t.Fatalf("%s: /%s: no ext4 metadata", img, p)
 			}
 			mode := de.Type()&fs.ModeType | fi.Mode()&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)
-			e := &Entry{Path: p, Mode: mode, UID: int(sys.UID), GID: int(sys.GID)}
+			e := &fstree.Entry{Path: p, Mode: mode, UID: int(sys.UID), GID: int(sys.GID)}
 			switch {
 			case e.IsDir():
-				tr.entries[p] = e
+				tr.Set(e)
 				walk(p)
 				continue
 			case e.IsSymlink():
@@ -190,7 +194,7 @@ func readExt4Tree(t *testing.T, img string) *Tree {
 					t.Fatalf("%s: read /%s: %v", img, p, err)
 				}
 			}
-			tr.entries[p] = e
+			tr.Set(e)
 		}
 	}
 	walk("")

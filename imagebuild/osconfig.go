@@ -5,6 +5,8 @@ import (
 	"io/fs"
 	"path"
 	"strings"
+
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 )
 
 // Partition labels (GPT names) the booted system mounts by.
@@ -23,7 +25,7 @@ const factoryVar = "usr/share/factory/var"
 // a read-only root, a per-node partition at /node and a data partition at /var. The
 // changes are the same on every node except resolv.conf, so they end up in the shared
 // root, and resolv.conf in the node's partition.
-func ReadOnlyRoot(t *Tree, dns []string) error {
+func ReadOnlyRoot(t *fstree.Tree, dns []string) error {
 	// /var: saved to the factory dir, restored by tmpfiles on first boot; what the node
 	// config created under /var (etcd's data dir, etcd-firstboot's state) is recreated
 	// with the same mode and owner on every boot.
@@ -49,21 +51,21 @@ func ReadOnlyRoot(t *Tree, dns []string) error {
 			e, _ := t.Get(p)
 			c := *e
 			c.Path = path.Join(factoryVar, rel)
-			t.entries[c.Path] = &c
-			delete(t.entries, p)
+			t.Set(&c)
+			t.Delete(p)
 		}
 	}
 	if err := t.MkdirAll(factoryVar); err != nil {
 		return err
 	}
 	put := func(p string, mode fs.FileMode, data string) error {
-		return t.Put(&Entry{Path: p, Mode: mode, Data: []byte(data)})
+		return t.Put(&fstree.Entry{Path: p, Mode: mode, Data: []byte(data)})
 	}
 	if err := put("etc/tmpfiles.d/etcdbake-var.conf", 0o644, strings.Join(lines, "\n")+"\n"); err != nil {
 		return err
 	}
 	for _, d := range []string{"var", NodeMount, "tmp"} {
-		if err := t.Put(&Entry{Path: d, Mode: fs.ModeDir | dirMode(d)}); err != nil {
+		if err := t.Put(&fstree.Entry{Path: d, Mode: fs.ModeDir | dirMode(d)}); err != nil {
 			return err
 		}
 	}
@@ -87,7 +89,7 @@ func ReadOnlyRoot(t *Tree, dns []string) error {
 		"etc/systemd/system/sockets.target.wants/systemd-networkd.socket":                     "/lib/systemd/system/systemd-networkd.socket",
 		"etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service": "/lib/systemd/system/systemd-networkd-wait-online.service",
 	} {
-		if err := t.Put(&Entry{Path: link, Mode: fs.ModeSymlink | 0o777, Target: target}); err != nil {
+		if err := t.Put(&fstree.Entry{Path: link, Mode: fs.ModeSymlink | 0o777, Target: target}); err != nil {
 			return err
 		}
 	}
@@ -112,12 +114,12 @@ func dirMode(d string) fs.FileMode {
 
 // ownerName maps a numeric id back to its name in the tree's passwd or group file, so
 // tmpfiles lines stay right if the IDs differ on another base.
-func ownerName(t *Tree, id int, file string) string {
+func ownerName(t *fstree.Tree, id int, file string) string {
 	e, ok := t.Get(file)
 	if !ok {
 		return fmt.Sprint(id)
 	}
-	data, err := t.contents(e)
+	data, err := t.Contents(e)
 	if err != nil {
 		return fmt.Sprint(id)
 	}

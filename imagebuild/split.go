@@ -7,28 +7,19 @@ import (
 	"path"
 	"sort"
 	"strings"
+
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 )
 
 // NodeMount is where each node's own partition is mounted (read-only).
 const NodeMount = "node"
 
-// Clone returns a copy of the tree whose entries can be changed independently (file
-// contents are shared: entries are replaced, never edited in place, by the appliers).
-func (t *Tree) Clone() *Tree {
-	out := &Tree{entries: make(map[string]*Entry, len(t.entries))}
-	for k, e := range t.entries {
-		c := *e
-		out.entries[k] = &c
-	}
-	return out
-}
-
 // fingerprint identifies an entry's type, metadata and content.
-func (t *Tree) fingerprint(e *Entry) (string, error) {
+func fingerprint(t *fstree.Tree, e *fstree.Entry) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%o %d %d %q|", e.Mode, e.UID, e.GID, e.Target)
 	if e.IsRegular() {
-		b, err := t.contents(e)
+		b, err := t.Contents(e)
 		if err != nil {
 			return "", err
 		}
@@ -40,7 +31,7 @@ func (t *Tree) fingerprint(e *Entry) (string, error) {
 // sharesContent says, without reading contents, that two entries are the same: equal
 // metadata and the same content source (the same local file, or the same bytes in
 // memory, as entries cloned from one base share them).
-func sharesContent(a, b *Entry) bool {
+func sharesContent(a, b *fstree.Entry) bool {
 	if a.Mode != b.Mode || a.UID != b.UID || a.GID != b.GID || a.Target != b.Target || a.Hardlink != b.Hardlink || a.Source != b.Source || len(a.Data) != len(b.Data) {
 		return false
 	}
@@ -55,7 +46,10 @@ func sharesContent(a, b *Entry) bool {
 //
 // systemd loads units before local file systems are mounted, so a unit or drop-in that
 // differs between nodes cannot be reached through /node; that is an error.
-func Split(nodes map[string]*Tree) (*Tree, map[string]*Tree, []string, error) {
+//
+// It is long because it is one pass over every path deciding root or node, with the
+// state of that pass (the first node's entry and fingerprint).
+func Split(nodes map[string]*fstree.Tree) (*fstree.Tree, map[string]*fstree.Tree, []string, error) {
 	names := make([]string, 0, len(nodes))
 	for n := range nodes {
 		names = append(names, n)
@@ -76,14 +70,14 @@ func Split(nodes map[string]*Tree) (*Tree, map[string]*Tree, []string, error) {
 	}
 	sort.Strings(paths)
 
-	root := NewTree()
-	own := map[string]*Tree{}
+	root := fstree.NewTree()
+	own := map[string]*fstree.Tree{}
 	for _, n := range names {
-		own[n] = NewTree()
+		own[n] = fstree.NewTree()
 	}
 	var perNode []string
 	for _, p := range paths {
-		var first *Entry
+		var first *fstree.Entry
 		var firstFP string
 		same, isDir := true, false
 		for i, n := range names {
@@ -104,13 +98,13 @@ func Split(nodes map[string]*Tree) (*Tree, map[string]*Tree, []string, error) {
 			}
 			// Contents of different origin: compare by hash.
 			if firstFP == "" {
-				fp, err := nodes[names[0]].fingerprint(first)
+				fp, err := fingerprint(nodes[names[0]], first)
 				if err != nil {
 					return nil, nil, nil, err
 				}
 				firstFP = fp
 			}
-			fp, err := nodes[n].fingerprint(e)
+			fp, err := fingerprint(nodes[n], e)
 			if err != nil {
 				return nil, nil, nil, err
 			}
@@ -141,7 +135,7 @@ func Split(nodes map[string]*Tree) (*Tree, map[string]*Tree, []string, error) {
 			return nil, nil, nil, fmt.Errorf("systemd unit file %s differs between nodes: units load before /%s is mounted, so they must be identical (put node settings in a file the unit reads)", p, NodeMount)
 		}
 		perNode = append(perNode, p)
-		if err := root.Put(&Entry{Path: p, Mode: fs.ModeSymlink | 0o777, Target: "/" + path.Join(NodeMount, p)}); err != nil {
+		if err := root.Put(&fstree.Entry{Path: p, Mode: fs.ModeSymlink | 0o777, Target: "/" + path.Join(NodeMount, p)}); err != nil {
 			return nil, nil, nil, err
 		}
 		for _, n := range names {
@@ -159,7 +153,7 @@ func Split(nodes map[string]*Tree) (*Tree, map[string]*Tree, []string, error) {
 			if e, _ := own[n].Get(p); e.IsDir() {
 				if src, ok := nodes[n].Get(p); ok && src.IsDir() {
 					c := *src
-					own[n].entries[p] = &c
+					own[n].Set(&c)
 				}
 			}
 		}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/cavaliergopher/cpio"
+
+	"github.com/etcdbake/etcdbake/internal/kernelver"
 )
 
 // Installer is what a blank machine boots to install its disk image: the base's kernel and
@@ -42,7 +44,7 @@ const InstallerBinaryPath = "usr/bin/etcdbake-installer"
 
 // BuildInstaller reads the kernel and initrd from a base root filesystem tarball
 // (/boot/vmlinuz-V and /boot/initrd.img-V, made by initramfs-tools as on Debian and
-// Ubuntu) and appends an uncompressed cpio archive with the installer binary (static) and
+// Ubuntu; the newest V with both, in kernelver's numeric order, as for the disk image) and appends an uncompressed cpio archive with the installer binary (static) and
 // its boot script to the initrd; the kernel unpacks both archives, the later one on top.
 func BuildInstaller(baseTar, installerBin string) (*Installer, error) {
 	bin, err := os.ReadFile(installerBin)
@@ -84,13 +86,13 @@ func BuildInstaller(baseTar, installerBin string) (*Installer, error) {
 		}
 		into[base] = b
 	}
-	var version string
+	// The newest kernel with an initrd, in the order the disk image uses (base.KernelAndInitrd).
+	versions := make([]string, 0, len(kernels))
 	for v := range kernels {
-		if initrds[v] != nil && v > version {
-			version = v
-		}
+		versions = append(versions, v)
 	}
-	if version == "" {
+	version, ok := kernelver.Newest(versions, func(v string) bool { return initrds[v] != nil })
+	if !ok {
 		return nil, fmt.Errorf("base %s has no /boot/vmlinuz-V with a matching /boot/initrd.img-V: the installer boots the base's kernel and its initramfs-tools initrd", baseTar)
 	}
 	extra, err := installerArchive(bin)

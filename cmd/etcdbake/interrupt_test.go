@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/binaries"
-	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/internal/testtools"
 )
 
@@ -144,7 +144,7 @@ func TestInterruptImageLeavesNothing(t *testing.T) {
 
 func mustBaseCache(t *testing.T) string {
 	t.Helper()
-	d, err := imagebuild.DefaultBaseCacheDir()
+	d, err := base.DefaultCacheDir()
 	if err != nil {
 		t.Fatal(err)
 	}

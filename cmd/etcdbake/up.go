@@ -20,7 +20,7 @@ import (
 
 	"github.com/etcdbake/etcdbake/bake"
 	"github.com/etcdbake/etcdbake/ignition"
-	"github.com/etcdbake/etcdbake/imagebuild"
+	imgbase "github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
@@ -139,7 +139,7 @@ func (a *app) chooseAccel(cmd *cobra.Command, flag, base string) (string, error)
 		return "tcg", nil
 	}
 	bootID, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	cacheDir, err := imagebuild.DefaultBaseCacheDir()
+	cacheDir, err := imgbase.DefaultCacheDir()
 	if err != nil {
 		return "", err
 	}
@@ -152,11 +152,11 @@ func (a *app) chooseAccel(cmd *cobra.Command, flag, base string) (string, error)
 	if b, err := os.ReadFile(record); err == nil && json.Unmarshal(b, &probe) == nil && probe.BootID == strings.TrimSpace(string(bootID)) {
 		fmt.Fprintf(ew, "up: KVM probe (earlier this host boot): %s\n", probe.Reason)
 	} else {
-		tree, err := imagebuild.ReadBase(base)
+		tree, err := imgbase.Read(base)
 		if err != nil {
 			return "", err
 		}
-		kernel, _, err := imagebuild.KernelAndInitrd(tree)
+		kernel, _, err := imgbase.KernelAndInitrd(tree)
 		if err != nil {
 			return "", err
 		}
@@ -225,11 +225,11 @@ func (a *app) qemuImages(cmd *cobra.Command, c *spec.Cluster, timeServer netip.A
 	if err != nil {
 		return nil, "", err
 	}
-	baseDir, err := imagebuild.DefaultBaseCacheDir()
+	baseDir, err := imgbase.DefaultCacheDir()
 	if err != nil {
 		return nil, "", err
 	}
-	base, err = imagebuild.BuildBase(cmd.Context(), imagebuild.DefaultBaseRecipe(), baseDir, func(f string, args ...any) {
+	base, err = imgbase.Build(cmd.Context(), imgbase.DefaultRecipe(), baseDir, func(f string, args ...any) {
 		fmt.Fprintf(ew, "base: "+f+"\n", args...)
 	})
 	if err != nil {

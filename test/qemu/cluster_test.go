@@ -35,6 +35,7 @@ import (
 	"github.com/etcdbake/etcdbake/binaries"
 	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/status"
@@ -167,7 +168,7 @@ func buildClusterImagesAs(ctx context.Context, t testing.TB, dir string, specTex
 	if binCache == "" {
 		binCache, _ = binaries.DefaultCacheDir()
 	}
-	baseCache, err := imagebuild.DefaultBaseCacheDir()
+	baseCache, err := base.DefaultCacheDir()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
 )
 
 // TestProbeKVM runs the KVM probe `etcdbake up --accel auto` relies on with the base's
@@ -31,7 +31,7 @@ func TestProbeKVM(t *testing.T) {
 	}
 
 	tree := defaultBaseTree(ctx, t)
-	k, _, err := imagebuild.KernelAndInitrd(tree)
+	k, _, err := base.KernelAndInitrd(tree)
 	if err != nil {
 		t.Fatal(err)
 	}

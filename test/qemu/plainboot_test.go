@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 )
 
 // bootPlainBase builds images from the default base with an empty Ignition config (the
@@ -25,7 +27,7 @@ func bootPlainBase(ctx context.Context, t testing.TB, dir string, macs map[strin
 		nodes = append(nodes, imagebuild.NodeInput{Name: n, Config: []byte(`{"ignition":{"version":"3.4.0"}}`)})
 	}
 	out := filepath.Join(dir, "plain-images")
-	imgs, err := imagebuild.Build(imagebuild.BuildOptions{Cluster: "plain", Nodes: nodes, Base: base, OutDir: out, Formats: []string{"raw"}, DataSize: 1 << 30})
+	imgs, err := imagebuild.Build(ctx, imagebuild.BuildOptions{Cluster: "plain", Nodes: nodes, Base: base, OutDir: out, Formats: []string{"raw"}, DataSize: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,17 +44,17 @@ func bootPlainBase(ctx context.Context, t testing.TB, dir string, macs map[strin
 }
 
 // defaultBaseTree builds (or reuses) the default base and reads it.
-func defaultBaseTree(ctx context.Context, t testing.TB) *imagebuild.Tree {
+func defaultBaseTree(ctx context.Context, t testing.TB) *fstree.Tree {
 	t.Helper()
-	cache, err := imagebuild.DefaultBaseCacheDir()
+	cache, err := base.DefaultCacheDir()
 	if err != nil {
 		t.Fatal(err)
 	}
-	path, err := imagebuild.BuildBase(ctx, imagebuild.DefaultBaseRecipe(), cache, t.Logf)
+	path, err := base.Build(ctx, base.DefaultRecipe(), cache, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tree, err := imagebuild.ReadBase(path)
+	tree, err := base.Read(path)
 	if err != nil {
 		t.Fatal(err)
 	}

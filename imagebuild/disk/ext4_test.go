@@ -1,7 +1,8 @@
-package imagebuild
+package disk
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io/fs"
 	"os"
@@ -11,37 +12,41 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
+	"github.com/google/uuid"
 )
 
-func sampleTree(t *testing.T) *Tree {
+func sampleTree(t *testing.T) *fstree.Tree {
 	t.Helper()
-	tr := NewTree()
+	tr := fstree.NewTree()
 	must := func(err error) {
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	must(tr.Put(&Entry{Path: "etc", Mode: fs.ModeDir | 0o755}))
-	must(tr.Put(&Entry{Path: "etc/hostname", Mode: 0o644, Data: []byte("node\n")}))
-	must(tr.Put(&Entry{Path: "var/lib/etcd", Mode: fs.ModeDir | 0o700, UID: 990, GID: 989}))
-	must(tr.Put(&Entry{Path: "usr/bin/su", Mode: fs.ModeSetuid | 0o755, Data: []byte("#!/bin/sh\n")}))
-	must(tr.Put(&Entry{Path: "bin", Mode: fs.ModeSymlink | 0o777, Target: "usr/bin"}))
-	must(tr.Put(&Entry{Path: "etc/big", Mode: 0o600, UID: 990, GID: 989, Data: []byte(strings.Repeat("0123456789abcdef", 70000))}))
-	must(tr.Put(&Entry{Path: "etc/big-link", Mode: 0o600, Hardlink: "etc/big"}))
-	must(tr.Put(&Entry{Path: "tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777}))
-	must(tr.Put(&Entry{Path: "var/lib/etcd/member", Mode: fs.ModeSymlink | 0o777, Target: "/data/member", UID: 990, GID: 989}))
-	must(tr.Put(&Entry{Path: "usr/bin/wall", Mode: fs.ModeSetgid | 0o2755, GID: 5, Data: []byte("x")}))
+	must(tr.Put(&fstree.Entry{Path: "etc", Mode: fs.ModeDir | 0o755}))
+	must(tr.Put(&fstree.Entry{Path: "etc/hostname", Mode: 0o644, Data: []byte("node\n")}))
+	must(tr.Put(&fstree.Entry{Path: "var/lib/etcd", Mode: fs.ModeDir | 0o700, UID: 990, GID: 989}))
+	must(tr.Put(&fstree.Entry{Path: "usr/bin/su", Mode: fs.ModeSetuid | 0o755, Data: []byte("#!/bin/sh\n")}))
+	must(tr.Put(&fstree.Entry{Path: "bin", Mode: fs.ModeSymlink | 0o777, Target: "usr/bin"}))
+	must(tr.Put(&fstree.Entry{Path: "etc/big", Mode: 0o600, UID: 990, GID: 989, Data: []byte(strings.Repeat("0123456789abcdef", 70000))}))
+	must(tr.Put(&fstree.Entry{Path: "etc/big-link", Mode: 0o600, Hardlink: "etc/big"}))
+	must(tr.Put(&fstree.Entry{Path: "tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777}))
+	must(tr.Put(&fstree.Entry{Path: "var/lib/etcd/member", Mode: fs.ModeSymlink | 0o777, Target: "/data/member", UID: 990, GID: 989}))
+	must(tr.Put(&fstree.Entry{Path: "usr/bin/wall", Mode: fs.ModeSetgid | 0o2755, GID: 5, Data: []byte("x")}))
 	return tr
 }
 
 // TestWriteExt4 writes a tree with go-diskfs and checks it with e2fsprogs: fsck clean,
 // and debugfs reads back contents, modes, owners and link targets.
 func TestWriteExt4(t *testing.T) {
-	diskTestTool(t, "fsck.ext4", "e2fsprogs")
-	diskTestTool(t, "debugfs", "e2fsprogs")
+	imagetest.Tool(t, "fsck.ext4", "e2fsprogs")
+	imagetest.Tool(t, "debugfs", "e2fsprogs")
 	img := filepath.Join(t.TempDir(), "root.ext4")
 	var done, total int64
-	st, err := WriteExt4(img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", "root"), Time: time.Unix(1700000000, 0),
+	st, err := WriteExt4(context.Background(), img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", "root"), Time: time.Unix(1700000000, 0),
 		Meter: func(d, n int64) { done, total = d, n }})
 	if err != nil {
 		t.Fatal(err)
@@ -82,11 +87,11 @@ func TestWriteExt4(t *testing.T) {
 
 	// Any root directory: its mode and owner come from the tree too.
 	tr := sampleTree(t)
-	if err := tr.Put(&Entry{Path: "", Mode: fs.ModeDir | 0o711, UID: 7, GID: 8}); err != nil {
+	if err := tr.Put(&fstree.Entry{Path: "", Mode: fs.ModeDir | 0o711, UID: 7, GID: 8}); err != nil {
 		t.Fatal(err)
 	}
 	img2 := filepath.Join(t.TempDir(), "root2.ext4")
-	if _, err := WriteExt4(img2, 64<<20, tr, Ext4Options{Label: "root", UUID: DeriveGUID("test", "root2")}); err != nil {
+	if _, err := WriteExt4(context.Background(), img2, 64<<20, tr, Ext4Options{Label: "root", UUID: DeriveGUID("test", "root2")}); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("fsck.ext4", "-fn", img2).CombinedOutput(); err != nil {
@@ -97,7 +102,7 @@ func TestWriteExt4(t *testing.T) {
 
 // checkExt4Attrs compares every entry's type bits, permissions and owner with what
 // debugfs reads from the image.
-func checkExt4Attrs(t *testing.T, img string, tr *Tree) {
+func checkExt4Attrs(t *testing.T, img string, tr *fstree.Tree) {
 	t.Helper()
 	var req strings.Builder
 	paths := tr.Paths()
@@ -139,13 +144,13 @@ func checkExt4Attrs(t *testing.T, img string, tr *Tree) {
 // stampExt4), and every time debugfs shows is the requested one. A different UUID gives
 // a different image (the hash seed follows the identity, it is not a constant).
 func TestWriteExt4Reproducible(t *testing.T) {
-	diskTestTool(t, "fsck.ext4", "e2fsprogs")
-	diskTestTool(t, "debugfs", "e2fsprogs")
+	imagetest.Tool(t, "fsck.ext4", "e2fsprogs")
+	imagetest.Tool(t, "debugfs", "e2fsprogs")
 	dir := t.TempDir()
 	when := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	write := func(name, id string) []byte {
 		img := filepath.Join(dir, name)
-		if _, err := WriteExt4(img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", id), Time: when}); err != nil {
+		if _, err := WriteExt4(context.Background(), img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: DeriveGUID("test", id), Time: when}); err != nil {
 			t.Fatal(err)
 		}
 		if out, err := exec.Command("fsck.ext4", "-fn", img).CombinedOutput(); err != nil {
@@ -195,5 +200,70 @@ func TestWriteExt4Reproducible(t *testing.T) {
 		if m := regexp.MustCompile(`(?m)^` + f + `:\s+(.*)$`).FindStringSubmatch(string(out)); m == nil || !strings.Contains(m[1], "2025") {
 			t.Errorf("superblock %q: %v", f, m)
 		}
+	}
+}
+
+// TestWriteExt4LeavesUUIDAlone: writing ext4 does not touch the process's uuid source.
+// Another goroutine draws uuid.New() the whole time two images are written: none of its
+// values may come from the stream the images' identity seeds (which a swapped global
+// source would hand out), and the two images stay identical, with the directory hash
+// seed the identity gives (the first UUID of that stream, as before: images stay
+// byte-identical across this change).
+func TestWriteExt4LeavesUUIDAlone(t *testing.T) {
+	dir := t.TempDir()
+	id := DeriveGUID("test", "root")
+	seeded := map[uuid.UUID]bool{}
+	stream := newHashStream("ext4/" + id + "/root")
+	for range 64 {
+		u, err := uuid.NewRandomFromReader(stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seeded[u] = true
+	}
+	wantSeed, _ := uuid.NewRandomFromReader(newHashStream("ext4/" + id + "/root"))
+
+	stop := make(chan struct{})
+	drawn := make(chan []uuid.UUID)
+	go func() {
+		var got []uuid.UUID
+		for {
+			select {
+			case <-stop:
+				drawn <- got
+				return
+			default:
+				got = append(got, uuid.New())
+			}
+		}
+	}()
+	var imgs [][]byte
+	for i := range 2 {
+		img := filepath.Join(dir, fmt.Sprintf("%d.ext4", i))
+		if _, err := WriteExt4(context.Background(), img, 64<<20, sampleTree(t), Ext4Options{Label: "root", UUID: id, Time: time.Unix(1700000000, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs = append(imgs, b)
+	}
+	close(stop)
+	got := <-drawn
+	bad := 0
+	for _, u := range got {
+		if seeded[u] {
+			bad++
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d uuid.New() values drawn while ext4 was written came from the image's seeded stream", bad, len(got))
+	}
+	if !bytes.Equal(imgs[0], imgs[1]) {
+		t.Error("two images of the same tree differ while another goroutine draws UUIDs")
+	}
+	if hs := imgs[0][sbOffset+0xEC : sbOffset+0xFC]; !bytes.Equal(hs, wantSeed[:]) {
+		t.Errorf("directory hash seed %x, want %x (the first UUID of the identity's stream)", hs, wantSeed[:])
 	}
 }

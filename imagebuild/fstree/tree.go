@@ -1,10 +1,14 @@
-// Package imagebuild turns a base root filesystem and a node's Ignition config into a
-// bootable disk image (GPT, UEFI) without root privileges or loop devices.
-package imagebuild
+// Package fstree is the in-memory file system tree every stage of an image build works
+// on: the base is read into a Tree, the Ignition applier changes it, the read-only-root
+// configuration adapts it, and the disk writers turn it into file systems.
+package fstree
 
 import (
 	"fmt"
+	"io"
 	"io/fs"
+	"iter"
+	"os"
 	"path"
 	"sort"
 	"strings"
@@ -166,5 +170,81 @@ func (t *Tree) ReadFile(p string) ([]byte, error) {
 	if !ok || !e.IsRegular() {
 		return nil, fmt.Errorf("%s: not a regular file in the tree", p)
 	}
-	return t.contents(e)
+	return t.Contents(e)
+}
+
+// Lookup returns the entry stored at p exactly as given (p must already be clean; no
+// cleaning, unlike Get).
+func (t *Tree) Lookup(p string) (*Entry, bool) {
+	e, ok := t.entries[p]
+	return e, ok
+}
+
+// Set stores e at e.Path as it is: no cleaning, no parent directories created, children
+// of a replaced directory kept. It is for code that moves entries around and restores
+// the invariants itself; Put is the safe way to add an entry.
+func (t *Tree) Set(e *Entry) { t.entries[e.Path] = e }
+
+// Delete removes the entry at p only (not what is below it; see Remove).
+func (t *Tree) Delete(p string) { delete(t.entries, p) }
+
+// All yields every entry in no particular order (see Walk for a stable order).
+func (t *Tree) All() iter.Seq2[string, *Entry] {
+	return func(yield func(string, *Entry) bool) {
+		for p, e := range t.entries {
+			if !yield(p, e) {
+				return
+			}
+		}
+	}
+}
+
+// Clone returns a copy of the tree whose entries can be changed independently (file
+// contents are shared: entries are replaced, never edited in place, by the appliers).
+func (t *Tree) Clone() *Tree {
+	out := &Tree{entries: make(map[string]*Entry, len(t.entries))}
+	for k, e := range t.entries {
+		c := *e
+		out.entries[k] = &c
+	}
+	return out
+}
+
+// DataOf is the entry that holds a regular file's contents: the entry a hard link points
+// to (the image gets a copy), or e itself.
+func (t *Tree) DataOf(e *Entry) *Entry {
+	if e.Hardlink != "" {
+		if o, ok := t.Get(e.Hardlink); ok && o != e && o.Hardlink == "" {
+			return o
+		}
+	}
+	return e
+}
+
+// Size is a regular file's length in bytes (see Contents).
+func (t *Tree) Size(e *Entry) (int64, error) {
+	e = t.DataOf(e)
+	if e.Source != "" {
+		st, err := os.Stat(e.Source)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", e.Path, err)
+		}
+		return st.Size(), nil
+	}
+	return int64(len(e.Data)), nil
+}
+
+// Contents returns a regular file's bytes (from memory, a local source file, or the entry
+// it is a hard link of).
+func (t *Tree) Contents(e *Entry) ([]byte, error) {
+	e = t.DataOf(e)
+	if e.Source != "" {
+		f, err := os.Open(e.Source)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", e.Path, err)
+		}
+		defer f.Close()
+		return io.ReadAll(f)
+	}
+	return e.Data, nil
 }

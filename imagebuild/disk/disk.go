@@ -1,8 +1,11 @@
-package imagebuild
+// Package disk writes the parts of a node's disk image: the GPT disk with its partitions
+// (disk.go), ext4 file systems from an fstree.Tree with the stamp that makes them
+// reproducible (ext4.go, ext4stamp.go, membackend.go), the FAT32 EFI system partition
+// (esp.go), and the conversion to qcow2 with qemu-img (qcow2.go).
+package disk
 
 import (
-	"bufio"
-	"bytes"
+	"context"
 	"crypto/sha1"
 	"encoding/binary"
 	"encoding/hex"
@@ -11,7 +14,6 @@ import (
 	"io"
 	iofs "io/fs"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -104,8 +106,9 @@ func normalizeGUID(s string) (string, error) {
 // ContentFunc writes a partition's content. w is the whole disk image (WriteDisk passes
 // its *os.File, so implementations may use it for fast paths such as copy_file_range);
 // the partition occupies [offset, offset+size) and nothing outside may be written. The
-// region reads as zeros beforehand and whatever is not written stays a hole.
-type ContentFunc func(w io.WriterAt, offset, size int64) error
+// region reads as zeros beforehand and whatever is not written stays a hole. A long
+// content function stops with ctx's error when ctx is cancelled.
+type ContentFunc func(ctx context.Context, w io.WriterAt, offset, size int64) error
 
 // Partition is one GPT partition of a disk written by WriteDisk.
 type Partition struct {
@@ -201,13 +204,14 @@ func LayoutDisk(size int64, parts []Partition, diskGUID string) ([]Extent, error
 // partitions laid out by LayoutDisk with the given names, types and GUIDs, and their
 // contents. diskGUID is the disk's GUID (see DeriveGUID); nothing is random, so the same
 // inputs give the same image. The file is sparse: it is truncated to size and only the
-// GPT and the partition contents are written. On error the file is removed.
-func WriteDisk(path string, size int64, parts []Partition, diskGUID string) (err error) {
+// GPT and the partition contents are written. On error, or when ctx is cancelled, the
+// file is removed.
+func WriteDisk(ctx context.Context, path string, size int64, parts []Partition, diskGUID string) (err error) {
 	extents, err := LayoutDisk(size, parts, diskGUID)
 	if err != nil {
 		return err
 	}
-	return withSparseFile(path, size, func(f *os.File) error { return writeDisk(f, size, parts, extents, diskGUID) })
+	return withSparseFile(path, size, func(f *os.File) error { return writeDisk(ctx, f, size, parts, extents, diskGUID) })
 }
 
 // withSparseFile creates (or truncates) path as a sparse file of size bytes, runs fill on
@@ -231,7 +235,7 @@ func withSparseFile(path string, size int64, fill func(*os.File) error) (err err
 	return fill(f)
 }
 
-func writeDisk(f *os.File, size int64, parts []Partition, extents []Extent, diskGUID string) error {
+func writeDisk(ctx context.Context, f *os.File, size int64, parts []Partition, extents []Extent, diskGUID string) error {
 	table := &gpt.Table{
 		LogicalSectorSize:  diskSectorSize,
 		PhysicalSectorSize: diskSectorSize,
@@ -240,8 +244,11 @@ func writeDisk(f *os.File, size int64, parts []Partition, extents []Extent, disk
 	}
 	for i, p := range parts {
 		x := extents[i]
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if p.Content != nil {
-			if err := p.Content(f, x.Offset, x.Size); err != nil {
+			if err := p.Content(ctx, f, x.Offset, x.Size); err != nil {
 				return fmt.Errorf("partition %d (%q): %w", i+1, p.Name, err)
 			}
 		}
@@ -277,7 +284,7 @@ func (g gptFile) Close() error                              { return nil }
 
 // BytesContent returns a ContentFunc writing b at the start of the partition.
 func BytesContent(b []byte) ContentFunc {
-	return func(w io.WriterAt, offset, size int64) error {
+	return func(_ context.Context, w io.WriterAt, offset, size int64) error {
 		if int64(len(b)) > size {
 			return fmt.Errorf("content of %d bytes does not fit the %d-byte partition", len(b), size)
 		}
@@ -290,9 +297,10 @@ func BytesContent(b []byte) ContentFunc {
 // shared root built once for all nodes) to the start of the partition. Only the
 // source's data regions are copied (SEEK_DATA/SEEK_HOLE), so holes stay holes; when w
 // is an *os.File (as WriteDisk passes) each region is copied in the kernel with
-// copy_file_range (a reflink clone on file systems that can), else through a buffer.
+// copy_file_range (a reflink clone on file systems that can), else through a buffer, in
+// chunks of copyChunk bytes so that a cancelled ctx stops it promptly.
 func FileContent(src string) ContentFunc {
-	return func(w io.WriterAt, offset, size int64) error {
+	return func(ctx context.Context, w io.WriterAt, offset, size int64) error {
 		in, err := os.Open(src)
 		if err != nil {
 			return err
@@ -316,14 +324,23 @@ func FileContent(src string) ContentFunc {
 			if data >= st.Size() {
 				break
 			}
-			if err := copyRegion(w, in, offset+data, data, hole-data); err != nil {
-				return fmt.Errorf("copying %s: %w", src, err)
+			for c := data; c < hole; c += copyChunk {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				if err := copyRegion(w, in, offset+c, c, min(copyChunk, hole-c)); err != nil {
+					return fmt.Errorf("copying %s: %w", src, err)
+				}
 			}
 			pos = hole
 		}
 		return nil
 	}
 }
+
+// copyChunk is how much FileContent copies between two looks at its context (64 MiB:
+// well under a second).
+const copyChunk = 64 << 20
 
 const (
 	seekData = 3 // SEEK_DATA
@@ -378,53 +395,6 @@ func copyRegion(w io.WriterAt, in *os.File, dstOff, srcOff, n int64) error {
 	}
 	if copied != n {
 		return fmt.Errorf("copied %d of %d bytes", copied, n)
-	}
-	return nil
-}
-
-// ConvertQCOW2 converts the raw disk image raw to a qcow2 image qcow2 (replaced if it
-// exists) with `qemu-img convert -O qcow2` (Debian package qemu-utils), compressing the
-// clusters with -c when compress is set (smaller, slower; the result still boots).
-func ConvertQCOW2(raw, qcow2 string, compress bool, meter func(done, total int64)) error {
-	qemuImg, err := exec.LookPath("qemu-img")
-	if err != nil {
-		return fmt.Errorf("qemu-img is needed to write qcow2 images; install the package qemu-utils: %w", err)
-	}
-	args := []string{"convert", "-p", "-f", "raw", "-O", "qcow2"}
-	if compress {
-		args = append(args, "-c")
-	}
-	args = append(args, raw, qcow2)
-	cmd := exec.Command(qemuImg, args...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("qemu-img: %w", err)
-	}
-	// -p prints "    (12.34/100%)" lines separated by carriage returns.
-	sc := bufio.NewScanner(stdout)
-	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
-		if i := bytes.IndexAny(data, "\r\n"); i >= 0 {
-			return i + 1, data[:i], nil
-		}
-		if atEOF && len(data) > 0 {
-			return len(data), data, nil
-		}
-		return 0, nil, nil
-	})
-	for sc.Scan() {
-		var pct float64
-		if _, err := fmt.Sscanf(strings.TrimSpace(sc.Text()), "(%f/100%%)", &pct); err == nil && meter != nil {
-			meter(int64(pct*100), 10000)
-		}
-	}
-	if err := cmd.Wait(); err != nil {
-		os.Remove(qcow2)
-		return fmt.Errorf("qemu-img %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
 }

@@ -1,15 +1,15 @@
-package imagebuild
+package disk
 
 import (
+	"context"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
-	"runtime/debug"
 	"sort"
 	"time"
 
 	"github.com/diskfs/go-diskfs/filesystem/ext4"
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 	"github.com/google/uuid"
 )
 
@@ -33,23 +33,29 @@ type Ext4Stats struct {
 }
 
 // WriteExt4 writes the tree as an ext4 file system into a new image file of the given
-// size, with go-diskfs.
-func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, error) {
-	var st Ext4Stats
+// size, with go-diskfs. When ctx is cancelled it stops between two entries; on any error
+// the file is removed.
+//
+// It is long because it is one linear pass (create, order the entries, directories,
+// links, files, stamp) whose ordering rules are explained where they apply.
+func WriteExt4(ctx context.Context, path string, size int64, t *fstree.Tree, o Ext4Options) (st Ext4Stats, err error) {
+	if err := ctx.Err(); err != nil {
+		return st, err
+	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
 	if err != nil {
 		return st, err
 	}
-	defer f.Close()
+	defer func() {
+		f.Close()
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
 	if err := f.Truncate(size); err != nil {
 		return st, err
 	}
-	// go-diskfs re-parses directories and bitmaps on every call and leaves gigabytes of
-	// short-lived garbage; with a base's contents live on the heap the default GOGC lets
-	// the heap grow by that much into fresh pages, whose first touch costs more here than
-	// collecting more often (measured: 2.2 s at 25, 2.9 s at 100, 6 s at 400 for the
-	// Debian root). The setting is the process's; it is restored on return.
-	defer debug.SetGCPercent(debug.SetGCPercent(25))
+	defer lowGCPercent()()
 	// go-diskfs works on the file through a shared memory mapping (membackend.go).
 	disk, err := mapDisk(f, size)
 	if err != nil {
@@ -59,6 +65,13 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 	// One inode per 16 KiB, as mkfs.ext4's default: go-diskfs's 8192 doubles the inode
 	// tables, and a root tree needs far fewer (checked by ext4Size's margin).
 	params := &ext4.Params{VolumeName: o.Label, InodeRatio: 16384}
+	// What go-diskfs would draw at random follows from the file system's identity, so the
+	// same input gives the same bytes (see ext4stamp.go).
+	derivedUUID, hashSeed, err := ext4Identity("ext4/"+o.UUID+"/"+o.Label, o.UUID == "")
+	if err != nil {
+		return st, err
+	}
+	params.UUID = derivedUUID
 	if o.UUID != "" {
 		u, err := uuid.Parse(o.UUID)
 		if err != nil {
@@ -66,11 +79,7 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 		}
 		params.UUID = &u
 	}
-	// The directory hash seed comes from uuid's random source: seed it from the file
-	// system's identity so the same input gives the same bytes (see ext4stamp.go).
-	restore := seededUUIDs("ext4/" + o.UUID + "/" + o.Label)
 	fsys, err := ext4.Create(disk, size, 0, 512, params)
-	restore()
 	if err != nil {
 		return st, fmt.Errorf("creating ext4 (%d bytes): %w", size, err)
 	}
@@ -79,17 +88,17 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 	// block group on every allocation, so the many small files are written while the
 	// early groups still have room and the few large ones pay for the full groups.
 	// Permissions and owners are set afterwards, by stampExt4, for every entry at once.
-	var dirs, links, files []*Entry
+	var dirs, links, files []*fstree.Entry
 	attrs := make(map[string]inodeAttrs, t.Len())
-	sizes := map[*Entry]int64{}
-	if err := t.Walk(func(e *Entry) error {
+	sizes := map[*fstree.Entry]int64{}
+	if err := t.Walk(func(e *fstree.Entry) error {
 		switch {
 		case e.IsDir():
 			dirs = append(dirs, e)
 		case e.IsSymlink():
 			links = append(links, e)
 		case e.IsRegular():
-			n, err := t.size(e)
+			n, err := t.Size(e)
 			if err != nil {
 				return err
 			}
@@ -106,10 +115,14 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 	}
 	sort.SliceStable(files, func(i, j int) bool { return sizes[files[i]] < sizes[files[j]] })
 	total, done := int64(t.Len()), int64(len(st.Skipped))
-	tick := func() {
-		if done++; o.Meter != nil && (done%256 == 0 || done == total) {
-			o.Meter(done, total)
+	tick := func() error {
+		if done++; done%256 == 0 || done == total {
+			if o.Meter != nil {
+				o.Meter(done, total)
+			}
+			return ctx.Err()
 		}
+		return nil
 	}
 	for _, e := range dirs {
 		if e.Path != "" {
@@ -118,17 +131,21 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 			}
 			st.Dirs++
 		}
-		tick()
+		if err := tick(); err != nil {
+			return st, err
+		}
 	}
 	for _, e := range links {
 		if err := fsys.Symlink(e.Target, e.Path); err != nil {
 			return st, fmt.Errorf("symlink %s: %w", e.Path, err)
 		}
 		st.Symlinks++
-		tick()
+		if err := tick(); err != nil {
+			return st, err
+		}
 	}
 	for _, e := range files {
-		data, err := t.contents(e)
+		data, err := t.Contents(e)
 		if err != nil {
 			return st, err
 		}
@@ -149,12 +166,14 @@ func WriteExt4(path string, size int64, t *Tree, o Ext4Options) (Ext4Stats, erro
 		}
 		st.Files++
 		st.Bytes += int64(len(data))
-		tick()
+		if err := tick(); err != nil {
+			return st, err
+		}
 	}
 	if err := fsys.Close(); err != nil {
 		return st, err
 	}
-	if err := stampExt4(disk.buf, o.Time, attrs); err != nil {
+	if err := stampExt4(disk.buf, o.Time, attrs, &hashSeed); err != nil {
 		return st, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := disk.unmap(); err != nil {
@@ -177,43 +196,4 @@ func unixPerm(m fs.FileMode) uint16 {
 		p |= 0o1000
 	}
 	return p
-}
-
-// dataOf is the entry that holds a regular file's contents: the entry a hard link points
-// to (the image gets a copy), or e itself.
-func (t *Tree) dataOf(e *Entry) *Entry {
-	if e.Hardlink != "" {
-		if o, ok := t.Get(e.Hardlink); ok && o != e && o.Hardlink == "" {
-			return o
-		}
-	}
-	return e
-}
-
-// size is a regular file's length in bytes (see contents).
-func (t *Tree) size(e *Entry) (int64, error) {
-	e = t.dataOf(e)
-	if e.Source != "" {
-		st, err := os.Stat(e.Source)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", e.Path, err)
-		}
-		return st.Size(), nil
-	}
-	return int64(len(e.Data)), nil
-}
-
-// contents returns a regular file's bytes (from memory, a local source file, or the entry
-// it is a hard link of).
-func (t *Tree) contents(e *Entry) ([]byte, error) {
-	e = t.dataOf(e)
-	if e.Source != "" {
-		f, err := os.Open(e.Source)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", e.Path, err)
-		}
-		defer f.Close()
-		return io.ReadAll(f)
-	}
-	return e.Data, nil
 }

@@ -1,7 +1,8 @@
-package imagebuild
+package disk
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 )
 
 // ESPFile is one file of an EFI system partition.
@@ -80,7 +82,10 @@ func WriteESP(path string, size int64, label string, volID uint32, mtime time.Ti
 // The io.WriterAt it is given must also be an io.ReaderAt (the *os.File WriteDisk passes
 // is) and the region must read as zeros (a freshly truncated disk does).
 func ESPContent(label string, volID uint32, mtime time.Time, files []ESPFile) ContentFunc {
-	return func(w io.WriterAt, offset, size int64) error {
+	return func(ctx context.Context, w io.WriterAt, offset, size int64) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		rw, ok := w.(espReadWriterAt)
 		if !ok {
 			return fmt.Errorf("ESP content needs an io.ReaderAt too, got %T", w)
@@ -173,7 +178,7 @@ func espSortFiles(files []ESPFile) ([]ESPFile, error) {
 	out := make([]ESPFile, 0, len(files))
 	seen := map[string]bool{}
 	for _, f := range files {
-		p := Clean(f.Path)
+		p := fstree.Clean(f.Path)
 		if p == "" {
 			return nil, fmt.Errorf("ESP file with an empty path")
 		}
@@ -428,6 +433,9 @@ var (
 //
 // It works from the on-disk structures only: the boot sector, the FAT and the
 // directory clusters.
+//
+// It is long because it is one pass over the FAT structures in on-disk order, doing the
+// repairs listed above where each structure is read.
 func fixFAT32(rw espReadWriterAt, off int64, volID uint32, mtime time.Time) error {
 	boot := make([]byte, 512)
 	if _, err := rw.ReadAt(boot, off); err != nil {

@@ -1,4 +1,4 @@
-package imagebuild
+package disk
 
 import (
 	"bytes"
@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -15,27 +14,40 @@ import (
 // Reproducible ext4 images.
 //
 // go-diskfs v1.9.4 stamps time.Now() on the superblock and on every inode's change time
-// (Chtimes sets only atime, mtime and crtime) and draws the directory hash seed from
-// uuid.NewRandom. Two things make its output byte-identical for the same input:
+// (Chtimes sets only atime, mtime and crtime) and draws the directory hash seed (and the
+// file system UUID when none is given) from uuid.NewRandom, the uuid package's
+// process-wide random source. Two things make its output byte-identical for the same
+// input, without touching that source:
 //
-//   - while a file system is created, google/uuid draws from a reader seeded by the file
-//     system's UUID (seededUUIDs), so the hash seed follows from the cluster and node names;
+//   - ext4Identity derives the UUID (when none is given) and the hash seed from the file
+//     system's identity (its UUID and label), as UUIDs read from a deterministic stream;
+//     the UUID is passed to go-diskfs, the hash seed is written over the random one by
+//     stampExt4 (go-diskfs only stores it in the superblock: its directories are linear,
+//     so nothing on disk was computed from it);
 //   - after go-diskfs has closed the file system, stampExt4 rewrites every time field of the
 //     superblock (and its backups) and of every inode in use to one instant, and recomputes
 //     the superblock and inode checksums (crc32c, as the kernel and e2fsck compute them).
 //     Nothing else is touched; e2fsck -fn is run on the result by the tests.
 
-var uuidRandMu sync.Mutex
-
-// seededUUIDs makes google/uuid's random source deterministic (derived from seed) until the
-// returned function is called. It holds a lock for that time: uuid's source is global.
-func seededUUIDs(seed string) (restore func()) {
-	uuidRandMu.Lock()
-	uuid.SetRand(newHashStream(seed))
-	return func() {
-		uuid.SetRand(nil)
-		uuidRandMu.Unlock()
+// ext4Identity returns what go-diskfs would draw at random for the file system identified
+// by seed: its UUID (used only when none is given) and its directory hash seed. They are
+// the UUIDs google/uuid made, up to the previous version of this writer, while its random
+// source was swapped for hashStream(seed) during ext4.Create: the UUID first when none was
+// given, then the hash seed. Keeping those bytes keeps images byte-identical.
+func ext4Identity(seed string, needUUID bool) (fsUUID *uuid.UUID, hashSeed [16]byte, err error) {
+	stream := newHashStream(seed)
+	if needUUID {
+		u, err := uuid.NewRandomFromReader(stream)
+		if err != nil {
+			return nil, hashSeed, err
+		}
+		fsUUID = &u
 	}
+	h, err := uuid.NewRandomFromReader(stream)
+	if err != nil {
+		return nil, hashSeed, err
+	}
+	return fsUUID, h, nil
 }
 
 // hashStream is an endless deterministic byte stream: sha256(seed || counter) blocks.
@@ -88,6 +100,7 @@ const (
 	sbOffIncompat     = 0x60
 	sbOffROCompat     = 0x64
 	sbOffUUID         = 0x68
+	sbOffHashSeed     = 0xEC
 	sbOffDescSize     = 0xFE
 	sbOffMkfsTime     = 0x108
 	sbOffBlocksHi     = 0x150
@@ -138,14 +151,15 @@ type inodeAttrs struct {
 
 // stampExt4 finishes the ext4 file system in img (the whole file system, as bytes): every
 // inode reached from the root by a path in attrs gets that path's permission bits and
-// owner, and every timestamp of the superblock (and its backups) and of every inode in use
-// becomes t (when t is not zero); the checksums are recomputed.
+// owner, the superblock (and its backups) gets hashSeed as its directory hash seed (when
+// not nil), and every timestamp of the superblock and of every inode in use becomes t
+// (when t is not zero); the checksums are recomputed.
 //
 // The attributes are set here, by path, instead of through go-diskfs's Chmod and Chown:
 // each of those walks the path from the root again, re-reading every directory on the way
 // (about a third of the writer's time for a Debian root), and they cannot reach the root
 // directory or a symlink's owner.
-func stampExt4(img []byte, t time.Time, attrs map[string]inodeAttrs) error {
+func stampExt4(img []byte, t time.Time, attrs map[string]inodeAttrs, hashSeed *[16]byte) error {
 	fsys, err := parseExt4(img)
 	if err != nil {
 		return err
@@ -179,7 +193,7 @@ func stampExt4(img []byte, t time.Time, attrs map[string]inodeAttrs) error {
 		}
 	}
 
-	if !t.IsZero() {
+	if !t.IsZero() || hashSeed != nil {
 		// Superblock and its backups: the primary at byte 1024, a backup at the start of
 		// each group that has one (recognised by magic and UUID: go-diskfs leaves
 		// s_block_group_nr 0 in its backups).
@@ -195,11 +209,16 @@ func stampExt4(img []byte, t time.Time, attrs map[string]inodeAttrs) error {
 			if le.Uint16(b[sbOffMagic:]) != sbMagic || !bytes.Equal(b[sbOffUUID:sbOffUUID+16], sb[sbOffUUID:sbOffUUID+16]) {
 				continue
 			}
-			for _, o := range []int{sbOffMtime, sbOffWtime, sbOffLastCheck, sbOffMkfsTime} {
-				le.PutUint32(b[o:], uint32(secs))
+			if hashSeed != nil {
+				copy(b[sbOffHashSeed:sbOffHashSeed+16], hashSeed[:])
 			}
-			for _, o := range []int{sbOffWtimeHi, sbOffMtimeHi, sbOffMkfsTimeHi, sbOffLastCheckHi} {
-				b[o] = byte(secs >> 32)
+			if !t.IsZero() {
+				for _, o := range []int{sbOffMtime, sbOffWtime, sbOffLastCheck, sbOffMkfsTime} {
+					le.PutUint32(b[o:], uint32(secs))
+				}
+				for _, o := range []int{sbOffWtimeHi, sbOffMtimeHi, sbOffMkfsTimeHi, sbOffLastCheckHi} {
+					b[o] = byte(secs >> 32)
+				}
 			}
 			if fsys.metaCsum || le.Uint32(b[sbOffChecksum:]) != 0 {
 				le.PutUint32(b[sbOffChecksum:], crc32cRaw(^uint32(0), b[:sbOffChecksum]))

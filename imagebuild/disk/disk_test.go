@@ -1,7 +1,8 @@
-package imagebuild
+package disk
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -12,51 +13,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
+	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
 )
-
-var diskTestAptMu sync.Mutex
-
-// diskTestTool returns the path of tool, installing Debian package pkg with apt-get when
-// running as root, and skips the test with the reason otherwise.
-func diskTestTool(t *testing.T, tool, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(tool); err == nil {
-		return p
-	}
-	if os.Geteuid() != 0 {
-		t.Skipf("%s not found (Debian package %s) and not root, so it cannot be installed", tool, pkg)
-	}
-	diskTestAptMu.Lock()
-	defer diskTestAptMu.Unlock()
-	if p, err := exec.LookPath(tool); err == nil {
-		return p
-	}
-	install := func() ([]byte, error) {
-		cmd := exec.Command("apt-get", "install", "-y", "--no-install-recommends", pkg)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		return cmd.CombinedOutput()
-	}
-	if out, err := install(); err != nil {
-		if upd, uerr := exec.Command("apt-get", "update").CombinedOutput(); uerr != nil {
-			t.Skipf("%s not found and apt-get update failed: %v\n%s", tool, uerr, upd)
-		}
-		if out2, err := install(); err != nil {
-			t.Skipf("%s not found and apt-get install %s failed: %v\n%s\n%s", tool, pkg, err, out, out2)
-		}
-	}
-	p, err := exec.LookPath(tool)
-	if err != nil {
-		t.Skipf("%s still not found after installing %s", tool, pkg)
-	}
-	return p
-}
 
 // diskTestPattern is deterministic, non-repeating-looking content.
 func diskTestPattern(n int, seed byte) []byte {
@@ -110,7 +74,7 @@ func diskTestESPFiles(t *testing.T) ([]ESPFile, map[string][]byte) {
 // diskTestFsck runs fsck.vfat -n on img and fails unless it exits 0.
 func diskTestFsck(t *testing.T, img string) {
 	t.Helper()
-	fsck := diskTestTool(t, "fsck.vfat", "dosfstools")
+	fsck := imagetest.Tool(t, "fsck.vfat", "dosfstools")
 	out, err := exec.Command(fsck, "-n", "-v", img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("fsck.vfat -n %s: %v\n%s", img, err, out)
@@ -439,7 +403,7 @@ func TestDiskWrite(t *testing.T) {
 		{Name: "root", Type: TypeLinuxRootX8664, GUID: DeriveGUID("test", "root"), Size: rootSize,
 			Content: FileContent(rootImg)},
 		{Name: "node", Type: TypeLinuxData, Size: 4 << 20, // GUID derived
-			Content: func(w io.WriterAt, offset, size int64) error {
+			Content: func(_ context.Context, w io.WriterAt, offset, size int64) error {
 				_, err := w.WriteAt(bytes.Repeat([]byte("node"), int(size/4)), offset)
 				return err
 			}},
@@ -448,7 +412,7 @@ func TestDiskWrite(t *testing.T) {
 	}
 	const diskSize = 200 << 20
 	img := filepath.Join(dir, "disk.raw")
-	if err := WriteDisk(img, diskSize, parts, diskGUID); err != nil {
+	if err := WriteDisk(context.Background(), img, diskSize, parts, diskGUID); err != nil {
 		t.Fatal(err)
 	}
 	extents, err := LayoutDisk(diskSize, parts, diskGUID)
@@ -538,7 +502,7 @@ func TestDiskWrite(t *testing.T) {
 	}
 
 	// sgdisk -v: no problems.
-	sgdisk := diskTestTool(t, "sgdisk", "gdisk")
+	sgdisk := imagetest.Tool(t, "sgdisk", "gdisk")
 	out, err := exec.Command(sgdisk, "-v", img).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "No problems found") {
 		t.Fatalf("sgdisk -v: %v\n%s", err, out)
@@ -570,7 +534,7 @@ func TestDiskWrite(t *testing.T) {
 	}
 
 	// sfdisk --json: the same, machine-readable.
-	sfdisk := diskTestTool(t, "sfdisk", "fdisk")
+	sfdisk := imagetest.Tool(t, "sfdisk", "fdisk")
 	out, err = exec.Command(sfdisk, "--json", img).Output()
 	if err != nil {
 		t.Fatalf("sfdisk --json: %v\n%s", err, out)
@@ -593,7 +557,7 @@ func TestDiskWrite(t *testing.T) {
 
 	// Deterministic: the same inputs give the same disk.
 	img2 := filepath.Join(dir, "disk2.raw")
-	if err := WriteDisk(img2, diskSize, parts, diskGUID); err != nil {
+	if err := WriteDisk(context.Background(), img2, diskSize, parts, diskGUID); err != nil {
 		t.Fatal(err)
 	}
 	if raw2, err := os.ReadFile(img2); err != nil || !bytes.Equal(raw, raw2) {
@@ -639,8 +603,8 @@ func TestDiskLayoutErrors(t *testing.T) {
 	// A content function failing removes the image.
 	img := filepath.Join(t.TempDir(), "disk.raw")
 	boom := errors.New("boom")
-	err = WriteDisk(img, 8<<20, []Partition{{Type: TypeLinuxData, Size: 1 << 20,
-		Content: func(io.WriterAt, int64, int64) error { return boom }}}, g)
+	err = WriteDisk(context.Background(), img, 8<<20, []Partition{{Type: TypeLinuxData, Size: 1 << 20,
+		Content: func(context.Context, io.WriterAt, int64, int64) error { return boom }}}, g)
 	if !errors.Is(err, boom) {
 		t.Errorf("WriteDisk error = %v, want boom", err)
 	}
@@ -652,17 +616,17 @@ func TestDiskLayoutErrors(t *testing.T) {
 	if err := os.WriteFile(big, make([]byte, 2<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteDisk(img, 8<<20, []Partition{{Type: TypeLinuxData, Size: 1 << 20, Content: FileContent(big)}}, g); err == nil {
+	if err := WriteDisk(context.Background(), img, 8<<20, []Partition{{Type: TypeLinuxData, Size: 1 << 20, Content: FileContent(big)}}, g); err == nil {
 		t.Error("FileContent larger than the partition: no error")
 	}
 }
 
 func TestDiskQCOW2(t *testing.T) {
-	qemuImg := diskTestTool(t, "qemu-img", "qemu-utils")
+	qemuImg := imagetest.Tool(t, "qemu-img", "qemu-utils")
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "disk.raw")
 	const size = 48 << 20
-	if err := WriteDisk(raw, size, []Partition{
+	if err := WriteDisk(context.Background(), raw, size, []Partition{
 		{Name: "data", Type: TypeLinuxData, Size: 0, Content: BytesContent(diskTestPattern(1<<20, 5))},
 	}, DeriveGUID("test", "qcow2")); err != nil {
 		t.Fatal(err)
@@ -670,7 +634,7 @@ func TestDiskQCOW2(t *testing.T) {
 	for _, compress := range []bool{false, true} {
 		q := filepath.Join(dir, fmt.Sprintf("disk-%v.qcow2", compress))
 		var last, calls int64
-		if err := ConvertQCOW2(raw, q, compress, func(done, total int64) {
+		if err := ConvertQCOW2(context.Background(), raw, q, compress, func(done, total int64) {
 			if done < last || total != 10000 {
 				t.Errorf("progress went from %d to %d of %d", last, done, total)
 			}
@@ -704,7 +668,7 @@ func TestDiskQCOW2(t *testing.T) {
 
 func TestDiskQCOW2MissingTool(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
-	err := ConvertQCOW2("a", "b", false, nil)
+	err := ConvertQCOW2(context.Background(), "a", "b", false, nil)
 	if err == nil || !strings.Contains(err.Error(), "qemu-utils") {
 		t.Fatalf("ConvertQCOW2 without qemu-img: %v, want an error naming qemu-utils", err)
 	}

@@ -1,0 +1,432 @@
+// Package base is the base root filesystem every node image starts from: a Debian root
+// file system tarball built once by mmdebstrap from a Recipe (cached under
+// <cacheDir>/base/<recipe hash>.tar, guarded by a lock), read into an fstree.Tree, checked
+// for what a node image needs, and the kernel chosen from it.
+//
+// recipe.go has the recipe, the cache and Build; read.go reads the tarball; check.go
+// checks a tree and picks the kernel.
+package base
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/etcdbake/etcdbake/internal/fileutil"
+)
+
+// recipeFormat versions the canonical form hashed by Recipe.Hash and the way
+// Build turns a recipe into an mmdebstrap call. Bump it whenever either changes so
+// that cached bases built the old way are not reused.
+const recipeFormat = "etcdbake-base-recipe/1"
+
+// DefaultSourceDateEpoch is the SOURCE_DATE_EPOCH of the default base recipe
+// (2025-01-01T00:00:00Z): every file time in the tarball is clamped to it.
+const DefaultSourceDateEpoch int64 = 1735689600
+
+// Recipe describes how the base root file system is built by mmdebstrap:
+//
+//	SOURCE_DATE_EPOCH=<SourceDateEpoch> mmdebstrap --variant=<Variant> \
+//	    --include=<Include...> [--components=<Components...>] \
+//	    --customize-hook=<CustomizeHooks[0]> ... --format=tar -- <Suite> OUT.tar [<Mirror>]
+type Recipe struct {
+	// Suite is the Debian release ("bookworm").
+	Suite string
+	// Variant is mmdebstrap's package set ("minbase").
+	Variant string
+	// Include lists the packages installed on top of the variant (apt syntax). Their
+	// order does not matter.
+	Include []string
+	// Components are the archive areas ("main"); empty means mmdebstrap's default (main).
+	Components []string
+	// Mirror is the archive URI or a one-line sources.list entry. Empty means
+	// mmdebstrap's default: deb.debian.org plus, for a stable release, its updates and
+	// security archives. Point it at a snapshot.debian.org URL for bit-reproducible bases.
+	Mirror string
+	// SourceDateEpoch is exported as SOURCE_DATE_EPOCH to mmdebstrap (file times in the
+	// tarball, initramfs, shadow's last-change dates).
+	SourceDateEpoch int64
+	// CustomizeHooks are shell snippets passed as --customize-hook, run on the build
+	// host after all packages are installed, with the root directory as "$1".
+	CustomizeHooks []string
+}
+
+// DefaultHooks are the customize hooks of DefaultRecipe.
+var DefaultHooks = []string{
+	// Machine- and build-specific state out; the image is shared by every node and its
+	// root is read-only (machine id and hostname come from the kernel command line,
+	// resolv.conf from the node's own files).
+	`set -e
+root="$1"
+: > "$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id" "$root/etc/resolv.conf" "$root/etc/hostname"
+rm -f "$root"/etc/ssh/ssh_host_*
+rm -f "$root"/var/cache/apt/*.bin "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old
+rm -f "$root/var/lib/systemd/random-seed" "$root/var/cache/ldconfig/aux-cache"
+if [ -d "$root/var/lib/apt/lists" ]; then find "$root/var/lib/apt/lists" -type f -delete; fi
+if [ -d "$root/var/log" ]; then find "$root/var/log" -type f -exec truncate -s 0 {} +; fi`,
+	// DNS comes from a static resolv.conf: systemd-resolved must not sneak in.
+	`if [ -e "$1/var/lib/dpkg/info/systemd-resolved.list" ]; then
+  echo "etcdbake: systemd-resolved is installed in the base; it must not be" >&2
+  exit 1
+fi`,
+}
+
+// DefaultRecipe is a Debian bookworm minbase with systemd, the cloud kernel (and its
+// stock initramfs-tools initrd), chrony, iptables, iproute2, e2fsprogs, udev, dbus, kmod,
+// CA certificates and systemd-boot's EFI binary.
+func DefaultRecipe() Recipe {
+	return Recipe{
+		Suite:   "bookworm",
+		Variant: "minbase",
+		Include: []string{
+			"systemd-sysv",
+			"linux-image-cloud-amd64",
+			"chrony",
+			"iptables",
+			"iproute2",
+			"e2fsprogs",
+			"udev",
+			"dbus",
+			"kmod",
+			"ca-certificates",
+			"iputils-ping",
+			"systemd-boot-efi",
+			// Started by udev only where a hypervisor offers its virtio port (etcdbake exec, tests).
+			"qemu-guest-agent",
+		},
+		SourceDateEpoch: DefaultSourceDateEpoch,
+		CustomizeHooks:  append([]string(nil), DefaultHooks...),
+	}
+}
+
+// canonical is the recipe in the form that is hashed.
+func (r Recipe) canonical() []byte {
+	inc := normaliseList(r.Include)
+	comps := normaliseList(r.Components)
+	hooks := r.CustomizeHooks
+	if hooks == nil {
+		hooks = []string{}
+	}
+	b, err := json.Marshal(struct {
+		Format          string   `json:"format"`
+		Suite           string   `json:"suite"`
+		Variant         string   `json:"variant"`
+		Include         []string `json:"include"`
+		Components      []string `json:"components"`
+		Mirror          string   `json:"mirror"`
+		SourceDateEpoch int64    `json:"source_date_epoch"`
+		CustomizeHooks  []string `json:"customize_hooks"`
+	}{recipeFormat, r.Suite, r.Variant, inc, comps, r.Mirror, r.SourceDateEpoch, hooks})
+	if err != nil {
+		panic(err) // strings and ints only
+	}
+	return b
+}
+
+// normaliseList trims, drops empty items, sorts and de-duplicates.
+func normaliseList(in []string) []string {
+	out := []string{}
+	seen := map[string]bool{}
+	for _, s := range in {
+		s = strings.TrimSpace(s)
+		if s == "" || seen[s] {
+			continue
+		}
+		seen[s] = true
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Hash is the hex sha256 of the canonical recipe (including the recipe format version).
+// The order of Include and Components does not matter; everything else does.
+func (r Recipe) Hash() string {
+	sum := sha256.Sum256(r.canonical())
+	return hex.EncodeToString(sum[:])
+}
+
+// Validate reports recipes mmdebstrap cannot be given safely.
+func (r Recipe) Validate() error {
+	var problems []string
+	if r.Suite == "" || strings.HasPrefix(r.Suite, "-") || strings.ContainsAny(r.Suite, " \t\n/") {
+		problems = append(problems, fmt.Sprintf("invalid suite %q", r.Suite))
+	}
+	if r.Variant == "" || strings.ContainsAny(r.Variant, " \t\n") {
+		problems = append(problems, fmt.Sprintf("invalid variant %q", r.Variant))
+	}
+	for _, p := range append(append([]string(nil), r.Include...), r.Components...) {
+		if strings.ContainsAny(strings.TrimSpace(p), " \t\n,") {
+			problems = append(problems, fmt.Sprintf("invalid package or component %q (one name per item)", p))
+		}
+	}
+	if strings.HasPrefix(r.Mirror, "-") {
+		problems = append(problems, fmt.Sprintf("invalid mirror %q", r.Mirror))
+	}
+	if r.SourceDateEpoch < 0 {
+		problems = append(problems, "negative SourceDateEpoch")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("base recipe: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// mmdebstrapArgs is the command line (without the program) building r into out.
+func (r Recipe) mmdebstrapArgs(out string) []string {
+	args := []string{"--variant=" + r.Variant}
+	if inc := normaliseList(r.Include); len(inc) > 0 {
+		args = append(args, "--include="+strings.Join(inc, ","))
+	}
+	if comps := normaliseList(r.Components); len(comps) > 0 {
+		args = append(args, "--components="+strings.Join(comps, ","))
+	}
+	for _, h := range r.CustomizeHooks {
+		args = append(args, "--customize-hook="+h)
+	}
+	args = append(args, "--format=tar", "--", r.Suite, out)
+	if r.Mirror != "" {
+		args = append(args, r.Mirror)
+	}
+	return args
+}
+
+// DefaultCacheDir is where bases are cached unless told otherwise:
+// $ETCDBAKE_BASE_CACHE if set, else ${XDG_CACHE_HOME:-~/.cache}/etcdbake. Build
+// puts the tarballs in its base/ subdirectory.
+func DefaultCacheDir() (string, error) {
+	if d := os.Getenv("ETCDBAKE_BASE_CACHE"); d != "" {
+		return d, nil
+	}
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "etcdbake"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no cache directory: %w", err)
+	}
+	return filepath.Join(home, ".cache", "etcdbake"), nil
+}
+
+// Path is where Build keeps the base built from r.
+func Path(cacheDir string, r Recipe) string {
+	return filepath.Join(cacheDir, "base", r.Hash()+".tar")
+}
+
+// Build returns <cacheDir>/base/<hash>.tar, running mmdebstrap to build it if it is
+// not there yet. The tarball is built under a temporary name in the same directory and
+// renamed into place on success; a failed or cancelled build leaves nothing behind.
+// Concurrent builders of the same recipe (other processes too) wait for each other
+// instead of building twice. A <hash>.recipe.json next to the tarball records the recipe.
+//
+// Build is long because it is one sequence (cache hit, lock, re-check, stale files,
+// mmdebstrap, publish) whose steps share the temporary file and its cleanup.
+func Build(ctx context.Context, r Recipe, cacheDir string, progress func(string, ...any)) (string, error) {
+	if progress == nil {
+		progress = func(string, ...any) {}
+	}
+	if err := r.Validate(); err != nil {
+		return "", err
+	}
+	if cacheDir == "" {
+		return "", errors.New("Build: empty cache directory")
+	}
+	hash := r.Hash()
+	dir := filepath.Join(cacheDir, "base")
+	out := filepath.Join(dir, hash+".tar")
+	if ok, err := usableFile(out); err != nil {
+		return "", err
+	} else if ok {
+		progress("base: using cached %s", out)
+		return out, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("base cache: %w", err)
+	}
+
+	lock := filepath.Join(dir, hash+".lock")
+	unlock, err := fileutil.Lock(ctx, lock, func() { progress("base: waiting for another build of the same base (%s)", lock) })
+	if err != nil {
+		return "", fmt.Errorf("base cache: %w", err)
+	}
+	defer unlock()
+	// Someone else may have built it while we waited for the lock.
+	if ok, err := usableFile(out); err != nil {
+		return "", err
+	} else if ok {
+		progress("base: using cached %s", out)
+		return out, nil
+	}
+	// Temporary files of this recipe left by a builder that died (we hold the lock).
+	if stale, _ := filepath.Glob(filepath.Join(dir, hash+".*.tmp.tar")); len(stale) > 0 {
+		for _, f := range stale {
+			os.Remove(f)
+		}
+		progress("base: removed %d stale temporary file(s) of an interrupted build", len(stale))
+	}
+
+	prog, err := exec.LookPath("mmdebstrap")
+	if err != nil {
+		return "", fmt.Errorf("building the base root filesystem needs mmdebstrap, which is not installed: run `apt-get install mmdebstrap` (as root): %w", err)
+	}
+
+	tmp, err := os.CreateTemp(dir, hash+".*.tmp.tar")
+	if err != nil {
+		return "", fmt.Errorf("base cache: %w", err)
+	}
+	tmpPath := tmp.Name()
+	tmp.Close()
+	keep := false
+	defer func() {
+		if !keep {
+			os.Remove(tmpPath)
+		}
+	}()
+
+	args := r.mmdebstrapArgs(tmpPath)
+	cmd := exec.CommandContext(ctx, prog, args...)
+	cmd.Env = append(filterEnv(os.Environ(), "SOURCE_DATE_EPOCH", "LC_ALL", "LANGUAGE"),
+		"SOURCE_DATE_EPOCH="+strconv.FormatInt(r.SourceDateEpoch, 10), "LC_ALL=C.UTF-8")
+	// On cancellation let mmdebstrap unmount and remove its temporary chroot (it does so
+	// on SIGTERM); kill it only if it does not finish in time.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 60 * time.Second
+	tail := &tailLines{max: 40, progress: progress}
+	cmd.Stdout = tail
+	cmd.Stderr = tail
+
+	progress("base: building %s %s (%d extra packages) with mmdebstrap into %s", r.Suite, r.Variant, len(normaliseList(r.Include)), out)
+	start := time.Now()
+	runErr := cmd.Run()
+	tail.flush()
+	if runErr != nil {
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("building the base: %w", ctx.Err())
+		}
+		return "", fmt.Errorf("mmdebstrap failed after %s: %w\nlast output:\n%s", time.Since(start).Round(time.Second), runErr, tail.String())
+	}
+	if ok, err := usableFile(tmpPath); err != nil || !ok {
+		return "", fmt.Errorf("mmdebstrap succeeded but wrote no tarball to %s (%v)", tmpPath, err)
+	}
+	// CreateTemp made it 0600; the cache is shared with non-root users and tools.
+	if err := os.Chmod(tmpPath, 0o644); err != nil {
+		return "", err
+	}
+	if err := fileutil.SyncFile(tmpPath); err != nil {
+		return "", err
+	}
+	if err := fileutil.WriteAtomic(filepath.Join(dir, hash+".recipe.json"), append(r.canonical(), '\n'), 0o644); err != nil {
+		return "", fmt.Errorf("base cache: %w", err)
+	}
+	if err := os.Rename(tmpPath, out); err != nil {
+		return "", fmt.Errorf("base cache: %w", err)
+	}
+	keep = true
+	fileutil.SyncDir(dir)
+	fi, _ := os.Stat(out)
+	progress("base: built %s (%d MB) in %s", out, fi.Size()>>20, time.Since(start).Round(100*time.Millisecond))
+	return out, nil
+}
+
+// usableFile reports whether p is a non-empty regular file.
+func usableFile(p string) (bool, error) {
+	fi, err := os.Stat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, err
+	case !fi.Mode().IsRegular():
+		return false, fmt.Errorf("%s is not a regular file", p)
+	default:
+		return fi.Size() > 0, nil
+	}
+}
+
+// filterEnv drops the named variables from env.
+func filterEnv(env []string, names ...string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		drop := false
+		for _, n := range names {
+			if name == n {
+				drop = true
+			}
+		}
+		if !drop {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// tailLines forwards mmdebstrap's status lines to progress and keeps the last lines of
+// all output for error messages.
+type tailLines struct {
+	max      int
+	progress func(string, ...any)
+	partial  []byte
+	lines    []string
+}
+
+func (w *tailLines) Write(b []byte) (int, error) {
+	w.partial = append(w.partial, b...)
+	for {
+		i := bytes.IndexAny(w.partial, "\r\n")
+		if i < 0 {
+			break
+		}
+		w.line(string(w.partial[:i]))
+		w.partial = w.partial[i+1:]
+	}
+	return len(b), nil
+}
+
+func (w *tailLines) flush() {
+	if len(w.partial) > 0 {
+		w.line(string(w.partial))
+		w.partial = nil
+	}
+}
+
+func (w *tailLines) line(s string) {
+	s = strings.TrimRight(s, " \t")
+	if s == "" {
+		return
+	}
+	if len(s) > 400 {
+		s = s[:400] + "..."
+	}
+	w.lines = append(w.lines, s)
+	if len(w.lines) > w.max {
+		w.lines = w.lines[len(w.lines)-w.max:]
+	}
+	// mmdebstrap's own messages: "I: ...", "W: ...", "E: ...".
+	if len(s) > 2 && s[1] == ':' && strings.ContainsRune("IWE", rune(s[0])) {
+		w.progress("mmdebstrap: %s", firstLine(s))
+	}
+}
+
+func (w *tailLines) String() string { return strings.Join(w.lines, "\n") }
+
+func firstLine(s string) string {
+	if len(s) > 160 {
+		return s[:160] + "..."
+	}
+	return s
+}
