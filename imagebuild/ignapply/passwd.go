@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -155,6 +156,7 @@ func (a *ignApplier) ignDefs(name string) map[string]string {
 
 type ignAccounts struct {
 	passwd, shadow, group, gshadow *ignDB
+	subuid, subgid                 *ignDB
 	defs, udefs                    map[string]string
 }
 
@@ -271,7 +273,7 @@ func (a *ignApplier) passwd(p types.Passwd) error {
 	for _, x := range []struct {
 		db   **ignDB
 		name string
-	}{{&ac.passwd, "etc/passwd"}, {&ac.shadow, "etc/shadow"}, {&ac.group, "etc/group"}, {&ac.gshadow, "etc/gshadow"}} {
+	}{{&ac.passwd, "etc/passwd"}, {&ac.shadow, "etc/shadow"}, {&ac.group, "etc/group"}, {&ac.gshadow, "etc/gshadow"}, {&ac.subuid, "etc/subuid"}, {&ac.subgid, "etc/subgid"}} {
 		if *x.db, err = a.loadDB(x.name); err != nil {
 			return err
 		}
@@ -294,7 +296,7 @@ func (a *ignApplier) passwd(p types.Passwd) error {
 	for _, x := range []struct {
 		db     *ignDB
 		create bool
-	}{{ac.passwd, true}, {ac.shadow, false}, {ac.group, true}, {ac.gshadow, false}} {
+	}{{ac.passwd, true}, {ac.shadow, false}, {ac.group, true}, {ac.gshadow, false}, {ac.subuid, false}, {ac.subgid, false}} {
 		if err := a.saveDB(x.db, x.create); err != nil {
 			return err
 		}
@@ -535,12 +537,21 @@ func (a *ignApplier) ensureUser(ac *ignAccounts, u types.PasswdUser) (func() err
 				inactive = strconv.Itoa(n)
 			}
 		}
-		ac.shadow.add(u.Name, pw, "", aging("PASS_MIN_DAYS"), aging("PASS_MAX_DAYS"), aging("PASS_WARN_AGE"), inactive, "", "")
+		ac.shadow.add(u.Name, pw, a.lastChange(), aging("PASS_MIN_DAYS"), aging("PASS_MAX_DAYS"), aging("PASS_WARN_AGE"), inactive, "", "")
 	} else {
 		ac.passwd.add(u.Name, pw, strconv.Itoa(uid), strconv.Itoa(gid), gecos, home, shell)
 	}
 	for _, gi := range groups {
 		a.addMember(ac, gi, u.Name)
+	}
+	// useradd decides before allocating: no uid given (or 0), or one in UID_MIN..UID_MAX.
+	if !sys && (u.UID == nil || *u.UID == 0 || *u.UID >= ac.num("UID_MIN", 1000) && *u.UID <= ac.num("UID_MAX", 60000)) {
+		if err := ac.addSubIDs(ac.subuid, "SUB_UID", u.Name); err != nil {
+			return nil, err
+		}
+		if err := ac.addSubIDs(ac.subgid, "SUB_GID", u.Name); err != nil {
+			return nil, err
+		}
 	}
 	if u.NoCreateHome != nil && *u.NoCreateHome {
 		return nil, nil
@@ -612,6 +623,11 @@ func (a *ignApplier) deleteUser(ac *ignAccounts, i int) {
 	ac.passwd.del(i)
 	if j := ac.shadow.find(name); j >= 0 {
 		ac.shadow.del(j)
+	}
+	for _, db := range []*ignDB{ac.subuid, ac.subgid} {
+		for j := db.find(name); j >= 0; j = db.find(name) {
+			db.del(j)
+		}
 	}
 	for j := range ac.group.lines {
 		gf := ac.group.fields(j, 4)
@@ -758,4 +774,91 @@ func (a *ignApplier) authorizeKeys(ac *ignAccounts, u types.PasswdUser) error {
 		return err
 	}
 	return a.replace(&fstree.Entry{Path: p, Mode: 0o600, UID: uid, GID: gid, Data: []byte(ks)})
+}
+
+// lastChange is the shadow "last change" field useradd writes: the day (since the epoch)
+// of its clock, Options.Time here; empty for day 0 ("better disable aging than require
+// a password change").
+func (a *ignApplier) lastChange() string {
+	if a.o.Time.IsZero() {
+		return ""
+	}
+	day := a.o.Time.Unix() / 86400
+	if day <= 0 {
+		return ""
+	}
+	return strconv.FormatInt(day, 10)
+}
+
+// ignSubRange is one line of etc/subuid or etc/subgid (owner:start:count).
+type ignSubRange struct {
+	line         string
+	owner        string
+	start, count int64
+	ok           bool
+}
+
+// addSubIDs is useradd's find_new_sub_uids/sub_uid_add (shadow 4.13) on db (etc/subuid
+// or etc/subgid, with prefix SUB_UID or SUB_GID for login.defs): nothing when the tree
+// has no such file or the count is 0; else the existing lines are sorted by start, count
+// and owner (unparsable ones last), and owner gets the lowest hole of count ids from
+// MIN that ends at MAX at the latest, in a line appended at the end.
+func (ac *ignAccounts) addSubIDs(db *ignDB, prefix, owner string) error {
+	if db == nil || !db.exists {
+		return nil
+	}
+	lo, hi, count := int64(ac.num(prefix+"_MIN", 100000)), int64(ac.num(prefix+"_MAX", 600100000)), int64(ac.num(prefix+"_COUNT", 65536))
+	if count == 0 {
+		return nil
+	}
+	if lo > hi || count >= hi || lo+count-1 > hi {
+		return fmt.Errorf("invalid configuration in /etc/login.defs: %[1]s_MIN (%d), %[1]s_MAX (%d), %[1]s_COUNT (%d)", prefix, lo, hi, count)
+	}
+	ranges := make([]ignSubRange, len(db.lines))
+	for i, l := range db.lines {
+		r := ignSubRange{line: l}
+		if f := strings.Split(l, ":"); len(f) == 3 && f[0] != "" {
+			s, err1 := strconv.ParseInt(f[1], 10, 64)
+			c, err2 := strconv.ParseInt(f[2], 10, 64)
+			r.owner, r.start, r.count, r.ok = f[0], s, c, err1 == nil && err2 == nil
+		}
+		ranges[i] = r
+	}
+	sort.SliceStable(ranges, func(i, j int) bool {
+		a, b := ranges[i], ranges[j]
+		switch {
+		case a.ok != b.ok:
+			return a.ok
+		case !a.ok:
+			return false
+		case a.start != b.start:
+			return a.start < b.start
+		case a.count != b.count:
+			return a.count < b.count
+		}
+		return a.owner < b.owner
+	})
+	start, found := lo, false
+	for _, r := range ranges {
+		if !r.ok {
+			continue
+		}
+		if high := min(r.start, hi+1); high > start && high-start >= count {
+			found = true
+			break
+		}
+		start = max(start, r.start+r.count)
+		if start > hi {
+			break
+		}
+	}
+	if !found && (start > hi || hi-start+1 < count) {
+		return fmt.Errorf("no free range of %d subordinate ids for %s in %d..%d (/etc/login.defs %s_MIN, %[5]s_MAX)", count, owner, lo, hi, prefix)
+	}
+	db.lines = db.lines[:0]
+	for _, r := range ranges {
+		db.lines = append(db.lines, r.line)
+	}
+	db.add(owner, strconv.FormatInt(start, 10), strconv.FormatInt(count, 10))
+	return nil
 }
