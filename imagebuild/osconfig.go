@@ -27,6 +27,56 @@ const factoryVar = "usr/share/factory/var"
 // changes are the same on every node except resolv.conf, so they end up in the shared
 // root, and resolv.conf in the node's partition.
 func ReadOnlyRoot(t *fstree.Tree, dns []string) error {
+	if err := varToFactory(t); err != nil {
+		return err
+	}
+	put := func(p string, mode fs.FileMode, data string) error {
+		return t.Put(&fstree.Entry{Path: p, Mode: mode, Data: []byte(data)})
+	}
+	for _, d := range []string{"var", NodeMount, "tmp"} {
+		if err := t.Put(&fstree.Entry{Path: d, Mode: fs.ModeDir | dirMode(d)}); err != nil {
+			return err
+		}
+	}
+	fstab := "# etcdbake: read-only root, per-node settings, data partition\n" +
+		"PARTLABEL=" + LabelNode + " /" + NodeMount + " ext4 ro,nodev,nosuid,noexec 0 2\n" +
+		"PARTLABEL=" + LabelData + " /var ext4 defaults,x-systemd.makefs,x-systemd.growfs 0 2\n" +
+		"tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
+	if err := put("etc/fstab", 0o644, fstab); err != nil {
+		return err
+	}
+	if err := put("etc/systemd/journald.conf.d/etcdbake.conf", 0o644, "[Journal]\nStorage=persistent\n"); err != nil {
+		return err
+	}
+	// systemd-networkd brings up the static address; it starts before local file systems,
+	// so it must wait for /node, where the node's .network file lives.
+	if err := put("etc/systemd/system/systemd-networkd.service.d/10-etcdbake-node.conf", 0o644, "[Unit]\nRequiresMountsFor=/"+NodeMount+"\n"); err != nil {
+		return err
+	}
+	for link, target := range map[string]string{
+		"etc/systemd/system/multi-user.target.wants/systemd-networkd.service":                 "/lib/systemd/system/systemd-networkd.service",
+		"etc/systemd/system/sockets.target.wants/systemd-networkd.socket":                     "/lib/systemd/system/systemd-networkd.socket",
+		"etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service": "/lib/systemd/system/systemd-networkd-wait-online.service",
+	} {
+		if err := t.Put(&fstree.Entry{Path: link, Mode: fs.ModeSymlink | 0o777, Target: target}); err != nil {
+			return err
+		}
+	}
+	var resolv strings.Builder
+	resolv.WriteString("# etcdbake: resolvers from the spec (nodes[].dns)\n")
+	for _, d := range dns {
+		fmt.Fprintf(&resolv, "nameserver %s\n", d)
+	}
+	if err := put("etc/resolv.conf", 0o644, resolv.String()); err != nil {
+		return err
+	}
+	// The machine ID comes from the kernel command line (systemd.machine_id=).
+	return put("etc/machine-id", 0o444, "")
+}
+
+// varToFactory moves the tree's /var to the factory copy and writes the tmpfiles.d lines
+// that restore it onto the blank data partition at boot.
+func varToFactory(t *fstree.Tree) error {
 	// /var: saved to the factory dir, restored by tmpfiles on first boot: a line for
 	// every entry directly under /var (what has none is not on the node): `C` for
 	// directories and files, `L` for symlinks (`C` would stat the source through the
@@ -72,51 +122,7 @@ func ReadOnlyRoot(t *fstree.Tree, dns []string) error {
 	if err := t.MkdirAll(factoryVar); err != nil {
 		return err
 	}
-	put := func(p string, mode fs.FileMode, data string) error {
-		return t.Put(&fstree.Entry{Path: p, Mode: mode, Data: []byte(data)})
-	}
-	if err := put("etc/tmpfiles.d/etcdbake-var.conf", 0o644, strings.Join(lines, "\n")+"\n"); err != nil {
-		return err
-	}
-	for _, d := range []string{"var", NodeMount, "tmp"} {
-		if err := t.Put(&fstree.Entry{Path: d, Mode: fs.ModeDir | dirMode(d)}); err != nil {
-			return err
-		}
-	}
-	fstab := "# etcdbake: read-only root, per-node settings, data partition\n" +
-		"PARTLABEL=" + LabelNode + " /" + NodeMount + " ext4 ro,nodev,nosuid,noexec 0 2\n" +
-		"PARTLABEL=" + LabelData + " /var ext4 defaults,x-systemd.makefs,x-systemd.growfs 0 2\n" +
-		"tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
-	if err := put("etc/fstab", 0o644, fstab); err != nil {
-		return err
-	}
-	if err := put("etc/systemd/journald.conf.d/etcdbake.conf", 0o644, "[Journal]\nStorage=persistent\n"); err != nil {
-		return err
-	}
-	// systemd-networkd brings up the static address; it starts before local file systems,
-	// so it must wait for /node, where the node's .network file lives.
-	if err := put("etc/systemd/system/systemd-networkd.service.d/10-etcdbake-node.conf", 0o644, "[Unit]\nRequiresMountsFor=/"+NodeMount+"\n"); err != nil {
-		return err
-	}
-	for link, target := range map[string]string{
-		"etc/systemd/system/multi-user.target.wants/systemd-networkd.service":                 "/lib/systemd/system/systemd-networkd.service",
-		"etc/systemd/system/sockets.target.wants/systemd-networkd.socket":                     "/lib/systemd/system/systemd-networkd.socket",
-		"etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service": "/lib/systemd/system/systemd-networkd-wait-online.service",
-	} {
-		if err := t.Put(&fstree.Entry{Path: link, Mode: fs.ModeSymlink | 0o777, Target: target}); err != nil {
-			return err
-		}
-	}
-	var resolv strings.Builder
-	resolv.WriteString("# etcdbake: resolvers from the spec (nodes[].dns)\n")
-	for _, d := range dns {
-		fmt.Fprintf(&resolv, "nameserver %s\n", d)
-	}
-	if err := put("etc/resolv.conf", 0o644, resolv.String()); err != nil {
-		return err
-	}
-	// The machine ID comes from the kernel command line (systemd.machine_id=).
-	return put("etc/machine-id", 0o444, "")
+	return t.Put(&fstree.Entry{Path: "etc/tmpfiles.d/etcdbake-var.conf", Mode: 0o644, Data: []byte(strings.Join(lines, "\n") + "\n")})
 }
 
 func dirMode(d string) fs.FileMode {

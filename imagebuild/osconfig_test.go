@@ -119,11 +119,10 @@ func compareVar(t *testing.T, want, got map[string]string) {
 	}
 }
 
-// runTmpfilesOnBlankVar returns the /var a first boot ends with: the tree's tmpfiles.d
-// lines for paths under /var (files by name, /etc over /usr/lib; the first line for a
-// path wins, as systemd-tmpfiles ignores later conflicting ones; parents first) run on
-// an empty directory. Only the line types the image uses are understood.
-func runTmpfilesOnBlankVar(t *testing.T, tr *fstree.Tree) *fstree.Tree {
+// tmpfilesVarLines returns the fields of the tree's tmpfiles.d lines for paths under
+// /var, parents first: files by name, /etc over /usr/lib; the first line for a path wins,
+// as systemd-tmpfiles ignores later conflicting ones.
+func tmpfilesVarLines(t *testing.T, tr *fstree.Tree) [][]string {
 	t.Helper()
 	files := map[string]string{}
 	for _, dir := range []string{"usr/lib/tmpfiles.d", "etc/tmpfiles.d"} {
@@ -159,6 +158,18 @@ func runTmpfilesOnBlankVar(t *testing.T, tr *fstree.Tree) *fstree.Tree {
 		order = append(order, p)
 	}
 	sort.Strings(order)
+	out := make([][]string, len(order))
+	for i, p := range order {
+		out[i] = lines[p]
+	}
+	return out
+}
+
+// runTmpfilesOnBlankVar returns the /var a first boot ends with: the tree's tmpfiles.d
+// lines for /var (tmpfilesVarLines) run on an empty directory. Only the line types the
+// image uses are understood.
+func runTmpfilesOnBlankVar(t *testing.T, tr *fstree.Tree) *fstree.Tree {
+	t.Helper()
 	id := func(db, name string) int {
 		data, _ := tr.ReadFile(db)
 		for _, l := range strings.Split(string(data), "\n") {
@@ -171,9 +182,8 @@ func runTmpfilesOnBlankVar(t *testing.T, tr *fstree.Tree) *fstree.Tree {
 		return 0
 	}
 	v := fstree.NewTree()
-	for _, p := range order {
-		f := lines[p]
-		rel := strings.TrimPrefix(strings.TrimPrefix(p, "/var"), "/")
+	for _, f := range tmpfilesVarLines(t, tr) {
+		rel := strings.TrimPrefix(strings.TrimPrefix(f[1], "/var"), "/")
 		old, exists := v.Get(rel)
 		switch f[0] {
 		case "q":

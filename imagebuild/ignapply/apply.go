@@ -11,7 +11,8 @@
 //
 // apply.go has the entry point, the refusals, path resolution, contents and hard links,
 // owners and modes; storage.go the storage section (and fetching sources), passwd.go the
-// passwd section, units.go the systemd section.
+// passwd section, ids.go the numbers useradd chooses (IDs, the shadow day, subordinate
+// id ranges), units.go the systemd section.
 package ignapply
 
 import (

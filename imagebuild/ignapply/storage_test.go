@@ -25,7 +25,8 @@ import (
 // through an absolute symlink (/var/run -> /run), symlink owners following the target,
 // hard links, gzip and hash-verified contents, files created by append alone, empty
 // files, owners by id and by name, and setuid/setgid/sticky in the config's modes, which
-// Ignition drops for specs before 3.6.0.
+// Ignition drops for specs before 3.6.0. It is long because it is one config holding
+// every case, applied once by each side (ignition-apply is the slow part).
 func TestApplyIgnitionStorageMatchesIgnitionApply(t *testing.T) {
 	apply := imagetest.IgnitionApply(t)
 	base := func() *fstree.Tree {
