@@ -154,3 +154,38 @@ func TestApplyIgnitionSubIDsAndAgingMatchUseradd(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyIgnitionSubIDLimits: login.defs' SUB_UID_COUNT 0 means no ranges; a full
+// SUB_UID_MIN..SUB_UID_MAX or an impossible setting is an error naming login.defs, as
+// useradd fails then.
+func TestApplyIgnitionSubIDLimits(t *testing.T) {
+	var c types.Config
+	c.Passwd.Users = []types.PasswdUser{{Name: "alice", NoCreateHome: imagetest.Ptr(true)}}
+	for _, tc := range []struct {
+		defs, subuid, err string
+		want              string
+	}{
+		{defs: "SUB_UID_COUNT 0\n", want: ""},
+		{defs: "SUB_UID_MIN 100000\nSUB_UID_MAX 165535\n", subuid: "bob:100000:65536\n", err: "no free range"},
+		{defs: "SUB_UID_MIN 200000\nSUB_UID_MAX 100000\n", err: "invalid configuration in /etc/login.defs: SUB_UID_MIN (200000)"},
+		{defs: "", subuid: "# comment\nbob:100000:10\n", want: "bob:100000:10\n# comment\nalice:100010:65536\n"},
+	} {
+		tr := imagetest.BaseTree(t)
+		defs, _ := tr.ReadFile("etc/login.defs")
+		imagetest.File(t, tr, "etc/login.defs", 0o644, 0, 0, string(defs)+tc.defs)
+		imagetest.File(t, tr, "etc/subuid", 0o644, 0, 0, tc.subuid)
+		err := Apply(tr, imagetest.JSON(t, c), Options{})
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "alice") {
+				t.Errorf("login.defs +%q: error %v, want one naming alice and %q", tc.defs, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := tr.ReadFile("etc/subuid"); string(got) != tc.want {
+			t.Errorf("login.defs +%q: etc/subuid %q, want %q", tc.defs, got, tc.want)
+		}
+	}
+}
