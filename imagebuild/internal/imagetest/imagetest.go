@@ -345,9 +345,6 @@ func RunIgnitionApply(t *testing.T, apply, root string, raw []byte) {
 // accounts that do not exist yet) and the same SSH key file (AuthorizeSSHKeys).
 // SOURCE_DATE_EPOCH=0 makes useradd leave the shadow "last change" field empty. The
 // backups and lock the shadow tools leave are removed.
-//
-// It is long because it mirrors Ignition's argument building for groupadd and useradd in
-// one piece, to be compared with it.
 func IgnitionPasswd(t *testing.T, root string, p types.Passwd) {
 	t.Helper()
 	IgnitionPasswdAt(t, root, p, time.Unix(0, 0))
@@ -355,6 +352,9 @@ func IgnitionPasswd(t *testing.T, root string, p types.Passwd) {
 
 // IgnitionPasswdAt is IgnitionPasswd with useradd's clock at when (SOURCE_DATE_EPOCH):
 // the shadow "last change" field is when's day (empty for the epoch itself).
+//
+// It is long because it mirrors Ignition's argument building for groupadd and useradd in
+// one piece, to be compared with it.
 func IgnitionPasswdAt(t *testing.T, root string, p types.Passwd, when time.Time) {
 	t.Helper()
 	run := func(name string, args ...string) {
