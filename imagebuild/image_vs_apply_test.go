@@ -25,7 +25,8 @@ import (
 // and `systemctl enable` for the enablement, as Ignition does at first boot) applies the
 // same config to the same base extracted on disk. Every path that Ignition added or
 // changed must look the same in the image (type, mode, owner, link target, sha256),
-// following the root's links into /node and the factory copy of /var.
+// following the root's links into /node and the factory copy of /var. (One long
+// function: the reference on disk, the images, and the comparison share its state.)
 func TestImageMatchesIgnitionApply(t *testing.T) {
 	imagetest.Tool(t, "sgdisk", "gdisk")
 	apply := imagetest.IgnitionApply(t)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"sort"
 	"strings"
 
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
@@ -26,43 +27,11 @@ const factoryVar = "usr/share/factory/var"
 // changes are the same on every node except resolv.conf, so they end up in the shared
 // root, and resolv.conf in the node's partition.
 func ReadOnlyRoot(t *fstree.Tree, dns []string) error {
-	// /var: saved to the factory dir, restored by tmpfiles on first boot; what the node
-	// config created under /var (etcd's data dir, etcd-firstboot's state) is recreated
-	// with the same mode and owner on every boot.
-	var lines []string
-	lines = append(lines, "# etcdbake: /var is the data partition; restore the image's /var content on first boot")
-	for _, p := range t.Paths() {
-		e, _ := t.Get(p)
-		rel, ok := strings.CutPrefix(p, "var/")
-		if !ok || strings.Contains(rel, "/") {
-			continue
-		}
-		if e.IsDir() {
-			lines = append(lines, fmt.Sprintf("C /var/%s - - - - /%s/%s", rel, factoryVar, rel))
-		}
-	}
-	for _, p := range []string{"var/lib/etcd", "var/lib/etcdbake"} {
-		if e, ok := t.Get(p); ok && e.IsDir() {
-			lines = append(lines, fmt.Sprintf("d /%s %04o %s %s -", p, e.Mode.Perm(), ownerName(t, e.UID, "etc/passwd"), ownerName(t, e.GID, "etc/group")))
-		}
-	}
-	for _, p := range t.Paths() {
-		if rel, ok := strings.CutPrefix(p, "var/"); ok {
-			e, _ := t.Get(p)
-			c := *e
-			c.Path = path.Join(factoryVar, rel)
-			t.Set(&c)
-			t.Delete(p)
-		}
-	}
-	if err := t.MkdirAll(factoryVar); err != nil {
+	if err := varToFactory(t); err != nil {
 		return err
 	}
 	put := func(p string, mode fs.FileMode, data string) error {
 		return t.Put(&fstree.Entry{Path: p, Mode: mode, Data: []byte(data)})
-	}
-	if err := put("etc/tmpfiles.d/etcdbake-var.conf", 0o644, strings.Join(lines, "\n")+"\n"); err != nil {
-		return err
 	}
 	for _, d := range []string{"var", NodeMount, "tmp"} {
 		if err := t.Put(&fstree.Entry{Path: d, Mode: fs.ModeDir | dirMode(d)}); err != nil {
@@ -105,6 +74,57 @@ func ReadOnlyRoot(t *fstree.Tree, dns []string) error {
 	return put("etc/machine-id", 0o444, "")
 }
 
+// varToFactory moves the tree's /var to the factory copy and writes the tmpfiles.d lines
+// that restore it onto the blank data partition at boot.
+func varToFactory(t *fstree.Tree) error {
+	// /var: saved to the factory dir, restored by tmpfiles on first boot: a line for
+	// every entry directly under /var (what has none is not on the node): `C` for
+	// directories and files, `L` for symlinks (`C` would stat the source through the
+	// link and fail the boot's tmpfiles run when the target does not exist yet), except
+	// symlinks the image's tmpfiles.d already makes (systemd's /var/run, /var/lock).
+	// What the node config created under /var (etcd's data dir, etcd-firstboot's state)
+	// is recreated with the same mode and owner on every boot.
+	made := tmpfilesSymlinks(t)
+	var lines []string
+	lines = append(lines, "# etcdbake: /var is the data partition; restore the image's /var content on first boot")
+	for _, p := range t.Paths() {
+		e, _ := t.Get(p)
+		rel, ok := strings.CutPrefix(p, "var/")
+		if !ok || strings.Contains(rel, "/") {
+			continue
+		}
+		switch target, ok := made["/"+p]; {
+		case !e.IsSymlink():
+			lines = append(lines, fmt.Sprintf("C /var/%s - - - - /%s/%s", rel, factoryVar, rel))
+		case !ok || absTarget("/"+p, e.Target) != target:
+			lines = append(lines, fmt.Sprintf("L /var/%s - %s %s - %s", rel, ownerName(t, e.UID, "etc/passwd"), ownerName(t, e.GID, "etc/group"), e.Target))
+		}
+	}
+	for _, p := range []string{"var/lib/etcd", "var/lib/etcdbake"} {
+		if e, ok := t.Get(p); ok && e.IsDir() {
+			lines = append(lines, fmt.Sprintf("d /%s %04o %s %s -", p, e.Mode.Perm(), ownerName(t, e.UID, "etc/passwd"), ownerName(t, e.GID, "etc/group")))
+		}
+	}
+	for _, p := range t.Paths() {
+		e, _ := t.Get(p)
+		if rel, ok := strings.CutPrefix(p, "var/"); ok {
+			c := *e
+			c.Path = path.Join(factoryVar, rel)
+			t.Set(&c)
+			t.Delete(p)
+			e = &c
+		}
+		// A hard link keeps pointing at the entry holding its contents.
+		if rel, ok := strings.CutPrefix(e.Hardlink, "var/"); ok {
+			e.Hardlink = path.Join(factoryVar, rel)
+		}
+	}
+	if err := t.MkdirAll(factoryVar); err != nil {
+		return err
+	}
+	return t.Put(&fstree.Entry{Path: "etc/tmpfiles.d/etcdbake-var.conf", Mode: 0o644, Data: []byte(strings.Join(lines, "\n") + "\n")})
+}
+
 func dirMode(d string) fs.FileMode {
 	if d == "tmp" {
 		return 0o777 | fs.ModeSticky
@@ -130,4 +150,65 @@ func ownerName(t *fstree.Tree, id int, file string) string {
 		}
 	}
 	return fmt.Sprint(id)
+}
+
+// tmpfilesSymlinks returns the symlinks (path -> absolute target) that the image's own
+// tmpfiles.d lines make directly under /var, such as systemd's "L /var/run - - - - ../run".
+// Configuration files are read as systemd-tmpfiles does: by name, one in etc/tmpfiles.d
+// overriding (or, as a link to /dev/null, masking) one of the same name in
+// usr/local/lib/tmpfiles.d or usr/lib/tmpfiles.d; for a path, the first line in name
+// order counts (later ones are ignored as duplicates).
+func tmpfilesSymlinks(t *fstree.Tree) map[string]string {
+	files := map[string]*fstree.Entry{}
+	for _, dir := range []string{"usr/lib/tmpfiles.d", "usr/local/lib/tmpfiles.d", "etc/tmpfiles.d"} {
+		rd, err := t.Resolve(dir, true)
+		if err != nil {
+			continue
+		}
+		for p, e := range t.All() {
+			if path.Dir(p) == rd && strings.HasSuffix(p, ".conf") {
+				files[path.Base(p)] = e
+			}
+		}
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	first := map[string]bool{}
+	out := map[string]string{}
+	for _, n := range names {
+		e, ok := t.Follow(files[n].Path)
+		if !ok || !e.IsRegular() {
+			continue // masked
+		}
+		data, err := t.Contents(e)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+				continue
+			}
+			p := path.Clean(f[1])
+			if path.Dir(p) != "/var" || first[p] {
+				continue
+			}
+			first[p] = true
+			if strings.HasPrefix(f[0], "L") && len(f) >= 7 && f[6] != "-" {
+				out[p] = absTarget(p, f[6])
+			}
+		}
+	}
+	return out
+}
+
+// absTarget is a symlink's target as an absolute path (relative to the link's directory).
+func absTarget(link, target string) string {
+	if strings.HasPrefix(target, "/") {
+		return path.Clean(target)
+	}
+	return path.Join(path.Dir(link), target)
 }

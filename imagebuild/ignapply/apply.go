@@ -11,7 +11,8 @@
 //
 // apply.go has the entry point, the refusals, path resolution, contents and hard links,
 // owners and modes; storage.go the storage section (and fetching sources), passwd.go the
-// passwd section, units.go the systemd section.
+// passwd section, ids.go the numbers useradd chooses (IDs, the shadow day, subordinate
+// id ranges), units.go the systemd section.
 package ignapply
 
 import (
@@ -22,6 +23,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	v34 "github.com/coreos/ignition/v2/config/v3_4"
 	"github.com/coreos/ignition/v2/config/v3_4/types"
@@ -42,6 +44,17 @@ type Options struct {
 	// OpenSSH reads only when sshd_config names that directory (Fedora CoreOS and Flatcar
 	// do; Debian's default sshd_config does not).
 	LegacyAuthorizedKeys bool
+	// Time is the build's time. useradd writes the day it runs (days since the epoch,
+	// from SOURCE_DATE_EPOCH when set) as the shadow "last change" field of the accounts
+	// it adds; Apply writes Time's day, so the same inputs give the same image. The zero
+	// Time leaves the field empty, as useradd does with SOURCE_DATE_EPOCH=0 (which
+	// disables password aging for the account).
+	Time time.Time
+	// HardLinks says the tree goes to a writer that keeps hard links. Without it a hard
+	// link in the config (storage.links with hard: true) is refused: the image's ext4
+	// writer (go-diskfs) cannot make hard links and would write a second copy, where
+	// Ignition makes one file with two names.
+	HardLinks bool
 }
 
 // Apply applies an Ignition 3.4.0 config (raw JSON) to the tree, as Ignition's
@@ -56,19 +69,27 @@ type Options struct {
 //     one; other accounts take the ID above the highest used in *ID_MIN..*ID_MAX (1000..
 //     60000). A user without primaryGroup gets a group of its own name (USERGROUPS_ENAB),
 //     with gid = uid when free. Passwords are "*" unless passwordHash is set; the shadow
-//     "last change" field is left empty (so the result does not depend on the build date;
-//     useradd writes the day, or empty with SOURCE_DATE_EPOCH=0). Homes (unless
+//     "last change" field is the day of Options.Time (useradd writes the day it runs;
+//     empty for the zero Time, as useradd with SOURCE_DATE_EPOCH=0), and for accounts
+//     that are not system ones min/max/warn come from login.defs' PASS_MIN_DAYS,
+//     PASS_MAX_DAYS and PASS_WARN_AGE. When the tree has etc/subuid (etc/subgid), a new
+//     account that is not a system one, with no uid given or one in UID_MIN..UID_MAX,
+//     gets SUB_UID_COUNT (65536) subordinate ids there: the first free hole from
+//     SUB_UID_MIN up to SUB_UID_MAX, the existing lines sorted, as shadow 4.13's
+//     find_new_sub_uids does. Homes (unless
 //     noCreateHome) are created as useradd --create-home does: mode HOME_MODE or 0777 &^
 //     UMASK, owned by the user, etc/skel copied in with its modes (shadow 4.13 in a
 //     chroot without /proc leaves skel directories 0700 and stops copying; we do not).
 //     sshAuthorizedKeys go to <home>/.ssh/authorized_keys.d/ignition (see
-//     Options.LegacyAuthorizedKeys), owned by the user, directories 0700, file 0600. shouldExist: false deletes the
-//     account as userdel --remove / groupdel would.
+//     Options.LegacyAuthorizedKeys), owned by the user, directories 0700, file 0600.
+//     shouldExist: false deletes the account (with its subordinate id ranges) as userdel
+//     --remove / groupdel would.
 //     Accounts that already exist are left as they are, except that passwordHash and
 //     sshAuthorizedKeys are applied and listed groups gain the user as a member (Ignition
 //     would run usermod); a request to change an existing account's uid, gid, primary
 //     group, home, shell or gecos is an error rather than silently ignored.
-//   - storage.directories, files and links, shallowest first, hard links last, with
+//   - storage.directories, files and links, shallowest first, hard links last (refused
+//     unless Options.HardLinks: the image's ext4 writer would make them copies), with
 //     Ignition's rules: paths are resolved through symlinks inside the tree; overwrite
 //     removes what is there first; a new file is 0644 and a new directory (and every
 //     missing parent) 0755, root-owned; an existing node keeps its mode and owner unless
@@ -106,6 +127,9 @@ func Apply(t *fstree.Tree, raw []byte, o Options) error {
 		return fmt.Errorf("invalid Ignition config:\n%s", rep.String())
 	}
 	if err := ignRefuse(cfg); err != nil {
+		return err
+	}
+	if err := ignRefuseHardLinks(cfg, o); err != nil {
 		return err
 	}
 	a := &ignApplier{t: t, o: o}
@@ -148,6 +172,28 @@ func ignRefuse(c types.Config) error {
 		"(etcdbake lays out the disk and the kernel command line itself, and fetches nothing at build time); "+
 		"remove it from the Butane fragments: only passwd, storage.files/directories/links and systemd.units are applied",
 		strings.Join(what, ", "))
+}
+
+// ignRefuseHardLinks refuses the config's hard links unless the tree's writer keeps
+// them (Options.HardLinks): a copy would be a different file system from Ignition's.
+func ignRefuseHardLinks(c types.Config, o Options) error {
+	if o.HardLinks {
+		return nil
+	}
+	for i, l := range c.Storage.Links {
+		if l.Hard == nil || !*l.Hard {
+			continue
+		}
+		target := ""
+		if l.Target != nil {
+			target = *l.Target
+		}
+		return fmt.Errorf("storage.links[%d] %s: a hard link (hard: true) to %s cannot be written to the disk image: "+
+			"etcdbake's ext4 writer makes no hard links and would write a second copy, where Ignition makes one file with two names; "+
+			"use a symbolic link (drop hard: true) or, if a copy is what you want, a second storage.files entry with the same contents",
+			i, l.Path, target)
+	}
+	return nil
 }
 
 type ignApplier struct {

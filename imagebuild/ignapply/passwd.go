@@ -155,6 +155,7 @@ func (a *ignApplier) ignDefs(name string) map[string]string {
 
 type ignAccounts struct {
 	passwd, shadow, group, gshadow *ignDB
+	subuid, subgid                 *ignDB
 	defs, udefs                    map[string]string
 }
 
@@ -165,90 +166,6 @@ func (ac *ignAccounts) num(key string, def int) int {
 		}
 	}
 	return def
-}
-
-// ignFindNewID is shadow-utils' find_new_uid/find_new_gid (4.13): ids are the IDs in use
-// in file order.
-func ignFindNewID(ids []int, lo, hi int, sys bool, preferred *int, preferredLo int) (int, bool) {
-	used := map[int]bool{}
-	for _, id := range ids {
-		used[id] = true
-	}
-	free := func(id int) bool { return !used[id] && id != 65535 && id != 1<<32-1 }
-	if preferred != nil && *preferred >= preferredLo && *preferred <= hi && free(*preferred) {
-		return *preferred, true
-	}
-	lowest, highest := hi, lo
-	for _, id := range ids {
-		if id <= lowest && id >= lo {
-			lowest = id - 1
-		}
-		if id >= highest && id <= hi {
-			highest = id + 1
-		}
-	}
-	if sys {
-		if lowest < lo {
-			lowest = hi
-		}
-		for id := lowest; id >= lo; id-- {
-			if free(id) {
-				return id, true
-			}
-		}
-		if lowest != hi {
-			for id := hi; id >= lo; id-- {
-				if free(id) {
-					return id, true
-				}
-			}
-		}
-		return 0, false
-	}
-	if highest > hi {
-		highest = lo
-	}
-	for id := highest; id <= hi; id++ {
-		if free(id) {
-			return id, true
-		}
-	}
-	if highest != lo {
-		for id := lo; id <= hi; id++ {
-			if free(id) {
-				return id, true
-			}
-		}
-	}
-	return 0, false
-}
-
-func (ac *ignAccounts) newGID(sys bool, preferred *int) (int, error) {
-	lo, hi, plo := ac.num("GID_MIN", 1000), ac.num("GID_MAX", 60000), 0
-	if sys {
-		hi = ac.num("SYS_GID_MAX", ac.num("GID_MIN", 1000)-1)
-		lo, plo = ac.num("SYS_GID_MIN", 101), 1
-	} else {
-		plo = lo
-	}
-	id, ok := ignFindNewID(ac.group.ids(), lo, hi, sys, preferred, plo)
-	if !ok {
-		return 0, fmt.Errorf("no free group ID in %d..%d", lo, hi)
-	}
-	return id, nil
-}
-
-func (ac *ignAccounts) newUID(sys bool) (int, error) {
-	lo, hi := ac.num("UID_MIN", 1000), ac.num("UID_MAX", 60000)
-	if sys {
-		hi = ac.num("SYS_UID_MAX", ac.num("UID_MIN", 1000)-1)
-		lo = ac.num("SYS_UID_MIN", 101)
-	}
-	id, ok := ignFindNewID(ac.passwd.ids(), lo, hi, sys, nil, lo)
-	if !ok {
-		return 0, fmt.Errorf("no free user ID in %d..%d", lo, hi)
-	}
-	return id, nil
 }
 
 // findGroup finds a group by name or, for a number, by gid (as useradd -g/-G accept).
@@ -271,7 +188,7 @@ func (a *ignApplier) passwd(p types.Passwd) error {
 	for _, x := range []struct {
 		db   **ignDB
 		name string
-	}{{&ac.passwd, "etc/passwd"}, {&ac.shadow, "etc/shadow"}, {&ac.group, "etc/group"}, {&ac.gshadow, "etc/gshadow"}} {
+	}{{&ac.passwd, "etc/passwd"}, {&ac.shadow, "etc/shadow"}, {&ac.group, "etc/group"}, {&ac.gshadow, "etc/gshadow"}, {&ac.subuid, "etc/subuid"}, {&ac.subgid, "etc/subgid"}} {
 		if *x.db, err = a.loadDB(x.name); err != nil {
 			return err
 		}
@@ -294,7 +211,7 @@ func (a *ignApplier) passwd(p types.Passwd) error {
 	for _, x := range []struct {
 		db     *ignDB
 		create bool
-	}{{ac.passwd, true}, {ac.shadow, false}, {ac.group, true}, {ac.gshadow, false}} {
+	}{{ac.passwd, true}, {ac.shadow, false}, {ac.group, true}, {ac.gshadow, false}, {ac.subuid, false}, {ac.subgid, false}} {
 		if err := a.saveDB(x.db, x.create); err != nil {
 			return err
 		}
@@ -429,9 +346,6 @@ func ignDropMember(list, user string) (string, bool) {
 
 // ensureUser adds (or checks, or deletes) one user; it returns the home creation to do
 // once the databases are written.
-//
-// It is long because it follows useradd's checks and writes in their order, so that it
-// can be read side by side with shadow-utils.
 func (a *ignApplier) ensureUser(ac *ignAccounts, u types.PasswdUser) (func() error, error) {
 	i := ac.passwd.find(u.Name)
 	if u.ShouldExist != nil && !*u.ShouldExist {
@@ -457,30 +371,9 @@ func (a *ignApplier) ensureUser(ac *ignAccounts, u types.PasswdUser) (func() err
 			return nil, err
 		}
 	}
-	var gid int
-	switch {
-	case u.PrimaryGroup != nil && *u.PrimaryGroup != "":
-		gi := ac.findGroup(*u.PrimaryGroup)
-		if gi < 0 {
-			return nil, fmt.Errorf("primary group %q does not exist", *u.PrimaryGroup)
-		}
-		gid, _ = strconv.Atoi(ac.group.fields(gi, 4)[2])
-	case u.NoUserGroup != nil && *u.NoUserGroup || strings.EqualFold(ac.defs["USERGROUPS_ENAB"], "no"):
-		gid = 100
-		if g, ok := ac.udefs["GROUP"]; ok {
-			if gi := ac.findGroup(g); gi >= 0 {
-				gid, _ = strconv.Atoi(ac.group.fields(gi, 4)[2])
-			}
-		}
-	default:
-		if ac.group.find(u.Name) >= 0 {
-			return nil, fmt.Errorf("group %s exists - if you want to add this user to that group, set primaryGroup", u.Name)
-		}
-		var err error
-		if gid, err = ac.newGID(sys, &uid); err != nil {
-			return nil, err
-		}
-		a.addGroup(ac, u.Name, gid, "!")
+	gid, err := a.primaryGID(ac, u, uid, sys)
+	if err != nil {
+		return nil, err
 	}
 	var groups []int
 	for _, g := range u.Groups {
@@ -516,31 +409,18 @@ func (a *ignApplier) ensureUser(ac *ignAccounts, u types.PasswdUser) (func() err
 	if u.PasswordHash != nil && *u.PasswordHash != "" {
 		pw = *u.PasswordHash
 	}
-	if ac.shadow.exists {
-		ac.passwd.add(u.Name, "x", strconv.Itoa(uid), strconv.Itoa(gid), gecos, home, shell)
-		aging := func(key string) string {
-			if sys {
-				return ""
-			}
-			if v, ok := ac.defs[key]; ok {
-				if n, err := strconv.Atoi(v); err == nil && n >= 0 {
-					return strconv.Itoa(n)
-				}
-			}
-			return ""
-		}
-		inactive := ""
-		if v, ok := ac.udefs["INACTIVE"]; ok {
-			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
-				inactive = strconv.Itoa(n)
-			}
-		}
-		ac.shadow.add(u.Name, pw, "", aging("PASS_MIN_DAYS"), aging("PASS_MAX_DAYS"), aging("PASS_WARN_AGE"), inactive, "", "")
-	} else {
-		ac.passwd.add(u.Name, pw, strconv.Itoa(uid), strconv.Itoa(gid), gecos, home, shell)
-	}
+	a.addUser(ac, sys, u.Name, pw, strconv.Itoa(uid), strconv.Itoa(gid), gecos, home, shell)
 	for _, gi := range groups {
 		a.addMember(ac, gi, u.Name)
+	}
+	// useradd decides before allocating: no uid given (or 0), or one in UID_MIN..UID_MAX.
+	if !sys && (u.UID == nil || *u.UID == 0 || *u.UID >= ac.num("UID_MIN", 1000) && *u.UID <= ac.num("UID_MAX", 60000)) {
+		if err := ac.addSubIDs(ac.subuid, "SUB_UID", u.Name); err != nil {
+			return nil, err
+		}
+		if err := ac.addSubIDs(ac.subgid, "SUB_GID", u.Name); err != nil {
+			return nil, err
+		}
 	}
 	if u.NoCreateHome != nil && *u.NoCreateHome {
 		return nil, nil
@@ -552,6 +432,62 @@ func (a *ignApplier) ensureUser(ac *ignAccounts, u types.PasswdUser) (func() err
 		}
 	}
 	return func() error { return a.createHome(home, uid, gid, homeMode) }, nil
+}
+
+// primaryGID is the new user's primary group as useradd picks it: primaryGroup, else
+// (without user groups) GROUP of default/useradd or 100, else a new group of the user's
+// name, with gid = uid when that is free.
+func (a *ignApplier) primaryGID(ac *ignAccounts, u types.PasswdUser, uid int, sys bool) (int, error) {
+	switch {
+	case u.PrimaryGroup != nil && *u.PrimaryGroup != "":
+		gi := ac.findGroup(*u.PrimaryGroup)
+		if gi < 0 {
+			return 0, fmt.Errorf("primary group %q does not exist", *u.PrimaryGroup)
+		}
+		return strconv.Atoi(ac.group.fields(gi, 4)[2])
+	case u.NoUserGroup != nil && *u.NoUserGroup || strings.EqualFold(ac.defs["USERGROUPS_ENAB"], "no"):
+		if g, ok := ac.udefs["GROUP"]; ok {
+			if gi := ac.findGroup(g); gi >= 0 {
+				return strconv.Atoi(ac.group.fields(gi, 4)[2])
+			}
+		}
+		return 100, nil
+	}
+	if ac.group.find(u.Name) >= 0 {
+		return 0, fmt.Errorf("group %s exists - if you want to add this user to that group, set primaryGroup", u.Name)
+	}
+	gid, err := ac.newGID(sys, &uid)
+	if err != nil {
+		return 0, err
+	}
+	a.addGroup(ac, u.Name, gid, "!")
+	return gid, nil
+}
+
+// addUser writes the account's passwd line and, when etc/shadow exists, its shadow line
+// as useradd does: the "last change" day, and for accounts that are not system ones
+// login.defs' PASS_MIN_DAYS, PASS_MAX_DAYS, PASS_WARN_AGE and default/useradd's INACTIVE.
+func (a *ignApplier) addUser(ac *ignAccounts, sys bool, name, pw, uid, gid, gecos, home, shell string) {
+	if !ac.shadow.exists {
+		ac.passwd.add(name, pw, uid, gid, gecos, home, shell)
+		return
+	}
+	ac.passwd.add(name, "x", uid, gid, gecos, home, shell)
+	num := func(m map[string]string, key string) string {
+		if v, ok := m[key]; ok {
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				return strconv.Itoa(n)
+			}
+		}
+		return ""
+	}
+	aging := func(key string) string {
+		if sys {
+			return ""
+		}
+		return num(ac.defs, key)
+	}
+	ac.shadow.add(name, pw, a.lastChange(), aging("PASS_MIN_DAYS"), aging("PASS_MAX_DAYS"), aging("PASS_WARN_AGE"), num(ac.udefs, "INACTIVE"), "", "")
 }
 
 // existingUser applies what is supported offline to a user already in the base.
@@ -612,6 +548,11 @@ func (a *ignApplier) deleteUser(ac *ignAccounts, i int) {
 	ac.passwd.del(i)
 	if j := ac.shadow.find(name); j >= 0 {
 		ac.shadow.del(j)
+	}
+	for _, db := range []*ignDB{ac.subuid, ac.subgid} {
+		for j := db.find(name); j >= 0; j = db.find(name) {
+			db.del(j)
+		}
 	}
 	for j := range ac.group.lines {
 		gf := ac.group.fields(j, 4)

@@ -4,12 +4,15 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io/fs"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/coreos/ignition/v2/config/v3_4/types"
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
+	"github.com/etcdbake/etcdbake/internal/testtools"
 )
 
 // TestApplyIgnitionExistingUsers: keys for a user of the base go to the legacy file when
@@ -73,6 +76,116 @@ func TestApplyIgnitionIDAllocation(t *testing.T) {
 		}
 		if got, ok := ignFindNewID(c.ids, lo, hi, c.sys, c.preferred, plo); !ok || got != c.want {
 			t.Errorf("ids %v sys %v: %d, want %d", c.ids, c.sys, got, c.want)
+		}
+	}
+}
+
+// TestApplyIgnitionSubIDsAndAgingMatchUseradd: accounts added by Apply get what Debian's
+// useradd (shadow 4.13, run with --root on the same base, its clock at the build's
+// time) writes: the shadow "last change" day of the build for every account, the aging
+// fields of login.defs for normal ones, and for normal accounts whose uid is in
+// UID_MIN..UID_MAX a 65536-id range in etc/subuid and etc/subgid (the first free hole
+// from SUB_UID_MIN, the file kept sorted), since the base has those files. Deleting the
+// account removes its ranges, as userdel does.
+func TestApplyIgnitionSubIDsAndAgingMatchUseradd(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("useradd --root needs root")
+	}
+	if _, err := exec.LookPath("useradd"); err != nil {
+		testtools.Missing(t, "useradd (Debian package passwd)")
+	}
+	base := func() *fstree.Tree {
+		tr := imagetest.BaseTree(t)
+		defs, _ := tr.ReadFile("etc/login.defs")
+		imagetest.File(t, tr, "etc/login.defs", 0o644, 0, 0, string(defs)+"SUB_UID_MIN\t\t   100000\nSUB_UID_MAX\t\t600100000\nSUB_UID_COUNT\t\t    65536\nSUB_GID_MIN\t\t   100000\nSUB_GID_MAX\t\t600100000\nSUB_GID_COUNT\t\t    65536\n")
+		imagetest.File(t, tr, "etc/subuid", 0o644, 0, 0, "far:300000:65536\nold:100000:65536\n")
+		imagetest.File(t, tr, "etc/subgid", 0o644, 0, 0, "")
+		return tr
+	}
+	var c types.Config
+	c.Passwd.Users = []types.PasswdUser{
+		{Name: "alice"},
+		{Name: "sysu", System: imagetest.Ptr(true)},
+		{Name: "lowu", UID: imagetest.Ptr(500)},
+		{Name: "highu", UID: imagetest.Ptr(2000), NoCreateHome: imagetest.Ptr(true)},
+	}
+	mine := base()
+	if err := Apply(mine, imagetest.JSON(t, c), Options{Time: imagetest.Now}); err != nil {
+		t.Fatal(err)
+	}
+	root := imagetest.RootDir(t)
+	imagetest.WriteTree(t, base(), root)
+	imagetest.IgnitionPasswdAt(t, root, c.Passwd, imagetest.Now)
+	imagetest.Compare(t, mine, imagetest.ReadDir(t, root), nil, nil)
+
+	day := imagetest.Now.Unix() / 86400
+	for file, want := range map[string]string{
+		"etc/shadow": fmt.Sprintf("alice:*:%d:0:99999:7:::\nsysu:*:%[1]d::::::\nlowu:*:%[1]d:0:99999:7:::\nhighu:*:%[1]d:0:99999:7:::\n", day),
+		"etc/subuid": "old:100000:65536\nalice:165536:65536\nfar:300000:65536\nhighu:231072:65536\n",
+		"etc/subgid": "alice:100000:65536\nhighu:165536:65536\n",
+	} {
+		if got, _ := mine.ReadFile(file); !strings.HasSuffix(string(got), want) {
+			t.Errorf("/%s:\n%s\nshould end with\n%s", file, got, want)
+		}
+	}
+
+	c.Passwd.Users = []types.PasswdUser{{Name: "alice", ShouldExist: imagetest.Ptr(false)}}
+	if err := Apply(mine, imagetest.JSON(t, c), Options{Time: imagetest.Now}); err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{
+		"etc/subuid": "old:100000:65536\nfar:300000:65536\nhighu:231072:65536\n",
+		"etc/subgid": "highu:165536:65536\n",
+	} {
+		if got, _ := mine.ReadFile(file); string(got) != want {
+			t.Errorf("after deleting alice, /%s:\n%s\nwant\n%s", file, got, want)
+		}
+	}
+
+	// Without subordinate id files in the base, useradd adds none, and neither does Apply.
+	tr := imagetest.BaseTree(t)
+	c.Passwd.Users = []types.PasswdUser{{Name: "alice"}}
+	if err := Apply(tr, imagetest.JSON(t, c), Options{Time: imagetest.Now}); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"etc/subuid", "etc/subgid"} {
+		if _, ok := tr.Get(f); ok {
+			t.Errorf("/%s created though the base has none", f)
+		}
+	}
+}
+
+// TestApplyIgnitionSubIDLimits: login.defs' SUB_UID_COUNT 0 means no ranges; a full
+// SUB_UID_MIN..SUB_UID_MAX or an impossible setting is an error naming login.defs, as
+// useradd fails then.
+func TestApplyIgnitionSubIDLimits(t *testing.T) {
+	var c types.Config
+	c.Passwd.Users = []types.PasswdUser{{Name: "alice", NoCreateHome: imagetest.Ptr(true)}}
+	for _, tc := range []struct {
+		defs, subuid, err string
+		want              string
+	}{
+		{defs: "SUB_UID_COUNT 0\n", want: ""},
+		{defs: "SUB_UID_MIN 100000\nSUB_UID_MAX 165535\n", subuid: "bob:100000:65536\n", err: "no free range"},
+		{defs: "SUB_UID_MIN 200000\nSUB_UID_MAX 100000\n", err: "invalid configuration in /etc/login.defs: SUB_UID_MIN (200000)"},
+		{defs: "", subuid: "# comment\nbob:100000:10\n", want: "bob:100000:10\n# comment\nalice:100010:65536\n"},
+	} {
+		tr := imagetest.BaseTree(t)
+		defs, _ := tr.ReadFile("etc/login.defs")
+		imagetest.File(t, tr, "etc/login.defs", 0o644, 0, 0, string(defs)+tc.defs)
+		imagetest.File(t, tr, "etc/subuid", 0o644, 0, 0, tc.subuid)
+		err := Apply(tr, imagetest.JSON(t, c), Options{})
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "alice") {
+				t.Errorf("login.defs +%q: error %v, want one naming alice and %q", tc.defs, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := tr.ReadFile("etc/subuid"); string(got) != tc.want {
+			t.Errorf("login.defs +%q: etc/subuid %q, want %q", tc.defs, got, tc.want)
 		}
 	}
 }

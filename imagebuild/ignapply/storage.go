@@ -231,9 +231,6 @@ func (a *ignApplier) createLink(l *types.Link, p string) error {
 
 // fetch returns a resource's contents, decompressed and verified. With allowSource an
 // uncompressed local file (from Options.Remote) is returned by path instead.
-//
-// It is long because it takes a source through Ignition's steps in Ignition's order:
-// scheme, offline lookup, decompression, verification.
 func (a *ignApplier) fetch(file string, r types.Resource, allowSource bool) ([]byte, string, error) {
 	src := ""
 	if r.Source != nil {
@@ -246,52 +243,11 @@ func (a *ignApplier) fetch(file string, r types.Resource, allowSource bool) ([]b
 	if compression != "" && compression != "gzip" {
 		return nil, "", fmt.Errorf("file %s: compression %q is not supported (only gzip)", file, compression)
 	}
-	var h hash.Hash
-	var algo, want string
-	if r.Verification.Hash != nil {
-		var ok bool
-		algo, want, ok = strings.Cut(*r.Verification.Hash, "-")
-		switch {
-		case !ok:
-			return nil, "", fmt.Errorf("file %s: malformed verification hash %q", file, *r.Verification.Hash)
-		case algo == "sha512":
-			h = sha512.New()
-		case algo == "sha256":
-			h = sha256.New()
-		default:
-			return nil, "", fmt.Errorf("file %s: unsupported verification hash %q (sha512 or sha256)", file, algo)
-		}
-		want = strings.ToLower(want)
+	gz := compression == "gzip"
+	sum, err := newIgnHash(file, r.Verification)
+	if err != nil {
+		return nil, "", err
 	}
-	verify := func(what string) error {
-		if h == nil {
-			return nil
-		}
-		if got := hex.EncodeToString(h.Sum(nil)); got != want {
-			return fmt.Errorf("file %s: the contents of %s do not match the config's verification hash: expected %s-%s, got %s-%s", file, what, algo, want, algo, got)
-		}
-		return nil
-	}
-	decode := func(rd io.Reader) ([]byte, error) {
-		if compression == "gzip" {
-			zr, err := gzip.NewReader(rd)
-			if err != nil {
-				return nil, err
-			}
-			defer zr.Close()
-			rd = zr
-		}
-		var buf bytes.Buffer
-		var w io.Writer = &buf
-		if h != nil {
-			w = io.MultiWriter(&buf, h)
-		}
-		if _, err := io.Copy(w, rd); err != nil {
-			return nil, err
-		}
-		return buf.Bytes(), nil
-	}
-
 	u, err := url.Parse(src)
 	if err != nil {
 		return nil, "", fmt.Errorf("file %s: source %q: %w", file, src, err)
@@ -299,25 +255,31 @@ func (a *ignApplier) fetch(file string, r types.Resource, allowSource bool) ([]b
 	switch u.Scheme {
 	case "":
 		// Ignition writes nothing (an empty file).
-		b, err := decode(bytes.NewReader(nil))
+		b, err := ignDecode(bytes.NewReader(nil), gz, sum)
 		if err != nil {
 			return nil, "", fmt.Errorf("file %s: %w", file, err)
 		}
-		return b, "", verify("the empty source")
+		return b, "", sum.check(file, "the empty source")
 	case "data":
 		d, err := dataurl.DecodeString(u.String())
 		if err != nil {
 			return nil, "", fmt.Errorf("file %s: bad data URL: %w", file, err)
 		}
-		b, err := decode(bytes.NewReader(d.Data))
+		b, err := ignDecode(bytes.NewReader(d.Data), gz, sum)
 		if err != nil {
 			return nil, "", fmt.Errorf("file %s: decompressing its data URL: %w", file, err)
 		}
-		return b, "", verify("its data URL")
+		return b, "", sum.check(file, "its data URL")
 	case "http", "https", "tftp", "s3", "gs", "arn":
+		return a.fetchLocal(file, src, gz, allowSource, sum)
 	default:
 		return nil, "", fmt.Errorf("file %s: source %q: unsupported URL scheme %q", file, src, u.Scheme)
 	}
+}
+
+// fetchLocal reads a remote source from its local copy (Options.Remote); with
+// allowSource and no compression it is verified and returned by path.
+func (a *ignApplier) fetchLocal(file, src string, gz, allowSource bool, sum *ignHash) ([]byte, string, error) {
 	local, ok := a.o.Remote[src]
 	if !ok {
 		return nil, "", fmt.Errorf("file %s: source %s would be fetched from the network, which an offline build cannot do: provide it as a local file (Options.Remote)", file, src)
@@ -331,12 +293,12 @@ func (a *ignApplier) fetch(file string, r types.Resource, allowSource bool) ([]b
 		return nil, "", fmt.Errorf("file %s: local copy of %s (%s) is not a regular file", file, src, local)
 	}
 	what := fmt.Sprintf("%s (local copy %s)", src, local)
-	if compression == "" && allowSource {
-		if h != nil {
-			if _, err := io.Copy(h, f); err != nil {
+	if !gz && allowSource {
+		if sum != nil {
+			if _, err := io.Copy(sum.h, f); err != nil {
 				return nil, "", fmt.Errorf("file %s: reading %s: %w", file, local, err)
 			}
-			if err := verify(what); err != nil {
+			if err := sum.check(file, what); err != nil {
 				return nil, "", err
 			}
 		}
@@ -346,9 +308,68 @@ func (a *ignApplier) fetch(file string, r types.Resource, allowSource bool) ([]b
 		}
 		return nil, abs, nil
 	}
-	b, err := decode(f)
+	b, err := ignDecode(f, gz, sum)
 	if err != nil {
 		return nil, "", fmt.Errorf("file %s: reading %s: %w", file, what, err)
 	}
-	return b, "", verify(what)
+	return b, "", sum.check(file, what)
+}
+
+// ignHash is a resource's verification hash: the digest being computed and the value
+// the config wants. A nil *ignHash (no verification) accepts anything.
+type ignHash struct {
+	h          hash.Hash
+	algo, want string
+}
+
+func newIgnHash(file string, v types.Verification) (*ignHash, error) {
+	if v.Hash == nil {
+		return nil, nil
+	}
+	algo, want, ok := strings.Cut(*v.Hash, "-")
+	x := &ignHash{algo: algo, want: strings.ToLower(want)}
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("file %s: malformed verification hash %q", file, *v.Hash)
+	case algo == "sha512":
+		x.h = sha512.New()
+	case algo == "sha256":
+		x.h = sha256.New()
+	default:
+		return nil, fmt.Errorf("file %s: unsupported verification hash %q (sha512 or sha256)", file, algo)
+	}
+	return x, nil
+}
+
+// check compares the digest of what was read with the config's.
+func (x *ignHash) check(file, what string) error {
+	if x == nil {
+		return nil
+	}
+	if got := hex.EncodeToString(x.h.Sum(nil)); got != x.want {
+		return fmt.Errorf("file %s: the contents of %s do not match the config's verification hash: expected %s-%s, got %s-%s", file, what, x.algo, x.want, x.algo, got)
+	}
+	return nil
+}
+
+// ignDecode reads rd, gunzipped when gz, into memory, feeding the verification hash
+// (which covers the decompressed contents, as in Ignition).
+func ignDecode(rd io.Reader, gz bool, sum *ignHash) ([]byte, error) {
+	if gz {
+		zr, err := gzip.NewReader(rd)
+		if err != nil {
+			return nil, err
+		}
+		defer zr.Close()
+		rd = zr
+	}
+	var buf bytes.Buffer
+	var w io.Writer = &buf
+	if sum != nil {
+		w = io.MultiWriter(&buf, sum.h)
+	}
+	if _, err := io.Copy(w, rd); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }

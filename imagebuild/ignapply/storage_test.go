@@ -25,7 +25,8 @@ import (
 // through an absolute symlink (/var/run -> /run), symlink owners following the target,
 // hard links, gzip and hash-verified contents, files created by append alone, empty
 // files, owners by id and by name, and setuid/setgid/sticky in the config's modes, which
-// Ignition drops for specs before 3.6.0.
+// Ignition drops for specs before 3.6.0. It is long because it is one config holding
+// every case, applied once by each side (ignition-apply is the slow part).
 func TestApplyIgnitionStorageMatchesIgnitionApply(t *testing.T) {
 	apply := imagetest.IgnitionApply(t)
 	base := func() *fstree.Tree {
@@ -100,7 +101,7 @@ func TestApplyIgnitionStorageMatchesIgnitionApply(t *testing.T) {
 	raw := imagetest.JSON(t, c)
 
 	mine := base()
-	if err := Apply(mine, raw, Options{}); err != nil {
+	if err := Apply(mine, raw, Options{HardLinks: true}); err != nil {
 		t.Fatal(err)
 	}
 	root := imagetest.RootDir(t)
@@ -195,5 +196,47 @@ func TestApplyIgnitionRemoteMissing(t *testing.T) {
 	err := Apply(imagetest.BaseTree(t), atBinaryConfig(t, "https://example.invalid/etcd", strings.Repeat("0", 128)), Options{})
 	if err == nil || !strings.Contains(err.Error(), "Options.Remote") || !strings.Contains(err.Error(), "https://example.invalid/etcd") {
 		t.Fatalf("error %v, want one naming the URL and Options.Remote", err)
+	}
+}
+
+// TestApplyIgnitionHardLinks: a config's hard link is one file with two names (the tree
+// records the second name as a link to the first, so both share contents, mode and
+// owner) when the tree's writer keeps hard links; otherwise (the image's ext4 writer
+// cannot) it is refused before anything is applied, with an error naming the link and
+// the way out, rather than becoming a copy.
+func TestApplyIgnitionHardLinks(t *testing.T) {
+	var c types.Config
+	c.Passwd.Users = []types.PasswdUser{{Name: "alice"}}
+	c.Storage.Files = []types.File{{Node: types.Node{Path: "/opt/tool"}, FileEmbedded1: types.FileEmbedded1{Mode: imagetest.Ptr(0o755), Contents: types.Resource{Source: imagetest.Ptr("data:,tool")}}}}
+	c.Storage.Links = []types.Link{{Node: types.Node{Path: "/usr/local/bin/tool"}, LinkEmbedded1: types.LinkEmbedded1{Target: imagetest.Ptr("/opt/tool"), Hard: imagetest.Ptr(true)}}}
+	raw := imagetest.JSON(t, c)
+
+	tr := imagetest.BaseTree(t)
+	before := imagetest.Summary(t, tr)
+	err := Apply(tr, raw, Options{})
+	if err == nil {
+		t.Fatal("a hard link was accepted for a writer that cannot make hard links (it would become a copy)")
+	}
+	for _, s := range []string{"storage.links", "/usr/local/bin/tool", "hard: true", "copy"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not mention %q", err, s)
+		}
+	}
+	if after := imagetest.Summary(t, tr); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Error("the refused config changed the tree")
+	}
+
+	tr = imagetest.BaseTree(t)
+	if err := Apply(tr, raw, Options{HardLinks: true}); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := tr.Get("usr/local/bin/tool")
+	f, _ := tr.Get("opt/tool")
+	if l == nil || f == nil || tr.DataOf(l) != f || tr.DataOf(f) != f {
+		t.Fatalf("link %+v, file %+v: want the link to share the file's data", l, f)
+	}
+	s := imagetest.Summary(t, tr)
+	if want := fmt.Sprintf("file -rwxr-xr-x 0:0 links=2 sha256=%x", sha256.Sum256([]byte("tool"))); s["usr/local/bin/tool"] != want || s["opt/tool"] != want {
+		t.Errorf("link %q, file %q: want both %q", s["usr/local/bin/tool"], s["opt/tool"], want)
 	}
 }

@@ -39,10 +39,32 @@ type ignPreset struct {
 	instances []string
 }
 
-// units applies the systemd section (drop-ins, unit files, presets, masks, enablement links).
-//
-// It is long because it keeps Ignition's processing order for units in one place.
+// units is the systemd section: unit files, drop-ins and masks, the preset lines, then
+// the enablement symlinks of the enabled units.
 func (a *ignApplier) units(units []types.Unit) error {
+	presets, err := a.writeUnits(units)
+	if err != nil {
+		return err
+	}
+	if err := a.applyPresets(presets); err != nil {
+		return err
+	}
+	done := map[string]bool{}
+	for _, u := range units {
+		if u.Enabled == nil || !*u.Enabled || done[u.Name] {
+			continue
+		}
+		done[u.Name] = true
+		if err := a.enableUnit(u.Name, map[string]bool{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeUnits writes the units and drop-ins, masks and unmasks, and returns the preset
+// lines to write, keyed by unit and state (instances of one template share a line).
+func (a *ignApplier) writeUnits(units []types.Unit) (map[string]*ignPreset, error) {
 	presets := map[string]*ignPreset{}
 	for _, u := range units {
 		for _, d := range u.Dropins {
@@ -50,12 +72,12 @@ func (a *ignApplier) units(units []types.Unit) error {
 				continue
 			}
 			if err := a.writeUnitFile(ignUnitDir+"/"+u.Name+".d/"+d.Name, *d.Contents); err != nil {
-				return fmt.Errorf("unit %s: drop-in %s: %w", u.Name, d.Name, err)
+				return nil, fmt.Errorf("unit %s: drop-in %s: %w", u.Name, d.Name, err)
 			}
 		}
 		if u.Contents != nil && *u.Contents != "" {
 			if err := a.writeUnitFile(ignUnitDir+"/"+u.Name, *u.Contents); err != nil {
-				return fmt.Errorf("unit %s: %w", u.Name, err)
+				return nil, fmt.Errorf("unit %s: %w", u.Name, err)
 			}
 		}
 		if u.Enabled != nil {
@@ -66,7 +88,7 @@ func (a *ignApplier) units(units []types.Unit) error {
 			if strings.Contains(u.Name, "@") {
 				tmpl, inst, err := ignInstance(u.Name)
 				if err != nil {
-					return fmt.Errorf("unit %s: %w", u.Name, err)
+					return nil, fmt.Errorf("unit %s: %w", u.Name, err)
 				}
 				key := tmpl + "-" + id
 				if p, ok := presets[key]; ok {
@@ -81,22 +103,27 @@ func (a *ignApplier) units(units []types.Unit) error {
 		if u.Mask != nil {
 			p, err := a.t.Resolve(ignUnitDir+"/"+u.Name, false)
 			if err != nil {
-				return fmt.Errorf("unit %s: %w", u.Name, err)
+				return nil, fmt.Errorf("unit %s: %w", u.Name, err)
 			}
 			if *u.Mask {
 				if err := a.mkdirAll(path.Dir(p)); err != nil {
-					return fmt.Errorf("unit %s: %w", u.Name, err)
+					return nil, fmt.Errorf("unit %s: %w", u.Name, err)
 				}
 				a.remove(p)
 				if err := a.t.Put(&fstree.Entry{Path: p, Mode: fs.ModeSymlink | 0o777, Target: "/dev/null"}); err != nil {
-					return err
+					return nil, err
 				}
 			} else if e, ok := a.t.Lookup(p); ok && e.IsSymlink() && e.Target == "/dev/null" {
 				a.remove(p)
 			}
 		}
 	}
+	return presets, nil
+}
 
+// applyPresets appends the preset lines, sorted by unit and state, and disables what a
+// "disable" line names.
+func (a *ignApplier) applyPresets(presets map[string]*ignPreset) error {
 	keys := make([]string, 0, len(presets))
 	for k := range presets {
 		keys = append(keys, k)
@@ -135,17 +162,6 @@ func (a *ignApplier) units(units []types.Unit) error {
 			return err
 		}
 		if err := a.appendPreset("disable " + line); err != nil {
-			return err
-		}
-	}
-
-	done := map[string]bool{}
-	for _, u := range units {
-		if u.Enabled == nil || !*u.Enabled || done[u.Name] {
-			continue
-		}
-		done[u.Name] = true
-		if err := a.enableUnit(u.Name, map[string]bool{}); err != nil {
 			return err
 		}
 	}

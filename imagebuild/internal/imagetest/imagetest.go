@@ -345,14 +345,21 @@ func RunIgnitionApply(t *testing.T, apply, root string, raw []byte) {
 // accounts that do not exist yet) and the same SSH key file (AuthorizeSSHKeys).
 // SOURCE_DATE_EPOCH=0 makes useradd leave the shadow "last change" field empty. The
 // backups and lock the shadow tools leave are removed.
+func IgnitionPasswd(t *testing.T, root string, p types.Passwd) {
+	t.Helper()
+	IgnitionPasswdAt(t, root, p, time.Unix(0, 0))
+}
+
+// IgnitionPasswdAt is IgnitionPasswd with useradd's clock at when (SOURCE_DATE_EPOCH):
+// the shadow "last change" field is when's day (empty for the epoch itself).
 //
 // It is long because it mirrors Ignition's argument building for groupadd and useradd in
 // one piece, to be compared with it.
-func IgnitionPasswd(t *testing.T, root string, p types.Passwd) {
+func IgnitionPasswdAt(t *testing.T, root string, p types.Passwd, when time.Time) {
 	t.Helper()
 	run := func(name string, args ...string) {
 		cmd := exec.Command(name, args...)
-		cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=0")
+		cmd.Env = append(os.Environ(), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", when.Unix()))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 		}
@@ -447,7 +454,7 @@ func IgnitionPasswd(t *testing.T, root string, p types.Passwd) {
 			t.Fatal(err)
 		}
 	}
-	for _, name := range []string{"passwd-", "group-", "shadow-", "gshadow-", ".pwd.lock"} {
+	for _, name := range []string{"passwd-", "group-", "shadow-", "gshadow-", "subuid-", "subgid-", ".pwd.lock"} {
 		os.Remove(filepath.Join(root, "etc", name))
 	}
 }
