@@ -185,7 +185,7 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 			return nil, err
 		}
 		t := o.Base.Clone()
-		if err := ignapply.Apply(t, n.Config, ignapply.Options{Remote: o.Remote}); err != nil {
+		if err := ignapply.Apply(t, n.Config, ignapply.Options{Remote: o.Remote, Time: when}); err != nil {
 			return nil, fmt.Errorf("node %s: applying its Ignition config: %w", n.Name, err)
 		}
 		if err := ReadOnlyRoot(t, n.DNS); err != nil {

@@ -8,6 +8,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -48,7 +49,9 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 	// Ignition's result on disk.
 	root := imagetest.RootDir(t)
 	imagetest.WriteTree(t, baseTree, root)
-	imagetest.IgnitionPasswd(t, root, cfg.Passwd)
+	// useradd's clock and the build's are the same day (the shadow "last change" field).
+	t.Setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(imagetest.Now.Unix(), 10))
+	imagetest.IgnitionPasswdAt(t, root, cfg.Passwd, imagetest.Now)
 	imagetest.RunIgnitionApply(t, apply, root, raw)
 	var enabled []string
 	for _, u := range cfg.Systemd.Units {
