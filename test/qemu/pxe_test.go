@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
 // TestPXEInstall (issue 7): three VMs with blank disks PXE-boot with QEMU's built-in iPXE
@@ -83,7 +85,7 @@ func TestPXEInstall(t *testing.T) {
 		bootURLs[n] = guestURL + "/ipxe?mac=" + strings.ReplaceAll(mac, ":", "-")
 	}
 	boot := func(name string, pxe map[string]string) (quorum, leases time.Duration) {
-		cl, err := StartCluster(ctx, ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: filepath.Join(dir, name), MemoryMiB: 768,
+		cl, err := vmcluster.StartCluster(ctx, vmcluster.ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: filepath.Join(dir, name), MemoryMiB: 768,
 			TimeServer: netip.MustParseAddr(qemuTimeServer), PXE: pxe})
 		if err != nil {
 			t.Fatal(err)
