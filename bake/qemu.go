@@ -120,13 +120,14 @@ func QEMUImages(ctx context.Context, o QEMUOptions) (*QEMUBuild, error) {
 }
 
 // QEMUFragment is vmcluster's guest configuration for the spec's nodes, as a fragment
-// for every node's Ignition config.
+// for every node's Ignition config: etcd listens on the spec's client and peer ports,
+// which QEMUCluster forwards.
 func QEMUFragment(c *spec.Cluster) ignition.Fragment {
 	var userMACs []string
 	for _, n := range c.Nodes {
 		userMACs = append(userMACs, vmcluster.UserMAC(n.MAC))
 	}
-	return ignition.Fragment{Source: vmcluster.GuestButaneSource, Data: vmcluster.GuestButane(userMACs...)}
+	return ignition.Fragment{Source: vmcluster.GuestButaneSource, Data: vmcluster.GuestButane(c.Etcd.ClientPort, c.Etcd.PeerPort, userMACs...)}
 }
 
 // QEMUTimeServer is where the hub answers NTP on the nodes' segment: the highest host
@@ -144,14 +145,15 @@ func QEMUTimeServer(c *spec.Cluster) (netip.Addr, error) {
 }
 
 // QEMUCluster describes the VMs of the spec's nodes booting the given images (node ->
-// image, e.g. QEMUBuild.Images), with their disks, consoles and sockets in dir; the
-// caller sets the rest (time server, memory, accelerator, KeepDisks).
+// image, e.g. QEMUBuild.Images), with their disks, consoles and sockets in dir: the spec's
+// MACs on the private segment and forwards to the spec's etcd ports. The caller sets the
+// rest (time server, memory, accelerator, KeepDisks).
 func QEMUCluster(c *spec.Cluster, images map[string]string, dir string) vmcluster.ClusterOptions {
 	macs := map[string]string{}
 	for _, n := range c.Nodes {
 		macs[n.Name] = n.MAC
 	}
-	return vmcluster.ClusterOptions{Images: images, MACs: macs, Dir: dir}
+	return vmcluster.ClusterOptions{Images: images, MACs: macs, Dir: dir, ClientPort: c.Etcd.ClientPort, PeerPort: c.Etcd.PeerPort}
 }
 
 // QEMUAccel resolves an accelerator choice (tcg, kvm or auto; see vmcluster.ChooseAccel)

@@ -18,11 +18,12 @@ import (
 )
 
 // A Cluster is several VMs on one private Ethernet segment (a Hub in this process), each
-// with a second, user-mode NIC (restrict=on) that only carries a host forward from
-// 127.0.0.1:<port> to the guest's etcd client port 2379.
+// with a second, user-mode NIC (restrict=on) that only carries host forwards from
+// 127.0.0.1:<port> to the guest's etcd client and peer ports.
 //
-// Every guest needs GuestFragment(UserMACs...) in its Ignition config, so that the user
-// NIC gets slirp's address by DHCP (without a default route) and etcd listens on it.
+// Every guest needs GuestButane(ClientPort, PeerPort, UserMACs...) in its Ignition config,
+// so that the user NIC gets slirp's address by DHCP (without a default route) and etcd
+// listens on it.
 
 // ClusterOptions describe the VMs of a cluster.
 type ClusterOptions struct {
@@ -42,6 +43,10 @@ type ClusterOptions struct {
 	// (ServeTime) with this machine's clock plus TimeOffset: the VMs' time source.
 	TimeServer netip.Addr
 	TimeOffset time.Duration
+	// ClientPort and PeerPort are the guest ports etcd listens on (the spec's
+	// etcd.clientPort and etcd.peerPort; GuestButane must be given the same): each VM
+	// forwards a port on 127.0.0.1 to each of them. Both are required.
+	ClientPort, PeerPort int
 	// Accel is "tcg" (the default) or "kvm" (only after ProbeKVM said it works).
 	Accel string
 	// KeepDisks boots from the overlays already in Dir (made by an earlier StartCluster
@@ -66,10 +71,12 @@ type Cluster struct {
 	dir   string
 	mem   int
 	accel string
-	hub   *Hub
-	mu    sync.Mutex
-	nodes map[string]*clusterNode
-	epMu  sync.Mutex // serialises writeEndpoints
+	// The guest's etcd ports the forwards go to (ClusterOptions.ClientPort, PeerPort).
+	guestClient, guestPeer int
+	hub                    *Hub
+	mu                     sync.Mutex
+	nodes                  map[string]*clusterNode
+	epMu                   sync.Mutex // serialises writeEndpoints
 }
 
 type clusterNode struct {
@@ -128,11 +135,22 @@ func newCluster(o ClusterOptions) (*Cluster, error) {
 	if o.Dir == "" {
 		return nil, fmt.Errorf("ClusterOptions.Dir: no run directory")
 	}
+	for _, p := range []struct {
+		field string
+		port  int
+	}{{"ClientPort", o.ClientPort}, {"PeerPort", o.PeerPort}} {
+		if p.port <= 0 || p.port > 65535 {
+			return nil, fmt.Errorf("ClusterOptions.%s %d: give the guest's etcd port (the spec's etcd.clientPort / etcd.peerPort)", p.field, p.port)
+		}
+	}
+	if o.ClientPort == o.PeerPort {
+		return nil, fmt.Errorf("ClusterOptions.ClientPort and PeerPort are both %d", o.ClientPort)
+	}
 	mem := o.MemoryMiB
 	if mem == 0 {
 		mem = 768
 	}
-	c := &Cluster{dir: o.Dir, mem: mem, accel: o.Accel, hub: NewHub(), nodes: map[string]*clusterNode{}}
+	c := &Cluster{dir: o.Dir, mem: mem, accel: o.Accel, guestClient: o.ClientPort, guestPeer: o.PeerPort, hub: NewHub(), nodes: map[string]*clusterNode{}}
 	for name, img := range o.Images {
 		mac := o.MACs[name]
 		if mac == "" {
@@ -250,7 +268,7 @@ func (c *Cluster) boot(n *clusterNode) error {
 // agent paths it uses); the private segment's NIC is fd 3.
 func (c *Cluster) qemuArgs(n *clusterNode, vm *VM) []string {
 	// The host ports are chosen by QEMU at the first boot and kept by restarts.
-	fwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d,hostfwd=tcp:127.0.0.1:%d-:%d", n.clientPort, EtcdClientPort, n.peerPort, EtcdPeerPort)
+	fwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d,hostfwd=tcp:127.0.0.1:%d-:%d", n.clientPort, c.guestClient, n.peerPort, c.guestPeer)
 	disk := []string{"-drive", "if=virtio,format=qcow2,file=" + n.overlay}
 	// First NIC: the private segment (fd 3 is ExtraFiles[0]).
 	l2nic := "virtio-net-pci,netdev=l2,mac=" + strings.ToLower(n.mac)
@@ -293,11 +311,11 @@ func (c *Cluster) readPort(ctx context.Context, n *clusterNode) error {
 	c.mu.Lock()
 	vm := n.vm
 	c.mu.Unlock()
-	port, err := vm.HostPort(ctx, EtcdClientPort)
+	port, err := vm.HostPort(ctx, c.guestClient)
 	if err != nil {
 		return err
 	}
-	peer, err := vm.HostPort(ctx, EtcdPeerPort)
+	peer, err := vm.HostPort(ctx, c.guestPeer)
 	if err != nil {
 		return err
 	}

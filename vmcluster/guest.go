@@ -7,13 +7,6 @@ import (
 	"strings"
 )
 
-// Guest ports forwarded from the host: etcd's client port, and its peer port (for tests
-// that must see the peer port refuse client certificates).
-const (
-	EtcdClientPort = 2379
-	EtcdPeerPort   = 2380
-)
-
 // UserMAC is the default MAC of a node's user-mode NIC: its spec MAC with the fourth octet
 // set to 0x99 (52:54:00:88:00:11 -> 52:54:00:99:00:11).
 func UserMAC(specMAC string) string {
@@ -38,10 +31,11 @@ const GuestButaneSource = "qemu-guest.bu (vmcluster)"
 // GuestButane is the Butane config (fcos 1.5.0) every node of a Cluster needs, merged into
 // its Ignition config as a fragment: the user-mode NICs (matched by the given MACs, all
 // listed in one identical file so it lands in the shared root) take slirp's address by
-// DHCP with neither routes nor DNS, and etcd listens for clients on all addresses (a later
-// EnvironmentFile overrides etcd.env), so the host forward to 10.0.2.15:2379 arrives. Peer
-// traffic stays on the node address.
-func GuestButane(userMACs ...string) []byte {
+// DHCP with neither routes nor DNS, and etcd listens on its client and peer ports (the
+// spec's, as in ClusterOptions) on all addresses (a later EnvironmentFile overrides
+// etcd.env), so the host forwards to 10.0.2.15 arrive. Peer traffic between the nodes stays
+// on their spec addresses.
+func GuestButane(clientPort, peerPort int, userMACs ...string) []byte {
 	macs := append([]string(nil), userMACs...)
 	for i := range macs {
 		macs[i] = strings.ToLower(macs[i])
@@ -53,8 +47,8 @@ func GuestButane(userMACs ...string) []byte {
 		"[DHCPv4]\nUseRoutes=false\nUseDNS=false\nUseNTP=false\nUseHostname=false\nUseDomains=false\n"
 	dropIn := "# QEMU test harness: etcd also listens on the user-mode NIC.\n[Service]\nEnvironmentFile=" + GuestEtcdEnv + "\n"
 	env := "# QEMU test harness: listen on every address (the host forwards arrive on 10.0.2.15).\n" +
-		"ETCD_LISTEN_CLIENT_URLS=https://0.0.0.0:" + strconv.Itoa(EtcdClientPort) + "\n" +
-		"ETCD_LISTEN_PEER_URLS=https://0.0.0.0:" + strconv.Itoa(EtcdPeerPort) + "\n"
+		"ETCD_LISTEN_CLIENT_URLS=https://0.0.0.0:" + strconv.Itoa(clientPort) + "\n" +
+		"ETCD_LISTEN_PEER_URLS=https://0.0.0.0:" + strconv.Itoa(peerPort) + "\n"
 	var b strings.Builder
 	b.WriteString("variant: fcos\nversion: 1.5.0\nstorage:\n  files:\n")
 	for _, f := range []struct {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,7 +73,7 @@ func benchImagesAndBoot(ctx context.Context, b *testing.B) {
 	// Boot: plain base vs a 1-node etcdbake image, one VM each.
 	plain := bootPlainBase(ctx, b, filepath.Join(dir, "plain"), map[string]string{"etcd-1": "52:54:00:88:00:11"})
 	bc := buildClusterImages(ctx, b, filepath.Join(dir, "one"), one, true)
-	cl, err := vmcluster.StartCluster(ctx, vmcluster.ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: filepath.Join(dir, "one", "run"), MemoryMiB: 768, TimeServer: netip.MustParseAddr(qemuTimeServer)})
+	cl, err := vmcluster.StartCluster(ctx, bc.options(filepath.Join(dir, "one", "run"), qemuTimeServer))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -136,6 +136,18 @@ type builtCluster struct {
 	macs   map[string]string
 }
 
+// options are what vmcluster needs to boot the nodes (their spec MACs, forwards to the
+// spec's etcd ports; see bake.QEMUCluster) with 768 MiB each, their disks and consoles in
+// dir, and the hub answering NTP on timeServer unless it is empty.
+func (bc builtCluster) options(dir, timeServer string) vmcluster.ClusterOptions {
+	o := bake.QEMUCluster(bc.c, bc.images, dir)
+	o.MemoryMiB = 768
+	if timeServer != "" {
+		o.TimeServer = netip.MustParseAddr(timeServer)
+	}
+	return o
+}
+
 // buildClusterImages builds every node's qcow2 image from the real default base with
 // the same pipeline as `etcdbake image` (package bake), plus extra fragments for every node.
 //
@@ -229,7 +241,7 @@ func TestClusterBootstrapB0(t *testing.T) {
 	t.Logf("plain base (%d VMs at once): launch -> multi-user.target %v, last %s", len(plain), roundAll(plain), plainMax.Round(100*time.Millisecond))
 
 	runDir := filepath.Join(dir, "run")
-	cl, err := vmcluster.StartCluster(ctx, vmcluster.ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: runDir, MemoryMiB: 768, TimeServer: netip.MustParseAddr(qemuTimeServer)})
+	cl, err := vmcluster.StartCluster(ctx, bc.options(runDir, qemuTimeServer))
 	if err != nil {
 		t.Fatal(err)
 	}

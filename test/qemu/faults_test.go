@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -41,7 +40,7 @@ func TestFaults(t *testing.T) {
 	dir := t.TempDir()
 	bc := buildClusterImages(ctx, t, dir, exampleSpecForQEMU(t), true)
 	tlsCfg := adminTLS(t, bc.pkiDir)
-	cl, err := vmcluster.StartCluster(ctx, vmcluster.ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: filepath.Join(dir, "run"), MemoryMiB: 768, TimeServer: netip.MustParseAddr(qemuTimeServer)})
+	cl, err := vmcluster.StartCluster(ctx, bc.options(filepath.Join(dir, "run"), qemuTimeServer))
 	if err != nil {
 		t.Fatal(err)
 	}

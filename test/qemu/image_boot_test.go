@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -30,6 +31,8 @@ nodes:
     mac: "52:54:00:12:34:56"
 etcd:
   version: v3.6.16
+  clientPort: 12379
+  peerPort: 12380
   heartbeatInterval: 250ms
   electionTimeout: 2500ms
 flannel:
@@ -65,8 +68,8 @@ systemd:
 
 // TestBootOneNodeImage builds a 1-node cluster image from the real default base and
 // boots it with vmcluster (QEMU, TCG, OVMF), as `etcdbake up` does: etcd-firstboot's gates
-// pass, etcd answers /readyz over mutual TLS through the forwarded client port, flanneld
-// holds a lease, and the root is read-only.
+// pass, etcd answers /readyz over mutual TLS through the forwarded client port (the
+// spec's 12379, not etcd's default), flanneld holds a lease, and the root is read-only.
 func TestBootOneNodeImage(t *testing.T) {
 	requireQEMU(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
@@ -86,6 +89,10 @@ func TestBootOneNodeImage(t *testing.T) {
 	defer cl.Stop()
 	vm := cl.VM("etcd-1")
 	ep := cl.Endpoint("etcd-1")
+	// The endpoint is the forward to the spec's client port.
+	if port, err := vm.HostPort(ctx, 12379); err != nil || ep != fmt.Sprintf("https://127.0.0.1:%d", port) {
+		t.Fatalf("endpoint %s is not the forward to guest port 12379 (%d, %v)", ep, port, err)
+	}
 	tlsCfg := adminTLS(t, pkiDir)
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
 	var readyAt time.Duration

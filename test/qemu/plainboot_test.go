@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
@@ -34,7 +35,9 @@ func bootPlainBase(ctx context.Context, t testing.TB, dir string, macs map[strin
 	for _, im := range imgs {
 		images[im.Node] = im.Files[0]
 	}
-	cl, err := vmcluster.StartCluster(ctx, vmcluster.ClusterOptions{Images: images, MACs: macs, Dir: filepath.Join(dir, "plain-run"), MemoryMiB: 768})
+	cl, err := vmcluster.StartCluster(ctx, vmcluster.ClusterOptions{Images: images, MACs: macs, Dir: filepath.Join(dir, "plain-run"), MemoryMiB: 768,
+		// No etcd on the plain base: the forwards go to its default ports, unused.
+		ClientPort: spec.DefaultClientPort, PeerPort: spec.DefaultPeerPort})
 	if err != nil {
 		t.Fatal(err)
 	}
