@@ -157,11 +157,11 @@ func QEMUCluster(c *spec.Cluster, images map[string]string, dir string) vmcluste
 }
 
 // QEMUAccel resolves an accelerator choice (tcg, kvm or auto; see vmcluster.ChooseAccel)
-// with the base's kernel as the probe's test boot and the result kept next to the base
-// cache for the current host boot.
+// with the base's kernel as the probe's test boot and the result kept in the base cache
+// directory (kvm-probe.json) for the current host boot.
 func QEMUAccel(ctx context.Context, want, base, baseCacheDir string, log func(format string, args ...any)) (string, error) {
 	return vmcluster.ChooseAccel(ctx, want, vmcluster.AccelOptions{
-		Record: filepath.Join(filepath.Dir(baseCacheDir), "kvm-probe.json"),
+		Record: filepath.Join(baseCacheDir, "kvm-probe.json"),
 		Log:    log,
 		Kernel: func() (string, func(), error) {
 			tree, err := imagebuild.ReadBase(base)

@@ -130,7 +130,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 // newCluster checks o and sets up the cluster's nodes, without starting anything.
 func newCluster(o ClusterOptions) (*Cluster, error) {
 	if len(o.Images) == 0 {
-		return nil, fmt.Errorf("no images")
+		return nil, fmt.Errorf("ClusterOptions.Images: no node images")
 	}
 	if o.Dir == "" {
 		return nil, fmt.Errorf("ClusterOptions.Dir: no run directory")
