@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -113,6 +114,20 @@ func TestBootOneNodeImage(t *testing.T) {
 		}
 	}
 	t.Logf("QEMU start to etcd /readyz over mTLS through %s: %s", ep, readyAt.Round(100*time.Millisecond))
+
+	// etcd's peer listener is on the spec's peer port too: TLS answers through its forward.
+	if port, err := vm.HostPort(ctx, 12380); err != nil || cl.PeerEndpoint("etcd-1") != fmt.Sprintf("https://127.0.0.1:%d", port) {
+		t.Errorf("peer endpoint %s is not the forward to guest port 12380 (%d, %v)", cl.PeerEndpoint("etcd-1"), port, err)
+	}
+	peer, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", strings.TrimPrefix(cl.PeerEndpoint("etcd-1"), "https://"), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Errorf("no TLS on the forwarded peer port 12380: %v", err)
+	} else {
+		if len(peer.ConnectionState().PeerCertificates) == 0 {
+			t.Errorf("the peer port presented no certificate")
+		}
+		peer.Close()
+	}
 
 	// Without a client certificate the same port refuses.
 	bare := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tlsCfg.RootCAs}}}
