@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcdbake/etcdbake/bake"
 	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -299,23 +300,24 @@ func TestImageFormatCheckedFirst(t *testing.T) {
 	}
 }
 
-// TestHubTimeServer: up's time server is the highest free host address of the nodes'
-// prefix, never a node's address; a prefix without room is refused with the field named.
+// TestHubTimeServer: up's time server (bake.QEMUTimeServer) is the highest free host
+// address of the nodes' prefix, never a node's address; a prefix without room is refused
+// with the field named.
 func TestHubTimeServer(t *testing.T) {
 	c, rep := spec.Parse(spec.Example)
 	if c == nil || len(rep.Errors()) > 0 {
 		t.Fatalf("example: %v", rep.Problems)
 	}
-	a, err := hubTimeServer(c)
+	a, err := bake.QEMUTimeServer(c)
 	if err != nil || a.String() != "10.88.0.254" {
 		t.Fatalf("got %v %v, want 10.88.0.254", a, err)
 	}
 	c.Nodes[2].Address = "10.88.0.254/24"
-	if a, err := hubTimeServer(c); err != nil || a.String() != "10.88.0.253" {
+	if a, err := bake.QEMUTimeServer(c); err != nil || a.String() != "10.88.0.253" {
 		t.Errorf("with a node on .254: got %v %v, want 10.88.0.253", a, err)
 	}
 	c.Nodes[0].Address = "10.88.0.11/31"
-	if _, err := hubTimeServer(c); err == nil || !strings.Contains(err.Error(), "nodes[0].address") {
+	if _, err := bake.QEMUTimeServer(c); err == nil || !strings.Contains(err.Error(), "nodes[0].address") {
 		t.Errorf("/31: %v", err)
 	}
 	// exec and down with nothing running say so.

@@ -18,7 +18,7 @@ import (
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/status"
-	"github.com/etcdbake/etcdbake/test/qemu"
+	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
 func (a *app) pkiCmd() *cobra.Command {
@@ -255,11 +255,11 @@ func (a *app) statusCmd() *cobra.Command {
 			crt, key := pki.ClientCertPath(a.pkiDir(), "admin")
 			if len(endpoints) == 0 {
 				// A cluster started by `etcdbake up` is reached through its forwards.
-				if st, err := qemu.ReadRunState(a.runDir()); err == nil && st.Running() {
+				if st, err := vmcluster.ReadRunState(a.runDir()); err == nil && st.Running() {
 					for _, n := range sortedNodes(st) {
 						endpoints = append(endpoints, st.Nodes[n].Endpoint)
 					}
-					fmt.Fprintf(cmd.ErrOrStderr(), "status: the QEMU cluster started by up (%s)\n", filepath.Join(a.runDir(), qemu.RunStateFile))
+					fmt.Fprintf(cmd.ErrOrStderr(), "status: the QEMU cluster started by up (%s)\n", filepath.Join(a.runDir(), vmcluster.RunStateFile))
 				}
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 4*timeout)

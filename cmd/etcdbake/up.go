@@ -2,13 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -19,13 +15,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/etcdbake/etcdbake/bake"
-	"github.com/etcdbake/etcdbake/ignition"
 	imgbase "github.com/etcdbake/etcdbake/imagebuild/base"
-	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pki"
-	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/status"
-	"github.com/etcdbake/etcdbake/test/qemu"
+	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
 // `etcdbake up` boots the spec's nodes as QEMU VMs on this machine: OUT/qemu/images holds
@@ -36,9 +29,6 @@ import (
 
 func (a *app) runDir() string       { return filepath.Join(a.outDir, "run") }
 func (a *app) qemuImageDir() string { return filepath.Join(a.outDir, "qemu", "images") }
-
-// planFile is the supervisor's input: the ClusterOptions as JSON.
-const planFile = "plan.json"
 
 func (a *app) upCmd() *cobra.Command {
 	var (
@@ -64,44 +54,65 @@ kept (and reused by the next up) unless --purge is given.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			w, ew := cmd.OutOrStdout(), cmd.ErrOrStderr()
-			if st, err := qemu.ReadRunState(a.runDir()); err == nil {
+			if st, err := vmcluster.ReadRunState(a.runDir()); err == nil {
 				if st.Running() {
 					fmt.Fprintf(w, "the cluster is already running (supervisor pid %d, started %s); `etcdbake down` stops it\n", st.Supervisor, st.Started.Format(time.RFC3339))
 					return a.waitHealthy(cmd, st, 30*time.Second)
 				}
 				// A supervisor that died (e.g. killed) may have left VMs on these disks:
 				// stop them before anything boots the disks again.
-				if _, err := qemu.StopSupervised(a.runDir(), 5*time.Second); err != nil {
+				if _, err := vmcluster.StopSupervised(a.runDir(), 5*time.Second); err != nil {
 					fmt.Fprintf(ew, "up: cleaned up after a supervisor that had stopped: %v\n", err)
 				}
 			}
-			if err := qemu.Check(); err != nil {
+			switch accel {
+			case "tcg", "kvm", "auto":
+			default:
+				return fmt.Errorf("--accel %q: use tcg, kvm or auto", accel)
+			}
+			if err := vmcluster.Check(); err != nil {
 				return fmt.Errorf("%w (or run `make setup`)", err)
 			}
-			c, err := a.loadForBuild(cmd)
+			c, err := a.load(cmd)
 			if err != nil {
 				return err
 			}
-			timeServer, err := hubTimeServer(c)
-			if err != nil {
+			// Checked before anything is written.
+			if _, err := bake.QEMUTimeServer(c); err != nil {
 				return err
 			}
 			if err := a.ensurePKI(cmd, c, false); err != nil {
 				return err
 			}
-			images, base, err := a.qemuImages(cmd, c, timeServer, firstboot)
+			src, err := a.sources(cmd, c, firstboot)
 			if err != nil {
 				return err
 			}
-			if accel, err = a.chooseAccel(cmd, accel, base); err != nil {
+			src.Progress = func(f string, args ...any) { fmt.Fprintf(ew, f+"\n", args...) }
+			baseDir, err := imgbase.DefaultCacheDir()
+			if err != nil {
 				return err
 			}
-			macs := map[string]string{}
-			for _, n := range c.Nodes {
-				macs[n.Name] = n.MAC
+			built, err := bake.QEMUImages(cmd.Context(), src, bake.QEMUOptions{
+				BaseCacheDir: baseDir, OutDir: a.qemuImageDir(), RunDir: a.runDir(), Meter: newMeter(ew),
+			})
+			if err != nil {
+				return err
 			}
-			plan := qemu.ClusterOptions{Images: images, MACs: macs, Dir: a.runDir(), MemoryMiB: memory, TimeServer: timeServer, KeepDisks: true, Accel: accel}
-			st, err := a.startSupervisor(cmd, plan)
+			if built.Reused {
+				fmt.Fprintf(ew, "up: images in %s are up to date\n", a.qemuImageDir())
+			}
+			upLog := func(f string, args ...any) { fmt.Fprintf(ew, "up: "+f+"\n", args...) }
+			if accel, err = bake.QEMUAccel(cmd.Context(), accel, built.Base, baseDir, upLog); err != nil {
+				return err
+			}
+			plan := bake.QEMUCluster(c, built.Images, a.runDir())
+			plan.TimeServer, plan.MemoryMiB, plan.KeepDisks, plan.Accel = built.TimeServer, memory, true, accel
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			st, err := vmcluster.Launch(cmd.Context(), plan, []string{self, "qemu-supervise", "--run-dir", plan.Dir})
 			if err != nil {
 				return err
 			}
@@ -123,256 +134,9 @@ kept (and reused by the next up) unless --purge is given.`,
 	return cmd
 }
 
-// chooseAccel resolves --accel: auto probes KVM once per host boot (a kernel from the
-// base booted without a root file system) and falls back to TCG.
-func (a *app) chooseAccel(cmd *cobra.Command, flag, base string) (string, error) {
-	ew := cmd.ErrOrStderr()
-	switch flag {
-	case "tcg", "kvm":
-		return flag, nil
-	case "auto":
-	default:
-		return "", fmt.Errorf("--accel %q: use tcg, kvm or auto", flag)
-	}
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		fmt.Fprintln(ew, "up: no /dev/kvm: using TCG")
-		return "tcg", nil
-	}
-	bootID, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	cacheDir, err := imgbase.DefaultCacheDir()
-	if err != nil {
-		return "", err
-	}
-	record := filepath.Join(filepath.Dir(cacheDir), "kvm-probe.json")
-	var probe struct {
-		BootID string `json:"bootID"`
-		OK     bool   `json:"ok"`
-		Reason string `json:"reason"`
-	}
-	if b, err := os.ReadFile(record); err == nil && json.Unmarshal(b, &probe) == nil && probe.BootID == strings.TrimSpace(string(bootID)) {
-		fmt.Fprintf(ew, "up: KVM probe (earlier this host boot): %s\n", probe.Reason)
-	} else {
-		tree, err := imgbase.Read(base)
-		if err != nil {
-			return "", err
-		}
-		kernel, _, err := imgbase.KernelAndInitrd(tree)
-		if err != nil {
-			return "", err
-		}
-		data, err := tree.ReadFile(kernel)
-		if err != nil {
-			return "", err
-		}
-		tmp, err := os.CreateTemp("", "etcdbake-kvm-probe-*")
-		if err != nil {
-			return "", err
-		}
-		defer os.Remove(tmp.Name())
-		if _, err := tmp.Write(data); err != nil {
-			tmp.Close()
-			return "", err
-		}
-		tmp.Close()
-		fmt.Fprintln(ew, "up: probing KVM with a test boot (up to 20 s)...")
-		probe.OK, probe.Reason = qemu.ProbeKVM(cmd.Context(), tmp.Name(), 20*time.Second)
-		probe.BootID = strings.TrimSpace(string(bootID))
-		if b, err := json.Marshal(probe); err == nil {
-			_ = fileutil.WriteAtomic(record, b, 0o644)
-		}
-		fmt.Fprintf(ew, "up: KVM probe: %s\n", probe.Reason)
-	}
-	if probe.OK {
-		return "kvm", nil
-	}
-	fmt.Fprintln(ew, "up: using TCG")
-	return "tcg", nil
-}
-
-// hubTimeServer is the address on the nodes' segment where the hub answers NTP: the last
-// host address of the first node's prefix that no node uses.
-func hubTimeServer(c *spec.Cluster) (netip.Addr, error) {
-	p := c.Nodes[0].Prefix().Masked()
-	used := map[netip.Addr]bool{}
-	for _, n := range c.Nodes {
-		used[n.IP()] = true
-	}
-	bits := p.Addr().BitLen() - p.Bits()
-	if !p.Addr().Is4() || bits < 2 {
-		return netip.Addr{}, fmt.Errorf("nodes[0].address %s: up needs an IPv4 prefix with room for a time server next to the nodes", c.Nodes[0].Address)
-	}
-	a := p.Addr().As4()
-	last := (uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) | (1<<bits - 1)
-	for cand := last - 1; cand > last-(1<<bits-1); cand-- {
-		ip := netip.AddrFrom4([4]byte{byte(cand >> 24), byte(cand >> 16), byte(cand >> 8), byte(cand)})
-		if !used[ip] {
-			return ip, nil
-		}
-	}
-	return netip.Addr{}, fmt.Errorf("no free address in %s for the VMs' time server", p)
-}
-
-// qemuImages builds the nodes' raw images for QEMU into OUT/qemu/images unless the ones
-// there were built from the same inputs. Disks kept by `down` over older images are not
-// touched: up refuses and says how to discard them.
-func (a *app) qemuImages(cmd *cobra.Command, c *spec.Cluster, timeServer netip.Addr, firstbootFlag string) (images map[string]string, base string, err error) {
-	ew := cmd.ErrOrStderr()
-	fb, err := firstbootBinary(firstbootFlag)
-	if err != nil {
-		return nil, "", err
-	}
-	specBytes, err := os.ReadFile(a.specPath)
-	if err != nil {
-		return nil, "", err
-	}
-	baseDir, err := imgbase.DefaultCacheDir()
-	if err != nil {
-		return nil, "", err
-	}
-	base, err = imgbase.Build(cmd.Context(), imgbase.DefaultRecipe(), baseDir, func(f string, args ...any) {
-		fmt.Fprintf(ew, "base: "+f+"\n", args...)
-	})
-	if err != nil {
-		return nil, "", err
-	}
-	stamp, err := qemuInputsStamp(specBytes, timeServer, fb, base, a.pkiDir())
-	if err != nil {
-		return nil, "", err
-	}
-	dir := a.qemuImageDir()
-	images = map[string]string{}
-	for _, n := range c.Nodes {
-		images[n.Name] = filepath.Join(dir, n.Name+".raw")
-	}
-	stampPath := filepath.Join(dir, "inputs.sha256")
-	if old, err := os.ReadFile(stampPath); err == nil && string(old) == stamp && allExist(images) {
-		fmt.Fprintf(ew, "up: images in %s are up to date\n", dir)
-		return images, base, nil
-	}
-	// New images: disks made over the old ones would no longer match them.
-	var stale []string
-	for _, n := range c.Nodes {
-		if _, err := os.Stat(filepath.Join(a.runDir(), n.Name+".overlay.qcow2")); err == nil {
-			stale = append(stale, n.Name)
-		}
-	}
-	if len(stale) > 0 {
-		return nil, "", fmt.Errorf("the inputs of the VMs' images changed (spec, PKI, etcd-firstboot or base) but %s keeps disks of %v made from the old ones, with their etcd data: `etcdbake down --purge` discards those disks, then run up again", a.runDir(), stale)
-	}
-	cache, err := a.cache(cmd)
-	if err != nil {
-		return nil, "", err
-	}
-	// The VMs reach no public time server: the hub answers NTP on the segment.
-	vc := *c
-	vc.Time.Servers = []string{timeServer.String()}
-	var userMACs []string
-	for _, n := range c.Nodes {
-		userMACs = append(userMACs, qemu.UserMAC(n.MAC))
-	}
-	_ = os.Remove(stampPath)
-	if _, _, err := bake.Images(cmd.Context(), bake.Sources{
-		Cluster: &vc, SpecBytes: specBytes, PKIDir: a.pkiDir(), Now: a.now, Cache: cache,
-		Firstboot: fb, FirstbootVersion: version,
-		Fragments: []ignition.Fragment{qemu.GuestFragment(userMACs...)},
-		Progress:  func(f string, args ...any) { fmt.Fprintf(ew, "image: "+f+"\n", args...) },
-	}, bake.ImageOptions{
-		Base: base, BaseCacheDir: baseDir, OutDir: dir, Formats: []string{"raw"}, DataSize: 1 << 30,
-		Meter: newMeter(ew),
-	}); err != nil {
-		return nil, "", err
-	}
-	if err := fileutil.WriteAtomic(stampPath, []byte(stamp), 0o644); err != nil {
-		return nil, "", err
-	}
-	return images, base, nil
-}
-
-// qemuInputsStamp hashes everything the QEMU images are made from.
-func qemuInputsStamp(specBytes []byte, timeServer netip.Addr, firstboot, base, pkiDir string) (string, error) {
-	h := sha256.New()
-	fmt.Fprintf(h, "etcdbake %s\ntime %s\nbase %s\n", version, timeServer, base)
-	h.Write(specBytes)
-	fb, err := fileutil.SHA256(firstboot)
-	if err != nil {
-		return "", err
-	}
-	fmt.Fprintf(h, "etcd-firstboot %s\n", fb)
-	// The certificates (not the keys): re-issued certificates mean new images.
-	err = filepath.WalkDir(pkiDir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".crt") {
-			return err
-		}
-		s, err := fileutil.SHA256(p)
-		fmt.Fprintf(h, "%s %s\n", strings.TrimPrefix(p, pkiDir), s)
-		return err
-	})
-	return fmt.Sprintf("%x\n", h.Sum(nil)), err
-}
-
-func allExist(m map[string]string) bool {
-	for _, p := range m {
-		if _, err := os.Stat(p); err != nil {
-			return false
-		}
-	}
-	return true
-}
-
-// startSupervisor writes the plan and starts `etcdbake qemu-supervise` in its own session
-// (it outlives this command), then waits for its record of the running VMs.
-func (a *app) startSupervisor(cmd *cobra.Command, plan qemu.ClusterOptions) (*qemu.RunState, error) {
-	dir := plan.Dir
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	b, err := json.MarshalIndent(plan, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	if err := fileutil.WriteAtomic(filepath.Join(dir, planFile), b, 0o644); err != nil {
-		return nil, err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	logPath := filepath.Join(dir, "supervisor.log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	_ = os.Remove(filepath.Join(dir, qemu.RunStateFile))
-	sup := exec.Command(self, "qemu-supervise", "--run-dir", dir)
-	sup.Stdout, sup.Stderr = logf, logf
-	sup.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := sup.Start(); err != nil {
-		return nil, fmt.Errorf("starting the supervisor: %w", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- sup.Wait() }()
-	deadline := time.After(2 * time.Minute)
-	for {
-		if st, err := qemu.ReadRunState(dir); err == nil {
-			return st, nil
-		}
-		select {
-		case err := <-exited:
-			log, _ := os.ReadFile(logPath)
-			return nil, fmt.Errorf("the supervisor exited (%v) before the VMs ran:\n%s", err, strings.TrimSpace(string(log)))
-		case <-deadline:
-			return nil, fmt.Errorf("the supervisor (pid %d) did not report running VMs within 2 minutes; see %s", sup.Process.Pid, logPath)
-		case <-cmd.Context().Done():
-			return nil, cmd.Context().Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
 // waitHealthy polls the cluster until every node is a healthy voting member with a
 // flannel lease, printing each node's progress, then prints the status table.
-func (a *app) waitHealthy(cmd *cobra.Command, st *qemu.RunState, timeout time.Duration) error {
+func (a *app) waitHealthy(cmd *cobra.Command, st *vmcluster.RunState, timeout time.Duration) error {
 	w, ew := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	c, err := a.load(cmd)
 	if err != nil {
@@ -468,7 +232,7 @@ func nodeProgress(r *status.Cluster, node string) string {
 	return "not a member yet"
 }
 
-func sortedNodes(st *qemu.RunState) []string {
+func sortedNodes(st *vmcluster.RunState) []string {
 	var out []string
 	for n := range st.Nodes {
 		out = append(out, n)
@@ -485,7 +249,7 @@ func (a *app) downCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			w := cmd.OutOrStdout()
-			st, err := qemu.StopSupervised(a.runDir(), 30*time.Second)
+			st, err := vmcluster.StopSupervised(a.runDir(), 30*time.Second)
 			if err != nil {
 				return err
 			}
@@ -494,20 +258,17 @@ func (a *app) downCmd() *cobra.Command {
 			} else {
 				fmt.Fprintf(w, "stopped %d VMs (supervisor pid %d)\n", len(st.Nodes), st.Supervisor)
 			}
-			disks, _ := filepath.Glob(filepath.Join(a.runDir(), "*.overlay.qcow2"))
 			if !purge {
-				if len(disks) > 0 {
-					fmt.Fprintf(w, "kept %d VM disks in %s (etcd data included); the next up boots them again, `down --purge` discards them\n", len(disks), a.runDir())
+				if kept := vmcluster.KeptDisks(a.runDir()); len(kept) > 0 {
+					fmt.Fprintf(w, "kept %d VM disks in %s (etcd data included); the next up boots them again, `down --purge` discards them\n", len(kept), a.runDir())
 				}
 				return nil
 			}
-			vars, _ := filepath.Glob(filepath.Join(a.runDir(), "*.vars.fd"))
-			for _, p := range append(disks, vars...) {
-				if err := os.Remove(p); err != nil {
-					return err
-				}
+			n, err := vmcluster.DiscardDisks(a.runDir())
+			if err != nil {
+				return err
 			}
-			fmt.Fprintf(w, "discarded %d VM disks in %s\n", len(disks), a.runDir())
+			fmt.Fprintf(w, "discarded %d VM disks in %s\n", n, a.runDir())
 			return nil
 		},
 	}
@@ -524,7 +285,7 @@ func (a *app) execCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			res, err := qemu.ExecIn(ctx, a.runDir(), args[0], args[1:]...)
+			res, err := vmcluster.ExecIn(ctx, a.runDir(), args[0], args[1:]...)
 			if err != nil {
 				return err
 			}
@@ -548,18 +309,10 @@ func (a *app) superviseCmd() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			b, err := os.ReadFile(filepath.Join(dir, planFile))
-			if err != nil {
-				return err
-			}
-			var plan qemu.ClusterOptions
-			if err := json.Unmarshal(b, &plan); err != nil {
-				return fmt.Errorf("%s: %w", filepath.Join(dir, planFile), err)
-			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 			defer stop()
 			log := cmd.OutOrStdout()
-			err = qemu.Supervise(ctx, plan, func(st *qemu.RunState) {
+			err := vmcluster.SupervisePlan(ctx, dir, func(st *vmcluster.RunState) {
 				fmt.Fprintf(log, "%s supervisor %d: %d VMs running\n", time.Now().Format(time.RFC3339), st.Supervisor, len(st.Nodes))
 			})
 			fmt.Fprintf(log, "%s supervisor: stopped (%v)\n", time.Now().Format(time.RFC3339), err)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
 // BenchmarkImagesAndBoot prints the image figures the README shows: the example's three
@@ -21,9 +21,7 @@ import (
 // 1-node image booted next to the plain base (same layout, no etcdbake on top): launch
 // to multi-user.target for both, and to etcd's /readyz.
 func BenchmarkImagesAndBoot(b *testing.B) {
-	if err := Check(); err != nil {
-		b.Skipf("QEMU/OVMF missing: %v (make setup)", err)
-	}
+	requireQEMU(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	for b.Loop() {
@@ -75,7 +73,7 @@ func benchImagesAndBoot(ctx context.Context, b *testing.B) {
 	// Boot: plain base vs a 1-node etcdbake image, one VM each.
 	plain := bootPlainBase(ctx, b, filepath.Join(dir, "plain"), map[string]string{"etcd-1": "52:54:00:88:00:11"})
 	bc := buildClusterImages(ctx, b, filepath.Join(dir, "one"), one, true)
-	cl, err := StartCluster(ctx, ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: filepath.Join(dir, "one", "run"), MemoryMiB: 768, TimeServer: netip.MustParseAddr(qemuTimeServer)})
+	cl, err := vmcluster.StartCluster(ctx, bc.options(filepath.Join(dir, "one", "run"), qemuTimeServer))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -110,7 +108,7 @@ func oneNodeQEMUSpec(t testing.TB) []byte {
 }
 
 // waitReadyz waits until the node answers /readyz and returns the time since launch.
-func waitReadyz(ctx context.Context, t testing.TB, cl *Cluster, node string, cfg *tls.Config) time.Duration {
+func waitReadyz(ctx context.Context, t testing.TB, cl *vmcluster.Cluster, node string, cfg *tls.Config) time.Duration {
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
 	for {
 		resp, err := hc.Get(cl.Endpoint(node) + "/readyz")

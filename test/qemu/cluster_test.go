@@ -9,12 +9,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -39,6 +37,7 @@ import (
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/status"
+	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
 // adminTLS is mutual TLS with the admin client certificate of a PKI directory.
@@ -138,11 +137,23 @@ type builtCluster struct {
 	macs   map[string]string
 }
 
+// options are what vmcluster needs to boot the nodes (their spec MACs, forwards to the
+// spec's etcd ports; see bake.QEMUCluster) with 768 MiB each, their disks and consoles in
+// dir, and the hub answering NTP on timeServer unless it is empty.
+func (bc builtCluster) options(dir, timeServer string) vmcluster.ClusterOptions {
+	o := bake.QEMUCluster(bc.c, bc.images, dir)
+	o.MemoryMiB = 768
+	if timeServer != "" {
+		o.TimeServer = netip.MustParseAddr(timeServer)
+	}
+	return o
+}
+
 // buildClusterImages builds every node's qcow2 image from the real default base with
 // the same pipeline as `etcdbake image` (package bake), plus extra fragments for every node.
 //
-// With guest set, GuestFragment (second NIC, etcd on all addresses) is merged too, as the
-// multi-VM harness needs.
+// With guest set, the QEMU guest fragment (second NIC, etcd on all addresses; see
+// bake.QEMUFragment) is merged too, as vmcluster needs.
 func buildClusterImages(ctx context.Context, t testing.TB, dir string, specText []byte, guest bool, extra ...ignition.Fragment) builtCluster {
 	t.Helper()
 	bc, _ := buildClusterImagesAs(ctx, t, dir, specText, guest, []string{"raw"}, extra...)
@@ -183,13 +194,11 @@ func buildClusterImagesAs(ctx context.Context, t testing.TB, dir string, specTex
 		t.Fatal(err)
 	}
 	macs := map[string]string{}
-	var userMACs []string
 	for _, n := range c.Nodes {
 		macs[n.Name] = n.MAC
-		userMACs = append(userMACs, UserMAC(n.MAC))
 	}
 	if guest {
-		extra = append(extra, GuestFragment(userMACs...))
+		extra = append(extra, bake.QEMUFragment(c))
 	}
 	step := time.Now()
 	_, imgs, err := bake.Images(ctx, bake.Sources{
@@ -234,7 +243,7 @@ func TestClusterBootstrapB0(t *testing.T) {
 	t.Logf("plain base (%d VMs at once): launch -> multi-user.target %v, last %s", len(plain), roundAll(plain), plainMax.Round(100*time.Millisecond))
 
 	runDir := filepath.Join(dir, "run")
-	cl, err := StartCluster(ctx, ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: runDir, MemoryMiB: 768, TimeServer: netip.MustParseAddr(qemuTimeServer)})
+	cl, err := vmcluster.StartCluster(ctx, bc.options(runDir, qemuTimeServer))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,13 +277,8 @@ func TestClusterBootstrapB0(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(deadline) && ctx.Err() == nil {
-				if vm := cl.VM(n); vm != nil {
-					select {
-					case err := <-vm.done:
-						vm.done <- err
-						return // QEMU exited: reported below
-					default:
-					}
+				if vm := cl.VM(n); vm != nil && !vm.Running() {
+					return // QEMU exited: reported below
 				}
 				resp, err := hc.Get(cl.Endpoint(n) + "/readyz")
 				if err == nil {
@@ -767,7 +771,7 @@ func TestClusterBootstrapB0(t *testing.T) {
 		// the cluster through its peers and replaces the stale member (remove, add as a
 		// learner, promote): a new member ID, three voters, and the data replicated back.
 		t0 = time.Now()
-		if err := cl.RestartWith(ctx, "etcd-2", RestartOptions{WipeDisk: true}); err != nil {
+		if err := cl.RestartWith(ctx, "etcd-2", vmcluster.RestartOptions{WipeDisk: true}); err != nil {
 			t.Fatal(err)
 		}
 		var newID uint64
@@ -809,7 +813,7 @@ func TestClusterBootstrapB0(t *testing.T) {
 		// the RTC time it starts from (the RTC itself is corrected soon after, by
 		// chrony's rtcsync); chrony steps the clock from the hub's NTP and the node rejoins.
 		t0 = time.Now()
-		if err := cl.RestartWith(ctx, "etcd-2", RestartOptions{ClockOffset: time.Hour}); err != nil {
+		if err := cl.RestartWith(ctx, "etcd-2", vmcluster.RestartOptions{ClockOffset: time.Hour}); err != nil {
 			t.Fatal(err)
 		}
 		res, err = cl.Exec(ctx, "etcd-2", "dmesg")
@@ -831,78 +835,6 @@ func TestClusterBootstrapB0(t *testing.T) {
 		res, _ = cl.Exec(ctx, "etcd-2", "/opt/etcdbake/bin/etcd-firstboot", "status")
 		t.Logf("etcd-2 ready again %s after relaunch; etcd-firstboot says:\n%s", time.Since(t0).Round(100*time.Millisecond), res.Stdout)
 	})
-}
-
-// TestHub checks the L2 hub without QEMU: frames reach the other ports (broadcast first,
-// then only the learned port), never their sender, and a cut link drops both ways.
-func TestHub(t *testing.T) {
-	h := NewHub()
-	defer h.Close()
-	ends := map[string]net.Conn{}
-	for _, n := range []string{"a", "b", "c"} {
-		f, err := h.Attach(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := net.FileConn(f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		ends[n] = conn
-	}
-	mac := func(b byte) []byte { return []byte{0x52, 0x54, 0, 0, 0, b} }
-	send := func(from string, dst, src []byte, payload string) {
-		frame := append(append(append([]byte{}, dst...), src...), append([]byte{0x08, 0x00}, payload...)...)
-		pkt := binary.BigEndian.AppendUint32(nil, uint32(len(frame)))
-		if _, err := ends[from].Write(append(pkt, frame...)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	recv := func(at string) string {
-		_ = ends[at].SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		var hdr [4]byte
-		if _, err := io.ReadFull(ends[at], hdr[:]); err != nil {
-			return ""
-		}
-		b := make([]byte, binary.BigEndian.Uint32(hdr[:]))
-		if _, err := io.ReadFull(ends[at], b); err != nil {
-			t.Fatal(err)
-		}
-		return string(b[14:])
-	}
-	bcast := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-	send("a", bcast, mac(1), "hello")
-	if recv("b") != "hello" || recv("c") != "hello" || recv("a") != "" {
-		t.Fatal("broadcast not delivered to exactly the other ports")
-	}
-	send("b", mac(1), mac(2), "to-a") // a's MAC was learned
-	if recv("a") != "to-a" || recv("c") != "" {
-		t.Fatal("unicast to a learned MAC went elsewhere")
-	}
-	send("a", mac(9), mac(1), "unknown") // unknown unicast floods
-	if recv("b") != "unknown" || recv("c") != "unknown" {
-		t.Fatal("unknown unicast not flooded")
-	}
-	if err := h.CutLink("c"); err != nil {
-		t.Fatal(err)
-	}
-	send("a", bcast, mac(1), "cut1")
-	send("c", bcast, mac(3), "cut2")
-	if recv("b") != "cut1" || recv("c") != "" || recv("a") != "" || recv("b") != "" {
-		t.Fatal("a cut link still carries frames")
-	}
-	if err := h.RestoreLink("c"); err != nil {
-		t.Fatal(err)
-	}
-	send("c", bcast, mac(3), "back")
-	if recv("a") != "back" || recv("b") != "back" {
-		t.Fatal("a restored link carries no frames")
-	}
-	if _, dropped := h.Stats(); dropped != 2 { // cut1 to c, cut2 from c
-		t.Errorf("dropped %d frames, want 2", dropped)
-	}
 }
 
 // expiredClientCert issues, with the cluster's real CA key, a client certificate that

@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -20,8 +18,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/etcdbake/etcdbake/internal/testtools"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/test/workload"
+	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
 // TestFaults is the fault suite (issue 6) on the booted 3-node cluster: clients on the host
@@ -40,7 +40,7 @@ func TestFaults(t *testing.T) {
 	dir := t.TempDir()
 	bc := buildClusterImages(ctx, t, dir, exampleSpecForQEMU(t), true)
 	tlsCfg := adminTLS(t, bc.pkiDir)
-	cl, err := StartCluster(ctx, ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: filepath.Join(dir, "run"), MemoryMiB: 768, TimeServer: netip.MustParseAddr(qemuTimeServer)})
+	cl, err := vmcluster.StartCluster(ctx, bc.options(filepath.Join(dir, "run"), qemuTimeServer))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestFaults(t *testing.T) {
 		stop := f.workload(t, "B7")
 		time.Sleep(10 * time.Second)
 		wipeAt := time.Now()
-		if err := cl.RestartWith(ctx, victim, RestartOptions{WipeDisk: true}); err != nil {
+		if err := cl.RestartWith(ctx, victim, vmcluster.RestartOptions{WipeDisk: true}); err != nil {
 			t.Fatal(err)
 		}
 		d, h1 := f.waitHealthy(t, "B7 recovery", 10*time.Minute, func(h health) string {
@@ -200,7 +200,7 @@ func TestFaults(t *testing.T) {
 		denied0 := cl.Hub().NTPDenied()
 		cl.Hub().DenyTime(victim, true)
 		bootAt := time.Now()
-		if err := cl.RestartWith(ctx, victim, RestartOptions{ClockOffset: time.Hour}); err != nil {
+		if err := cl.RestartWith(ctx, victim, vmcluster.RestartOptions{ClockOffset: time.Hour}); err != nil {
 			t.Fatal(err)
 		}
 		// Wait for two refusals (the unit retries every 15 s), then look at etcd.
@@ -249,7 +249,7 @@ func TestFaults(t *testing.T) {
 		}
 		cl.Hub().DenyTime(victim, false)
 		fixAt := time.Now()
-		if err := cl.RestartWith(ctx, victim, RestartOptions{}); err != nil {
+		if err := cl.RestartWith(ctx, victim, vmcluster.RestartOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		d, h1 := f.waitHealthy(t, "B8 recovery", 10*time.Minute, nil)
@@ -298,7 +298,7 @@ func TestFaults(t *testing.T) {
 			if n == survivor {
 				return nil
 			}
-			return cl.RestartWith(ctx, n, RestartOptions{WipeDisk: true})
+			return cl.RestartWith(ctx, n, vmcluster.RestartOptions{WipeDisk: true})
 		})
 		// Both wiped members refuse, and keep refusing, with the pointer to the README.
 		journals := map[string]string{}
@@ -378,24 +378,29 @@ systemctl daemon-reload && systemctl restart etcd
 rm /run/systemd/system/etcd.service.d/99-force-new-cluster.conf && systemctl daemon-reload
 echo done`
 
-// requireQEMU installs what the VM tests need (scripts/setup.sh) or skips with the reason.
-func requireQEMU(t *testing.T) {
+// requireQEMU ends a VM test on a machine without QEMU, OVMF or qemu-img (see
+// testtools.Missing: `make setup` installs them; tests never do).
+func requireQEMU(t testing.TB) {
 	t.Helper()
-	if err := Check(); err != nil {
-		if out, ierr := exec.Command("bash", "../../scripts/setup.sh").CombinedOutput(); ierr != nil {
-			t.Skipf("QEMU/OVMF cannot be installed here: %v (setup: %v\n%s)", err, ierr, out)
-		}
-		if err := Check(); err != nil {
-			t.Skipf("QEMU/OVMF cannot be installed here: %v", err)
-		}
+	if m := vmcluster.Missing(); len(m) > 0 {
+		testtools.Missing(t, strings.Join(m, ", "))
 	}
+}
+
+// tail is the last n lines of b.
+func tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // faultEnv is the running cluster of TestFaults and what its checks need.
 type faultEnv struct {
 	ctx       context.Context
 	c         *spec.Cluster
-	cl        *Cluster
+	cl        *vmcluster.Cluster
 	tls       *tls.Config
 	hc        *http.Client
 	artifacts string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,13 +15,16 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/etcdbake/etcdbake/bake"
+	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
 // oneNodeSpec puts the node on QEMU's user-mode network (10.0.2.15 is where slirp's host
 // forwards arrive), with no time server (the gate then passes with a warning after 5 s)
 // and a Butane fragment that reports the node's state on the serial console.
 const oneNodeSpec = `apiVersion: etcdbake.dev/v1alpha1
-kind: Cluster
+kind: vmcluster.Cluster
 name: boot
 nodes:
   - name: etcd-1
@@ -28,6 +32,8 @@ nodes:
     mac: "52:54:00:12:34:56"
 etcd:
   version: v3.6.16
+  clientPort: 12379
+  peerPort: 12380
   heartbeatInterval: 250ms
   electionTimeout: 2500ms
 flannel:
@@ -62,28 +68,32 @@ systemd:
 `
 
 // TestBootOneNodeImage builds a 1-node cluster image from the real default base and
-// boots it under QEMU (TCG, OVMF): etcd-firstboot's gates pass, etcd answers /readyz over
-// mutual TLS through a forwarded port, flanneld holds a lease, and the root is read-only.
+// boots it with vmcluster (QEMU, TCG, OVMF), as `etcdbake up` does: etcd-firstboot's gates
+// pass, etcd answers /readyz over mutual TLS through the forwarded client port (the
+// spec's 12379, not etcd's default), flanneld holds a lease, and the root is read-only.
 func TestBootOneNodeImage(t *testing.T) {
 	requireQEMU(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "report.bu"), []byte(reportBu), 0o644)
-	bc := buildClusterImages(ctx, t, dir, []byte(oneNodeSpec), false)
+	bc := buildClusterImages(ctx, t, dir, []byte(oneNodeSpec), true)
 	c, pkiDir := bc.c, bc.pkiDir
 
 	step := time.Now()
-	vm, err := Start(ctx, Options{Name: "etcd-1", Image: bc.images["etcd-1"], Dir: filepath.Join(dir, "run"), MemoryMiB: 1024, Forward: []int{2379}, MAC: "52:54:00:12:34:56"})
+	o := bake.QEMUCluster(c, bc.images, filepath.Join(dir, "run"))
+	o.MemoryMiB = 1024
+	cl, err := vmcluster.StartCluster(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer vm.Kill()
-	port, err := vm.HostPort(ctx, 2379)
-	if err != nil {
-		t.Fatal(err)
+	defer cl.Stop()
+	vm := cl.VM("etcd-1")
+	ep := cl.Endpoint("etcd-1")
+	// The endpoint is the forward to the spec's client port.
+	if port, err := vm.HostPort(ctx, 12379); err != nil || ep != fmt.Sprintf("https://127.0.0.1:%d", port) {
+		t.Fatalf("endpoint %s is not the forward to guest port 12379 (%d, %v)", ep, port, err)
 	}
-	ep := fmt.Sprintf("https://127.0.0.1:%d", port)
 	tlsCfg := adminTLS(t, pkiDir)
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
 	var readyAt time.Duration
@@ -103,7 +113,21 @@ func TestBootOneNodeImage(t *testing.T) {
 		case <-time.After(time.Second):
 		}
 	}
-	t.Logf("QEMU start to etcd /readyz over mTLS through 127.0.0.1:%d: %s", port, readyAt.Round(100*time.Millisecond))
+	t.Logf("QEMU start to etcd /readyz over mTLS through %s: %s", ep, readyAt.Round(100*time.Millisecond))
+
+	// etcd's peer listener is on the spec's peer port too: TLS answers through its forward.
+	if port, err := vm.HostPort(ctx, 12380); err != nil || cl.PeerEndpoint("etcd-1") != fmt.Sprintf("https://127.0.0.1:%d", port) {
+		t.Errorf("peer endpoint %s is not the forward to guest port 12380 (%d, %v)", cl.PeerEndpoint("etcd-1"), port, err)
+	}
+	peer, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", strings.TrimPrefix(cl.PeerEndpoint("etcd-1"), "https://"), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Errorf("no TLS on the forwarded peer port 12380: %v", err)
+	} else {
+		if len(peer.ConnectionState().PeerCertificates) == 0 {
+			t.Errorf("the peer port presented no certificate")
+		}
+		peer.Close()
+	}
 
 	// Without a client certificate the same port refuses.
 	bare := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tlsCfg.RootCAs}}}

@@ -13,6 +13,8 @@ import (
 	"github.com/etcdbake/etcdbake/imagebuild"
 	"github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/spec"
+	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
 // bootPlainBase builds images from the default base with an empty Ignition config (the
@@ -35,7 +37,9 @@ func bootPlainBase(ctx context.Context, t testing.TB, dir string, macs map[strin
 	for _, im := range imgs {
 		images[im.Node] = im.Files[0]
 	}
-	cl, err := StartCluster(ctx, ClusterOptions{Images: images, MACs: macs, Dir: filepath.Join(dir, "plain-run"), MemoryMiB: 768})
+	cl, err := vmcluster.StartCluster(ctx, vmcluster.ClusterOptions{Images: images, MACs: macs, Dir: filepath.Join(dir, "plain-run"), MemoryMiB: 768,
+		// No etcd on the plain base: the forwards go to its default ports, unused.
+		ClientPort: spec.DefaultClientPort, PeerPort: spec.DefaultPeerPort})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +69,7 @@ func defaultBaseTree(ctx context.Context, t testing.TB) *fstree.Tree {
 // node, the time from launch to that moment. The guest reports when it got there on its
 // own monotonic clock (systemd's ActiveEnterTimestampMonotonic against /proc/uptime), so
 // neither the guest's wall clock nor polling delays enter the figure.
-func waitMultiUser(ctx context.Context, t testing.TB, cl *Cluster) map[string]time.Duration {
+func waitMultiUser(ctx context.Context, t testing.TB, cl *vmcluster.Cluster) map[string]time.Duration {
 	t.Helper()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -101,7 +105,7 @@ func waitMultiUser(ctx context.Context, t testing.TB, cl *Cluster) map[string]ti
 }
 
 // multiUserAt asks the guest when it reached multi-user.target.
-func multiUserAt(ctx context.Context, cl *Cluster, node string) (time.Duration, error) {
+func multiUserAt(ctx context.Context, cl *vmcluster.Cluster, node string) (time.Duration, error) {
 	res, err := cl.Exec(ctx, node, "/bin/sh", "-c", "cat /proc/uptime; systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target")
 	asked := time.Now()
 	if err != nil {

@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
 // TestPXEInstall (issue 7): three VMs with blank disks PXE-boot with QEMU's built-in iPXE
@@ -83,8 +84,9 @@ func TestPXEInstall(t *testing.T) {
 		bootURLs[n] = guestURL + "/ipxe?mac=" + strings.ReplaceAll(mac, ":", "-")
 	}
 	boot := func(name string, pxe map[string]string) (quorum, leases time.Duration) {
-		cl, err := StartCluster(ctx, ClusterOptions{Images: bc.images, MACs: bc.macs, Dir: filepath.Join(dir, name), MemoryMiB: 768,
-			TimeServer: netip.MustParseAddr(qemuTimeServer), PXE: pxe})
+		o := bc.options(filepath.Join(dir, name), qemuTimeServer)
+		o.PXE = pxe
+		cl, err := vmcluster.StartCluster(ctx, o)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,11 +7,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/etcdbake/etcdbake/binaries"
+	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
 // TestUpDown drives the CLI as a user would: `etcdbake up` on the built-in example builds
@@ -20,9 +23,7 @@ import (
 // cluster runs; `down` stops every QEMU process and keeps the disks, so the next `up`
 // comes back with the same cluster and its data; `down --purge` discards the disks.
 func TestUpDown(t *testing.T) {
-	if err := Check(); err != nil {
-		t.Skipf("QEMU/OVMF cannot be installed here: %v (TestClusterBootstrapB0 installs them)", err)
-	}
+	requireQEMU(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	for _, b := range []struct{ out, pkg string }{{"etcdbake", "../../cmd/etcdbake"}, {"etcd-firstboot", "../../cmd/etcd-firstboot"}} {
@@ -75,7 +76,7 @@ func TestUpDown(t *testing.T) {
 	if m := regexp.MustCompile(`up: healthy after (\S+)s`).FindStringSubmatch(stderr); m != nil {
 		t.Logf("up: VMs launched -> healthy in %ss (images were built before)", m[1])
 	}
-	st, err := ReadRunState(filepath.Join(out, "run"))
+	st, err := vmcluster.ReadRunState(filepath.Join(out, "run"))
 	if err != nil || !st.Running() || len(st.Nodes) != 3 {
 		t.Fatalf("run state: %v %+v", err, st)
 	}
@@ -85,7 +86,7 @@ func TestUpDown(t *testing.T) {
 	if stdout, _, err := run(2*time.Minute, "up"); err != nil || !strings.Contains(stdout, "already running") {
 		t.Errorf("second up: %v", err)
 	}
-	st2, _ := ReadRunState(filepath.Join(out, "run"))
+	st2, _ := vmcluster.ReadRunState(filepath.Join(out, "run"))
 	if st2 == nil || st2.Supervisor != st.Supervisor {
 		t.Errorf("second up replaced the supervisor")
 	}
@@ -144,4 +145,21 @@ func TestUpDown(t *testing.T) {
 	if stdout, _, _ := run(time.Minute, "down"); !strings.Contains(stdout, "no cluster running") {
 		t.Errorf("down with nothing running: %q", stdout)
 	}
+}
+
+// processIs says whether pid is alive (not a zombie) and, if name is set, its command
+// line mentions name.
+func processIs(pid int, name string) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) && b[i+2] == 'Z' {
+		return false
+	}
+	cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return strings.Contains(string(cmd), name)
 }

@@ -1,4 +1,4 @@
-package qemu
+package vmcluster
 
 import (
 	"context"
@@ -14,15 +14,16 @@ import (
 	"sync"
 	"time"
 
-	"github.com/etcdbake/etcdbake/ignition"
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 )
 
 // A Cluster is several VMs on one private Ethernet segment (a Hub in this process), each
-// with a second, user-mode NIC (restrict=on) that only carries a host forward from
-// 127.0.0.1:<port> to the guest's etcd client port 2379.
+// with a second, user-mode NIC (restrict=on) that only carries host forwards from
+// 127.0.0.1:<port> to the guest's etcd client and peer ports.
 //
-// Every guest needs GuestFragment(UserMACs...) in its Ignition config, so that the user
-// NIC gets slirp's address by DHCP (without a default route) and etcd listens on it.
+// Every guest needs GuestButane(ClientPort, PeerPort, UserMACs...) in its Ignition config,
+// so that the user NIC gets slirp's address by DHCP (without a default route) and etcd
+// listens on it.
 
 // ClusterOptions describe the VMs of a cluster.
 type ClusterOptions struct {
@@ -42,6 +43,10 @@ type ClusterOptions struct {
 	// (ServeTime) with this machine's clock plus TimeOffset: the VMs' time source.
 	TimeServer netip.Addr
 	TimeOffset time.Duration
+	// ClientPort and PeerPort are the guest ports etcd listens on (the spec's
+	// etcd.clientPort and etcd.peerPort; GuestButane must be given the same): each VM
+	// forwards a port on 127.0.0.1 to each of them. Both are required.
+	ClientPort, PeerPort int
 	// Accel is "tcg" (the default) or "kvm" (only after ProbeKVM said it works).
 	Accel string
 	// KeepDisks boots from the overlays already in Dir (made by an earlier StartCluster
@@ -55,66 +60,8 @@ type ClusterOptions struct {
 	PXE map[string]string
 }
 
-// Guest ports forwarded from the host: etcd's client port, and its peer port (for tests
-// that must see the peer port refuse client certificates).
-const (
-	EtcdClientPort = 2379
-	EtcdPeerPort   = 2380
-)
-
-// UserMAC is the default MAC of a node's user-mode NIC: its spec MAC with the fourth octet
-// set to 0x99 (52:54:00:88:00:11 -> 52:54:00:99:00:11).
-func UserMAC(specMAC string) string {
-	p := strings.Split(strings.ToLower(specMAC), ":")
-	if len(p) != 6 {
-		return specMAC
-	}
-	p[3] = "99"
-	return strings.Join(p, ":")
-}
-
-// GuestNetworkPath and the files below are what GuestFragment adds to every node.
-const (
-	GuestNetworkPath = "/etc/systemd/network/20-qemu-user.network"
-	GuestEtcdDropIn  = "/etc/systemd/system/etcd.service.d/20-qemu.conf"
-	GuestEtcdEnv     = "/etc/etcd/qemu.env"
-)
-
-// GuestFragment is a Butane fragment (fcos 1.5.0) for every node of a QEMU cluster: the
-// user-mode NICs (matched by the given MACs, all listed in one identical file so it lands
-// in the shared root) take slirp's address by DHCP with neither routes nor DNS, and etcd
-// listens for clients on all addresses (a later EnvironmentFile overrides etcd.env), so
-// the host forward to 10.0.2.15:2379 arrives. Peer traffic stays on the node address.
-func GuestFragment(userMACs ...string) ignition.Fragment {
-	macs := append([]string(nil), userMACs...)
-	for i := range macs {
-		macs[i] = strings.ToLower(macs[i])
-	}
-	sort.Strings(macs)
-	network := "# QEMU test harness: the user-mode NIC, reachable from the host through a forward only.\n" +
-		"[Match]\nMACAddress=" + strings.Join(macs, " ") + "\n\n" +
-		"[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n\n" +
-		"[DHCPv4]\nUseRoutes=false\nUseDNS=false\nUseNTP=false\nUseHostname=false\nUseDomains=false\n"
-	dropIn := "# QEMU test harness: etcd also listens on the user-mode NIC.\n[Service]\nEnvironmentFile=" + GuestEtcdEnv + "\n"
-	env := "# QEMU test harness: listen on every address (the host forwards arrive on 10.0.2.15).\n" +
-		"ETCD_LISTEN_CLIENT_URLS=https://0.0.0.0:" + strconv.Itoa(EtcdClientPort) + "\n" +
-		"ETCD_LISTEN_PEER_URLS=https://0.0.0.0:" + strconv.Itoa(EtcdPeerPort) + "\n"
-	var b strings.Builder
-	b.WriteString("variant: fcos\nversion: 1.5.0\nstorage:\n  files:\n")
-	for _, f := range []struct {
-		path, data string
-	}{{GuestNetworkPath, network}, {GuestEtcdDropIn, dropIn}, {GuestEtcdEnv, env}} {
-		fmt.Fprintf(&b, "    - path: %s\n      mode: 0644\n      contents:\n        inline: |\n", f.path)
-		for _, l := range strings.Split(strings.TrimRight(f.data, "\n"), "\n") {
-			if l == "" {
-				b.WriteString("\n")
-				continue
-			}
-			b.WriteString("          " + l + "\n")
-		}
-	}
-	return ignition.Fragment{Source: "qemu-guest.bu (test/qemu)", Data: []byte(b.String())}
-}
+// overlaySuffix ends the name of a node's disk in the run directory (<node>.overlay.qcow2).
+const overlaySuffix = ".overlay.qcow2"
 
 // Cluster is a running set of VMs and their hub.
 type Cluster struct {
@@ -124,10 +71,12 @@ type Cluster struct {
 	dir   string
 	mem   int
 	accel string
-	hub   *Hub
-	mu    sync.Mutex
-	nodes map[string]*clusterNode
-	epMu  sync.Mutex // serialises writeEndpoints
+	// The guest's etcd ports the forwards go to (ClusterOptions.ClientPort, PeerPort).
+	guestClient, guestPeer int
+	hub                    *Hub
+	mu                     sync.Mutex
+	nodes                  map[string]*clusterNode
+	epMu                   sync.Mutex // serialises writeEndpoints
 }
 
 type clusterNode struct {
@@ -148,39 +97,15 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if err := Check(); err != nil {
 		return nil, err
 	}
-	if len(o.Images) == 0 {
-		return nil, fmt.Errorf("no images")
+	c, err := newCluster(o)
+	if err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	mem := o.MemoryMiB
-	if mem == 0 {
-		mem = 768
-	}
-	c := &Cluster{dir: o.Dir, mem: mem, accel: o.Accel, hub: NewHub(), nodes: map[string]*clusterNode{}}
 	if o.TimeServer.IsValid() {
 		c.hub.ServeTime(o.TimeServer, o.TimeOffset)
-	}
-	for name, img := range o.Images {
-		mac := o.MACs[name]
-		if mac == "" {
-			return nil, fmt.Errorf("node %s has no MAC", name)
-		}
-		um := o.UserMACs[name]
-		if um == "" {
-			um = UserMAC(mac)
-		}
-		abs, err := filepath.Abs(img)
-		if err != nil {
-			return nil, err
-		}
-		c.nodes[name] = &clusterNode{
-			name: name, image: abs, mac: mac, userMAC: um,
-			overlay: filepath.Join(o.Dir, name+".overlay.qcow2"),
-			vars:    filepath.Join(o.Dir, name+".vars.fd"),
-			pxe:     o.PXE[name],
-		}
 	}
 	// Overlays and firmware variables first (qemu-img takes a moment), in parallel.
 	if err := c.each(func(n *clusterNode) error { return n.prepare(ctx, o.KeepDisks) }); err != nil {
@@ -198,6 +123,53 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if err := c.writeEndpoints(); err != nil {
 		c.Stop()
 		return nil, err
+	}
+	return c, nil
+}
+
+// newCluster checks o and sets up the cluster's nodes, without starting anything.
+func newCluster(o ClusterOptions) (*Cluster, error) {
+	if len(o.Images) == 0 {
+		return nil, fmt.Errorf("ClusterOptions.Images: no node images")
+	}
+	if o.Dir == "" {
+		return nil, fmt.Errorf("ClusterOptions.Dir: no run directory")
+	}
+	for _, p := range []struct {
+		field string
+		port  int
+	}{{"ClientPort", o.ClientPort}, {"PeerPort", o.PeerPort}} {
+		if p.port <= 0 || p.port > 65535 {
+			return nil, fmt.Errorf("ClusterOptions.%s %d: give the guest's etcd port (the spec's etcd.clientPort / etcd.peerPort)", p.field, p.port)
+		}
+	}
+	if o.ClientPort == o.PeerPort {
+		return nil, fmt.Errorf("ClusterOptions.ClientPort and PeerPort are both %d", o.ClientPort)
+	}
+	mem := o.MemoryMiB
+	if mem == 0 {
+		mem = 768
+	}
+	c := &Cluster{dir: o.Dir, mem: mem, accel: o.Accel, guestClient: o.ClientPort, guestPeer: o.PeerPort, hub: NewHub(), nodes: map[string]*clusterNode{}}
+	for name, img := range o.Images {
+		mac := o.MACs[name]
+		if mac == "" {
+			return nil, fmt.Errorf("node %s has no MAC", name)
+		}
+		um := o.UserMACs[name]
+		if um == "" {
+			um = UserMAC(mac)
+		}
+		abs, err := filepath.Abs(img)
+		if err != nil {
+			return nil, err
+		}
+		c.nodes[name] = &clusterNode{
+			name: name, image: abs, mac: mac, userMAC: um,
+			overlay: filepath.Join(o.Dir, name+overlaySuffix),
+			vars:    filepath.Join(o.Dir, name+".vars.fd"),
+			pxe:     o.PXE[name],
+		}
 	}
 	return c, nil
 }
@@ -270,8 +242,33 @@ func (c *Cluster) boot(n *clusterNode) error {
 	vm := &VM{Name: n.name, Console: c.Console(n.name), qmpPath: filepath.Join(c.dir, n.name+".qmp"), qgaPath: filepath.Join(c.dir, n.name+".qga"), done: make(chan error, 1)}
 	_ = os.Remove(vm.qmpPath)
 	_ = os.Remove(vm.qgaPath)
+	args := c.qemuArgs(n, vm)
+	vm.cmd = exec.Command("qemu-system-x86_64", args...)
+	vm.cmd.ExtraFiles = []*os.File{l2}
+	var stderr strings.Builder
+	vm.cmd.Stderr = &stderr
+	if err := vm.cmd.Start(); err != nil {
+		return fmt.Errorf("starting QEMU for %s: %w", n.name, err)
+	}
+	go func() {
+		err := vm.cmd.Wait()
+		if err != nil && stderr.Len() > 0 {
+			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+		}
+		vm.done <- err
+	}()
+	c.mu.Lock()
+	n.vm = vm
+	n.endpoint, n.peer = "", ""
+	c.mu.Unlock()
+	return nil
+}
+
+// qemuArgs is the QEMU command line of the node's next boot as vm (whose console, QMP and
+// agent paths it uses); the private segment's NIC is fd 3.
+func (c *Cluster) qemuArgs(n *clusterNode, vm *VM) []string {
 	// The host ports are chosen by QEMU at the first boot and kept by restarts.
-	fwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d,hostfwd=tcp:127.0.0.1:%d-:%d", n.clientPort, EtcdClientPort, n.peerPort, EtcdPeerPort)
+	fwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d,hostfwd=tcp:127.0.0.1:%d-:%d", n.clientPort, c.guestClient, n.peerPort, c.guestPeer)
 	disk := []string{"-drive", "if=virtio,format=qcow2,file=" + n.overlay}
 	// First NIC: the private segment (fd 3 is ExtraFiles[0]).
 	l2nic := "virtio-net-pci,netdev=l2,mac=" + strings.ToLower(n.mac)
@@ -307,36 +304,18 @@ func (c *Cluster) boot(n *clusterNode) error {
 		// The guest's hardware clock starts this far from the host's.
 		args = append(args, "-rtc", "base="+time.Now().Add(n.rtc).UTC().Format("2006-01-02T15:04:05"))
 	}
-	vm.cmd = exec.Command("qemu-system-x86_64", args...)
-	vm.cmd.ExtraFiles = []*os.File{l2}
-	var stderr strings.Builder
-	vm.cmd.Stderr = &stderr
-	if err := vm.cmd.Start(); err != nil {
-		return fmt.Errorf("starting QEMU for %s: %w", n.name, err)
-	}
-	go func() {
-		err := vm.cmd.Wait()
-		if err != nil && stderr.Len() > 0 {
-			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
-		}
-		vm.done <- err
-	}()
-	c.mu.Lock()
-	n.vm = vm
-	n.endpoint, n.peer = "", ""
-	c.mu.Unlock()
-	return nil
+	return args
 }
 
 func (c *Cluster) readPort(ctx context.Context, n *clusterNode) error {
 	c.mu.Lock()
 	vm := n.vm
 	c.mu.Unlock()
-	port, err := vm.HostPort(ctx, EtcdClientPort)
+	port, err := vm.HostPort(ctx, c.guestClient)
 	if err != nil {
 		return err
 	}
-	peer, err := vm.HostPort(ctx, EtcdPeerPort)
+	peer, err := vm.HostPort(ctx, c.guestPeer)
 	if err != nil {
 		return err
 	}
@@ -356,11 +335,7 @@ func (c *Cluster) writeEndpoints() error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(c.dir, ".endpoints.json.tmp")
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(c.dir, "endpoints.json"))
+	return fileutil.WriteAtomic(filepath.Join(c.dir, "endpoints.json"), append(b, '\n'), 0o644)
 }
 
 func (c *Cluster) node(name string) (*clusterNode, error) {

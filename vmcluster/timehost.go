@@ -1,7 +1,8 @@
-package qemu
+package vmcluster
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -48,6 +49,31 @@ func (h *Hub) TimeServer() netip.Addr {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.timeIP
+}
+
+// FreeHostAddr picks an address for the time host (ClusterOptions.TimeServer) on the
+// nodes' segment: the highest host address of prefix (an IPv4 prefix with room for at
+// least two hosts) that none of used takes, below the broadcast address.
+func FreeHostAddr(prefix netip.Prefix, used ...netip.Addr) (netip.Addr, error) {
+	p := prefix.Masked()
+	bits := p.Addr().BitLen() - p.Bits()
+	if !p.Addr().Is4() || bits < 2 {
+		return netip.Addr{}, fmt.Errorf("%s: the time host needs an IPv4 prefix with room for it next to the nodes", prefix)
+	}
+	taken := map[netip.Addr]bool{}
+	for _, a := range used {
+		taken[a] = true
+	}
+	first := binary.BigEndian.Uint32(p.Addr().AsSlice())
+	last := first | (1<<bits - 1) // the broadcast address
+	for cand := last - 1; cand > first; cand-- {
+		var b [4]byte
+		binary.BigEndian.PutUint32(b[:], cand)
+		if ip := netip.AddrFrom4(b); !taken[ip] {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("no free address in %s for the time host", p)
 }
 
 // answerLocal handles a frame addressed to the hub's time host; it reports whether the

@@ -1,7 +1,8 @@
-package qemu
+package vmcluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -71,5 +72,48 @@ func TestStopSupervisedLeftovers(t *testing.T) {
 	// ExecIn without a record says how to start one.
 	if _, err := ExecIn(context.Background(), dir, "n1", "true"); err == nil || !strings.Contains(err.Error(), "etcdbake up") {
 		t.Errorf("ExecIn: %v", err)
+	}
+}
+
+// TestLaunchSupervisorFails: Launch writes the plan the supervisor reads back, and a
+// supervisor that exits before the VMs run is an error carrying its log; a plan that is
+// not JSON is an error naming the file.
+func TestLaunchSupervisorFails(t *testing.T) {
+	dir := t.TempDir()
+	o := ClusterOptions{Images: map[string]string{"n1": "n1.raw"}, MACs: map[string]string{"n1": "52:54:00:88:00:11"}, Dir: dir, ClientPort: 12379, PeerPort: 12380}
+	_, err := Launch(context.Background(), o, []string{"sh", "-c", "echo no VMs for you; exit 3"})
+	if err == nil || !strings.Contains(err.Error(), "exited") || !strings.Contains(err.Error(), "no VMs for you") {
+		t.Fatalf("Launch with a failing supervisor: %v", err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, PlanFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back ClusterOptions
+	if err := json.Unmarshal(b, &back); err != nil || back.ClientPort != 12379 || back.PeerPort != 12380 || back.Images["n1"] != "n1.raw" {
+		t.Errorf("plan read back: %+v, %v", back, err)
+	}
+	os.WriteFile(filepath.Join(dir, PlanFile), []byte("{"), 0o644)
+	if err := SupervisePlan(context.Background(), dir, nil); err == nil || !strings.Contains(err.Error(), PlanFile) {
+		t.Errorf("SupervisePlan with a broken plan: %v", err)
+	}
+}
+
+// TestKeptAndDiscardedDisks: KeptDisks names the nodes with a disk in the run directory;
+// DiscardDisks removes the disks and firmware variables and nothing else.
+func TestKeptAndDiscardedDisks(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"etcd-2.overlay.qcow2", "etcd-1.overlay.qcow2", "etcd-1.vars.fd", "etcd-1.log", "plan.json"} {
+		os.WriteFile(filepath.Join(dir, f), nil, 0o644)
+	}
+	if got := KeptDisks(dir); strings.Join(got, ",") != "etcd-1,etcd-2" {
+		t.Errorf("KeptDisks = %v", got)
+	}
+	if n, err := DiscardDisks(dir); err != nil || n != 2 {
+		t.Errorf("DiscardDisks = %d, %v", n, err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "*"))
+	if len(left) != 2 || len(KeptDisks(dir)) != 0 {
+		t.Errorf("left after DiscardDisks: %v", left)
 	}
 }

@@ -1,4 +1,4 @@
-package qemu
+package vmcluster
 
 import (
 	"bytes"
@@ -162,4 +162,33 @@ func ntpQueryFrame(vmMAC []byte, vmIP, srvIP [4]byte) []byte {
 	udp := []byte{0x9c, 0xbb, 0, 123, 0, 8 + 48, 0, 0}
 	frame := append(append(append(append(append([]byte{}, timeHostMAC[:]...), vmMAC...), 0x08, 0x00), ipHdr...), udp...)
 	return append(frame, ntpReq...)
+}
+
+// TestFreeHostAddr: the time host takes the highest free host address of the nodes'
+// prefix, never the broadcast or network address, and a prefix without room is refused.
+func TestFreeHostAddr(t *testing.T) {
+	a := netip.MustParseAddr
+	for _, tc := range []struct {
+		prefix string
+		used   []netip.Addr
+		want   string // "" = error
+	}{
+		{"10.88.0.11/24", []netip.Addr{a("10.88.0.11"), a("10.88.0.12")}, "10.88.0.254"},
+		{"10.88.0.11/24", []netip.Addr{a("10.88.0.254"), a("10.88.0.253")}, "10.88.0.252"},
+		{"192.168.7.1/30", []netip.Addr{a("192.168.7.1")}, "192.168.7.2"},
+		{"192.168.7.1/30", []netip.Addr{a("192.168.7.1"), a("192.168.7.2")}, ""},
+		{"192.168.7.1/31", nil, ""},
+		{"fd00::1/64", nil, ""},
+	} {
+		got, err := FreeHostAddr(netip.MustParsePrefix(tc.prefix), tc.used...)
+		if tc.want == "" {
+			if err == nil {
+				t.Errorf("%s %v: %s, want an error", tc.prefix, tc.used, got)
+			}
+			continue
+		}
+		if err != nil || got != a(tc.want) {
+			t.Errorf("%s %v: %s, %v; want %s", tc.prefix, tc.used, got, err, tc.want)
+		}
+	}
 }

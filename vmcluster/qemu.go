@@ -1,8 +1,4 @@
-// Package qemu boots etcdbake's disk images as QEMU virtual machines (UEFI via OVMF, TCG
-// unless KVM is proven to work) for `etcdbake up`, the project's tests and users' tests.
-// Networking stays on the machine: user-mode NICs with restrict=on and host forwards on
-// 127.0.0.1 only.
-package qemu
+package vmcluster
 
 import (
 	"bufio"
@@ -13,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,24 +21,6 @@ const (
 	OVMFVars = "/usr/share/OVMF/OVMF_VARS.fd"
 )
 
-// Options describe one VM.
-type Options struct {
-	Name string
-	// Image is the node's disk image (raw or qcow2); the VM writes to a copy-on-write
-	// overlay in Dir, so the image stays pristine.
-	Image string
-	// Dir holds the overlay, firmware variables, console log and QMP socket.
-	Dir       string
-	MemoryMiB int
-	// Forward lists guest TCP ports reachable from the host on 127.0.0.1 (ports chosen
-	// by QEMU; read them with HostPort).
-	Forward []int
-	// MAC of the user-mode NIC (the node's spec MAC, so its static address lands on it).
-	MAC string
-	// RTCBase sets the guest clock (QEMU -rtc base=), e.g. "2026-01-01T00:00:00".
-	RTCBase string
-}
-
 // VM is a running QEMU process.
 type VM struct {
 	Name    string
@@ -54,8 +31,9 @@ type VM struct {
 	done    chan error
 }
 
-// Check reports what is missing to run VMs here.
-func Check() error {
+// Missing lists what this machine lacks to run VMs, each with the Debian package that
+// provides it; empty when nothing is missing.
+func Missing() []string {
 	var missing []string
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		missing = append(missing, "qemu-system-x86_64 (apt-get install qemu-system-x86)")
@@ -68,84 +46,15 @@ func Check() error {
 			missing = append(missing, f+" (apt-get install ovmf)")
 		}
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("cannot run VMs: missing %s", strings.Join(missing, ", "))
-	}
-	return nil
+	return missing
 }
 
-// Start boots a VM. QEMU runs with TCG: KVM hangs on this project's machines (nested
-// virtualisation), so it is never assumed.
-func Start(ctx context.Context, o Options) (*VM, error) {
-	if err := Check(); err != nil {
-		return nil, err
+// Check reports what is missing to run VMs here (see Missing).
+func Check() error {
+	if m := Missing(); len(m) > 0 {
+		return fmt.Errorf("cannot run VMs: missing %s", strings.Join(m, ", "))
 	}
-	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
-		return nil, err
-	}
-	format := "raw"
-	if strings.HasSuffix(o.Image, ".qcow2") {
-		format = "qcow2"
-	}
-	abs, err := filepath.Abs(o.Image)
-	if err != nil {
-		return nil, err
-	}
-	overlay := filepath.Join(o.Dir, o.Name+".overlay.qcow2")
-	_ = os.Remove(overlay)
-	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", abs, "-F", format, overlay).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("overlay for %s: %v: %s", o.Name, err, out)
-	}
-	vars := filepath.Join(o.Dir, o.Name+".vars.fd")
-	b, err := os.ReadFile(OVMFVars)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(vars, b, 0o644); err != nil {
-		return nil, err
-	}
-	vm := &VM{Name: o.Name, Console: filepath.Join(o.Dir, o.Name+".log"), qmpPath: filepath.Join(o.Dir, o.Name+".qmp"), qgaPath: filepath.Join(o.Dir, o.Name+".qga"), done: make(chan error, 1)}
-	_ = os.Remove(vm.qmpPath)
-	_ = os.Remove(vm.qgaPath)
-	mem := o.MemoryMiB
-	if mem == 0 {
-		mem = 1024
-	}
-	netdev := "user,id=u0,restrict=on"
-	for _, p := range o.Forward {
-		netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:0-:%d", p)
-	}
-	nic := "virtio-net-pci,netdev=u0"
-	if o.MAC != "" {
-		nic += ",mac=" + o.MAC
-	}
-	args := []string{
-		"-name", o.Name, "-machine", "q35", "-accel", "tcg,tb-size=64", "-m", strconv.Itoa(mem), "-smp", "1",
-		"-drive", "if=pflash,format=raw,readonly=on,file=" + OVMFCode,
-		"-drive", "if=pflash,format=raw,file=" + vars,
-		"-drive", "if=virtio,format=qcow2,file=" + overlay,
-		"-netdev", netdev, "-device", nic,
-		"-serial", "file:" + vm.Console, "-display", "none", "-monitor", "none", "-no-reboot",
-		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
-	}
-	args = append(args, guestAgentArgs(vm.qgaPath)...)
-	if o.RTCBase != "" {
-		args = append(args, "-rtc", "base="+o.RTCBase)
-	}
-	vm.cmd = exec.Command("qemu-system-x86_64", args...)
-	var stderr strings.Builder
-	vm.cmd.Stderr = &stderr
-	if err := vm.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting QEMU for %s: %w", o.Name, err)
-	}
-	go func() {
-		err := vm.cmd.Wait()
-		if err != nil && stderr.Len() > 0 {
-			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
-		}
-		vm.done <- err
-	}()
-	return vm, nil
+	return nil
 }
 
 // PID is the QEMU process's ID.
@@ -156,8 +65,8 @@ func (vm *VM) PID() int {
 	return vm.cmd.Process.Pid
 }
 
-// running says whether QEMU has not exited yet.
-func (vm *VM) running() bool {
+// Running says whether QEMU has not exited yet.
+func (vm *VM) Running() bool {
 	select {
 	case err := <-vm.done:
 		vm.done <- err

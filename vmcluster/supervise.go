@@ -1,4 +1,4 @@
-package qemu
+package vmcluster
 
 import (
 	"context"
@@ -6,21 +6,100 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 )
 
-// A supervised cluster outlives the command that started it (`etcdbake up`): a
-// supervisor process runs the hub and the VMs (Supervise) and records them in
-// Dir/cluster.json; other processes read that record (ReadRunState), run commands in the
-// nodes through their agents' sockets (ExecIn) and stop it (StopSupervised).
+// A supervised cluster outlives the command that started it (`etcdbake up`): Launch
+// writes the plan (Dir/plan.json) and starts a supervisor process, which runs the hub and
+// the VMs (SupervisePlan, Supervise) and records them in Dir/cluster.json; other processes
+// read that record (ReadRunState), run commands in the nodes through their agents'
+// sockets (ExecIn) and stop it (StopSupervised).
 
-// RunStateFile is the record's name in the run directory.
-const RunStateFile = "cluster.json"
+// Files in the run directory of a supervised cluster.
+const (
+	// PlanFile is the supervisor's input: the ClusterOptions as JSON.
+	PlanFile = "plan.json"
+	// RunStateFile is the record of the running cluster (RunState as JSON).
+	RunStateFile = "cluster.json"
+	// SupervisorLog receives the supervisor's output.
+	SupervisorLog = "supervisor.log"
+)
+
+// Launch writes o as o.Dir/plan.json and starts argv as the supervisor in its own session,
+// so that it outlives the caller; argv must run SupervisePlan(o.Dir) (`etcdbake up` uses
+// `etcdbake qemu-supervise --run-dir DIR`). Its output goes to o.Dir/supervisor.log.
+// Launch returns the supervisor's record once the VMs run, or an error with the log when
+// the supervisor exits first; it gives up after two minutes or when ctx ends (the
+// supervisor, once started, is left to run: StopSupervised stops it).
+func Launch(ctx context.Context, o ClusterOptions, argv []string) (*RunState, error) {
+	if len(argv) == 0 {
+		return nil, errors.New("no supervisor command")
+	}
+	dir := o.Dir
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(o, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := fileutil.WriteAtomic(filepath.Join(dir, PlanFile), b, 0o644); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, SupervisorLog)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	_ = os.Remove(filepath.Join(dir, RunStateFile))
+	sup := exec.Command(argv[0], argv[1:]...)
+	sup.Stdout, sup.Stderr = logf, logf
+	sup.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := sup.Start(); err != nil {
+		return nil, fmt.Errorf("starting the supervisor: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- sup.Wait() }()
+	deadline := time.After(2 * time.Minute)
+	for {
+		if st, err := ReadRunState(dir); err == nil {
+			return st, nil
+		}
+		select {
+		case err := <-exited:
+			log, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("the supervisor exited (%v) before the VMs ran:\n%s", err, strings.TrimSpace(string(log)))
+		case <-deadline:
+			return nil, fmt.Errorf("the supervisor (pid %d) did not report running VMs within 2 minutes; see %s", sup.Process.Pid, logPath)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// SupervisePlan reads dir/plan.json (written by Launch) and runs Supervise with it.
+func SupervisePlan(ctx context.Context, dir string, ready func(*RunState)) error {
+	path := filepath.Join(dir, PlanFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var o ClusterOptions
+	if err := json.Unmarshal(b, &o); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return Supervise(ctx, o, ready)
+}
 
 // RunState is the record of a supervised cluster.
 type RunState struct {
@@ -59,7 +138,7 @@ func Supervise(ctx context.Context, o ClusterOptions, ready func(*RunState)) err
 	for {
 		alive := 0
 		for _, n := range c.Nodes() {
-			if vm := c.VM(n); vm != nil && vm.running() {
+			if vm := c.VM(n); vm != nil && vm.Running() {
 				alive++
 			}
 		}
@@ -96,11 +175,7 @@ func writeRunState(dir string, st *RunState) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, "."+RunStateFile+".tmp")
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(dir, RunStateFile))
+	return fileutil.WriteAtomic(filepath.Join(dir, RunStateFile), append(b, '\n'), 0o644)
 }
 
 // ReadRunState reads the record in dir. It returns an error wrapping os.ErrNotExist
@@ -198,6 +273,37 @@ func ExecIn(ctx context.Context, dir, node string, argv ...string) (ExecResult, 
 	}
 	vm := &VM{Name: node, qgaPath: n.Agent}
 	return vm.Exec(ctx, argv...)
+}
+
+// DiscardDisks removes the VMs' disks (overlays) and firmware variables kept in dir, so
+// that the next StartCluster with KeepDisks begins from the images again. It returns how
+// many disks it removed; call it only while no cluster runs from dir.
+func DiscardDisks(dir string) (int, error) {
+	disks, err := filepath.Glob(filepath.Join(dir, "*"+overlaySuffix))
+	if err != nil {
+		return 0, err
+	}
+	vars, err := filepath.Glob(filepath.Join(dir, "*.vars.fd"))
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range append(disks, vars...) {
+		if err := os.Remove(p); err != nil {
+			return 0, err
+		}
+	}
+	return len(disks), nil
+}
+
+// KeptDisks names the nodes whose disks (overlays) are kept in dir, sorted.
+func KeptDisks(dir string) []string {
+	disks, _ := filepath.Glob(filepath.Join(dir, "*"+overlaySuffix))
+	var nodes []string
+	for _, d := range disks {
+		nodes = append(nodes, strings.TrimSuffix(filepath.Base(d), overlaySuffix))
+	}
+	sort.Strings(nodes)
+	return nodes
 }
 
 func sortedKeys(m map[string]RunNode) []string {

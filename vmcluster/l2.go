@@ -1,4 +1,4 @@
-package qemu
+package vmcluster
 
 import (
 	"encoding/binary"
