@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/binaries"
+	"github.com/etcdbake/etcdbake/internal/testtools"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
@@ -25,14 +26,7 @@ import (
 func TestUpDown(t *testing.T) {
 	requireQEMU(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "bin")
-	for _, b := range []struct{ out, pkg string }{{"etcdbake", "../../cmd/etcdbake"}, {"etcd-firstboot", "../../cmd/etcd-firstboot"}} {
-		cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(bin, b.out), b.pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("building %s: %v\n%s", b.out, err, out)
-		}
-	}
+	self := testtools.BuildCLI(t, filepath.Join(dir, "bin"))
 	cache := os.Getenv("ETCDBAKE_TEST_CACHE")
 	if cache == "" {
 		cache, _ = binaries.DefaultCacheDir()
@@ -41,7 +35,7 @@ func TestUpDown(t *testing.T) {
 	run := func(timeout time.Duration, args ...string) (string, string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, filepath.Join(bin, "etcdbake"), append([]string{"-f", specPath, "--out", out, "--cache", cache}, args...)...)
+		cmd := exec.CommandContext(ctx, self, append([]string{"-f", specPath, "--out", out, "--cache", cache}, args...)...)
 		var so, se bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &so, &se
 		start := time.Now()
