@@ -24,7 +24,7 @@ import (
 // forwards arrive), with no time server (the gate then passes with a warning after 5 s)
 // and a Butane fragment that reports the node's state on the serial console.
 const oneNodeSpec = `apiVersion: etcdbake.dev/v1alpha1
-kind: vmcluster.Cluster
+kind: Cluster
 name: boot
 nodes:
   - name: etcd-1
