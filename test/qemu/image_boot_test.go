@@ -20,16 +20,16 @@ import (
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
-// oneNodeSpec puts the node on QEMU's user-mode network (10.0.2.15 is where slirp's host
-// forwards arrive), with no time server (the gate then passes with a warning after 5 s)
-// and a Butane fragment that reports the node's state on the serial console.
+// oneNodeSpec is one node on vmcluster's private segment, with etcd on ports other than
+// its defaults, no time server (the gate then passes with a warning after 5 s) and a
+// Butane fragment that reports the node's state on the serial console.
 const oneNodeSpec = `apiVersion: etcdbake.dev/v1alpha1
 kind: Cluster
 name: boot
 nodes:
   - name: etcd-1
-    address: 10.0.2.15/24
-    mac: "52:54:00:12:34:56"
+    address: 10.88.0.11/24
+    mac: "52:54:00:88:00:11"
 etcd:
   version: v3.6.16
   clientPort: 12379
