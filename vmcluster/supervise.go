@@ -193,7 +193,7 @@ func ReadRunState(dir string) (*RunState, error) {
 }
 
 // Running says whether the supervisor recorded in st is still alive.
-func (st *RunState) Running() bool { return processIs(st.Supervisor, "") }
+func (st *RunState) Running() bool { return ProcessIs(st.Supervisor, "") }
 
 // Endpoints maps node names to their forwarded client URLs.
 func (st *RunState) Endpoints() map[string]string {
@@ -204,8 +204,8 @@ func (st *RunState) Endpoints() map[string]string {
 	return out
 }
 
-// processIs says whether pid is alive and (if name is set) its command line mentions name.
-func processIs(pid int, name string) bool {
+// ProcessIs says whether pid is alive and (if name is set) its command line mentions name.
+func ProcessIs(pid int, name string) bool {
 	if pid <= 0 || syscall.Kill(pid, 0) != nil {
 		return false
 	}
@@ -246,7 +246,7 @@ func StopSupervised(dir string, timeout time.Duration) (*RunState, error) {
 	}
 	var left []string
 	for name, n := range st.Nodes {
-		if processIs(n.QEMU, "qemu-system") {
+		if ProcessIs(n.QEMU, "qemu-system") {
 			_ = syscall.Kill(n.QEMU, syscall.SIGKILL)
 			left = append(left, name)
 		}
@@ -268,7 +268,7 @@ func ExecIn(ctx context.Context, dir, node string, argv ...string) (ExecResult, 
 		return ExecResult{}, fmt.Errorf("no cluster running from %s (etcdbake up): %w", dir, err)
 	}
 	n, ok := st.Nodes[node]
-	if !ok || !processIs(n.QEMU, "qemu-system") {
+	if !ok || !ProcessIs(n.QEMU, "qemu-system") {
 		return ExecResult{}, fmt.Errorf("node %q is not running (nodes: %v)", node, sortedKeys(st.Nodes))
 	}
 	vm := &VM{Name: node, qgaPath: n.Agent}

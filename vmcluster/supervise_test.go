@@ -60,7 +60,7 @@ func TestStopSupervisedLeftovers(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("the leftover QEMU still runs")
 	}
-	if !processIs(other.Process.Pid, "") {
+	if !ProcessIs(other.Process.Pid, "") {
 		t.Error("a process that is not QEMU was killed")
 	}
 	if _, err := ReadRunState(dir); !errors.Is(err, os.ErrNotExist) {

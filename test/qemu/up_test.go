@@ -7,9 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -111,11 +109,11 @@ func TestUpDown(t *testing.T) {
 		t.Fatalf("down: %v", err)
 	}
 	for n, rn := range st.Nodes {
-		if processIs(rn.QEMU, "qemu-system") {
+		if vmcluster.ProcessIs(rn.QEMU, "qemu-system") {
 			t.Errorf("%s: QEMU pid %d still runs after down", n, rn.QEMU)
 		}
 	}
-	if processIs(st.Supervisor, "") {
+	if vmcluster.ProcessIs(st.Supervisor, "") {
 		t.Errorf("supervisor %d still runs after down", st.Supervisor)
 	}
 	// The next up boots the same disks: same cluster, the key is still there.
@@ -139,21 +137,4 @@ func TestUpDown(t *testing.T) {
 	if stdout, _, _ := run(time.Minute, "down"); !strings.Contains(stdout, "no cluster running") {
 		t.Errorf("down with nothing running: %q", stdout)
 	}
-}
-
-// processIs says whether pid is alive (not a zombie) and, if name is set, its command
-// line mentions name.
-func processIs(pid int, name string) bool {
-	if pid <= 0 || syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) && b[i+2] == 'Z' {
-		return false
-	}
-	cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	return strings.Contains(string(cmd), name)
 }
