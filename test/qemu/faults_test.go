@@ -627,11 +627,25 @@ func (f *faultEnv) workload(t *testing.T, name string, readers ...string) func()
 		err error
 	}
 	done := make(chan result, 1)
+	ready := make(chan struct{})
 	go func() {
 		h, err := workload.Run(ctx, workload.Options{Endpoints: eps, TLS: f.tls, Prefix: "/faults/" + name,
-			Registers: 5, Keys: 5, Set: true, Readers: readers, Interval: 10 * time.Millisecond, OpTimeout: 3 * time.Second})
+			Registers: 5, Keys: 5, Set: true, Readers: readers, Interval: 10 * time.Millisecond, OpTimeout: 3 * time.Second,
+			Ready: ready})
 		done <- result{h, err}
 	}()
+	// The fault comes after the workload runs: in one CI run the initial puts of a slow
+	// (just healthy) cluster took over 10 s and B10's wipe cut them off.
+	select {
+	case <-ready:
+	case r := <-done:
+		cancel()
+		t.Fatalf("%s: the workload ended before it started: %v", name, r.err)
+	case <-time.After(3 * time.Minute):
+		cancel()
+		<-done
+		t.Fatalf("%s: the workload's initial puts did not finish within 3 min", name)
+	}
 	return func() *workload.History {
 		t.Helper()
 		cancel()

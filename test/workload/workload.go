@@ -51,6 +51,10 @@ type Options struct {
 	Readers   []string
 	Interval  time.Duration // pause between two operations of one client
 	OpTimeout time.Duration // timeout of each operation; 2s when 0
+	// Ready, when set, is closed once the register keys hold their initial values and the
+	// clients start: a fault injected before then would hit the initial puts, which are
+	// retried but not part of the measured workload.
+	Ready chan<- struct{}
 }
 
 // Op is one register operation, as the linearizability checker sees it.
@@ -209,6 +213,9 @@ func Run(ctx context.Context, o Options) (*History, error) {
 		}
 	}
 
+	if o.Ready != nil {
+		close(o.Ready)
+	}
 	var wg sync.WaitGroup
 	regOps := make([][]Op, o.Registers)
 	failed := make([]int, o.Registers)

@@ -342,3 +342,39 @@ func TestLostSetKey(t *testing.T) {
 		t.Errorf("report %+v; summary %s", v, r.Summary(&v))
 	}
 }
+
+// TestReady: Ready is closed while the workload runs, once every register key exists, so a
+// fault test can start its fault after the initial puts.
+func TestReady(t *testing.T) {
+	c, _, tlsCfg, cli := cluster(t, "wr", 90)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := Run(ctx, Options{Endpoints: c.ClientEndpoints(), TLS: tlsCfg, Registers: 2, Keys: 3, Interval: 5 * time.Millisecond, OpTimeout: 5 * time.Second, Ready: ready})
+		done <- err
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Run ended before Ready was closed: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Ready not closed within 30 s")
+	}
+	for i := 0; i < 3; i++ {
+		r, err := cli.Get(ctx, RegisterKey("/workload", i))
+		if err != nil || len(r.Kvs) != 1 {
+			t.Errorf("at Ready, register key %d: %v %v", i, r, err)
+		}
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run ended by itself: %v", err)
+	default:
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
