@@ -1,0 +1,52 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/etcdbake/etcdbake/binaries"
+)
+
+func (a *app) cache(cmd *cobra.Command) (*binaries.Cache, error) {
+	dir := a.cacheDir
+	if dir == "" {
+		d, err := binaries.DefaultCacheDir()
+		if err != nil {
+			return nil, err
+		}
+		dir = d
+	}
+	return &binaries.Cache{Dir: dir, Progress: func(format string, args ...any) {
+		fmt.Fprintf(cmd.ErrOrStderr(), "fetch: "+format+"\n", args...)
+	}}, nil
+}
+
+func (a *app) fetchCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "fetch",
+		Short: "Fill the verified binary cache with the pinned etcd, etcdctl and flanneld",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.load(cmd)
+			if err != nil {
+				return err
+			}
+			cache, err := a.cache(cmd)
+			if err != nil {
+				return err
+			}
+			entries, err := cache.Fetch(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "BINARY\tVERSION\tSOURCE\tSHA256\tPATH")
+			for _, e := range entries {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", e.Name, e.Version, e.Source, e.SHA256, e.Path)
+			}
+			return w.Flush()
+		},
+	}
+}

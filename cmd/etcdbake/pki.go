@@ -1,0 +1,109 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/spec"
+)
+
+func (a *app) pkiCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "pki",
+		Short: "Create or reuse the CAs and issue every certificate under OUT/pki",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.load(cmd)
+			if err != nil {
+				return err
+			}
+			return a.ensurePKI(cmd, c, true)
+		},
+	}
+	cmd.AddCommand(a.pkiCheckCmd())
+	return cmd
+}
+
+// ensurePKI runs pki.Ensure and reports what changed (everything when verbose).
+func (a *app) ensurePKI(cmd *cobra.Command, c *spec.Cluster, verbose bool) error {
+	res, err := pki.Ensure(c, a.pkiDir(), a.now())
+	if err != nil {
+		return err
+	}
+	a.reportPKI(cmd, res, verbose)
+	return nil
+}
+
+// reportPKI prints what pki.Ensure did: the changes (everything when verbose) and the
+// certificates of nodes no longer in the spec.
+func (a *app) reportPKI(cmd *cobra.Command, res *pki.Result, verbose bool) {
+	if res == nil {
+		return
+	}
+	w := cmd.OutOrStdout()
+	for _, act := range res.Actions {
+		if verbose || act.Verb != "reused" {
+			fmt.Fprintf(w, "pki: %s\n", act)
+		}
+	}
+	for _, s := range res.Stale() {
+		fmt.Fprintf(cmd.ErrOrStderr(), "pki: %s is not in the spec any more (left in place; delete it when the node is gone)\n", s)
+	}
+}
+
+func (a *app) pkiCheckCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Show every certificate and fail if one is expired, not yet valid, or drifted from the spec",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.load(cmd)
+			if err != nil {
+				return err
+			}
+			infos, err := pki.Check(c, a.pkiDir(), a.now())
+			if err != nil {
+				return err
+			}
+			bad := 0
+			for _, ci := range infos {
+				if !ci.OK() {
+					bad++
+				}
+			}
+			w := cmd.OutOrStdout()
+			if output == "json" {
+				if err := writeJSON(w, infos); err != nil {
+					return err
+				}
+			} else {
+				for _, ci := range infos {
+					state := "ok"
+					if !ci.OK() {
+						state = "PROBLEM"
+					}
+					fmt.Fprintf(w, "%s [%s]\n  subject:  %s\n  issuer:   %s\n  SANs:     %s\n  valid:    %s .. %s (%d days left)\n",
+						ci.Name, state, ci.Subject, ci.Issuer, strings.Join(append(append([]string(nil), ci.DNSNames...), ci.IPs...), ", "),
+						ci.NotBefore.UTC().Format(time.RFC3339), ci.NotAfter.UTC().Format(time.RFC3339), ci.DaysLeft)
+					for _, p := range ci.Problems {
+						fmt.Fprintf(w, "  problem:  %s\n", p)
+					}
+				}
+			}
+			if bad > 0 {
+				return &exitError{code: 1, msg: fmt.Sprintf("%d of %d certificates have problems: run `etcdbake pki` to re-issue drifted or expiring leaves", bad, len(infos))}
+			}
+			if output != "json" {
+				fmt.Fprintf(w, "all %d certificates ok\n", len(infos))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
