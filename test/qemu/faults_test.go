@@ -661,11 +661,14 @@ func (f *faultEnv) workload(t *testing.T, name string, readers ...string) func()
 // table; failures save the history and porcupine's visualisation.
 func (f *faultEnv) check(t *testing.T, name string, h *workload.History, what string, toHealth time.Duration) {
 	t.Helper()
-	r := workload.Check(h, 3*time.Minute)
 	cli := f.client(t)
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(f.ctx, 2*time.Minute)
 	defer cancel()
+	if err := workload.ReadBack(ctx, h, cli); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	r := workload.Check(h, 3*time.Minute)
 	v, err := workload.Verify(ctx, h, cli, nil)
 	if err != nil {
 		t.Fatalf("%s: verify: %v", name, err)

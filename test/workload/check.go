@@ -109,13 +109,13 @@ var RegisterModel = porcupine.Model{
 // the history, and a long outage's dozens of them make the search exponential.
 func (h *History) Operations() []porcupine.Operation {
 	read := map[string]bool{}
-	for _, op := range h.Ops {
+	for _, op := range slices.Concat(h.Ops, h.Final) {
 		if op.Kind == KindGet && op.Found {
 			read[op.Key+"\x00"+op.Value] = true
 		}
 	}
-	out := make([]porcupine.Operation, 0, len(h.Ops))
-	for _, op := range h.Ops {
+	out := make([]porcupine.Operation, 0, len(h.Ops)+len(h.Final))
+	for _, op := range slices.Concat(h.Ops, h.Final) {
 		if op.Kind == KindPut && op.Indeterminate() && !read[op.Key+"\x00"+op.Value] {
 			continue
 		}
@@ -142,6 +142,7 @@ type Result struct {
 	AckedPuts         int                   `json:"ackedPuts"`         // register puts that succeeded
 	IndeterminatePuts int                   `json:"indeterminatePuts"` // register puts that returned an error
 	Reads             int                   `json:"reads"`             // successful gets
+	FinalReads        int                   `json:"finalReads"`        // ReadBack's gets, one per register key
 	FailedReads       int                   `json:"failedReads"`       // dropped from the history
 	AckedSet          int                   `json:"ackedSet"`          // set puts that succeeded
 	IndeterminateSet  int                   `json:"indeterminateSet"`  // set puts that returned an error
@@ -179,6 +180,7 @@ func Check(h *History, timeout time.Duration) Result {
 		}
 	}
 	r.FailedReads = h.FailedGets
+	r.FinalReads = len(h.Final)
 	r.Readers = h.Readers
 	for _, op := range h.Set {
 		if op.Acked {
@@ -234,9 +236,9 @@ func (r Result) Summary(v *Report) string {
 	for _, rd := range r.Readers {
 		readers += fmt.Sprintf(" reader[%s]=%d ok/%d failed", rd.Endpoint, rd.OK, rd.Failed)
 	}
-	return fmt.Sprintf("acknowledged=%d (reg %d, set %d) lost=%s indeterminate=%d (reg %d, set %d) reads=%d porcupine=%s gap=%.2fs@%.2fs hashkv=%s%s",
+	return fmt.Sprintf("acknowledged=%d (reg %d, set %d) lost=%s indeterminate=%d (reg %d, set %d) reads=%d final-reads=%d porcupine=%s gap=%.2fs@%.2fs hashkv=%s%s",
 		r.Acknowledged(), r.AckedPuts, r.AckedSet, lost, r.Indeterminate(), r.IndeterminatePuts, r.IndeterminateSet,
-		r.Reads, r.Linearizable, r.GapSeconds, r.GapStartSeconds, hash, readers)
+		r.Reads, r.FinalReads, r.Linearizable, r.GapSeconds, r.GapStartSeconds, hash, readers)
 }
 
 // SaveOnFailure writes, when the check (or the verification, if v is not nil) failed, the

@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -11,6 +12,7 @@ import (
 // MemberHash is one member's HashKV at Report.Revision.
 type MemberHash struct {
 	Endpoint        string `json:"endpoint"`
+	MemberID        uint64 `json:"memberId"` // the member that answered (its response header)
 	Hash            uint32 `json:"hash"`
 	HashRevision    int64  `json:"hashRevision"`
 	CompactRevision int64  `json:"compactRevision"`
@@ -79,15 +81,46 @@ func Verify(ctx context.Context, h *History, cli *clientv3.Client, endpoints []s
 		if err != nil {
 			return v, fmt.Errorf("workload: HashKV of %s at revision %d: %w", ep, v.Revision, err)
 		}
-		v.Members = append(v.Members, MemberHash{Endpoint: ep, Hash: hr.Hash, HashRevision: hr.HashRevision, CompactRevision: hr.CompactRevision})
+		v.Members = append(v.Members, MemberHash{Endpoint: ep, MemberID: hr.Header.MemberId, Hash: hr.Hash, HashRevision: hr.HashRevision, CompactRevision: hr.CompactRevision})
 	}
+	// Equal only if every endpoint was answered by a member of its own: two endpoints
+	// answered by one member would compare that member with itself.
 	v.HashesEqual = len(v.Members) > 0
+	answered := map[uint64]string{}
 	for _, m := range v.Members {
 		if m.Hash != v.Members[0].Hash || m.HashRevision != v.Members[0].HashRevision {
 			v.HashesEqual = false
 		}
+		if other, dup := answered[m.MemberID]; dup {
+			return v, fmt.Errorf("workload: HashKV: member %x answered for both %s and %s", m.MemberID, other, m.Endpoint)
+		}
+		answered[m.MemberID] = m.Endpoint
 	}
 	return v, nil
+}
+
+// ReadBack reads every register key once more, linearizably, after the workload and adds
+// the reads to h.Final, so that Check's linearizability check covers the register puts:
+// a lost acknowledged put then shows as a read of an older value. Call it after Run and
+// before Check, once the cluster has recovered (ctx bounds the retries).
+func ReadBack(ctx context.Context, h *History, cli *clientv3.Client) error {
+	id := 0
+	for _, op := range slices.Concat(h.Ops, h.Final) {
+		id = max(id, op.Client+1)
+	}
+	for i := 0; i < h.Keys; i++ {
+		op := Op{Client: id, Kind: KindGet, Key: RegisterKey(h.Prefix, i), Call: time.Since(h.Start).Nanoseconds()}
+		resp, err := retry(ctx, func(ctx context.Context) (*clientv3.GetResponse, error) { return cli.Get(ctx, op.Key) })
+		if err != nil {
+			return fmt.Errorf("workload: reading back %s: %w", op.Key, err)
+		}
+		op.Return = time.Since(h.Start).Nanoseconds()
+		if len(resp.Kvs) > 0 {
+			op.Found, op.Value = true, string(resp.Kvs[0].Value)
+		}
+		h.Final = append(h.Final, op)
+	}
+	return nil
 }
 
 // retry calls f, each attempt with a 2s timeout, every 200ms until it succeeds or ctx is

@@ -93,6 +93,10 @@ type History struct {
 	Set        []SetOp   `json:"set"`        // set client puts
 	FailedGets int       `json:"failedGets"` // failed gets are not in Ops (they constrain nothing)
 	Readers    []Reader  `json:"readers,omitempty"`
+	Keys       int       `json:"keys"` // register keys k0..k{Keys-1}
+	// Final are ReadBack's linearizable gets of every register key after the workload,
+	// checked with Ops: an acknowledged put that was lost makes the history illegal.
+	Final []Op `json:"final,omitempty"`
 }
 
 // Reader is what one endpoint-bound reader (Options.Readers) did; its successful gets are
@@ -154,7 +158,7 @@ func Run(ctx context.Context, o Options) (*History, error) {
 	// Ids 0..Registers-1 are the register clients, then the readers; a register client
 	// continues under a fresh id after an indeterminate put.
 	rec.nextID.Store(int64(o.Registers + len(o.Readers)))
-	h := &History{Prefix: o.Prefix, Start: rec.start}
+	h := &History{Prefix: o.Prefix, Start: rec.start, Keys: o.Keys}
 	runID := strconv.FormatInt(rec.start.UnixNano(), 36)
 
 	// All clients are created before any starts, so a failure leaves nothing running.

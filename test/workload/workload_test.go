@@ -40,9 +40,15 @@ func cluster(t *testing.T, name string, base int) (*spec.Cluster, *testcluster.C
 // checkAndVerify runs Check and Verify, logs the summary and saves the history on failure.
 func checkAndVerify(t *testing.T, h *History, cli *clientv3.Client) (Result, Report) {
 	t.Helper()
-	r := Check(h, 30*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if err := ReadBack(ctx, h, cli); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Final) != h.Keys || h.Keys == 0 {
+		t.Errorf("ReadBack: %d reads for %d register keys", len(h.Final), h.Keys)
+	}
+	r := Check(h, 30*time.Second)
 	v, err := Verify(ctx, h, cli, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -376,5 +382,137 @@ func TestReady(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLostRegisterPut: a register key set back to an older value behind the workload's back
+// (an acknowledged put lost) makes the checked history illegal through ReadBack; the same
+// history without ReadBack's reads passes, so the reads are what catches it.
+func TestLostRegisterPut(t *testing.T) {
+	c, _, tlsCfg, cli := cluster(t, "wlp", 93)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	h, err := Run(ctx, Options{Endpoints: c.ClientEndpoints(), TLS: tlsCfg, Registers: 2, Keys: 2, Interval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// k0's first value (the initial put) was overwritten by later acknowledged puts:
+	// putting it back loses every one of them.
+	key, first := RegisterKey(h.Prefix, 0), ""
+	later := 0
+	for _, op := range h.Ops {
+		if op.Kind != KindPut || op.Key != key || op.Indeterminate() {
+			continue
+		}
+		if first == "" {
+			first = op.Value
+		} else {
+			later++
+		}
+	}
+	if first == "" || later == 0 {
+		t.Fatalf("no acknowledged put after the first one of %s (%d ops)", key, len(h.Ops))
+	}
+	vctx, vcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer vcancel()
+	if _, err := cli.Put(vctx, key, first); err != nil {
+		t.Fatal(err)
+	}
+	if r := Check(h, 30*time.Second); !r.OK() {
+		t.Fatalf("before ReadBack the history is already %s", r.Linearizable)
+	}
+	if err := ReadBack(vctx, h, cli); err != nil {
+		t.Fatal(err)
+	}
+	r := Check(h, 30*time.Second)
+	t.Logf("%s (%d later acknowledged puts of %s lost)", r.Summary(nil), later, key)
+	if r.OK() || r.FinalReads != 2 {
+		t.Errorf("a lost acknowledged register put: porcupine %s, %d final reads; want Illegal, 2", r.Linearizable, r.FinalReads)
+	}
+}
+
+// TestHashKVDiverged: a member whose data diverged (forced into a cluster of its own, then
+// written to on both sides) makes HashesEqual false, and each hash is the answer of the
+// member the endpoint names.
+func TestHashKVDiverged(t *testing.T) {
+	c, tc, tlsCfg, cli := cluster(t, "wlh", 96)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	h := &History{Prefix: "/hk"}
+	if _, err := cli.Put(ctx, "/hk/a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]uint64{}
+	for _, n := range c.Nodes {
+		st, err := cli.Status(ctx, c.ClientURL(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[c.ClientURL(n)] = st.Header.MemberId
+	}
+	v, err := Verify(ctx, h, cli, nil)
+	if err != nil || !v.HashesEqual {
+		t.Fatalf("healthy cluster: %+v %v", v, err)
+	}
+	for _, m := range v.Members {
+		if m.MemberID != ids[m.Endpoint] {
+			t.Errorf("%s answered by %x, it is member %x", m.Endpoint, m.MemberID, ids[m.Endpoint])
+		}
+	}
+
+	// The third member is replaced, at its address, by a member of a cluster of its own
+	// (another data dir and token: the others refuse its messages, and it theirs), filled
+	// until its revision passes the majority's: at the revision Verify hashes at, both
+	// sides have data, and different data.
+	third := c.Nodes[2]
+	tc.Stop(third.Name)
+	cfg, err := tc.Config(third.Name, "new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Dir = t.TempDir()
+	cfg.InitialCluster = third.Name + "=" + c.PeerURL(third)
+	cfg.InitialClusterToken = "diverged"
+	if err := tc.StartConfig(third.Name, cfg); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := clientv3.New(clientv3.Config{Endpoints: c.ClientEndpoints()[:2], TLS: tlsCfg, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rest.Close()
+	pr, err := rest.Put(ctx, "/hk/b", "majority")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone, err := clientv3.New(clientv3.Config{Endpoints: []string{c.ClientURL(third)}, TLS: tlsCfg, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alone.Close()
+	for rev := int64(0); rev <= pr.Header.Revision; {
+		r, err := alone.Put(ctx, "/hk/b", "alone")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev = r.Header.Revision
+	}
+	st, err := alone.Status(ctx, c.ClientURL(third))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids[c.ClientURL(third)] = st.Header.MemberId
+	v, err = Verify(ctx, h, rest, c.ClientEndpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("diverged: %+v", v.Members)
+	if v.HashesEqual || v.OK() {
+		t.Errorf("a diverged member hashes equal: %+v", v.Members)
+	}
+	for _, m := range v.Members {
+		if m.MemberID != ids[m.Endpoint] {
+			t.Errorf("%s answered by %x, it is member %x", m.Endpoint, m.MemberID, ids[m.Endpoint])
+		}
 	}
 }
