@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -79,8 +81,9 @@ func TestFaults(t *testing.T) {
 		}
 		time.Sleep(5 * time.Second)
 		h := stop()
-		f.check(t, "B4", h, fmt.Sprintf("killed leader %s; %s elected leader %s after the kill; restarted after 20 s; healthy %s after the restart (%s after the kill)",
-			leader, newLeader.name, newLeader.after.Round(100*time.Millisecond), d.Round(100*time.Millisecond), time.Since(killAt).Round(100*time.Millisecond)), time.Since(restartAt)-5*time.Second)
+		avail := f.available(t, h, "the leader was down", killAt, restartAt)
+		f.check(t, "B4", h, fmt.Sprintf("killed leader %s; %s elected leader %s after the kill; %s; restarted after 20 s; healthy %s after the restart (%s after the kill)",
+			leader, newLeader.name, newLeader.after.Round(100*time.Millisecond), avail, d.Round(100*time.Millisecond), time.Since(killAt).Round(100*time.Millisecond)), time.Since(restartAt)-5*time.Second)
 	})
 
 	// B5: isolate the leader's cluster link for 30 s, then heal. A reader bound to the
@@ -126,8 +129,18 @@ func TestFaults(t *testing.T) {
 		if during != 0 {
 			t.Errorf("%d linearizable reads on the isolated member %s succeeded while it was cut off", during, leader)
 		}
-		f.check(t, "B5", h, fmt.Sprintf("isolated leader %s for 30 s; %s elected leader %s after the cut; reads on the isolated member: %d ok before the cut, %d ok while cut off, %d failed or timed out; healthy %s after the heal",
-			leader, newLeader.name, newLeader.after.Round(100*time.Millisecond), before, during, rd.Failed, d.Round(100*time.Millisecond)), time.Since(healAt)-5*time.Second)
+		failedWhileCut := 0
+		for _, call := range rd.FailedCalls {
+			if call > cut && call < heal {
+				failedWhileCut++
+			}
+		}
+		if failedWhileCut == 0 {
+			t.Errorf("no read was sent to the isolated member %s (and failed) while it was cut off: %+v", leader, rd)
+		}
+		avail := f.available(t, h, "the leader was cut off", cutAt, healAt)
+		f.check(t, "B5", h, fmt.Sprintf("isolated leader %s for 30 s; %s elected leader %s after the cut; %s; reads on the isolated member: %d ok before the cut, %d ok and %d failed or timed out while cut off (%d failed in all); healthy %s after the heal",
+			leader, newLeader.name, newLeader.after.Round(100*time.Millisecond), avail, before, during, failedWhileCut, rd.Failed, d.Round(100*time.Millisecond)), time.Since(healAt)-5*time.Second)
 	})
 
 	// B6: reset all 3 VMs at once after a burst of acknowledged writes.
@@ -174,6 +187,7 @@ func TestFaults(t *testing.T) {
 			}
 			return ""
 		})
+		recoveredAt := time.Now()
 		after := f.waitLeases(t, 5*time.Minute)
 		if after[victim] != before[victim] {
 			t.Errorf("%s's flannel subnet changed after its disk was wiped: %s -> %s", victim, before[victim], after[victim])
@@ -184,8 +198,9 @@ func TestFaults(t *testing.T) {
 		}
 		time.Sleep(5 * time.Second)
 		h := stop()
-		f.check(t, "B7", h, fmt.Sprintf("wiped follower %s: member %x replaced by %x (3 voters, no stray members) %s after the wipe; its flannel subnet %s unchanged",
-			victim, h0.ids[victim], h1.ids[victim], d.Round(100*time.Millisecond), after[victim]), time.Since(wipeAt)-5*time.Second)
+		avail := f.available(t, h, "the follower was replaced", wipeAt, recoveredAt)
+		f.check(t, "B7", h, fmt.Sprintf("wiped follower %s: member %x replaced by %x (3 voters, no stray members) %s after the wipe; %s; its flannel subnet %s unchanged",
+			victim, h0.ids[victim], h1.ids[victim], d.Round(100*time.Millisecond), avail, after[victim]), time.Since(wipeAt)-5*time.Second)
 	})
 
 	// B8: a follower boots with its clock 1 h ahead and no reachable time source: etcd is
@@ -230,8 +245,8 @@ func TestFaults(t *testing.T) {
 				t.Errorf("%s's journal lacks %q:\n%s", victim, want, tail([]byte(journal), 20))
 			}
 		}
-		etcdState := f.exec(t, victim, "systemctl show etcd.service -p ExecMainStartTimestampMonotonic -p NRestarts; echo starts=$(journalctl -b --no-pager -o cat -u etcd.service | grep -c 'starting an etcd server'); grep -lx etcd /proc/[0-9]*/comm 2>/dev/null || echo no-etcd-process")
-		if !strings.Contains(etcdState, "ExecMainStartTimestampMonotonic=0\n") || !strings.Contains(etcdState, "starts=0") || !strings.Contains(etcdState, "no-etcd-process") {
+		etcdState := f.exec(t, victim, "systemctl show etcd.service -p ExecMainStartTimestampMonotonic -p NRestarts; echo starts=$(journalctl -b --no-pager -o cat -u etcd.service | grep -c 'starting an etcd server'); "+etcdProcessScan)
+		if !strings.Contains(etcdState, "ExecMainStartTimestampMonotonic=0\n") || !strings.Contains(etcdState, "starts=0") || !noEtcdProcess(etcdState) {
 			t.Errorf("%s started etcd with its clock an hour ahead:\n%s", victim, etcdState)
 		}
 		denied := cl.Hub().NTPDenied() - denied0
@@ -271,8 +286,9 @@ func TestFaults(t *testing.T) {
 		}
 		time.Sleep(5 * time.Second)
 		h := stop()
-		f.check(t, "B8", h, fmt.Sprintf("%s booted 1 h ahead without a time source: refused twice within %s, etcd started 0 times, %d NTP queries unanswered; first refusal: %q; restarted with the right clock: same member, data back, healthy %s later",
-			victim, refusedAfter.Round(time.Second), denied, msg, d.Round(100*time.Millisecond)), time.Since(fixAt)-5*time.Second)
+		avail := f.available(t, h, "the follower was refused", bootAt, fixAt)
+		f.check(t, "B8", h, fmt.Sprintf("%s booted 1 h ahead without a time source: refused twice within %s, etcd started 0 times, %d NTP queries unanswered; %s; first refusal: %q; restarted with the right clock: same member, data back, healthy %s later",
+			victim, refusedAfter.Round(time.Second), denied, avail, msg, d.Round(100*time.Millisecond)), time.Since(fixAt)-5*time.Second)
 	})
 
 	// B10: wipe the data disks of 2 of 3 members and boot them: they must refuse (no
@@ -289,8 +305,8 @@ func TestFaults(t *testing.T) {
 				wiped = append(wiped, n)
 			}
 		}
-		ids := newClusterIDWatch(f)
-		defer ids.stop()
+		watch := newClusterWatch(f)
+		defer watch.stop()
 		stop := f.workload(t, "B10")
 		time.Sleep(10 * time.Second)
 		wipeAt := time.Now()
@@ -300,6 +316,7 @@ func TestFaults(t *testing.T) {
 			}
 			return cl.RestartWith(ctx, n, vmcluster.RestartOptions{WipeDisk: true})
 		})
+		restartedAt := time.Now() // the wiped members' old processes are gone
 		// Both wiped members refuse, and keep refusing, with the pointer to the README.
 		journals := map[string]string{}
 		deadline := time.Now().Add(6 * time.Minute)
@@ -337,7 +354,7 @@ func TestFaults(t *testing.T) {
 			if probes := regexp.MustCompile(`(?m)^.*bootstrap: peer .*no answer.*$`).FindAllString(j, 3); len(probes) > 0 {
 				t.Logf("%s: peer probes before its first refusals: %s", n, strings.Join(probes, " | "))
 			}
-			if st := f.exec(t, n, "systemctl show etcd.service -p ExecMainStartTimestampMonotonic; grep -lx etcd /proc/[0-9]*/comm 2>/dev/null || echo no-etcd-process"); !strings.Contains(st, "ExecMainStartTimestampMonotonic=0\n") || !strings.Contains(st, "no-etcd-process") {
+			if st := f.exec(t, n, "systemctl show etcd.service -p ExecMainStartTimestampMonotonic; "+etcdProcessScan); !strings.Contains(st, "ExecMainStartTimestampMonotonic=0\n") || !noEtcdProcess(st) {
 				t.Errorf("%s started etcd without a quorum to join:\n%s", n, st)
 			}
 		}
@@ -360,13 +377,27 @@ func TestFaults(t *testing.T) {
 		}
 		time.Sleep(5 * time.Second)
 		h := stop()
-		seen := ids.stop()
-		if len(seen) != 1 {
-			t.Errorf("cluster IDs observed during B10: %v, want exactly 1", seen)
+		obs := watch.stop()
+		for _, sign := range secondClusterSigns(obs, wiped, restartedAt, restoreAt) {
+			t.Error(sign)
 		}
-		f.check(t, "B10", h, fmt.Sprintf("wiped %v, kept leader %s: both refused (no etcd started) within %s: %q; README procedure on %s (%q); 3 voters again %s later; cluster IDs seen %v",
-			wiped, survivor, refusedAfter.Round(time.Second), refusal, survivor, strings.TrimSpace(out), d.Round(100*time.Millisecond), seen), time.Since(restoreAt)-5*time.Second)
+		seen := map[string]bool{}
+		for _, o := range obs {
+			seen[fmt.Sprintf("%x", o.clusterID)] = true
+		}
+		f.check(t, "B10", h, fmt.Sprintf("wiped %v, kept leader %s: both refused (no etcd started) within %s: %q; README procedure on %s (%q); 3 voters again %s later; %d status answers watched, cluster IDs seen %v, none from a wiped member before the restore, no term or revision backwards",
+			wiped, survivor, refusedAfter.Round(time.Second), refusal, survivor, strings.TrimSpace(out), d.Round(100*time.Millisecond), len(obs), slices.Sorted(maps.Keys(seen))), time.Since(restoreAt)-5*time.Second)
 	})
+}
+
+// etcdProcessScan prints "etcd-process <pid>" for every process named etcd, then
+// "scan-done": a process that exits during the scan is skipped, not mistaken for "none".
+const etcdProcessScan = `for f in /proc/[0-9]*/comm; do [ "$(cat "$f" 2>/dev/null)" = etcd ] && echo "etcd-process ${f#/proc/}"; done; echo scan-done`
+
+// noEtcdProcess reports whether etcdProcessScan's output says the scan finished and found
+// no etcd process.
+func noEtcdProcess(out string) bool {
+	return strings.Contains(out, "scan-done") && !strings.Contains(out, "etcd-process ")
 }
 
 // forceNewClusterProcedure is the README's "one member kept its data" procedure.
@@ -657,6 +688,24 @@ func (f *faultEnv) workload(t *testing.T, name string, readers ...string) func()
 	}
 }
 
+// maxWriteGap bounds, while a majority stands, the time without an acknowledged write:
+// an election (etcd's election timeout plus a vote) and the client moving to another
+// endpoint, with room for TCG. Measured: 3-8 s.
+const maxWriteGap = 15 * time.Second
+
+// available requires acknowledged writes between from and to (a fault with a majority
+// standing) and no gap between them longer than maxWriteGap; it returns the figures.
+func (f *faultEnv) available(t *testing.T, h *workload.History, while string, from, to time.Time) string {
+	t.Helper()
+	w := h.Window(from, to)
+	if w.AckedWrites == 0 || w.WriteGap > maxWriteGap {
+		t.Errorf("while %s (%s): %d acknowledged writes, longest gap %s; want writes and no gap over %s",
+			while, to.Sub(from).Round(100*time.Millisecond), w.AckedWrites, w.WriteGap.Round(10*time.Millisecond), maxWriteGap)
+	}
+	return fmt.Sprintf("while %s (%s): %d writes acknowledged, longest write gap %.1fs (bound %s)",
+		while, to.Sub(from).Round(100*time.Millisecond), w.AckedWrites, w.WriteGap.Seconds(), maxWriteGap)
+}
+
 // check runs the checks on a fault's history, logs its figures line and adds it to the
 // table; failures save the history and porcupine's visualisation.
 func (f *faultEnv) check(t *testing.T, name string, h *workload.History, what string, toHealth time.Duration) {
@@ -738,17 +787,30 @@ func (f *faultEnv) journals(t *testing.T) string {
 	return b.String()
 }
 
-// clusterIDWatch records every cluster ID any member reports, every 2 s.
-type clusterIDWatch struct {
+// clusterWatch asks every member for its Status every 2 s and records each answer. A
+// cluster ID alone cannot tell a second cluster apart (it derives from the static peer
+// URLs and the token, and so do the member IDs), so the checks are on what a second
+// cluster would change: who answers, and terms and revisions going backwards.
+type clusterWatch struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	mu     sync.Mutex
-	seen   map[string]bool
+	obs    []observation
 }
 
-func newClusterIDWatch(f *faultEnv) *clusterIDWatch {
+// observation is one member's Status answer.
+type observation struct {
+	at        time.Time
+	node      string
+	clusterID uint64
+	memberID  uint64
+	term      uint64
+	revision  int64
+}
+
+func newClusterWatch(f *faultEnv) *clusterWatch {
 	ctx, cancel := context.WithCancel(f.ctx)
-	w := &clusterIDWatch{cancel: cancel, done: make(chan struct{}), seen: map[string]bool{}}
+	w := &clusterWatch{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		for ctx.Err() == nil {
@@ -767,7 +829,8 @@ func newClusterIDWatch(f *faultEnv) *clusterIDWatch {
 				cli.Close()
 				if err == nil {
 					w.mu.Lock()
-					w.seen[fmt.Sprintf("%x", st.Header.ClusterId)] = true
+					w.obs = append(w.obs, observation{at: time.Now(), node: n, clusterID: st.Header.ClusterId,
+						memberID: st.Header.MemberId, term: st.RaftTerm, revision: st.Header.Revision})
 					w.mu.Unlock()
 				}
 			}
@@ -780,16 +843,48 @@ func newClusterIDWatch(f *faultEnv) *clusterIDWatch {
 	return w
 }
 
-// stop ends the watch (again: no-op) and returns the IDs seen, sorted.
-func (w *clusterIDWatch) stop() []string {
+// stop ends the watch (again: no-op) and returns what it saw.
+func (w *clusterWatch) stop() []observation {
 	w.cancel()
 	<-w.done
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	var ids []string
-	for id := range w.seen {
-		ids = append(ids, id)
+	return slices.Clone(w.obs)
+}
+
+// secondClusterSigns lists what in obs points to a second cluster: an answer from a node
+// in silent between from and to (wiped members must not serve before the restore), more
+// than one cluster ID, and a member (node and member ID) whose raft term or revision went
+// backwards (a second cluster formed by wiped members restarts both from the beginning
+// under the same deterministic member IDs; a replaced member has a new ID).
+func secondClusterSigns(obs []observation, silent []string, from, to time.Time) []string {
+	var signs []string
+	ids := map[uint64]bool{}
+	type key struct {
+		node   string
+		member uint64
 	}
-	sort.Strings(ids)
-	return ids
+	last := map[key]observation{}
+	for _, o := range obs {
+		ids[o.clusterID] = true
+		if slices.Contains(silent, o.node) && !o.at.Before(from) && o.at.Before(to) {
+			signs = append(signs, fmt.Sprintf("%s answered at %s (member %x, term %d, revision %d) while it should not serve",
+				o.node, o.at.Format("15:04:05.000"), o.memberID, o.term, o.revision))
+		}
+		k := key{o.node, o.memberID}
+		if p, ok := last[k]; ok && (o.term < p.term || o.revision < p.revision) {
+			signs = append(signs, fmt.Sprintf("%s (member %x) went backwards: term %d -> %d, revision %d -> %d",
+				o.node, o.memberID, p.term, o.term, p.revision, o.revision))
+		}
+		last[k] = o
+	}
+	if len(ids) != 1 {
+		var l []string
+		for id := range ids {
+			l = append(l, fmt.Sprintf("%x", id))
+		}
+		sort.Strings(l)
+		signs = append(signs, fmt.Sprintf("cluster IDs seen: %v, want exactly 1", l))
+	}
+	return signs
 }

@@ -222,6 +222,44 @@ func longestGap(h *History) (gap, at int64) {
 	return gap, at
 }
 
+// Window is what the workload achieved between two instants (a fault and its recovery).
+type Window struct {
+	AckedWrites int // register and set puts sent and acknowledged within the window
+	// WriteGap is the longest time in the window without an acknowledged write (from the
+	// window's start to the first, between two, from the last to the window's end).
+	WriteGap time.Duration
+}
+
+// Window measures the writes between from and to (wall-clock instants of this process).
+func (h *History) Window(from, to time.Time) Window {
+	lo, hi := from.Sub(h.Start).Nanoseconds(), to.Sub(h.Start).Nanoseconds()
+	acks := []int64{lo, hi}
+	var w Window
+	add := func(call, ret int64) {
+		if call >= lo && ret <= hi {
+			w.AckedWrites++
+		}
+		if ret > lo && ret < hi {
+			acks = append(acks, ret)
+		}
+	}
+	for _, op := range h.Ops {
+		if op.Kind == KindPut && !op.Indeterminate() {
+			add(op.Call, op.Return)
+		}
+	}
+	for _, op := range h.Set {
+		if op.Acked {
+			add(op.Call, op.Return)
+		}
+	}
+	slices.Sort(acks)
+	for i := 1; i < len(acks); i++ {
+		w.WriteGap = max(w.WriteGap, time.Duration(acks[i]-acks[i-1]))
+	}
+	return w
+}
+
 // Summary is one line for a test log. v may be nil when Verify has not run.
 func (r Result) Summary(v *Report) string {
 	lost, hash := "?", "?"

@@ -106,6 +106,8 @@ type Reader struct {
 	Client   int    `json:"client"`
 	OK       int    `json:"ok"`
 	Failed   int    `json:"failed"`
+	// FailedCalls are when the failed gets were sent (ns since History.Start).
+	FailedCalls []int64 `json:"failedCalls,omitempty"`
 }
 
 // RegisterKey is the name of register key i.
@@ -245,7 +247,8 @@ func Run(ctx context.Context, o Options) (*History, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			readOps[i], h.Readers[i].Failed = readerClient(ctx, clients[firstReader+i], rec, &o, o.Registers+i)
+			readOps[i], h.Readers[i].FailedCalls = readerClient(ctx, clients[firstReader+i], rec, &o, o.Registers+i)
+			h.Readers[i].Failed = len(h.Readers[i].FailedCalls)
 			h.Readers[i].OK = len(readOps[i])
 		}()
 	}
@@ -321,7 +324,7 @@ func registerClient(ctx context.Context, cli *clientv3.Client, rec *recorder, o 
 }
 
 // readerClient does linearizable gets only, through its one endpoint.
-func readerClient(ctx context.Context, cli *clientv3.Client, rec *recorder, o *Options, id int) (ops []Op, failed int) {
+func readerClient(ctx context.Context, cli *clientv3.Client, rec *recorder, o *Options, id int) (ops []Op, failed []int64) {
 	for ctx.Err() == nil {
 		op := Op{Client: id, Kind: KindGet, Key: RegisterKey(o.Prefix, rand.IntN(o.Keys))}
 		octx, cancel := opContext(ctx, o.OpTimeout)
@@ -330,7 +333,7 @@ func readerClient(ctx context.Context, cli *clientv3.Client, rec *recorder, o *O
 		op.Return = rec.now()
 		cancel()
 		if err != nil {
-			failed++
+			failed = append(failed, op.Call)
 		} else {
 			if len(resp.Kvs) > 0 {
 				op.Found, op.Value = true, string(resp.Kvs[0].Value)

@@ -516,3 +516,28 @@ func TestHashKVDiverged(t *testing.T) {
 		}
 	}
 }
+
+// TestWindow: acknowledged writes and the longest write gap inside a window, on a
+// hand-built history (times in seconds since Start).
+func TestWindow(t *testing.T) {
+	start := time.Now()
+	s := func(x float64) int64 { return int64(x * float64(time.Second)) }
+	h := &History{Start: start, Ops: []Op{
+		put(0, "k", "a", 1000, 1500),   // before the window
+		put(0, "k", "b", 10000, 11000), // inside
+		lostPut(1, "k", "c", 12000),    // indeterminate: not a write that was acknowledged
+		get(0, "k", "b", 13000, 13500), // a read: not a write
+		put(0, "k", "d", 19000, 21000), // returns after the window: ends no gap inside it
+	}, Set: []SetOp{
+		{Key: "s/0", Call: s(14), Return: s(15), Acked: true},
+		{Key: "s/1", Call: s(16), Return: s(16.5)},
+	}}
+	w := h.Window(start.Add(5*time.Second), start.Add(20*time.Second))
+	// Acknowledged within [5, 20]: b (10-11) and s/0 (14-15). Gaps: 5->11, 11->15, 15->20.
+	if w.AckedWrites != 2 || w.WriteGap != 6*time.Second {
+		t.Errorf("window: %+v, want 2 acknowledged writes and a 6s gap", w)
+	}
+	if w := h.Window(start.Add(22*time.Second), start.Add(30*time.Second)); w.AckedWrites != 0 || w.WriteGap != 8*time.Second {
+		t.Errorf("an empty window: %+v, want 0 writes and the whole 8s as the gap", w)
+	}
+}
