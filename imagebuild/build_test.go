@@ -1,6 +1,7 @@
 package imagebuild
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -74,6 +75,13 @@ func syntheticImageBase(t testing.TB) *fstree.Tree {
 // exampleBuild renders the example's three node configs and returns the build options.
 func exampleBuild(t testing.TB, out string) BuildOptions {
 	t.Helper()
+	o, _ := exampleBuildPKI(t, out)
+	return o
+}
+
+// exampleBuildPKI is exampleBuild, also returning the PKI directory it made.
+func exampleBuildPKI(t testing.TB, out string) (BuildOptions, string) {
+	t.Helper()
 	c, rep := spec.Parse(spec.Example)
 	if rep.HasErrors() {
 		t.Fatal(rep.String())
@@ -110,7 +118,7 @@ func exampleBuild(t testing.TB, out string) BuildOptions {
 		nodes = append(nodes, NodeInput{Name: n.Name, Config: configs[n.Name], DNS: []string{"10.88.0.1"}})
 	}
 	return BuildOptions{Cluster: c.Name, Nodes: nodes, Base: syntheticImageBase(t), BaseHash: "base", SpecHash: "spec",
-		Binaries: recs, Remote: remote, OutDir: out, Formats: []string{"raw"}, DataSize: 512 << 20, Time: time.Unix(1750000000, 0)}
+		Binaries: recs, Remote: remote, OutDir: out, Formats: []string{"raw"}, DataSize: 512 << 20, Time: time.Unix(1750000000, 0)}, filepath.Join(dir, "pki")
 }
 
 // partition copies one partition of a raw image to its own file.
@@ -157,7 +165,7 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 		imagetest.Tool(t, tool[0], tool[1])
 	}
 	out := filepath.Join(t.TempDir(), "images")
-	o := exampleBuild(t, out)
+	o, pkiDir := exampleBuildPKI(t, out)
 	var log []string
 	o.Progress = func(f string, a ...any) { log = append(log, fmt.Sprintf(f, a...)) }
 	imgs, err := Build(context.Background(), o)
@@ -220,11 +228,31 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 		if got := dbg(root, "cat /etc/fstab"); !strings.Contains(got, "PARTLABEL=data /var ext4") {
 			t.Errorf("%s: fstab: %s", im.Node, got)
 		}
-		// No CA key anywhere on the disk.
+		// No CA key anywhere on the disk: the body of each CA key file is searched in every
+		// partition's bytes; the node's own server key, which must be there, is the control.
+		var parts [][]byte
 		for _, p := range []string{root, node, esp} {
-			b, _ := os.ReadFile(p)
-			if strings.Contains(string(b), "CA PRIVATE") || strings.Contains(string(b), "ca.key") && strings.Contains(string(b), "BEGIN EC PRIVATE KEY") {
-				t.Errorf("%s: suspicious key material", im.Node)
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts = append(parts, b)
+		}
+		found := func(keyFile string) bool {
+			body := pemBody(t, keyFile)
+			for _, b := range parts {
+				if bytes.Contains(b, body) {
+					return true
+				}
+			}
+			return false
+		}
+		if _, key := pki.NodeCertPath(pkiDir, im.Node, "server"); !found(key) {
+			t.Errorf("%s: the control failed: its own server key %s is not found on its disk", im.Node, key)
+		}
+		for _, ca := range []string{"ca", "peer-ca"} {
+			if _, key := pki.CAPath(pkiDir, ca); found(key) {
+				t.Errorf("%s: the CA key %s is on the disk", im.Node, key)
 			}
 		}
 	}
@@ -307,4 +335,19 @@ func TestBuildCancelledDuringRootWrite(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(out, "previous.raw")); len(got) != 1 || string(b) != "old image" {
 		t.Errorf("OutDir changed by a cancelled build: %d entries, previous.raw %q", len(got), b)
 	}
+}
+
+// pemBody is the base64 body of the PEM file's first block (what a copy of the key holds,
+// whatever the header says).
+func pemBody(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) < 3 || !strings.HasPrefix(lines[0], "-----BEGIN ") {
+		t.Fatalf("%s is not a PEM file", path)
+	}
+	return []byte(strings.Join(lines[1:len(lines)-1], "\n"))
 }
