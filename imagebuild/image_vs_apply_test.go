@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,6 +20,7 @@ import (
 	"github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
+	"github.com/etcdbake/etcdbake/internal/testtools"
 )
 
 // TestImageMatchesIgnitionApply is the one-source-of-truth check on the finished disk:
@@ -28,13 +32,11 @@ import (
 // changed must look the same in the image (type, mode, owner, link target, sha256),
 // following the root's links into /node and the factory copy of /var. (One long
 // function: the reference on disk, the images, and the comparison share its state.)
+//
+// The other way round, every path the image has that the base does not (or has otherwise)
+// and Ignition did not make must be in imageOnly, etcdbake's own OS configuration, and
+// every imageOnly pattern must be used.
 func TestImageMatchesIgnitionApply(t *testing.T) {
-	imagetest.Tool(t, "sgdisk", "gdisk")
-	apply := imagetest.IgnitionApply(t)
-	configs := imagetest.RenderAll(t)
-	raw := configs["etcd-1"]
-	cfg := imagetest.Config(t, raw)
-
 	baseTree := imagetest.BaseTree(t)
 	for _, d := range []string{"boot", "usr/lib/systemd/boot", "usr/lib/systemd/boot/efi", "var/lib/dpkg", "var/log/journal"} {
 		imagetest.Dir(t, baseTree, d, 0o755, 0, 0)
@@ -45,6 +47,44 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 	if err := base.Check(baseTree); err != nil {
 		t.Fatalf("test baseTree: %v", err)
 	}
+	compareWithIgnitionApply(t, baseTree, 65)
+}
+
+// TestImageMatchesIgnitionApplyOnTheRealBase is the same comparison on the default Debian
+// base (built, or taken from the cache, by base.Build as `etcdbake image` does).
+func TestImageMatchesIgnitionApplyOnTheRealBase(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the real base is hundreds of megabytes")
+	}
+	cache, err := base.DefaultCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		if _, err := os.Stat(filepath.Join(cache, "base", base.DefaultRecipe().Hash()+".tar")); err != nil {
+			testtools.Missing(t, "mmdebstrap or a cached default base (make setup)")
+		}
+	}
+	tarPath, err := base.Build(context.Background(), base.DefaultRecipe(), cache, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	baseTree, err := base.Read(tarPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fewer changes than on the synthetic base: the real one has some of the directories.
+	compareWithIgnitionApply(t, baseTree, 61)
+}
+
+// compareWithIgnitionApply is the comparison of TestImageMatchesIgnitionApply on a base,
+// where Ignition adds or changes wantChanged paths.
+func compareWithIgnitionApply(t *testing.T, baseTree *fstree.Tree, wantChanged int) {
+	imagetest.Tool(t, "sgdisk", "gdisk")
+	apply := imagetest.IgnitionApply(t)
+	configs := imagetest.RenderAll(t)
+	raw := configs["etcd-1"]
+	cfg := imagetest.Config(t, raw)
 
 	// Ignition's result on disk.
 	root := imagetest.RootDir(t)
@@ -110,6 +150,9 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 		}
 	}
 	sort.Strings(changed)
+	if len(changed) != wantChanged {
+		t.Errorf("Ignition added or changed %d paths, want %d (the README gives the synthetic base's count; update both if the configs changed)", len(changed), wantChanged)
+	}
 	ms := imagetest.Summary(t, mine)
 	bad := 0
 	for _, p := range changed {
@@ -119,6 +162,9 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 		}
 	}
 	for p := range before {
+		if slices.Contains(shadowBackups, p) {
+			continue // the reference's useradd rewrote them; imagetest removes them as noise
+		}
 		if _, ok := after[p]; !ok {
 			if _, ok := effective(p); ok {
 				t.Errorf("/%s: removed by Ignition, still in the image", p)
@@ -138,10 +184,99 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 			sections["storage"]++
 		}
 	}
-	t.Logf("%d paths added or changed by Ignition, %d differ in the image; by section %v; %d per-node files reached through /node", len(changed), bad, sections, len(m.PerNode))
+	// The other way: what the image has beyond the base that Ignition did not make.
+	img := fstree.NewTree()
+	imgRoot.Walk(func(e *fstree.Entry) error {
+		p := e.Path
+		if p == "var" || strings.HasPrefix(p, "var/") {
+			return nil // the data partition's mount point; the node sees the factory copy
+		}
+		if rel, ok := strings.CutPrefix(p, factoryVar+"/"); ok {
+			p = path.Join("var", rel)
+		} else if p == factoryVar {
+			p = "var"
+		}
+		if eff, ok := effective(p); ok {
+			c := *eff
+			c.Path = p
+			img.Set(&c)
+		}
+		return nil
+	})
+	imgSum := imagetest.Summary(t, img)
+	isChanged := map[string]bool{}
+	for _, p := range changed {
+		isChanged[p] = true
+	}
+	used := map[string]int{}
+	var extra, unlinked []string
+	for p, s := range imgSum {
+		if before[p] == s || isChanged[p] {
+			continue
+		}
+		// The image writer stores hard links as separate copies (a known limit): same
+		// content, another link count.
+		if b, ok := before[p]; ok && linkCount.ReplaceAllString(b, "") == linkCount.ReplaceAllString(s, "") {
+			unlinked = append(unlinked, p)
+			continue
+		}
+		extra = append(extra, p)
+		if pat := matchImageOnly(p); pat != "" {
+			used[pat]++
+		} else if !slices.Contains(imageOnlyParents, p) {
+			t.Errorf("/%s is in the image, not in the base, and Ignition did not make it: add it to imageOnly with the reason, or remove it from the image (%s)", p, s)
+		}
+	}
+	for pat, why := range imageOnly {
+		if used[pat] == 0 {
+			t.Errorf("imageOnly %q (%s) matches nothing in the image: remove it", pat, why)
+		}
+	}
+	t.Logf("%d paths added or changed by Ignition, %d differ in the image; by section %v; %d per-node files reached through /node; %d paths only in the image, all etcdbake's own (%v); %d hard-linked files of the base stored as copies", len(changed), bad, sections, len(m.PerNode), len(extra), used, len(unlinked))
 	if sections["enablement links"] == 0 || sections["units and drop-ins"] == 0 || sections["passwd"] == 0 || sections["storage"] == 0 {
 		t.Errorf("a section is missing from the comparison: %v", sections)
 	}
+}
+
+// imageOnly are the paths (exact, or a prefix ending in "/") that etcdbake's image has and
+// Ignition does not make: the immutable-root layout (osconfig), with why. Each must be in
+// every image.
+var imageOnly = map[string]string{
+	"etc/fstab":                                      "mounts /var (data), /node, the ESP and /tmp",
+	"etc/machine-id":                                 "empty: systemd makes the machine ID at first boot",
+	"etc/resolv.conf":                                "the spec's DNS servers",
+	"etc/systemd/journald.conf.d/":                   "persistent journal on the data partition",
+	"etc/tmpfiles.d/etcdbake-var.conf":               "restores /var from the factory copy on a blank data partition",
+	"etc/systemd/system/systemd-networkd.service.d/": "networkd waits for /node (the node's .network file)",
+	"etc/systemd/system/multi-user.target.wants/systemd-networkd.service":                 "networkd brings up the static address",
+	"etc/systemd/system/sockets.target.wants/systemd-networkd.socket":                     "networkd's socket",
+	"etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service": "network-online means the address is up",
+	"node": "mount point of the node partition",
+}
+
+// shadowBackups are shadow-utils' backup and lock files.
+var shadowBackups = []string{"etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-", "etc/.pwd.lock"}
+
+// linkCount is the link count in an imagetest.Summary line.
+var linkCount = regexp.MustCompile(` links=[0-9]+`)
+
+// imageOnlyParents are directories the image adds when the base lacks them (parents of
+// imageOnly paths and of the factory copy of /var, the /tmp mount point).
+var imageOnlyParents = []string{"etc/systemd/journald.conf.d", "etc/systemd/system/systemd-networkd.service.d",
+	"etc/systemd/system/sockets.target.wants", "etc/systemd/system/network-online.target.wants", "etc/tmpfiles.d",
+	"tmp", "usr/share", "usr/share/factory"}
+
+// matchImageOnly is the imageOnly pattern p matches, or "".
+func matchImageOnly(p string) string {
+	if _, ok := imageOnly[p]; ok {
+		return p
+	}
+	for pat := range imageOnly {
+		if strings.HasSuffix(pat, "/") && strings.HasPrefix(p, pat) {
+			return pat
+		}
+	}
+	return ""
 }
 
 // readExt4Tree reads an ext4 image back with go-diskfs into a tree.

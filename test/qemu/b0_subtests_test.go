@@ -377,18 +377,22 @@ func (e *b0Env) harness(t *testing.T) {
 	if len(ml.Members) != len(ids) {
 		t.Errorf("%d members after restart, want %d", len(ml.Members), len(ids))
 	}
-	t.Logf("Restart(etcd-1): ready again %s after relaunch, same member ID, endpoint %s -> %s", time.Since(t0).Round(100*time.Millisecond), old, cl.Endpoint("etcd-1"))
+	// The forwarded ports stay the same across Restart (the README says so).
+	if now := cl.Endpoint("etcd-1"); now != old {
+		t.Errorf("etcd-1's endpoint changed across Restart: %s -> %s", old, now)
+	}
+	t.Logf("Restart(etcd-1): ready again %s after relaunch, same member ID, same endpoint %s", time.Since(t0).Round(100*time.Millisecond), old)
 
 	// A wiped disk: etcd-2 boots from a blank copy of its image. etcd-firstboot finds
 	// the cluster through its peers and replaces the stale member (remove, add as a
 	// learner, promote): a new member ID, three voters, and the data replicated back.
 	t0 = time.Now()
+	old2, oldPeer2 := cl.Endpoint("etcd-2"), cl.PeerEndpoint("etcd-2")
 	if err := cl.RestartWith(ctx, "etcd-2", vmcluster.RestartOptions{WipeDisk: true}); err != nil {
 		t.Fatal(err)
 	}
 	var newID uint64
 	waitFor("etcd-2 replaced and voting after a wiped disk", 10*time.Minute, func() bool {
-		// The forwarded ports change with every relaunch: a client on today's.
 		now, err := clientv3.New(clientv3.Config{Endpoints: []string{cl.Endpoint("etcd-1"), cl.Endpoint("etcd-3")}, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 		if err != nil {
 			return false
@@ -410,6 +414,9 @@ func (e *b0Env) harness(t *testing.T) {
 		}
 		return newID != 0 && newID != ids["etcd-2"] && ready("etcd-2")
 	})
+	if ep, pe := cl.Endpoint("etcd-2"), cl.PeerEndpoint("etcd-2"); ep != old2 || pe != oldPeer2 {
+		t.Errorf("etcd-2's forwarded endpoints changed across RestartWith: client %s -> %s, peer %s -> %s", old2, ep, oldPeer2, pe)
+	}
 	res, err := cl.Exec(ctx, "etcd-2", "/bin/sh", "-c", "/opt/etcdbake/bin/etcd-firstboot status; /usr/local/bin/etcdctl --command-timeout=30s get --print-value-only --consistency=s /etcdbake-test/while-cut")
 	if err != nil {
 		t.Fatal(err)
