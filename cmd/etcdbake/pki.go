@@ -71,7 +71,7 @@ func (a *app) pkiCheckCmd() *cobra.Command {
 				return err
 			}
 			if noneExist(infos) {
-				return &exitError{code: 1, msg: fmt.Sprintf("no PKI in %s: run `%s pki` to create it", a.pkiDir(), a.self())}
+				return &exitError{code: 1, msg: fmt.Sprintf("no PKI in %s: run `%s` to create it", a.pkiDir(), a.cmdLine("pki"))}
 			}
 			bad := 0
 			for _, ci := range infos {
@@ -99,7 +99,7 @@ func (a *app) pkiCheckCmd() *cobra.Command {
 				}
 			}
 			if bad > 0 {
-				return &exitError{code: 1, msg: fmt.Sprintf("%d of %d certificates have problems: run `%s pki` to re-issue drifted or expiring leaves", bad, len(infos), a.self())}
+				return &exitError{code: 1, msg: fmt.Sprintf("%d of %d certificates have problems: run `%s` to re-issue drifted or expiring leaves", bad, len(infos), a.cmdLine("pki"))}
 			}
 			if output != "json" {
 				fmt.Fprintf(w, "all %d certificates ok\n", len(infos))

@@ -119,10 +119,10 @@ func (a *app) loadForBuild(cmd *cobra.Command) (*spec.Cluster, error) {
 
 func (a *app) pkiDir() string { return filepath.Join(a.outDir, "pki") }
 
-// self is the command line prefix that runs etcdbake on the same spec and output
-// directory, for the commands a message suggests: "etcdbake -f SPEC [--out OUT]".
-func (a *app) self() string {
-	s := "etcdbake -f " + a.specPath
+// cmdLine is the command line that runs etcdbake's sub command on the same spec and
+// output directory, for the commands a message suggests: "etcdbake SUB -f SPEC [--out OUT]".
+func (a *app) cmdLine(sub string) string {
+	s := "etcdbake " + sub + " -f " + a.specPath
 	if a.outDir != "out" {
 		s += " --out " + a.outDir
 	}

@@ -206,7 +206,7 @@ a line on stderr says so); 1 when no server has run with this --out.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			b, err := os.ReadFile(a.pxeStatusFile())
 			if errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("no `etcdbake serve` has run with --out %s (%s does not exist): start one with `%s serve --listen ADDR:PORT`", a.outDir, a.pxeStatusFile(), a.self())
+				return fmt.Errorf("no `etcdbake serve` has run with --out %s (%s does not exist): start one with `%s --listen ADDR:PORT`", a.outDir, a.pxeStatusFile(), a.cmdLine("serve"))
 			}
 			if err != nil {
 				return err

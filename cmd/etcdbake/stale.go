@@ -76,7 +76,7 @@ func (a *app) reportStaleOutputs(cmd *cobra.Command, res *pki.Result) {
 			}
 		}
 		if len(files) > 0 {
-			lines = append(lines, fmt.Sprintf("%s: `%s ignition %s`", strings.Join(files, " "), a.self(), ignitionSourceFlags(files[0])))
+			lines = append(lines, fmt.Sprintf("%s: `%s %s`", strings.Join(files, " "), a.cmdLine("ignition"), ignitionSourceFlags(files[0])))
 		}
 	}
 	if !img {
@@ -91,7 +91,7 @@ func (a *app) reportStaleOutputs(cmd *cobra.Command, res *pki.Result) {
 			}
 		}
 		if len(files) > 0 {
-			refresh := a.self() + " image"
+			refresh := a.cmdLine("image")
 			if len(formats) == 1 {
 				for f := range formats {
 					refresh += " --format " + f
@@ -108,8 +108,8 @@ func (a *app) reportStaleOutputs(cmd *cobra.Command, res *pki.Result) {
 			}
 		}
 		if len(running) > 0 {
-			lines = append(lines, fmt.Sprintf("the cluster running under `etcdbake up` (%s): `%s down --purge` then `%s up` (this discards the VMs' etcd data)",
-				strings.Join(running, " "), a.self(), a.self()))
+			lines = append(lines, fmt.Sprintf("the cluster running under `etcdbake up` (%s): `%s --purge` then `%s` (this discards the VMs' etcd data)",
+				strings.Join(running, " "), a.cmdLine("down"), a.cmdLine("up")))
 		}
 	}
 	if len(lines) == 0 {
