@@ -30,6 +30,7 @@ func (a *app) specArgs(root *cobra.Command) {
 		}
 		if slices.Contains(specCommands, c.CommandPath()) {
 			c.Args = a.specArg
+			c.Use += " [SPEC]"
 			return
 		}
 		orig := c.Args
@@ -62,6 +63,16 @@ func (a *app) specArg(cmd *cobra.Command, args []string) error {
 	}
 	if f := cmd.Flags().Lookup("spec"); f != nil && f.Changed && !samePath(f.Value.String(), args[0]) {
 		return usageErrorf("two spec files: -f %s and %s: give one", f.Value.String(), args[0])
+	}
+	if cmd.HasAvailableSubCommands() && !exists(args[0]) && !strings.Contains(filepath.Base(args[0]), ".") {
+		// `etcdbake pki chek`: more likely a mistyped command than a spec file.
+		var subs []string
+		for _, c := range cmd.Commands() {
+			if c.IsAvailableCommand() {
+				subs = append(subs, c.Name())
+			}
+		}
+		return usageErrorf("%s %s: no such command (%s has %s) nor spec file", cmd.CommandPath(), args[0], cmd.CommandPath(), strings.Join(subs, ", "))
 	}
 	a.specPath = args[0]
 	return nil

@@ -76,7 +76,12 @@ func (a *app) reportStaleOutputs(cmd *cobra.Command, res *pki.Result) {
 			}
 		}
 		if len(files) > 0 {
-			lines = append(lines, fmt.Sprintf("%s: `%s %s`", strings.Join(files, " "), a.cmdLine("ignition"), ignitionSourceFlags(files[0])))
+			flags, known := ignitionSourceFlags(files[0])
+			l := fmt.Sprintf("%s: `%s %s`", strings.Join(files, " "), a.cmdLine("ignition"), flags)
+			if !known {
+				l += " (or --inline-binaries, as they were made)"
+			}
+			lines = append(lines, l)
 		}
 	}
 	if !img {
@@ -115,24 +120,24 @@ func (a *app) reportStaleOutputs(cmd *cobra.Command, res *pki.Result) {
 	if len(lines) == 0 {
 		return
 	}
-	who := "the certificates of " + strings.Join(nodes, ", ")
+	who := "the old certificates of " + strings.Join(nodes, ", ")
 	if all {
-		who = "a new CA"
+		who = "certificates of the old CA"
 	}
 	w := cmd.ErrOrStderr()
-	fmt.Fprintf(w, "pki: with %s these were made from the old certificates and are stale; refresh them:\n", who)
+	fmt.Fprintf(w, "pki: these outputs still hold %s; refresh each with the command after it:\n", who)
 	for _, l := range lines {
 		fmt.Fprintf(w, "pki:   %s\n", l)
 	}
 }
 
 // ignitionSourceFlags says how the existing config got its binaries: --binaries-url URL
-// or --inline-binaries.
-func ignitionSourceFlags(path string) string {
-	unknown := "--binaries-url URL (or --inline-binaries, as before)"
+// or --inline-binaries; known is false when the config does not say.
+func ignitionSourceFlags(path string) (flags string, known bool) {
+	const unknown = "--binaries-url URL"
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return unknown
+		return unknown, false
 	}
 	var cfg struct {
 		Storage struct {
@@ -145,7 +150,7 @@ func ignitionSourceFlags(path string) string {
 		} `json:"storage"`
 	}
 	if json.Unmarshal(b, &cfg) != nil {
-		return unknown
+		return unknown, false
 	}
 	for _, f := range cfg.Storage.Files {
 		if f.Path != spec.BinDir+"/etcd" || f.Contents.Source == nil {
@@ -153,13 +158,13 @@ func ignitionSourceFlags(path string) string {
 		}
 		src := *f.Contents.Source
 		if strings.HasPrefix(src, "data:") {
-			return "--inline-binaries"
+			return "--inline-binaries", true
 		}
 		if base, ok := strings.CutSuffix(src, "/etcd"); ok {
-			return "--binaries-url " + base
+			return "--binaries-url " + base, true
 		}
 	}
-	return unknown
+	return unknown, false
 }
 
 func exists(p string) bool {

@@ -108,6 +108,12 @@ func TestPositionalSpec(t *testing.T) {
 		_, _, err := run(t, now, append(args, specPath, "--out", out)...)
 		wantExit(t, strings.Join(args, " ")+" SPEC", err, 2, "-f "+specPath, "does not read the spec")
 	}
+	_, _, err = run(t, now, "pki", "chek")
+	wantExit(t, "pki chek", err, 2, "no such command", "has check")
+	if stdout, _, _ := run(t, now, "validate", "--help"); !strings.Contains(stdout, "etcdbake validate [SPEC] [flags]") {
+		t.Errorf("validate --help does not show the spec argument:\n%s", stdout)
+	}
+
 	_, _, err = run(t, now, "base", "nonsense")
 	wantExit(t, "base nonsense", err, 2, `"nonsense"`)
 }
@@ -206,7 +212,9 @@ func TestSpecFileErrors(t *testing.T) {
 // up) and the command that refreshes each; other nodes' outputs are not named.
 func TestReissueNamesStaleOutputs(t *testing.T) {
 	dir := t.TempDir()
-	specPath := exampleSpec(t, dir)
+	specPath := filepath.Join(dir, "cluster.yaml")
+	base := fakeBinaries(t, dir)
+	os.WriteFile(specPath, []byte(base), 0o644)
 	out := filepath.Join(dir, "out")
 	now := time.Now()
 	if _, stderr, err := run(t, now, "pki", "-f", specPath, "--out", out); err != nil || strings.Contains(stderr, "stale") {
@@ -228,7 +236,7 @@ func TestReissueNamesStaleOutputs(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	src := strings.Replace(string(spec.Example), "    # extraSANs: [etcd-3.example.internal]", "    extraSANs: [etcd-3.example.internal]", 1)
+	src := strings.Replace(base, "    # extraSANs: [etcd-3.example.internal]", "    extraSANs: [etcd-3.example.internal]", 1)
 	os.WriteFile(specPath, []byte(src), 0o644)
 	stdout, stderr, err := run(t, now, "pki", "-f", specPath, "--out", out)
 	if err != nil || !strings.Contains(stdout, "nodes/etcd-3/server: re-issued") {
@@ -236,7 +244,7 @@ func TestReissueNamesStaleOutputs(t *testing.T) {
 	}
 	self := "-f " + specPath + " --out " + out
 	for _, want := range []string{
-		"with the certificates of etcd-3 these were made from the old certificates and are stale",
+		"pki: these outputs still hold the old certificates of etcd-3; refresh each with the command after it:",
 		filepath.Join(out, "ignition/etcd-3.ign") + ": `etcdbake ignition " + self + " --binaries-url http://10.88.0.1:8080/bin`",
 		filepath.Join(out, "images/etcd-3.raw") + ": `etcdbake image " + self + " --format raw`",
 		"the cluster running under `etcdbake up` (etcd-3): `etcdbake down " + self + " --purge` then `etcdbake up " + self + "`",
@@ -251,6 +259,18 @@ func TestReissueNamesStaleOutputs(t *testing.T) {
 	// Nothing changed: nothing is stale.
 	if _, stderr, err := run(t, now, "pki", "-f", specPath, "--out", out); err != nil || strings.Contains(stderr, "stale") {
 		t.Errorf("pki with nothing re-issued: %v\n%s", err, stderr)
+	}
+	// ignition re-issuing (the SAN dropped again) does not call the configs it writes
+	// stale, only the images.
+	os.WriteFile(specPath, []byte(base), 0o644)
+	fb := filepath.Join(dir, "etcd-firstboot")
+	os.WriteFile(fb, []byte("#!/bin/sh\n"), 0o755)
+	stdout, stderr, err = run(t, now, "ignition", "-f", specPath, "--out", out, "--cache", filepath.Join(dir, "cache"), "--firstboot", fb, "--inline-binaries")
+	if err != nil || !strings.Contains(stdout, "wrote "+filepath.Join(out, "ignition/etcd-3.ign")) {
+		t.Fatalf("ignition: %v\n%s\n%s", err, stdout, stderr)
+	}
+	if !strings.Contains(stderr, filepath.Join(out, "images/etcd-3.raw")+": `etcdbake image") || strings.Contains(stderr, "etcd-3.ign:") {
+		t.Errorf("ignition's stale report should name the images and not the configs it wrote:\n%s", stderr)
 	}
 }
 
