@@ -143,19 +143,21 @@ type Set struct {
 }
 
 // CertInfo describes one certificate as found on disk and what is wrong with it.
+// Its JSON form (`etcdbake pki check -o json`) has camelCase keys, as every JSON
+// etcdbake prints.
 type CertInfo struct {
-	Name      string // as in Action.Name
-	Path      string // the certificate file
-	Subject   string
-	Issuer    string
-	DNSNames  []string
-	IPs       []string
-	NotBefore time.Time
-	NotAfter  time.Time
+	Name      string    `json:"name"` // as in Action.Name
+	Path      string    `json:"path"` // the certificate file
+	Subject   string    `json:"subject"`
+	Issuer    string    `json:"issuer"`
+	DNSNames  []string  `json:"dnsNames"`
+	IPs       []string  `json:"ips"`
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
 	// DaysLeft is the number of whole days until NotAfter (negative once expired).
-	DaysLeft int
+	DaysLeft int `json:"daysLeft"`
 	// Problems is empty when the certificate is present and matches the spec.
-	Problems []string
+	Problems []string `json:"problems"`
 }
 
 // OK reports whether the certificate has no problems.

@@ -39,7 +39,6 @@ func (a *app) imageCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "image",
 		Short: "Write one bootable UEFI disk image per node to OUT/images",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.runImage(cmd, o)
 		},
@@ -54,7 +53,6 @@ func (a *app) buildCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "build",
 		Short: "Everything for every node: pki, Ignition configs (with --binaries-url or --inline-binaries) and disk images",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := imagebuild.CheckFormats(o.formats); err != nil {
 				return err
@@ -92,7 +90,9 @@ func (o *imageFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.base, "base", "", "base root filesystem tarball (default: build Debian bookworm with mmdebstrap, cached)")
 	cmd.Flags().StringSliceVar(&o.formats, "format", []string{"raw", "qcow2"}, "image formats: raw, qcow2")
 	cmd.Flags().StringVar(&o.firstboot, "firstboot", "", "etcd-firstboot binary (default: next to etcdbake)")
-	cmd.Flags().Int64Var(&o.dataSize, "data-size", 1<<30, "bytes for the /var data partition in the image (grown on a larger disk)")
+	// imagebuild makes the data partition at least 512MiB: less is refused here rather than
+	// silently raised.
+	cmd.Flags().Var(newPartitionSize(&o.dataSize, 1<<30, 512*mib), "data-size", "size of the /var data partition in the image, grown on a larger disk: "+sizeHelp)
 }
 
 func (a *app) runImage(cmd *cobra.Command, o imageFlags) error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -15,7 +16,6 @@ func (a *app) pkiCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pki",
 		Short: "Create or reuse the CAs and issue every certificate under OUT/pki",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := a.load(cmd)
 			if err != nil {
@@ -53,6 +53,7 @@ func (a *app) reportPKI(cmd *cobra.Command, res *pki.Result, verbose bool) {
 	for _, s := range res.Stale() {
 		fmt.Fprintf(cmd.ErrOrStderr(), "pki: %s is not in the spec any more (left in place; delete it when the node is gone)\n", s)
 	}
+	a.reportStaleOutputs(cmd, res)
 }
 
 func (a *app) pkiCheckCmd() *cobra.Command {
@@ -60,7 +61,6 @@ func (a *app) pkiCheckCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Show every certificate and fail if one is expired, not yet valid, or drifted from the spec",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := a.load(cmd)
 			if err != nil {
@@ -70,6 +70,9 @@ func (a *app) pkiCheckCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if noneExist(infos) {
+				return &exitError{code: 1, msg: fmt.Sprintf("no PKI in %s: run `%s` to create it", a.pkiDir(), a.cmdLine("pki"))}
+			}
 			bad := 0
 			for _, ci := range infos {
 				if !ci.OK() {
@@ -78,7 +81,7 @@ func (a *app) pkiCheckCmd() *cobra.Command {
 			}
 			w := cmd.OutOrStdout()
 			if output == "json" {
-				if err := writeJSON(w, infos); err != nil {
+				if err := writeJSON(w, jsonCertInfos(infos)); err != nil {
 					return err
 				}
 			} else {
@@ -96,7 +99,7 @@ func (a *app) pkiCheckCmd() *cobra.Command {
 				}
 			}
 			if bad > 0 {
-				return &exitError{code: 1, msg: fmt.Sprintf("%d of %d certificates have problems: run `etcdbake pki` to re-issue drifted or expiring leaves", bad, len(infos))}
+				return &exitError{code: 1, msg: fmt.Sprintf("%d of %d certificates have problems: run `%s` to re-issue drifted or expiring leaves", bad, len(infos), a.cmdLine("pki"))}
 			}
 			if output != "json" {
 				fmt.Fprintf(w, "all %d certificates ok\n", len(infos))
@@ -104,6 +107,31 @@ func (a *app) pkiCheckCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	outputFlag(cmd, &output, "text", "json")
 	return cmd
+}
+
+// noneExist says whether not one of the certificate files is there: no PKI at all.
+func noneExist(infos []pki.CertInfo) bool {
+	for _, ci := range infos {
+		if _, err := os.Stat(ci.Path); err == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// jsonCertInfos gives empty lists as [] rather than null, so a reader need not tell the two
+// apart.
+func jsonCertInfos(infos []pki.CertInfo) []pki.CertInfo {
+	out := make([]pki.CertInfo, len(infos))
+	for i, ci := range infos {
+		for _, l := range []*[]string{&ci.DNSNames, &ci.IPs, &ci.Problems} {
+			if *l == nil {
+				*l = []string{}
+			}
+		}
+		out[i] = ci
+	}
+	return out
 }

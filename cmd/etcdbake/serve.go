@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/etcdbake/etcdbake/ignition"
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pxe"
 )
 
@@ -52,7 +54,6 @@ fetch its config and private key. Serve only on a provisioning network you trust
 
 Nothing listens on all interfaces unless --all-interfaces is given. The access log goes
 to stderr; "etcdbake serve status" shows which node has fetched what.`,
-		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runServe(cmd, f) },
 	}
 	cmd.Flags().StringVar(&f.listen, "listen", "", "address to listen on, e.g. 10.88.0.1:8080 (required)")
@@ -153,8 +154,11 @@ func (a *app) runServe(cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	// A fresh status for this run (the file says what was fetched since it started).
-	_ = os.Remove(a.pxeStatusFile())
+	// A fresh status for this run (the file says what was fetched since it started): every
+	// node, nothing fetched yet.
+	if err := writeServeStatus(a.pxeStatusFile(), srv.Status()); err != nil {
+		return err
+	}
 	mode := "Fedora CoreOS / Flatcar live boot with Ignition"
 	if imageMode {
 		mode = fmt.Sprintf("installs the disk images of %s (installer: kernel %s)", images, o.Installer.KernelVersion)
@@ -175,47 +179,73 @@ func (a *app) runServe(cmd *cobra.Command, f serveFlags) error {
 	}
 }
 
+// writeServeStatus writes the status file as pxe.Server does after every fetch.
+func writeServeStatus(path string, st []pxe.NodeStatus) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return fileutil.WriteAtomic(path, append(b, '\n'), 0o644)
+}
+
 func (a *app) serveStatusCmd() *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Which node has fetched what from the running (or last) `etcdbake serve`",
-		Args:  cobra.NoArgs,
+		Long: `Shows, per node of the running (or last) ` + "`etcdbake serve --out OUT`" + `, what it has fetched
+(iPXE script, Ignition config, image, binaries), how often and when; from OUT/pxe/status.json.
+
+Exit status: 0 when at least one machine has fetched something; 3 when the server has
+started but no machine has fetched anything yet (the report is printed all the same, and
+a line on stderr says so); 1 when no server has run with this --out.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			b, err := os.ReadFile(a.pxeStatusFile())
 			if errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("%s does not exist: no node has fetched anything from `etcdbake serve --out %s` yet", a.pxeStatusFile(), a.outDir)
+				return fmt.Errorf("no `etcdbake serve` has run with --out %s (%s does not exist): start one with `%s --listen ADDR:PORT`", a.outDir, a.pxeStatusFile(), a.cmdLine("serve"))
 			}
 			if err != nil {
 				return err
-			}
-			if output == "json" {
-				_, err := cmd.OutOrStdout().Write(b)
-				return err
-			}
-			if output != "table" {
-				return fmt.Errorf("--output %q: want table or json", output)
 			}
 			var st []pxe.NodeStatus
 			if err := json.Unmarshal(b, &st); err != nil {
 				return fmt.Errorf("%s: %w", a.pxeStatusFile(), err)
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "%-12s %-17s %s\n", "NODE", "MAC", "FETCHED")
-			for _, n := range st {
-				var parts []string
-				for what, f := range n.Fetched {
-					parts = append(parts, fmt.Sprintf("%s x%d (last %s)", what, f.Count, f.Last.UTC().Format(time.RFC3339)))
+			if output == "json" {
+				if err := writeJSON(w, st); err != nil {
+					return err
 				}
-				sort.Strings(parts)
-				if len(parts) == 0 {
-					parts = []string{"nothing yet"}
-				}
-				fmt.Fprintf(w, "%-12s %-17s %s\n", n.Node, n.MAC, strings.Join(parts, ", "))
+			} else {
+				printServeStatus(w, st)
 			}
-			return nil
+			for _, n := range st {
+				if len(n.Fetched) > 0 {
+					return nil
+				}
+			}
+			return &exitError{code: 3, msg: "no machine has fetched anything yet from `etcdbake serve`: PXE-boot the nodes (their firmware chains /boot.ipxe)"}
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	outputFlag(cmd, &output, "text", "json")
 	return cmd
+}
+
+func printServeStatus(w io.Writer, st []pxe.NodeStatus) {
+	fmt.Fprintf(w, "%-12s %-17s %s\n", "NODE", "MAC", "FETCHED")
+	for _, n := range st {
+		var parts []string
+		for what, f := range n.Fetched {
+			parts = append(parts, fmt.Sprintf("%s x%d (last %s)", what, f.Count, f.Last.UTC().Format(time.RFC3339)))
+		}
+		sort.Strings(parts)
+		if len(parts) == 0 {
+			parts = []string{"nothing yet"}
+		}
+		fmt.Fprintf(w, "%-12s %-17s %s\n", n.Node, n.MAC, strings.Join(parts, ", "))
+	}
 }

@@ -104,6 +104,21 @@ func TestServe(t *testing.T) {
 		return resp.StatusCode, b
 	}
 
+	// Before any machine has fetched anything, serve status says so: the report, every
+	// node "nothing yet", and exit 3.
+	table, _, err := run(t, now, "serve", "status", "-f", specPath, "--out", out)
+	wantExit(t, "serve status before any fetch", err, 3, "no machine has fetched anything yet")
+	if strings.Count(table, "nothing yet") != 3 {
+		t.Errorf("serve status before any fetch:\n%s", table)
+	}
+	js, _, err := run(t, now, "serve", "status", "-f", specPath, "--out", out, "-o", "json")
+	var none []struct{ Node string }
+	if exitCode(err) != 3 || json.Unmarshal([]byte(js), &none) != nil || len(none) != 3 {
+		t.Errorf("serve status -o json before any fetch: %v\n%s", err, js)
+	}
+	_, _, err = run(t, now, "serve", "status", "-f", specPath, "--out", filepath.Join(dir, "elsewhere"))
+	wantExit(t, "serve status where no server ran", err, 1, "no `etcdbake serve` has run with --out "+filepath.Join(dir, "elsewhere"))
+
 	code, script := fetch("/ipxe?mac=52-54-00-88-00-12")
 	if code != 200 || !strings.Contains(string(script), "ignition.config.url="+base+"/ignition?mac=52-54-00-88-00-12") {
 		t.Errorf("iPXE script: %d\n%s", code, script)
