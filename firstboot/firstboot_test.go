@@ -487,7 +487,7 @@ func TestMajorityWipedNeverNew(t *testing.T) {
 	for _, n := range []string{"m1", "m2"} {
 		err := errs[n]
 		var ref *RefusalError
-		if !errors.As(err, &ref) || !strings.Contains(err.Error(), "m3 did not answer the bootstrap rendezvous") || !strings.Contains(err.Error(), "Restoring after losing a majority") {
+		if !errors.As(err, &ref) || !strings.Contains(err.Error(), ", and m3 did not answer the bootstrap rendezvous") || !strings.Contains(err.Error(), "Restoring after losing a majority") {
 			t.Errorf("%s with the survivor down: want a rendezvous refusal naming m3, got %v", n, err)
 		}
 		if _, err := os.Stat(fc.agents[n].Cfg.BootstrapEnv); !os.IsNotExist(err) {

@@ -2,7 +2,11 @@ package ignition
 
 import (
 	"bytes"
+	"compress/gzip"
+	"crypto/sha512"
+	"encoding/hex"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -410,12 +414,45 @@ func TestInlineBinariesDecompressToTheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := parseRendered(t, configs["etcd-2"])
+	seen := map[string]bool{}
 	for _, f := range cfg.Storage.Files {
-		if !strings.HasPrefix(f.Path, spec.BinDir+"/") {
+		name, ok := strings.CutPrefix(f.Path, spec.BinDir+"/")
+		if !ok {
 			continue
 		}
-		if f.Contents.Compression == nil || *f.Contents.Compression != "gzip" {
-			t.Fatalf("%s not gzip", f.Path)
+		seen[name] = true
+		if f.Contents.Compression == nil || *f.Contents.Compression != "gzip" || f.Contents.Source == nil {
+			t.Fatalf("%s: not a gzip data URL: %+v", f.Path, f.Contents)
+		}
+		// What Ignition writes: the data URL decoded and gunzipped, checked against the
+		// verification hash (of the uncompressed file), equal to the binary given.
+		du, err := dataurl.DecodeString(*f.Contents.Source)
+		if err != nil {
+			t.Fatalf("%s: %v", f.Path, err)
+		}
+		zr, err := gzip.NewReader(bytes.NewReader(du.Data))
+		if err != nil {
+			t.Fatalf("%s: %v", f.Path, err)
+		}
+		got, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatalf("%s: %v", f.Path, err)
+		}
+		want, err := os.ReadFile(in.Binaries[name].Path)
+		if err != nil {
+			t.Fatalf("%s: no such binary given: %v", f.Path, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s decompresses to %d bytes that are not the binary's %d", f.Path, len(got), len(want))
+		}
+		sum := sha512.Sum512(got)
+		if f.Contents.Verification.Hash == nil || *f.Contents.Verification.Hash != "sha512-"+hex.EncodeToString(sum[:]) {
+			t.Errorf("%s: verification %v does not match the decompressed file", f.Path, f.Contents.Verification.Hash)
+		}
+	}
+	for _, name := range BinaryNames {
+		if !seen[name] {
+			t.Errorf("%s is not in the config", name)
 		}
 	}
 }

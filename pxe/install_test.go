@@ -138,7 +138,15 @@ func TestInstallFromServer(t *testing.T) {
 		t.Fatalf("install with a wrong checksum: %v", err)
 	}
 	if !bytes.Equal(got[:1<<20], make([]byte, 1<<20)) {
-		t.Error("a failed install left the partition table in place")
+		t.Error("a failed install left the primary partition table in place")
+	}
+	// The backup GPT (the image's last 33 sectors, where the primary header points; data in
+	// the test image) too: firmware would restore the table from it.
+	if tail := got[len(whole)-33*512 : len(whole)]; !bytes.Equal(tail, make([]byte, len(tail))) {
+		t.Error("a failed install left the backup partition table in place")
+	}
+	if tail := whole[len(whole)-33*512:]; bytes.Equal(tail, make([]byte, len(tail))) {
+		t.Fatal("the control failed: the test image's last 33 sectors (its backup GPT's place) are zero already")
 	}
 	if st := s.Status()[0]; len(st.Fetched) != 4 {
 		t.Errorf("the failed install was not reported: %+v", st.Fetched)
