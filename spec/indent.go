@@ -29,9 +29,9 @@ const (
 	// hundred lines; larger input gets the YAML library's message with our line number.
 	diagnoseMaxBytes = 256 << 10
 	diagnoseMaxLines = 5000
-	// repairBudget bounds the repaired documents parsed per diagnosis (each costs about
-	// as much as parsing the spec once).
-	repairBudget = 600
+	// repairBudget bounds the bytes of YAML parsed per diagnosis: thousands of parses of
+	// a spec, well under a second.
+	repairBudget = 16 << 20
 	// maxRepairs is the most mis-indented lines reported in one document.
 	maxRepairs = 8
 )
@@ -84,16 +84,27 @@ func syntaxOK(data []byte) bool {
 	}
 }
 
+// repairer holds the budget of one diagnosis.
+type repairer struct {
+	left int // bytes it may still parse
+}
+
+// ok is syntaxOK, charged to the budget.
+func (rp *repairer) ok(data []byte) bool {
+	rp.left -= len(data) + 1
+	return syntaxOK(data)
+}
+
 // brokenLine returns the line (1-based) at which the document stops parsing: the lines
 // before it parse, every longer prefix does not. 0 when the whole document parses.
-func brokenLine(s srcLines) int {
+func (rp *repairer) brokenLine(s srcLines) int {
 	n := len(s)
-	if syntaxOK(s.bytes()) {
+	if rp.ok(s.bytes()) {
 		return 0
 	}
 	if n <= 400 {
 		for j := n - 1; j > 0; j-- {
-			if syntaxOK(s.prefix(j)) {
+			if rp.ok(s.prefix(j)) {
 				return j + 1
 			}
 		}
@@ -103,7 +114,7 @@ func brokenLine(s srcLines) int {
 	lo, hi := 0, n
 	for hi-lo > 1 {
 		mid := (lo + hi) / 2
-		if syntaxOK(s.prefix(mid)) {
+		if rp.ok(s.prefix(mid)) {
 			lo = mid
 		} else {
 			hi = mid
@@ -190,14 +201,16 @@ type repair struct {
 	line, from, to int
 	tab, subtree   bool
 	next           srcLines
-	broken         int // the line where next stops parsing; 0 when it all parses
-	errs           int // shape errors of next (of its parsing part)
+	broken         int  // the line where next stops parsing; 0 when it all parses
+	unknown        bool // the moved key is not a field where it lands
+	errs           int  // shape errors of next (of its parsing part)
 	root           *yaml.Node
 	sc             *shapeChecker
 }
 
-// better orders repairs: the one that parses furthest, then the fewest shape errors, then
-// the line alone before its subtree, then the smallest move.
+// better orders repairs: the one that parses furthest, then the one that puts the key
+// where it is a field, then the fewest shape errors, then the line alone before its
+// subtree, then the smallest move.
 func (r *repair) better(o *repair) bool {
 	rb, ob := r.broken, o.broken
 	if rb == 0 {
@@ -209,6 +222,8 @@ func (r *repair) better(o *repair) bool {
 	switch {
 	case rb != ob:
 		return rb > ob
+	case r.unknown != o.unknown:
+		return !r.unknown
 	case r.errs != o.errs:
 		return r.errs < o.errs
 	case r.subtree != o.subtree:
@@ -217,28 +232,24 @@ func (r *repair) better(o *repair) bool {
 	return abs(r.to-r.from) < abs(o.to-o.from)
 }
 
-// repairer holds the budget of one diagnosis.
-type repairer struct{ budget int }
-
 // try evaluates re-indenting line to width to. mustPass is the line the document has to
 // parse beyond (0: it must parse whole).
 func (rp *repairer) try(s srcLines, line, to int, subtree bool, mustPass int) *repair {
 	next, ok := s.shift(line, to, subtree)
-	if !ok || rp.budget <= 0 {
+	if !ok || rp.left <= 0 {
 		return nil
 	}
-	rp.budget--
 	r := &repair{line: line, to: to, subtree: subtree, next: next}
 	r.from, r.tab, _ = indentOf(s[line-1])
 	data := next.bytes()
-	if !syntaxOK(data) {
-		if mustPass == 0 || !syntaxOK(next.prefix(mustPass)) {
+	if !rp.ok(data) {
+		if mustPass == 0 || !rp.ok(next.prefix(mustPass)) {
 			return nil
 		}
-		rp.budget -= 4 // finding the broken line costs a few parses more
-		r.broken = brokenLine(next)
+		r.broken = rp.brokenLine(next)
 		data = next.prefix(r.broken - 1)
 	}
+	rp.left -= len(data)
 	root, err := decodeRoot(data)
 	if err != nil || root.Kind != yaml.MappingNode {
 		return nil
@@ -247,7 +258,13 @@ func (rp *repairer) try(s srcLines, line, to int, subtree bool, mustPass int) *r
 	sc.check(root, reflect.TypeOf(Cluster{}), "", "")
 	for _, u := range sc.unknown {
 		if u.line == line {
-			return nil // the key lands in a mapping that does not have it either
+			// The key lands in a mapping that does not have it either: for a document
+			// with syntax errors, that can still be the best repair (the key is then
+			// reported as unknown too); not for one that parses.
+			if mustPass == 0 {
+				return nil
+			}
+			r.unknown = true
 		}
 	}
 	if _, ok := findSubject(root, next, line); !ok {
@@ -395,8 +412,8 @@ func diagnoseSyntax(data []byte, yerr error) Report {
 		return rep
 	}
 	s := splitLines(data)
-	rp := &repairer{budget: repairBudget}
-	broken := brokenLine(s)
+	rp := &repairer{left: repairBudget}
+	broken := rp.brokenLine(s)
 	for range maxRepairs {
 		if broken == 0 {
 			break
@@ -468,7 +485,7 @@ func diagnoseUnknown(data []byte, sc *shapeChecker) (Report, bool) {
 	}
 	var rep Report
 	s := splitLines(data)
-	rp := &repairer{budget: repairBudget}
+	rp := &repairer{left: repairBudget}
 	unknown, errs := sc.unknown, len(sc.rep.Errors())
 	for range maxRepairs {
 		var r *repair
