@@ -437,12 +437,21 @@ func diagnoseSyntax(data []byte, yerr error) Report {
 		}
 		s, broken = r.next, r.broken
 	}
-	if broken == 0 {
+	switch {
+	case broken == 0 && len(rep.Problems) > 0:
 		// Every mis-indented line was found: add what else is wrong with the document.
 		_, rest := parse(s.bytes(), true)
 		rep.Merge(rest)
 		rep.Sort()
 		return rep
+	case broken == 0: // the parser and the line search disagree; not seen
+		rep.Errorf("", "not valid YAML: %s", msg)
+		return rep
+	case len(rep.Problems) > 0:
+		// The line where the repaired document breaks has its own message.
+		if _, err := decodeRoot(s.bytes()); err != nil {
+			msg = yamlMsg(err)
+		}
 	}
 	line := broken
 	if line > len(s) {
