@@ -485,21 +485,22 @@ func diagnoseSyntax(data []byte, yerr error) Report {
 
 var yamlLineRE = regexp.MustCompile(`^line \d+: `)
 
-// diagnoseUnknown looks for the re-indentation that makes unknown keys known. When it
-// finds one, the report has each re-indented key at its line with the fix, then what else
-// is wrong with the repaired document; ok is false when no unknown key is mis-indented.
-func diagnoseUnknown(data []byte, sc *shapeChecker) (Report, bool) {
+// diagnoseShape looks for the re-indentation that makes an unknown key known or a
+// structural error go away (a key given twice, a value of the wrong kind). When it finds
+// one, the report has each re-indented key at its line with the fix, then what else is
+// wrong with the repaired document; ok is false when no such line is found.
+func diagnoseShape(data []byte, sc *shapeChecker) (Report, bool) {
 	if tooBig(data) {
 		return Report{}, false
 	}
 	var rep Report
 	s := splitLines(data)
 	rp := &repairer{left: repairBudget}
-	unknown, errs := sc.unknown, len(sc.rep.Errors())
+	suspects, errs := sc.suspects, len(sc.rep.Errors())
 	for range maxRepairs {
 		var r *repair
-		var u unknownKey
-		for _, u = range unknown {
+		var u suspect
+		for _, u = range suspects {
 			r = rp.best(s, []int{u.line}, 0, func(r *repair) bool { return r.errs < errs })
 			if r != nil {
 				break
@@ -509,8 +510,12 @@ func diagnoseUnknown(data []byte, sc *shapeChecker) (Report, bool) {
 			break
 		}
 		sub, _ := findSubject(r.root, r.next, r.line)
-		rep.errorAt(u.path, u.line, "unknown field %q %s: %s", u.key, where(parentPath(u.path)), r.advice(sub))
-		s, unknown, errs = r.next, r.sc.unknown, r.errs
+		if u.unknown {
+			rep.errorAt(u.path, u.line, "unknown field %q %s: %s", u.key, where(parentPath(u.path)), r.advice(sub))
+		} else {
+			rep.errorAt(u.path, u.line, "%s; %s", u.msg, r.advice(sub))
+		}
+		s, suspects, errs = r.next, r.sc.suspects, r.errs
 	}
 	if len(rep.Problems) == 0 {
 		return Report{}, false

@@ -210,3 +210,37 @@ func TestKeyDedentedOutOfLastNode(t *testing.T) {
 		t.Fatalf("warned about a cluster-wide butane:\n%s", rep.String())
 	}
 }
+
+// TestIndentationInBinaryFiles: the same inside entries of a map (binaries.files), where a
+// dedented key can also become an entry of the wrong kind.
+func TestIndentationInBinaryFiles(t *testing.T) {
+	files := "  sources: [file]\n  files:\n    etcd:\n      path: /x/etcd\n      sha256: abc\n    etcdctl:\n      path: /x/etcdctl\n      sha256: abc\n"
+	base := strings.Replace(string(Example), "  sources: [release, go]\n", files, 1)
+	cases := []struct {
+		name, from, to string
+		line           int
+		path, want     string
+	}{
+		{"entry key dedented", "      sha256: abc\n    etcdctl", "    sha256: abc\n    etcdctl", 67, "binaries.files.sha256",
+			`expected a mapping, found a scalar; indent it under binaries.files.etcd: (line 65), to 6 spaces like "path" on line 66`},
+		{"entry dedented", "    etcdctl:", "  etcdctl:", 68, "binaries.etcdctl",
+			`unknown field "etcdctl" in binaries: indent it under binaries.files: (line 64), to 4 spaces like "etcd" on line 65`},
+		{"first key of an entry dedented", "      path: /x/etcd", "    path: /x/etcd", 66, "binaries.files.etcd.path",
+			`not valid YAML: "path" is indented 4 spaces: indent it under binaries.files.etcd: (line 65), to 6 spaces like "sha256" on line 67`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			src := strings.Replace(base, tc.from, tc.to, 1)
+			if src == base {
+				t.Fatalf("test case does not apply: %q", tc.from)
+			}
+			_, rep := Parse([]byte(src))
+			for _, p := range rep.Errors() {
+				if p.Line == tc.line && p.Path == tc.path && strings.Contains(p.Message, tc.want) {
+					return
+				}
+			}
+			t.Fatalf("want an error at %s (line %d) with %q, got:\n%s", tc.path, tc.line, tc.want, rep.String())
+		})
+	}
+}

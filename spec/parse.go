@@ -102,8 +102,8 @@ func parse(data []byte, diagnose bool) (*Cluster, Report) {
 	sc := newShapeChecker(root)
 	sc.check(root, reflect.TypeOf(Cluster{}), "", "")
 	if sc.rep.HasErrors() {
-		if diagnose && len(sc.unknown) > 0 {
-			if r, ok := diagnoseUnknown(data, sc); ok {
+		if diagnose && len(sc.suspects) > 0 {
+			if r, ok := diagnoseShape(data, sc); ok {
 				return nil, r
 			}
 		}
@@ -173,14 +173,29 @@ type unknownKey struct {
 	line int
 }
 
+// suspect is a structural error of the shape check, which a mis-indented line can cause:
+// an unknown key (unknown is true), a key given twice, a value of the wrong kind.
+type suspect struct {
+	unknownKey
+	unknown bool
+	msg     string
+}
+
 // shapeChecker walks the YAML tree against the Go type, reporting unknown keys, duplicate
 // keys and values of the wrong kind, each with its field path, and recording the line of
 // every path for later messages.
 type shapeChecker struct {
-	root    *yaml.Node
-	lines   map[string]int
-	rep     Report
-	unknown []unknownKey
+	root     *yaml.Node
+	lines    map[string]int
+	rep      Report
+	unknown  []unknownKey
+	suspects []suspect
+}
+
+// structural records a structural error at path, whose key is on line.
+func (sc *shapeChecker) structural(path string, line int, format string, args ...any) {
+	sc.rep.Errorf(path, format, args...)
+	sc.suspects = append(sc.suspects, suspect{unknownKey: unknownKey{path: path, line: line}, msg: fmt.Sprintf(format, args...)})
 }
 
 func newShapeChecker(root *yaml.Node) *shapeChecker {
@@ -194,6 +209,10 @@ func (sc *shapeChecker) check(n *yaml.Node, t reflect.Type, path, tpath string) 
 		n = n.Alias
 	}
 	rep := &sc.rep
+	keyLine, ok := sc.lines[path] // the line of the key whose value n is
+	if !ok {
+		keyLine = n.Line
+	}
 	sc.lines[path] = n.Line
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
@@ -206,7 +225,7 @@ func (sc *shapeChecker) check(n *yaml.Node, t reflect.Type, path, tpath string) 
 		return // Duration records its own parse errors for validation
 	case t.Kind() == reflect.Struct:
 		if n.Kind != yaml.MappingNode {
-			rep.Errorf(path, "expected a mapping, found a %s", kindName(n.Kind))
+			sc.structural(path, keyLine, "expected a mapping, found a %s", kindName(n.Kind))
 			return
 		}
 		fields := yamlFields(t)
@@ -216,13 +235,15 @@ func (sc *shapeChecker) check(n *yaml.Node, t reflect.Type, path, tpath string) 
 			p := join(path, k.Value)
 			sc.lines[p] = k.Line
 			if seen[k.Value] {
-				rep.Errorf(p, "key given twice: keep one")
+				sc.structural(p, k.Line, "key given twice: keep one")
 				continue
 			}
 			seen[k.Value] = true
 			f, ok := fields[k.Value]
 			if !ok {
-				sc.unknown = append(sc.unknown, unknownKey{path: p, key: k.Value, line: k.Line})
+				u := unknownKey{path: p, key: k.Value, line: k.Line}
+				sc.unknown = append(sc.unknown, u)
+				sc.suspects = append(sc.suspects, suspect{unknownKey: u, unknown: true})
 				rep.Errorf(p, "unknown field %q%s", k.Value, sc.advice(k.Value, path, tpath, fields))
 				continue
 			}
@@ -233,7 +254,7 @@ func (sc *shapeChecker) check(n *yaml.Node, t reflect.Type, path, tpath string) 
 		}
 	case t.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			rep.Errorf(path, "expected a list, found a %s", kindName(n.Kind))
+			sc.structural(path, keyLine, "expected a list, found a %s", kindName(n.Kind))
 			return
 		}
 		for i, e := range n.Content {
@@ -241,7 +262,7 @@ func (sc *shapeChecker) check(n *yaml.Node, t reflect.Type, path, tpath string) 
 		}
 	case t.Kind() == reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			rep.Errorf(path, "expected a mapping, found a %s", kindName(n.Kind))
+			sc.structural(path, keyLine, "expected a mapping, found a %s", kindName(n.Kind))
 			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -251,7 +272,7 @@ func (sc *shapeChecker) check(n *yaml.Node, t reflect.Type, path, tpath string) 
 		}
 	default:
 		if n.Kind != yaml.ScalarNode {
-			rep.Errorf(path, "expected a single value, found a %s", kindName(n.Kind))
+			sc.structural(path, keyLine, "expected a single value, found a %s", kindName(n.Kind))
 			return
 		}
 		switch t.Kind() {
