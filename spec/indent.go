@@ -27,7 +27,7 @@ import (
 const (
 	// diagnoseMaxBytes and diagnoseMaxLines bound the documents searched: a spec is a few
 	// hundred lines; larger input gets the YAML library's message with our line number.
-	diagnoseMaxBytes = 256 << 10
+	diagnoseMaxBytes = 128 << 10
 	diagnoseMaxLines = 5000
 	// repairBudget bounds the bytes of YAML parsed per diagnosis: thousands of parses of
 	// a spec, well under a second.
@@ -98,11 +98,11 @@ func (rp *repairer) ok(data []byte) bool {
 // brokenLine returns the line (1-based) at which the document stops parsing: the lines
 // before it parse, every longer prefix does not. 0 when the whole document parses.
 func (rp *repairer) brokenLine(s srcLines) int {
-	n := len(s)
-	if rp.ok(s.bytes()) {
+	n, data := len(s), s.bytes()
+	if rp.ok(data) {
 		return 0
 	}
-	if n <= 400 {
+	if n <= 400 && len(data) <= 32<<10 {
 		for j := n - 1; j > 0; j-- {
 			if rp.ok(s.prefix(j)) {
 				return j + 1
