@@ -126,15 +126,15 @@ func TestMisplacedKeys(t *testing.T) {
 		want           string
 	}{
 		{"appended at the end", end, "leafLifetime: 2y\n" + end, "leafLifetime",
-			`unknown field "leafLifetime" at the top level: it belongs under pki: (line 49), move it there`},
+			`unknown field "leafLifetime" at the top level: move it under pki: (line 49)`},
 		{"in another section", "  syncTimeout: 2m", "  leafLifetime: 2y\n  syncTimeout: 2m", "time.leafLifetime",
-			`unknown field "leafLifetime" in time: it belongs under pki: (line 50), move it there`},
+			`unknown field "leafLifetime" in time: move it under pki: (line 50)`},
 		{"two homes", end, "version: v3.6.16\n" + end, "version",
-			`it belongs under etcd: (line 25) or under flannel: (line 37), move it there`},
+			`unknown field "version" at the top level: move it under etcd: (line 25) or under flannel: (line 37)`},
 		{"a node's field", end, "gateway: 10.88.0.1\n" + end, "gateway",
-			`it belongs under an item of nodes: (line 11), move it there`},
+			`unknown field "gateway" at the top level: move it under an item of nodes: (line 11)`},
 		{"a top-level field in a section", "  algorithm:", "  butaneOverrides: true\n  algorithm:", "pki.butaneOverrides",
-			`unknown field "butaneOverrides" in pki: it belongs at the top level, move it there`},
+			`unknown field "butaneOverrides" in pki: move it to the top level`},
 		{"not a field anywhere", "etcd:\n", "etcd:\n  colour: blue\n", "etcd.colour", `unknown field "colour": remove it`},
 		{"typo", "subnetLen: 24", "subnetlen: 24", "flannel.subnetlen", `did you mean "subnetLen"?`},
 	}

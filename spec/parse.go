@@ -320,7 +320,7 @@ func yamlFields(t reflect.Type) map[string]reflect.Type {
 
 // advice is the end of an unknown-field message: a field of the same mapping that differs
 // only in case; else the mapping elsewhere in the schema that has this field, closest in
-// nesting to where it was found ("move it under pki:"); else a field with a small typo;
+// nesting to where it was found ("move it under pki: (line 49)"); else a field with a small typo;
 // else "remove it".
 func (sc *shapeChecker) advice(key, parent, tparent string, fields map[string]reflect.Type) string {
 	for name := range fields {
@@ -332,12 +332,12 @@ func (sc *shapeChecker) advice(key, parent, tparent string, fields map[string]re
 		names := make([]string, len(homes))
 		for i, h := range homes {
 			if h == "" {
-				names[i] = "at the top level"
+				names[i] = "to the top level"
 			} else {
 				names[i] = "under " + sc.describeHome(h)
 			}
 		}
-		return fmt.Sprintf(" %s: it belongs %s, move it there", where(parent), strings.Join(names, " or "))
+		return fmt.Sprintf(" %s: move it %s", where(parent), strings.Join(names, " or "))
 	}
 	best, bestD := "", 3
 	for name := range fields {
