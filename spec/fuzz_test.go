@@ -14,6 +14,10 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("&a [*a]"))
 	f.Add([]byte("---\n---\n"))
 	f.Add([]byte(strings.Repeat("- ", 50)))
+	// Mis-indented documents, which the parser repairs to find the line to report.
+	f.Add([]byte(strings.Replace(string(Example), "  subnetLen: 24", "subnetLen: 24", 1)))
+	f.Add([]byte(strings.Replace(string(Example), "  leafLifetime: 1y", "\tleafLifetime: 1y", 1)))
+	f.Add([]byte("a:\n  b: 1\nc: 2\n    d: [x,\n  - e\n\t- f: 'g\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, rep := Parse(data)
 		if rep.HasErrors() {

@@ -53,26 +53,31 @@ func (c *Cluster) resolvePaths(dir string) {
 // Parse decodes data strictly, applies defaults and validates. The cluster is nil when
 // the document could not be decoded at all; otherwise it is returned with defaults
 // applied even if the report has errors (callers must check the report).
-func Parse(data []byte) (*Cluster, Report) {
+//
+// When the YAML does not parse, or parses into keys the schema does not know, Parse looks
+// for the mis-indented line behind it (indent.go) and reports that line with the fix
+// ("indent it under pki:") instead of the YAML library's line, which is often the start of
+// the enclosing mapping.
+func Parse(data []byte) (*Cluster, Report) { return parse(data, true) }
+
+// parse is Parse; diagnose enables the search for mis-indented lines (off when parsing a
+// document that search has already repaired).
+func parse(data []byte, diagnose bool) (*Cluster, Report) {
 	var rep Report
-	var doc yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			rep.Errorf("", "the spec is empty: run `etcdbake init` for an example")
-		} else {
-			rep.Errorf("", "not valid YAML: %v", yamlMsg(err))
-		}
+	root, err := decodeRoot(data)
+	switch {
+	case errors.Is(err, errEmpty):
+		rep.Errorf("", "the spec is empty: run `etcdbake init` for an example")
 		return nil, rep
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+	case errors.Is(err, errManyDocs):
 		rep.Errorf("", "the file holds more than one YAML document: keep one cluster per file")
 		return nil, rep
-	}
-	root := &doc
-	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
-		root = root.Content[0]
+	case err != nil:
+		if diagnose {
+			return nil, diagnoseSyntax(data, err)
+		}
+		rep.Errorf("", "not valid YAML: %v", yamlMsg(err))
+		return nil, rep
 	}
 	if root.Kind != yaml.MappingNode {
 		rep.Errorf("", "the spec must be a mapping with apiVersion, kind, name and nodes")
@@ -94,24 +99,60 @@ func Parse(data []byte) (*Cluster, Report) {
 		return nil, rep
 	}
 
-	lines := map[string]int{}
-	checkShape(root, reflect.TypeOf(Cluster{}), "", lines, &rep)
-	if rep.HasErrors() {
-		rep.attachLines(lines)
-		rep.Sort()
-		return nil, rep
+	sc := newShapeChecker(root)
+	sc.check(root, reflect.TypeOf(Cluster{}), "", "")
+	if sc.rep.HasErrors() {
+		if diagnose && len(sc.suspects) > 0 {
+			if r, ok := diagnoseShape(data, sc); ok {
+				return nil, r
+			}
+		}
+		sc.rep.attachLines(sc.lines)
+		sc.rep.Sort()
+		return nil, sc.rep
 	}
 	var c Cluster
 	if err := root.Decode(&c); err != nil {
-		// checkShape mirrors the decoder; reaching this is a bug, but say what failed.
+		// the shape check mirrors the decoder; reaching this is a bug, but say what failed.
 		rep.Errorf("", "cannot decode spec: %v", yamlMsg(err))
 		return nil, rep
 	}
 	c.ApplyDefaults()
+	rep.Merge(sc.rep) // warnings
 	rep.Merge(Validate(&c))
-	rep.attachLines(lines)
+	rep.attachLines(sc.lines)
 	rep.Sort()
 	return &c, rep
+}
+
+var (
+	errEmpty    = errors.New("empty document")
+	errManyDocs = errors.New("more than one document")
+)
+
+// decodeRoot decodes the one YAML document in data and returns its top node. The error is
+// errEmpty, errManyDocs or the YAML library's syntax error (also for a syntax error in a
+// second document).
+func decodeRoot(data []byte) (*yaml.Node, error) {
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errEmpty
+		}
+		return nil, err
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, errManyDocs
+	} else if !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	return root, nil
 }
 
 func scalarField(m *yaml.Node, key string) string {
@@ -125,14 +166,54 @@ func scalarField(m *yaml.Node, key string) string {
 
 var durationType = reflect.TypeOf(Duration{})
 
-// checkShape walks the YAML tree against the Go type, reporting unknown keys, duplicate
+// unknownKey is a key the shape check did not find in the schema.
+type unknownKey struct {
+	path string // where it was found, e.g. time.pki
+	key  string
+	line int
+}
+
+// suspect is a structural error of the shape check, which a mis-indented line can cause:
+// an unknown key (unknown is true), a key given twice, a value of the wrong kind.
+type suspect struct {
+	unknownKey
+	unknown bool
+	msg     string
+}
+
+// shapeChecker walks the YAML tree against the Go type, reporting unknown keys, duplicate
 // keys and values of the wrong kind, each with its field path, and recording the line of
 // every path for later messages.
-func checkShape(n *yaml.Node, t reflect.Type, path string, lines map[string]int, rep *Report) {
+type shapeChecker struct {
+	root     *yaml.Node
+	lines    map[string]int
+	rep      Report
+	unknown  []unknownKey
+	suspects []suspect
+}
+
+// structural records a structural error at path, whose key is on line.
+func (sc *shapeChecker) structural(path string, line int, format string, args ...any) {
+	sc.rep.Errorf(path, format, args...)
+	sc.suspects = append(sc.suspects, suspect{unknownKey: unknownKey{path: path, line: line}, msg: fmt.Sprintf(format, args...)})
+}
+
+func newShapeChecker(root *yaml.Node) *shapeChecker {
+	return &shapeChecker{root: root, lines: map[string]int{}}
+}
+
+// check checks n against t. path is the field path (nodes[2].address); tpath is the same
+// path in the schema (nodes[].address, binaries.files.*.path).
+func (sc *shapeChecker) check(n *yaml.Node, t reflect.Type, path, tpath string) {
 	if n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}
-	lines[path] = n.Line
+	rep := &sc.rep
+	keyLine, ok := sc.lines[path] // the line of the key whose value n is
+	if !ok {
+		keyLine = n.Line
+	}
+	sc.lines[path] = n.Line
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
@@ -144,7 +225,7 @@ func checkShape(n *yaml.Node, t reflect.Type, path string, lines map[string]int,
 		return // Duration records its own parse errors for validation
 	case t.Kind() == reflect.Struct:
 		if n.Kind != yaml.MappingNode {
-			rep.Errorf(path, "expected a mapping, found a %s", kindName(n.Kind))
+			sc.structural(path, keyLine, "expected a mapping, found a %s", kindName(n.Kind))
 			return
 		}
 		fields := yamlFields(t)
@@ -152,40 +233,46 @@ func checkShape(n *yaml.Node, t reflect.Type, path string, lines map[string]int,
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			p := join(path, k.Value)
-			lines[p] = k.Line
+			sc.lines[p] = k.Line
 			if seen[k.Value] {
-				rep.Errorf(p, "key given twice: keep one")
+				sc.structural(p, k.Line, "key given twice: keep one")
 				continue
 			}
 			seen[k.Value] = true
 			f, ok := fields[k.Value]
 			if !ok {
-				rep.Errorf(p, "unknown field %q%s", k.Value, suggest(k.Value, fields))
+				u := unknownKey{path: p, key: k.Value, line: k.Line}
+				sc.unknown = append(sc.unknown, u)
+				sc.suspects = append(sc.suspects, suspect{unknownKey: u, unknown: true})
+				rep.Errorf(p, "unknown field %q%s", k.Value, sc.advice(k.Value, path, tpath, fields))
 				continue
 			}
-			checkShape(v, f, p, lines, rep)
+			sc.check(v, f, p, join(tpath, k.Value))
+			if i >= 2 {
+				sc.checkFollows(n.Content[i-2], n.Content[i-1], fields[n.Content[i-2].Value], k, path)
+			}
 		}
 	case t.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			rep.Errorf(path, "expected a list, found a %s", kindName(n.Kind))
+			sc.structural(path, keyLine, "expected a list, found a %s", kindName(n.Kind))
 			return
 		}
 		for i, e := range n.Content {
-			checkShape(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i), lines, rep)
+			sc.check(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i), tpath+"[]")
 		}
 	case t.Kind() == reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			rep.Errorf(path, "expected a mapping, found a %s", kindName(n.Kind))
+			sc.structural(path, keyLine, "expected a mapping, found a %s", kindName(n.Kind))
 			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			p := join(path, n.Content[i].Value)
-			lines[p] = n.Content[i].Line
-			checkShape(n.Content[i+1], t.Elem(), p, lines, rep)
+			sc.lines[p] = n.Content[i].Line
+			sc.check(n.Content[i+1], t.Elem(), p, join(tpath, "*"))
 		}
 	default:
 		if n.Kind != yaml.ScalarNode {
-			rep.Errorf(path, "expected a single value, found a %s", kindName(n.Kind))
+			sc.structural(path, keyLine, "expected a single value, found a %s", kindName(n.Kind))
 			return
 		}
 		switch t.Kind() {
@@ -231,13 +318,29 @@ func yamlFields(t reflect.Type) map[string]reflect.Type {
 	return out
 }
 
-// suggest names a known field that differs only in case or by a small typo.
-func suggest(key string, fields map[string]reflect.Type) string {
-	best, bestD := "", 3
+// advice is the end of an unknown-field message: a field of the same mapping that differs
+// only in case; else the mapping elsewhere in the schema that has this field, closest in
+// nesting to where it was found ("move it under pki: (line 49)"); else a field with a small typo;
+// else "remove it".
+func (sc *shapeChecker) advice(key, parent, tparent string, fields map[string]reflect.Type) string {
 	for name := range fields {
 		if strings.EqualFold(name, key) {
 			return fmt.Sprintf(": did you mean %q?", name)
 		}
+	}
+	if homes := closestHomes(key, tparent); len(homes) > 0 {
+		names := make([]string, len(homes))
+		for i, h := range homes {
+			if h == "" {
+				names[i] = "to the top level"
+			} else {
+				names[i] = "under " + sc.describeHome(h)
+			}
+		}
+		return fmt.Sprintf(" %s: move it %s", where(parent), strings.Join(names, " or "))
+	}
+	best, bestD := "", 3
+	for name := range fields {
 		if d := editDistance(strings.ToLower(key), strings.ToLower(name)); d < bestD || (d == bestD && name < best) {
 			best, bestD = name, d
 		}
@@ -246,6 +349,14 @@ func suggest(key string, fields map[string]reflect.Type) string {
 		return fmt.Sprintf(": did you mean %q?", best)
 	}
 	return ": remove it (see the spec reference in README.md)"
+}
+
+// where names the mapping at path for a message: "at the top level", "in pki".
+func where(path string) string {
+	if path == "" {
+		return "at the top level"
+	}
+	return "in " + path
 }
 
 func editDistance(a, b string) int {

@@ -54,6 +54,11 @@ func (r *Report) add(sev Severity, path, format string, args ...any) {
 // Errorf records an error at path.
 func (r *Report) Errorf(path, format string, args ...any) { r.add(Error, path, format, args...) }
 
+// errorAt records an error at path on a known source line.
+func (r *Report) errorAt(path string, line int, format string, args ...any) {
+	r.Problems = append(r.Problems, Problem{Path: path, Line: line, Severity: Error, Message: fmt.Sprintf(format, args...)})
+}
+
 // Warnf records a warning at path.
 func (r *Report) Warnf(path, format string, args ...any) { r.add(Warning, path, format, args...) }
 
