@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -10,6 +11,12 @@ import (
 )
 
 func (a *app) cache(cmd *cobra.Command) (*binaries.Cache, error) {
+	return a.cacheAt(cmd.ErrOrStderr())
+}
+
+// cacheAt is the binary cache of --cache (default DefaultCacheDir) reporting its steps to
+// w as "fetch: ..." lines (nil: silent).
+func (a *app) cacheAt(w io.Writer) (*binaries.Cache, error) {
 	dir := a.cacheDir
 	if dir == "" {
 		d, err := binaries.DefaultCacheDir()
@@ -18,9 +25,11 @@ func (a *app) cache(cmd *cobra.Command) (*binaries.Cache, error) {
 		}
 		dir = d
 	}
-	return &binaries.Cache{Dir: dir, Progress: func(format string, args ...any) {
-		fmt.Fprintf(cmd.ErrOrStderr(), "fetch: "+format+"\n", args...)
-	}}, nil
+	c := &binaries.Cache{Dir: dir}
+	if w != nil {
+		c.Progress = func(format string, args ...any) { fmt.Fprintf(w, "fetch: "+format+"\n", args...) }
+	}
+	return c, nil
 }
 
 func (a *app) fetchCmd() *cobra.Command {

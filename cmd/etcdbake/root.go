@@ -58,6 +58,7 @@ Start with:  etcdbake init && etcdbake validate && etcdbake ignition --binaries-
 		a.serveCmd(),
 		a.superviseCmd(),
 	)
+	a.addVersion(root) // --version and the version command
 	return root
 }
 
