@@ -186,7 +186,7 @@ func CheckFirstboot(path string, want Build) (Build, string, error) {
 		}
 		return got, "", nil
 	}
-	return got, fmt.Sprintf("etcd-firstboot %s (%s) is used without a version check: etcdbake is a development build (%s) and the two do not both carry a VCS revision to compare; build both from the same tree (make build)", path, got.Describe(), want.Describe()), nil
+	return got, fmt.Sprintf("etcd-firstboot %s (version %s) is used without a version check: etcdbake is a development build (version %s) and the two do not both carry a VCS revision to compare; build both from the same tree (make build)", path, got.Describe(), want.Describe()), nil
 }
 
 // dynamicLinking names what makes f dynamically linked (an interpreter, needed shared

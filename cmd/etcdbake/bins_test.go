@@ -256,7 +256,7 @@ func TestFirstbootChecked(t *testing.T) {
 		}
 		// The test binary is a development build without a VCS revision: accepted, with
 		// a warning that the version was not compared.
-		if !strings.Contains(stderr, "is used without a version check: etcdbake is a development build ((devel))") {
+		if !strings.Contains(stderr, "is used without a version check: etcdbake is a development build (version (devel))") {
 			t.Errorf("no warning about the unchecked version:\n%s", stderr)
 		}
 	})
@@ -279,7 +279,7 @@ func TestFirstbootChecked(t *testing.T) {
 		if err != nil {
 			t.Fatalf("a firstboot without a revision is refused: %v", err)
 		}
-		if !strings.Contains(stderr, "is used without a version check: etcdbake is a development build ((devel) at revision 0123456789abcdef) and the two do not both carry a VCS revision") {
+		if !strings.Contains(stderr, "is used without a version check: etcdbake is a development build (version (devel) at revision 0123456789abcdef) and the two do not both carry a VCS revision") {
 			t.Errorf("no warning about the unchecked version:\n%s", stderr)
 		}
 	})

@@ -82,7 +82,21 @@ func (a *app) ignitionCmd() *cobra.Command {
 		Long: `Renders each node's Ignition config (spec 3.4.0, for Fedora CoreOS and Flatcar) from the
 spec and the PKI, merges Butane fragments, validates it with Ignition's own parser and
 writes OUT/ignition/<node>.ign. The PKI is created or reused first; the binaries come
-from the verified cache (fetched if missing).`,
+from the verified cache (fetched if missing).
+
+With --binaries-url URL the nodes download URL/etcd, URL/etcdctl, URL/flanneld and
+URL/etcd-firstboot and check each against the sha512 in their config: the four files are
+laid out under OUT/binaries/, ready to publish at URL as they are (the command lists them).
+
+etcd-firstboot must come from the same etcdbake: --firstboot PATH, else the one next to
+etcdbake (make build puts both in bin/), else the matching one is built with the go
+command into the binary cache (a release's from the module proxy, a development build's
+from the checkout around the current directory). Any of them is checked: a static
+linux/amd64 etcd-firstboot of etcdbake's version (for a development build without a VCS
+revision the version cannot be compared, which is said as a warning).`,
+		Example: `  etcdbake ignition -f cluster.yaml --binaries-url http://10.88.0.1:8080/binaries
+  etcdbake ignition -f cluster.yaml --inline-binaries
+  etcdbake ignition -f cluster.yaml --binaries-url http://10.88.0.1:8080/binaries --firstboot bin/etcd-firstboot`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.runIgnition(cmd, opts, firstboot)
