@@ -9,11 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,10 +24,18 @@ import (
 )
 
 // etcd-firstboot runs on every node and reads the settings etcdbake writes, so the one
-// baked into the configs must come from the same etcdbake: the same module version for a
-// released etcdbake (a tag or pseudo-version in its build information), the same VCS
-// revision when both carry one, otherwise (a development build without VCS information,
-// such as `go build` with -buildvcs=false or a test binary) it is accepted with a warning.
+// baked into the configs must come from the same etcdbake. What "the same" can mean
+// depends on what etcdbake's build information holds:
+//   - a released etcdbake (a tag or pseudo-version as module version, as
+//     `go install .../cmd/etcdbake@VERSION` stamps it): etcd-firstboot's module version
+//     must be the same;
+//   - a development build ("(devel)", `go build` or `make build` in a checkout) stamped
+//     with a VCS revision: etcd-firstboot must carry the same revision;
+//   - a development build without one (-buildvcs=false, a worktree, a test binary): the
+//     Go toolchain and the versions of every dependency module both use must be the
+//     same, which catches a stale etcd-firstboot after go.mod or Go changed, but not
+//     after a change to etcdbake's own code (make build rebuilds both together);
+//   - with no build information at all, etcd-firstboot is accepted with a warning.
 const (
 	// FirstbootName is etcd-firstboot's file name in the cache, next to etcdbake and on
 	// the nodes.
@@ -55,11 +65,20 @@ type Build struct {
 	Modified bool
 	// GoVersion is the toolchain; GOOS, GOARCH and CGO are the build settings.
 	GoVersion, GOOS, GOARCH, CGO string
+	// Deps maps each dependency module to its version ("=> path version" when replaced).
+	Deps map[string]string
 }
 
 // BuildOf extracts a Build from Go build information.
 func BuildOf(bi *debug.BuildInfo) Build {
-	b := Build{Path: bi.Path, Module: bi.Main.Path, Version: bi.Main.Version, GoVersion: bi.GoVersion}
+	b := Build{Path: bi.Path, Module: bi.Main.Path, Version: bi.Main.Version, GoVersion: bi.GoVersion, Deps: map[string]string{}}
+	for _, d := range bi.Deps {
+		v := d.Version
+		if d.Replace != nil {
+			v += " => " + d.Replace.Path + " " + d.Replace.Version
+		}
+		b.Deps[d.Path] = v
+	}
 	for _, s := range bi.Settings {
 		switch s.Key {
 		case "vcs.revision":
@@ -95,7 +114,7 @@ func (b Build) Released() bool { return moduleVersion.MatchString(b.Version) }
 // Describe is the version in words: "v1.2.0", or "(devel) at revision abc123 (modified)".
 func (b Build) Describe() string {
 	if b.Version == "" {
-		return "unknown version"
+		return "unknown"
 	}
 	s := b.Version
 	if b.Revision != "" {
@@ -174,19 +193,59 @@ func CheckFirstboot(path string, want Build) (Build, string, error) {
 	if dyn := dynamicLinking(f); dyn != "" {
 		return bad("is dynamically linked (%s, CGO_ENABLED=%s), but it runs on the nodes before anything else and must not depend on their C library: it must be static (CGO_ENABLED=0)", dyn, got.CGO)
 	}
-	if want.Released() {
+	problem, warn := compareBuilds(got, want)
+	if problem != "" {
+		return bad("%s", problem)
+	}
+	if warn != "" {
+		warn = fmt.Sprintf("etcd-firstboot %s (version %s) is used without a version check: %s; build both from the same tree (make build)", path, got.Describe(), warn)
+	}
+	return got, warn, nil
+}
+
+// compareBuilds decides whether etcd-firstboot's build got matches etcdbake's want (see
+// the note at the top of this file). It returns what is wrong, or why the two could not
+// be compared, or neither.
+func compareBuilds(got, want Build) (problem, warning string) {
+	switch {
+	case want.Released():
 		if got.Version != want.Version {
-			return bad("is version %s, but this etcdbake is %s: the two must be the same version (they share the node settings format)", got.Describe(), want.Version)
+			return fmt.Sprintf("is version %s, but this etcdbake is %s: the two must be the same version (they share the node settings format)", got.Describe(), want.Version), ""
 		}
-		return got, "", nil
-	}
-	if want.Revision != "" && got.Revision != "" {
+	case want.Revision != "" && got.Revision != "":
 		if want.Revision != got.Revision {
-			return bad("was built from revision %s, but this etcdbake from revision %s: build both from the same tree", got.Revision, want.Revision)
+			return fmt.Sprintf("was built from revision %s, but this etcdbake from revision %s: build both from the same tree", got.Revision, want.Revision), ""
 		}
-		return got, "", nil
+	case want.GoVersion != "" && len(want.Deps) > 0:
+		if d := sameDeps(got, want); d != "" {
+			return d + ": the two come from different trees, build both from the same one", ""
+		}
+	default:
+		return "", fmt.Sprintf("etcdbake (version %s) carries no build information to compare it with", want.Describe())
 	}
-	return got, fmt.Sprintf("etcd-firstboot %s (version %s) is used without a version check: etcdbake is a development build (version %s) and the two do not both carry a VCS revision to compare; build both from the same tree (make build)", path, got.Describe(), want.Describe()), nil
+	return "", ""
+}
+
+// sameDeps compares two development builds without VCS revisions as far as their build
+// information allows: the Go toolchain and the version of every dependency module both
+// use. It returns the first difference in words, or "".
+func sameDeps(got, want Build) string {
+	if got.GoVersion != want.GoVersion {
+		return fmt.Sprintf("was built with %s, but this etcdbake with %s", got.GoVersion, want.GoVersion)
+	}
+	var diff []string
+	for _, path := range slices.Sorted(maps.Keys(got.Deps)) {
+		if wv, ok := want.Deps[path]; ok && wv != got.Deps[path] {
+			diff = append(diff, fmt.Sprintf("%s %s where this etcdbake has %s", path, got.Deps[path], wv))
+		}
+	}
+	if len(diff) > 3 {
+		diff = append(diff[:3], fmt.Sprintf("and %d more", len(diff)-3))
+	}
+	if len(diff) > 0 {
+		return "uses " + strings.Join(diff, ", ")
+	}
+	return ""
 }
 
 // dynamicLinking names what makes f dynamically linked (an interpreter, needed shared

@@ -294,3 +294,33 @@ func TestFirstbootFromCheckout(t *testing.T) {
 		t.Errorf("FindCheckout found a checkout in an empty directory")
 	}
 }
+
+// TestCompareBuilds: which etcd-firstboot matches which etcdbake (see the note in
+// firstboot.go), from their build information alone.
+func TestCompareBuilds(t *testing.T) {
+	deps := map[string]string{"go.etcd.io/etcd/client/v3": "v3.6.16", "gopkg.in/yaml.v3": "v3.0.1"}
+	dev := Build{Version: "(devel)", GoVersion: "go1.26.8", Deps: deps}
+	cases := []struct {
+		name          string
+		got, want     Build
+		problem, warn string
+	}{
+		{"same release", Build{Version: "v1.2.3"}, Build{Version: "v1.2.3"}, "", ""},
+		{"other release", Build{Version: "v1.2.2"}, Build{Version: "v1.2.3"}, "is version v1.2.2, but this etcdbake is v1.2.3", ""},
+		{"development build for a release", dev, Build{Version: "v1.2.3"}, "is version (devel), but this etcdbake is v1.2.3", ""},
+		{"same revision", Build{Version: "(devel)", Revision: "abc"}, Build{Version: "(devel)", Revision: "abc"}, "", ""},
+		{"other revision", Build{Version: "(devel)", Revision: "abd"}, Build{Version: "(devel)", Revision: "abc", GoVersion: "go1.26.8", Deps: deps}, "was built from revision abd, but this etcdbake from revision abc", ""},
+		{"same dependencies", dev, dev, "", ""},
+		{"more dependencies in etcdbake", dev, Build{Version: "(devel)", GoVersion: "go1.26.8", Deps: map[string]string{"go.etcd.io/etcd/client/v3": "v3.6.16", "github.com/coreos/butane": "v0.26.0"}}, "", ""},
+		{"other dependency version", dev, Build{Version: "(devel)", GoVersion: "go1.26.8", Deps: map[string]string{"go.etcd.io/etcd/client/v3": "v3.6.15"}},
+			"uses go.etcd.io/etcd/client/v3 v3.6.16 where this etcdbake has v3.6.15: the two come from different trees", ""},
+		{"other Go", dev, Build{Version: "(devel)", GoVersion: "go1.26.7", Deps: deps}, "was built with go1.26.8, but this etcdbake with go1.26.7", ""},
+		{"nothing to compare", dev, Build{}, "", "etcdbake (version unknown) carries no build information to compare it with"},
+	}
+	for _, tc := range cases {
+		problem, warn := compareBuilds(tc.got, tc.want)
+		if (tc.problem == "") != (problem == "") || !strings.Contains(problem, tc.problem) || (tc.warn == "") != (warn == "") || !strings.Contains(warn, tc.warn) {
+			t.Errorf("%s: got problem %q warning %q, want %q and %q", tc.name, problem, warn, tc.problem, tc.warn)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -254,10 +255,10 @@ func TestFirstbootChecked(t *testing.T) {
 		if got, want := ignBinaries(t, filepath.Join(out, "ignition", "etcd-1.ign"))["etcd-firstboot"][1], "sha512-"+sha512File(t, fb); got != want {
 			t.Errorf("the config checks %s, the file has %s", got, want)
 		}
-		// The test binary is a development build without a VCS revision: accepted, with
-		// a warning that the version was not compared.
-		if !strings.Contains(stderr, "is used without a version check: etcdbake is a development build (version (devel))") {
-			t.Errorf("no warning about the unchecked version:\n%s", stderr)
+		// The test binary is a development build without a VCS revision, built with the
+		// same Go and dependencies: accepted without a warning.
+		if strings.Contains(stderr, "warning") {
+			t.Errorf("a warning for a matching etcd-firstboot:\n%s", stderr)
 		}
 	})
 	t.Run("version of a released etcdbake", func(t *testing.T) {
@@ -270,16 +271,26 @@ func TestFirstbootChecked(t *testing.T) {
 			t.Fatalf("got %v, want %q and the fix %q", err, want, fix)
 		}
 	})
-	t.Run("revision of a development build", func(t *testing.T) {
-		released(t, binaries.Build{Module: binaries.Module, Version: "(devel)", Revision: "0123456789abcdef"})
+	t.Run("development build from another tree", func(t *testing.T) {
+		self := binaries.SelfBuild()
+		self.Deps = maps.Clone(self.Deps)
+		self.Deps["go.etcd.io/etcd/client/v3"] = "v3.5.21"
+		released(t, self)
+		_, specPath, out, cache := binSpec(t)
+		_, _, err := run(t, time.Now(), "ignition", "-f", specPath, "--out", out, "--cache", cache, "--firstboot", staticFirstboot(t), "--binaries-url", "http://10.88.0.1:8080/bin")
+		want := "uses go.etcd.io/etcd/client/v3 v3.6.16 where this etcdbake has v3.5.21: the two come from different trees"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("got %v, want %q", err, want)
+		}
+	})
+	t.Run("no build information to compare", func(t *testing.T) {
+		released(t, binaries.Build{})
 		_, specPath, out, cache := binSpec(t)
 		_, stderr, err := run(t, time.Now(), "ignition", "-f", specPath, "--out", out, "--cache", cache, "--firstboot", staticFirstboot(t), "--binaries-url", "http://10.88.0.1:8080/bin")
-		// The firstboot built here carries no revision (GOFLAGS=-buildvcs=false on these
-		// machines, or a test build): accepted with the warning, never silently.
 		if err != nil {
-			t.Fatalf("a firstboot without a revision is refused: %v", err)
+			t.Fatalf("refused: %v", err)
 		}
-		if !strings.Contains(stderr, "is used without a version check: etcdbake is a development build (version (devel) at revision 0123456789abcdef) and the two do not both carry a VCS revision") {
+		if !strings.Contains(stderr, "etcdbake: warning: etcd-firstboot "+staticFirstboot(t)+" (version (devel)) is used without a version check: etcdbake (version unknown) carries no build information") {
 			t.Errorf("no warning about the unchecked version:\n%s", stderr)
 		}
 	})
