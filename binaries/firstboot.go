@@ -401,12 +401,9 @@ func (c *Cache) Firstboot(ctx context.Context, want Build, checkout string) (Ent
 	if err := Timed(c.Progress, what, build); err != nil {
 		return Entry{}, fmt.Errorf("building etcd-firstboot: %w", err)
 	}
-	got, warn, err := CheckFirstboot(out, want)
+	got, _, err := CheckFirstboot(out, want) // the caller checks again and reports warnings
 	if err != nil {
 		return Entry{}, fmt.Errorf("the etcd-firstboot just built is rejected, nothing stored: %w", err)
-	}
-	if warn != "" {
-		c.progress("%s", warn)
 	}
 	sum, size, err := fileutil.Digest(out, sha256.New())
 	if err != nil {

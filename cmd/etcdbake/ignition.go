@@ -92,8 +92,8 @@ etcd-firstboot must come from the same etcdbake: --firstboot PATH, else the one 
 etcdbake (make build puts both in bin/), else the matching one is built with the go
 command into the binary cache (a release's from the module proxy, a development build's
 from the checkout around the current directory). Any of them is checked: a static
-linux/amd64 etcd-firstboot of etcdbake's version (for a development build without a VCS
-revision the version cannot be compared, which is said as a warning).`,
+linux/amd64 etcd-firstboot of etcdbake's version (a development build: of the same VCS
+revision, or without one, built with the same Go and dependency versions).`,
 		Example: `  etcdbake ignition -f cluster.yaml --binaries-url http://10.88.0.1:8080/binaries
   etcdbake ignition -f cluster.yaml --inline-binaries
   etcdbake ignition -f cluster.yaml --binaries-url http://10.88.0.1:8080/binaries --firstboot bin/etcd-firstboot`,
