@@ -344,6 +344,15 @@ func TestFirstbootBuilt(t *testing.T) {
 		t.Errorf("the config checks %s, the cached etcd-firstboot has %s", got, want)
 	}
 
+	// fetch lists it with the other binaries.
+	stdout, _, err = run(t, time.Now(), "fetch", "-f", specPath, "--cache", cache)
+	if err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	if !regexp.MustCompile(`(?m)^etcd-firstboot\s+\(devel\)\s+local\s+[0-9a-f]{64}\s+` + regexp.QuoteMeta(e.Path) + `$`).MatchString(stdout) {
+		t.Errorf("fetch does not list the etcd-firstboot it would bake:\n%s", stdout)
+	}
+
 	// No go command: the exact command to run.
 	t.Setenv("PATH", filepath.Join(dir, "empty"))
 	for _, tc := range []struct {

@@ -22,9 +22,9 @@ import (
 // bin/), else the matching one from the binary cache, built with the go command when it
 // is not there (see binaries.Cache.Firstboot). A file given or found is checked
 // (binaries.CheckFirstboot): a static linux/amd64 etcd-firstboot of etcdbake's version.
-func (a *app) firstboot(cmd *cobra.Command, flag string) (path, fbVersion string, err error) {
+func (a *app) firstboot(cmd *cobra.Command, flag string) (firstbootChoice, error) {
 	want := selfBuild()
-	use := func(p string, got binaries.Build, warn string) (string, string, error) {
+	use := func(p, source string, got binaries.Build, warn string) (firstbootChoice, error) {
 		if warn != "" {
 			fmt.Fprintf(cmd.ErrOrStderr(), "etcdbake: warning: %s\n", warn)
 		}
@@ -32,7 +32,7 @@ func (a *app) firstboot(cmd *cobra.Command, flag string) (path, fbVersion string
 		if got.Released() {
 			v = got.Version
 		}
-		return p, v, nil
+		return firstbootChoice{Path: p, Version: v, Source: source}, nil
 	}
 	if flag != "" {
 		got, warn, err := binaries.CheckFirstboot(flag, want)
@@ -41,9 +41,9 @@ func (a *app) firstboot(cmd *cobra.Command, flag string) (path, fbVersion string
 			fe.Label = "--firstboot"
 		}
 		if err != nil {
-			return "", "", err
+			return firstbootChoice{}, err
 		}
-		return use(flag, got, warn)
+		return use(flag, "--firstboot", got, warn)
 	}
 	if next := firstbootNextToSelf(); next != "" {
 		got, warn, err := binaries.CheckFirstboot(next, want)
@@ -53,25 +53,29 @@ func (a *app) firstboot(cmd *cobra.Command, flag string) (path, fbVersion string
 			fe.Fix = binaries.FirstbootFix(want, selfDir()) + "; or remove it and etcdbake builds the matching one"
 		}
 		if err != nil {
-			return "", "", err
+			return firstbootChoice{}, err
 		}
-		return use(next, got, warn)
+		return use(next, "next to etcdbake", got, warn)
 	}
 	cache, err := a.cache(cmd)
 	if err != nil {
-		return "", "", err
+		return firstbootChoice{}, err
 	}
 	cwd, _ := os.Getwd()
 	e, err := cache.Firstboot(cmd.Context(), want, binaries.FindCheckout(cwd, selfDir()))
 	if err != nil {
-		return "", "", err
+		return firstbootChoice{}, err
 	}
 	got, warn, err := binaries.CheckFirstboot(e.Path, want)
 	if err != nil {
-		return "", "", err
+		return firstbootChoice{}, err
 	}
-	return use(e.Path, got, warn)
+	return use(e.Path, e.Source, got, warn)
 }
+
+// firstbootChoice is the etcd-firstboot to bake, the version recorded for it, and where
+// it came from (--firstboot, next to etcdbake, or the cache record's source).
+type firstbootChoice struct{ Path, Version, Source string }
 
 func (a *app) ignitionCmd() *cobra.Command {
 	var opts ignition.Options
@@ -210,7 +214,7 @@ func (a *app) renderIgnition(cmd *cobra.Command, opts ignition.Options, firstboo
 // sources gathers what the composition root needs from the flags: the spec file, the PKI
 // directory, the binary cache and etcd-firstboot.
 func (a *app) sources(cmd *cobra.Command, c *spec.Cluster, firstbootFlag string) (bake.Sources, error) {
-	fb, fbVersion, err := a.firstboot(cmd, firstbootFlag)
+	fb, err := a.firstboot(cmd, firstbootFlag)
 	if err != nil {
 		return bake.Sources{}, err
 	}
@@ -224,6 +228,6 @@ func (a *app) sources(cmd *cobra.Command, c *spec.Cluster, firstbootFlag string)
 	}
 	return bake.Sources{
 		Cluster: c, SpecBytes: specBytes, PKIDir: a.pkiDir(), Now: a.now, Cache: cache,
-		Firstboot: fb, FirstbootVersion: fbVersion,
+		Firstboot: fb.Path, FirstbootVersion: fb.Version,
 	}, nil
 }
