@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/etcdbake/etcdbake/binaries"
@@ -118,7 +119,20 @@ func RenderConfigs(ctx context.Context, s Sources, opts ignition.Options) (*Conf
 	if in.PKI, err = pki.Load(c, s.PKIDir); err != nil {
 		return nil, err
 	}
-	if out.Configs, err = ignition.Render(in); err != nil {
+	render := func() (err error) { out.Configs, err = ignition.Render(in); return err }
+	if opts.Inline { // gzip of every binary for every node: tens of seconds
+		var size int64
+		for _, b := range out.Binaries {
+			if st, err := os.Stat(b.Path); err == nil {
+				size += st.Size()
+			}
+		}
+		what := fmt.Sprintf("inlining %d binaries (%d MiB, gzip) into %d node configs", len(out.Binaries), size>>20, len(c.Nodes))
+		err = binaries.Timed(s.Progress, what, render)
+	} else {
+		err = render()
+	}
+	if err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -125,7 +125,7 @@ func versionFor(cl *spec.Cluster, name string) string {
 }
 
 func checkName(name string) error {
-	if !slices.Contains(Names, name) {
+	if !slices.Contains(Names, name) && name != FirstbootName {
 		return fmt.Errorf("unknown binary %q: the cache holds %s", name, strings.Join(Names, ", "))
 	}
 	return nil

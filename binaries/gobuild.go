@@ -25,6 +25,8 @@ type goProgram struct {
 	// replace directives, so `go install` refuses it). Empty means `go install
 	// module@version` builds the binary directly.
 	main string
+	// pkg is the main package `go install` builds when it is not the module itself.
+	pkg string
 	// installed is the name `go install` gives the binary.
 	installed string
 	// ldflagX names a variable set to the version with -X (what the release build does).
@@ -33,6 +35,14 @@ type goProgram struct {
 	cgo string
 	// nosumdb lists module path prefixes the checksum database does not answer for.
 	nosumdb []string
+}
+
+// target is what `go install` builds: the main package, at the module's version.
+func (p goProgram) target() string {
+	if p.pkg != "" {
+		return p.pkg
+	}
+	return p.module
 }
 
 var goPrograms = map[string]goProgram{
@@ -87,42 +97,9 @@ func (f *fetcher) goBuild(ctx context.Context, name, version string) (candidate,
 	}
 	env := goEnv(p)
 	out := f.tempPath(name)
-	start := time.Now()
-	f.c.progress("%s %s: building %s@%s with the go command (a first build takes minutes)", name, version, p.module, version)
-
-	if p.main == "" {
-		if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
-			return candidate{}, fmt.Errorf("`go install %s@%s` cannot cross-compile into a chosen directory: build %s on a linux/amd64 host, or use source release or file", p.module, version, name)
-		}
-		gobin := f.tempPath("gobin")
-		if err := os.Mkdir(gobin, 0o755); err != nil {
-			return candidate{}, err
-		}
-		env = append(env, "GOBIN="+gobin)
-		if err := runGo(ctx, gocmd, f.work, env, "install", "-trimpath", "-ldflags="+ldflags, p.module+"@"+version); err != nil {
-			return candidate{}, err
-		}
-		if err := os.Rename(filepath.Join(gobin, p.installed), out); err != nil {
-			return candidate{}, fmt.Errorf("go install left no %s: %w", p.installed, err)
-		}
-	} else {
-		mod := f.tempPath(name + "-module")
-		if err := os.Mkdir(mod, 0o755); err != nil {
-			return candidate{}, err
-		}
-		gomod := "module etcdbake.local/build/" + name + "\n\ngo 1.24\n"
-		if err := os.WriteFile(filepath.Join(mod, "go.mod"), []byte(gomod), 0o644); err != nil {
-			return candidate{}, err
-		}
-		if err := os.WriteFile(filepath.Join(mod, "main.go"), []byte(p.main), 0o644); err != nil {
-			return candidate{}, err
-		}
-		if err := runGo(ctx, gocmd, mod, env, "get", p.module+"@"+version); err != nil {
-			return candidate{}, err
-		}
-		if err := runGo(ctx, gocmd, mod, env, "build", "-mod=mod", "-trimpath", "-ldflags="+ldflags, "-o", out, "."); err != nil {
-			return candidate{}, err
-		}
+	what := fmt.Sprintf("%s %s: building %s@%s from source with the go command (a first build takes minutes)", name, version, p.module, version)
+	if err := Timed(f.c.Progress, what, func() error { return f.runBuild(ctx, gocmd, env, p, name, version, ldflags, out) }); err != nil {
+		return candidate{}, err
 	}
 	detail := p.module + "@" + version
 	if bi, err := buildinfo.ReadFile(out); err == nil {
@@ -133,8 +110,48 @@ func (f *fetcher) goBuild(ctx context.Context, name, version string) (candidate,
 			}
 		}
 	}
-	f.c.progress("%s %s: built in %s", name, version, time.Since(start).Round(100*time.Millisecond))
 	return candidate{path: out, source: spec.SourceGo, detail: detail, module: p.module}, nil
+}
+
+// runBuild runs the go command for p: `go install module@version` into a private GOBIN,
+// or `go get` + `go build` in a throwaway module whose main is p.main. The binary ends up
+// at out.
+func (f *fetcher) runBuild(ctx context.Context, gocmd string, env []string, p goProgram, name, version, ldflags, out string) error {
+	if p.main == "" {
+		if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
+			return fmt.Errorf("`go install %s@%s` cannot cross-compile into a chosen directory: build %s on a linux/amd64 host, or use source release or file", p.target(), version, name)
+		}
+		gobin := f.tempPath("gobin")
+		if err := os.Mkdir(gobin, 0o755); err != nil {
+			return err
+		}
+		env = append(env, "GOBIN="+gobin)
+		if err := runGo(ctx, gocmd, f.work, env, "install", "-trimpath", "-ldflags="+ldflags, p.target()+"@"+version); err != nil {
+			return err
+		}
+		if err := os.Rename(filepath.Join(gobin, p.installed), out); err != nil {
+			return fmt.Errorf("go install left no %s: %w", p.installed, err)
+		}
+	} else {
+		mod := f.tempPath(name + "-module")
+		if err := os.Mkdir(mod, 0o755); err != nil {
+			return err
+		}
+		gomod := "module etcdbake.local/build/" + name + "\n\ngo 1.24\n"
+		if err := os.WriteFile(filepath.Join(mod, "go.mod"), []byte(gomod), 0o644); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(mod, "main.go"), []byte(p.main), 0o644); err != nil {
+			return err
+		}
+		if err := runGo(ctx, gocmd, mod, env, "get", p.module+"@"+version); err != nil {
+			return err
+		}
+		if err := runGo(ctx, gocmd, mod, env, "build", "-mod=mod", "-trimpath", "-ldflags="+ldflags, "-o", out, "."); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // goEnv is the user's environment with the settings a reproducible build of p needs:

@@ -104,9 +104,12 @@ func (f *fetcher) etcdArchive(ctx context.Context, version string) (string, stri
 		return "", "", fmt.Errorf("%s: %w", sumsURL, err)
 	}
 	url := base + "/" + version + "/" + asset
-	f.c.progress("etcd %s: downloading %s", version, url)
 	tmp := f.tempPath("etcd-archive")
-	got, err := download(ctx, url, tmp, maxArchive)
+	var got string
+	err = Timed(f.c.Progress, fmt.Sprintf("etcd %s: downloading %s", version, url), func() (err error) {
+		got, err = download(ctx, url, tmp, maxArchive)
+		return err
+	})
 	if err != nil {
 		return "", "", err
 	}
@@ -141,9 +144,11 @@ func (f *fetcher) flannelRelease(ctx context.Context, version string) (candidate
 		return candidate{}, fmt.Errorf("flannel %s publishes no checksum under %s/%s/ (tried %s), so its download cannot be verified: use source go, or source file with a sha256 you checked", version, base, version, strings.Join(tried, ", "))
 	}
 	url := base + "/" + version + "/" + flannelAsset
-	f.c.progress("flanneld %s: downloading %s", version, url)
 	tmp := f.tempPath("flanneld")
-	if _, err := download(ctx, url, tmp, maxBinary); err != nil {
+	if err := Timed(f.c.Progress, fmt.Sprintf("flanneld %s: downloading %s", version, url), func() error {
+		_, err := download(ctx, url, tmp, maxBinary)
+		return err
+	}); err != nil {
 		return candidate{}, err
 	}
 	return candidate{path: tmp, source: spec.SourceRelease, detail: url, expected: want, from: sumsURL}, nil

@@ -244,8 +244,7 @@ func TestCommandsEndToEnd(t *testing.T) {
 		t.Fatalf("kubeadm: %v\n%s", err, stdout)
 	}
 
-	fb := filepath.Join(dir, "etcd-firstboot")
-	os.WriteFile(fb, []byte("#!/bin/sh\n"), 0o755)
+	fb := staticFirstboot(t) // a real one: --firstboot is checked
 	if _, _, err := run(t, now, "ignition", "-f", specPath, "--out", out, "--firstboot", fb, "--cache", cache); err == nil || !strings.Contains(err.Error(), "--binaries-url") {
 		t.Fatalf("ignition without a binary source: %v", err)
 	}

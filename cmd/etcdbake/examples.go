@@ -34,7 +34,13 @@ etcdbake pki check lab/cluster.yaml --out lab/out -o json`,
 # The nodes download the binaries from a web server (etcdbake serve is one)
 etcdbake ignition --binaries-url http://10.88.0.1:8080/binaries
 # Or carry them inside the configs
-etcdbake ignition lab/cluster.yaml --inline-binaries`,
+etcdbake ignition lab/cluster.yaml --inline-binaries
+# With an etcd-firstboot of your own (checked: static linux/amd64, etcdbake's version)
+etcdbake ignition --binaries-url http://10.88.0.1:8080/binaries --firstboot bin/etcd-firstboot`,
+
+	"etcdbake version": `
+etcdbake version
+etcdbake --version`,
 
 	"etcdbake kubeadm": `
 etcdbake kubeadm

@@ -94,8 +94,7 @@ func TestIgnitionChecksFragmentsFirst(t *testing.T) {
 		dir := t.TempDir()
 		specPath := fragmentSpec(t, dir, fakeBinaries(t, dir), badFragment, "")
 		out, cache := filepath.Join(dir, "out"), filepath.Join(dir, "cache")
-		fb := filepath.Join(dir, "etcd-firstboot")
-		os.WriteFile(fb, []byte("#!/bin/sh\n"), 0o755)
+		fb := staticFirstboot(t) // a real one: --firstboot is checked
 		_, _, err := run(t, time.Now(), "ignition", "-f", specPath, "--out", out, "--cache", cache, "--firstboot", fb, "--binaries-url", "http://10.88.0.1:8080/bin")
 		var inv *spec.InvalidError
 		if !errors.As(err, &inv) || !strings.Contains(err.Error(), "butane") || !strings.Contains(err.Error(), "path not absolute") {
@@ -110,8 +109,7 @@ func TestIgnitionChecksFragmentsFirst(t *testing.T) {
 	t.Run("warnings printed", func(t *testing.T) {
 		dir := t.TempDir()
 		specPath := fragmentSpec(t, dir, fakeBinaries(t, dir), warnFragment, "")
-		fb := filepath.Join(dir, "etcd-firstboot")
-		os.WriteFile(fb, []byte("#!/bin/sh\n"), 0o755)
+		fb := staticFirstboot(t) // a real one: --firstboot is checked
 		stdout, stderr, err := run(t, time.Now(), "ignition", "-f", specPath, "--out", filepath.Join(dir, "out"), "--cache", filepath.Join(dir, "cache"), "--firstboot", fb, "--binaries-url", "http://10.88.0.1:8080/bin")
 		if err != nil {
 			t.Fatalf("ignition: %v\n%s\n%s", err, stdout, stderr)

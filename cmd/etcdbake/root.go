@@ -60,6 +60,7 @@ Start with:  etcdbake init && etcdbake validate && etcdbake ignition --binaries-
 		a.serveCmd(),
 		a.superviseCmd(),
 	)
+	a.addVersion(root) // --version and the version command
 	// Applied to the whole tree, so that every command behaves the same: flag errors
 	// and wrong arguments are usage errors (exit 2), the spec may be the one argument,
 	// -o values are checked, and the help has examples.

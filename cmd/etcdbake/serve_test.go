@@ -42,8 +42,7 @@ func TestServe(t *testing.T) {
 	out := filepath.Join(dir, "out")
 	cache := filepath.Join(dir, "cache")
 	os.WriteFile(specPath, []byte(fakeBinaries(t, dir)), 0o644)
-	fb := filepath.Join(dir, "etcd-firstboot")
-	os.WriteFile(fb, []byte("#!/bin/sh\n"), 0o755)
+	fb := staticFirstboot(t) // a real one: --firstboot is checked
 	now := time.Now()
 
 	for args, want := range map[string]string{
