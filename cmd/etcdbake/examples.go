@@ -39,8 +39,8 @@ etcdbake ignition lab/cluster.yaml --inline-binaries
 etcdbake ignition --binaries-url http://10.88.0.1:8080/binaries --firstboot bin/etcd-firstboot`,
 
 	"etcdbake version": `
-etcdbake version
-etcdbake --version`,
+# etcdbake --version prints the same
+etcdbake version`,
 
 	"etcdbake kubeadm": `
 etcdbake kubeadm

@@ -105,7 +105,7 @@ revision, or without one, built with the same Go and dependency versions).`,
 	}
 	cmd.Flags().StringVar(&opts.BinariesURL, "binaries-url", "", "base URL the nodes download <URL>/<binary> from (verified by sha512)")
 	cmd.Flags().BoolVar(&opts.Inline, "inline-binaries", false, "embed the binaries in the configs (gzip data URLs) instead of a URL")
-	cmd.Flags().StringVar(&firstboot, "firstboot", "", "etcd-firstboot binary (default: next to etcdbake, else built to match etcdbake into the binary cache)")
+	cmd.Flags().StringVar(&firstboot, "firstboot", "", firstbootFlagHelp)
 	cmd.MarkFlagsMutuallyExclusive("binaries-url", "inline-binaries")
 	return cmd
 }
@@ -228,3 +228,6 @@ func (a *app) sources(cmd *cobra.Command, c *spec.Cluster, firstbootFlag string)
 		Firstboot: fb.Path, FirstbootVersion: fb.Version,
 	}, nil
 }
+
+// firstbootFlagHelp is the help of every command's --firstboot flag.
+const firstbootFlagHelp = "etcd-firstboot binary (default: next to etcdbake, else built to match etcdbake into the binary cache)"

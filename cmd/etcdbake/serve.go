@@ -66,7 +66,7 @@ to stderr; "etcdbake serve status" shows which node has fetched what.`,
 	cmd.Flags().StringVar(&f.images, "images", "", "directory of the node images <node>.raw (default OUT/images)")
 	cmd.Flags().StringVar(&f.base, "base", "", "base root filesystem tarball whose kernel and initrd boot the installer (default: the default base)")
 	cmd.Flags().StringVar(&f.installer, "installer", "", "etcdbake-installer binary (default: next to etcdbake)")
-	cmd.Flags().StringVar(&f.firstboot, "firstboot", "", "etcd-firstboot binary (default: next to etcdbake)")
+	cmd.Flags().StringVar(&f.firstboot, "firstboot", "", firstbootFlagHelp)
 	cmd.AddCommand(a.serveStatusCmd())
 	return cmd
 }

@@ -263,8 +263,7 @@ func TestReissueNamesStaleOutputs(t *testing.T) {
 	// ignition re-issuing (the SAN dropped again) does not call the configs it writes
 	// stale, only the images.
 	os.WriteFile(specPath, []byte(base), 0o644)
-	fb := filepath.Join(dir, "etcd-firstboot")
-	os.WriteFile(fb, []byte("#!/bin/sh\n"), 0o755)
+	fb := staticFirstboot(t)
 	stdout, stderr, err = run(t, now, "ignition", "-f", specPath, "--out", out, "--cache", filepath.Join(dir, "cache"), "--firstboot", fb, "--inline-binaries")
 	if err != nil || !strings.Contains(stdout, "wrote "+filepath.Join(out, "ignition/etcd-3.ign")) {
 		t.Fatalf("ignition: %v\n%s\n%s", err, stdout, stderr)

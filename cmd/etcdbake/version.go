@@ -45,7 +45,7 @@ func (a *app) addVersion(root *cobra.Command) {
 	root.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print etcdbake's version, the libraries it was built with and the etcd-firstboot it bakes",
-		Args: cobra.NoArgs,
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			_, err := io.WriteString(cmd.OutOrStdout(), a.versionText())
 			return err
