@@ -20,6 +20,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 
 	v34 "github.com/coreos/ignition/v2/config/v3_4"
 	"github.com/coreos/ignition/v2/config/v3_4/types"
@@ -65,6 +66,10 @@ type Input struct {
 	// same problems but reports only the first.
 	Fragments []Fragment
 	PerNode   map[string][]Fragment
+
+	// inlined holds each binary's data URL when Options.Inline: Render compresses every
+	// binary once (in parallel) for all nodes instead of once per node.
+	inlined map[string]string
 }
 
 // ErrNoBinarySource says neither a URL nor inlining was chosen.
@@ -84,6 +89,11 @@ func Render(in Input) (map[string][]byte, error) {
 	all, err := translateAll(in.Fragments, o, in.Cluster.ButaneOverrides)
 	if err != nil {
 		return nil, err
+	}
+	if in.Options.Inline {
+		if in.inlined, err = inlineAll(in.Binaries); err != nil {
+			return nil, err
+		}
 	}
 	out := make(map[string][]byte, len(in.Cluster.Nodes))
 	for _, n := range in.Cluster.Nodes {
@@ -279,7 +289,7 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 	names := append([]string(nil), BinaryNames...)
 	sort.Strings(names)
 	for _, name := range names {
-		f, err := binaryFile(in.Binaries[name], in.Options)
+		f, err := binaryFile(in.Binaries[name], in.Options, in.inlined[name])
 		if err != nil {
 			return types.Config{}, err
 		}
@@ -293,7 +303,9 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 	return b.cfg, nil
 }
 
-func binaryFile(bin Binary, o Options) (types.File, error) {
+// binaryFile is the config's entry of one binary; dataURL, when not empty, is its inlined
+// content made by inlineAll.
+func binaryFile(bin Binary, o Options, dataURL string) (types.File, error) {
 	f := types.File{
 		Node: types.Node{Path: spec.BinDir + "/" + bin.Name, Overwrite: ptr(true)},
 		FileEmbedded1: types.FileEmbedded1{
@@ -307,22 +319,56 @@ func binaryFile(bin Binary, o Options) (types.File, error) {
 		f.Contents.Source = ptr(strings.TrimRight(o.BinariesURL, "/") + "/" + bin.Name)
 		return f, nil
 	}
+	if dataURL == "" {
+		var err error
+		if dataURL, err = inline(bin); err != nil {
+			return f, err
+		}
+	}
+	f.Contents.Source = ptr(dataURL)
+	f.Contents.Compression = ptr("gzip")
+	return f, nil
+}
+
+// inline is the binary as a gzip data URL.
+func inline(bin Binary) (string, error) {
 	src, err := os.Open(bin.Path)
 	if err != nil {
-		return f, fmt.Errorf("inlining %s: %w", bin.Name, err)
+		return "", fmt.Errorf("inlining %s: %w", bin.Name, err)
 	}
 	defer src.Close()
 	var gz bytes.Buffer
 	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestCompression)
 	if _, err := io.Copy(zw, src); err != nil {
-		return f, fmt.Errorf("inlining %s: %w", bin.Name, err)
+		return "", fmt.Errorf("inlining %s: %w", bin.Name, err)
 	}
 	if err := zw.Close(); err != nil {
-		return f, fmt.Errorf("inlining %s: %w", bin.Name, err)
+		return "", fmt.Errorf("inlining %s: %w", bin.Name, err)
 	}
-	f.Contents.Source = ptr("data:;base64," + base64.StdEncoding.EncodeToString(gz.Bytes()))
-	f.Contents.Compression = ptr("gzip")
-	return f, nil
+	return "data:;base64," + base64.StdEncoding.EncodeToString(gz.Bytes()), nil
+}
+
+// inlineAll makes every binary's data URL, the binaries in parallel.
+func inlineAll(bins map[string]Binary) (map[string]string, error) {
+	out := make(map[string]string, len(bins))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var errs []error
+	for name, bin := range bins {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u, err := inline(bin)
+			mu.Lock()
+			defer mu.Unlock()
+			out[name] = u
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
 }
 
 // LocalBinary describes a program from a local file (e.g. etcd-firstboot built here).
