@@ -335,3 +335,21 @@ func firstLine(b []byte) string {
 	}
 	return s
 }
+
+// Brief is a cause in a few words, for progress lines and table cells; causes that need
+// the detail (certificates, protocols) give the whole message.
+func Brief(c Cause, message string) string {
+	switch c {
+	case CauseOK:
+		return "answers"
+	case CauseRefused:
+		return "connection refused"
+	case CauseClosed:
+		return "connection closed before the TLS handshake ended"
+	case CauseTimeout:
+		return "no answer in time"
+	case CauseNotRunning:
+		return "not running"
+	}
+	return message
+}
