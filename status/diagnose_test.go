@@ -3,12 +3,14 @@ package status
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -232,5 +234,48 @@ func TestCollectSaysWhy(t *testing.T) {
 	}
 	if m3 := st.Members[2]; m3.Cause != CauseNotRunning || m3.Error != "its VM is not running" || m3.Endpoint != shown || len(st.Unreachable) != 1 {
 		t.Errorf("m3 not running: %+v, unreachable %+v", m3, st.Unreachable)
+	}
+}
+
+// TestJSONKeysAreCamelCase: every key `etcdbake status -o json` can print is camelCase
+// (initialisms upper-case after the first word, as in clusterID and publicIP).
+func TestJSONKeysAreCamelCase(t *testing.T) {
+	days := 3
+	st := Cluster{ClusterID: "1", Leader: "m1", Quorum: true,
+		Members:     []Member{{Name: "m1", ID: "a", Endpoint: "https://x:1", Error: "e", Cause: CauseRefused, Version: "3.6.16", CertDaysLeft: &days}},
+		Flannel:     []Lease{{Subnet: "10.244.1.0/24", PublicIP: "10.0.0.1", Node: "m1"}},
+		Unreachable: []Diagnosis{{Endpoint: "https://x:1", Cause: CauseRefused, Message: "m", Version: "v"}}}
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				keys = append(keys, k)
+				walk(x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x)
+			}
+		}
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	walk(v)
+	camel := regexp.MustCompile(`^[a-z][a-zA-Z]*$`)
+	if len(keys) < 20 {
+		t.Fatalf("only %d keys in %s", len(keys), b)
+	}
+	for _, k := range keys {
+		if !camel.MatchString(k) {
+			t.Errorf("key %q is not camelCase", k)
+		}
 	}
 }
