@@ -48,9 +48,12 @@ machine, and each node's etcd client port forwarded to 127.0.0.1 (OUT/run/endpoi
 No packet leaves 127.0.0.0/8. The VMs' time source is the segment's own NTP responder (the
 spec's time servers are not reachable from it).
 
-It waits until every member answers /readyz as a voting member and flanneld holds a lease
+It waits until every member answers as a healthy voting member and flanneld holds a lease
 on every node, then prints the status table. ` + "`etcdbake down`" + ` stops the VMs; their disks are
-kept (and reused by the next up) unless --purge is given.`,
+kept (and reused by the next up) unless --purge is given.
+
+up on a running cluster is safe: a node whose VM has stopped (a crash, an OOM kill) is
+booted again from its kept disk, with its data, and up waits until the cluster is healthy.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			w, ew := cmd.OutOrStdout(), cmd.ErrOrStderr()
