@@ -345,7 +345,7 @@ func Brief(c Cause, message string) string {
 	case CauseRefused:
 		return "connection refused"
 	case CauseClosed:
-		return "connection closed before the TLS handshake ended"
+		return "connection closed without an answer"
 	case CauseTimeout:
 		return "no answer in time"
 	case CauseNotRunning:

@@ -56,29 +56,10 @@ up on a running cluster is safe: a node whose VM has stopped (a crash, an OOM ki
 booted again from its kept disk, with its data, and up waits until the cluster is healthy.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			w, ew := cmd.OutOrStdout(), cmd.ErrOrStderr()
+			ew := cmd.ErrOrStderr()
 			if st, err := vmcluster.ReadRunState(a.runDir()); err == nil {
 				if st.Running() {
-					down := st.NotRunning()
-					if len(down) == 0 {
-						fmt.Fprintf(w, "the cluster is already running (supervisor pid %d, started %s); `etcdbake down` stops it\n", st.Supervisor, st.Started.Format(time.RFC3339))
-						return a.waitHealthy(cmd, st, 30*time.Second)
-					}
-					// Up is idempotent: the nodes whose VM died are booted again from
-					// their kept disks by the running supervisor.
-					fmt.Fprintf(w, "the cluster is running (supervisor pid %d), but not every VM:\n", st.Supervisor)
-					for _, n := range sortedKeys(down) {
-						fmt.Fprintf(w, "  %s: %s; starting it again from its kept disk\n", n, down[n])
-					}
-					start := time.Now()
-					started, st, err := vmcluster.StartStopped(cmd.Context(), a.runDir(), 2*time.Minute)
-					if err != nil {
-						return err
-					}
-					for _, n := range started {
-						fmt.Fprintf(ew, "up: %s: VM running again after %.1fs (QEMU pid %d, etcd %s)\n", n, time.Since(start).Seconds(), st.Nodes[n].QEMU, st.Nodes[n].Endpoint)
-					}
-					return a.waitHealthy(cmd, st, timeout)
+					return a.upRunning(cmd, st, timeout)
 				}
 				// A supervisor that died (e.g. killed) may have left VMs on these disks:
 				// stop them before anything boots the disks again.
@@ -153,6 +134,31 @@ booted again from its kept disk, with its data, and up waits until the cluster i
 	cmd.Flags().StringVar(&firstboot, "firstboot", "", "etcd-firstboot binary (default: next to etcdbake)")
 	cmd.Flags().StringVar(&accel, "accel", "auto", "tcg, kvm, or auto (KVM only if a test boot under it works; the result is kept until the host reboots)")
 	return cmd
+}
+
+// upRunning is up on a cluster whose supervisor runs: up is idempotent, so the nodes
+// whose VM stopped are booted again from their kept disks by that supervisor, and up
+// waits until the cluster is healthy.
+func (a *app) upRunning(cmd *cobra.Command, st *vmcluster.RunState, timeout time.Duration) error {
+	w, ew := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	down := st.NotRunning()
+	if len(down) == 0 {
+		fmt.Fprintf(w, "the cluster is already running (supervisor pid %d, started %s); `etcdbake down` stops it\n", st.Supervisor, st.Started.Format(time.RFC3339))
+		return a.waitHealthy(cmd, st, 30*time.Second)
+	}
+	fmt.Fprintf(w, "the cluster is running (supervisor pid %d), but not every VM:\n", st.Supervisor)
+	for _, n := range sortedKeys(down) {
+		fmt.Fprintf(w, "  %s: %s; starting it again from its kept disk\n", n, down[n])
+	}
+	start := time.Now()
+	started, st, err := vmcluster.StartStopped(cmd.Context(), a.runDir(), 2*time.Minute)
+	if err != nil {
+		return err
+	}
+	for _, n := range started {
+		fmt.Fprintf(ew, "up: %s: VM running again after %.1fs (QEMU pid %d, etcd %s)\n", n, time.Since(start).Seconds(), st.Nodes[n].QEMU, st.Nodes[n].Endpoint)
+	}
+	return a.waitHealthy(cmd, st, timeout)
 }
 
 // waitHealthy polls the cluster until every node is a healthy voting member with a
