@@ -85,9 +85,9 @@ func (d Diagnosis) String() string { return d.Endpoint + ": " + d.Message }
 
 // UnreachableError is returned when no endpoint answered; it holds each one's diagnosis.
 type UnreachableError struct {
-	Diagnoses []Diagnosis
+	Diagnoses []Diagnosis `json:"unreachable"`
 	// NotRunning are the members known to be down, not asked (Options.NotRunning).
-	NotRunning map[string]string
+	NotRunning map[string]string `json:"notRunning,omitempty"`
 }
 
 func (e *UnreachableError) Error() string {
@@ -310,7 +310,7 @@ func isClosed(err error) bool {
 
 func looksHTTP(b []byte) bool {
 	s := string(b)
-	return strings.HasPrefix(s, "HTTP/") || strings.HasPrefix(s, "<") || strings.HasPrefix(s, "HTTP")
+	return strings.HasPrefix(s, "HTTP") || strings.HasPrefix(s, "<")
 }
 
 func sanList(c *x509.Certificate) string {

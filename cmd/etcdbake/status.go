@@ -53,6 +53,11 @@ func (a *app) statusCmd() *cobra.Command {
 			st, err := status.Collect(ctx, c, opts)
 			var ue *status.UnreachableError
 			if errors.As(err, &ue) {
+				if output == "json" {
+					if err := writeJSON(cmd.OutOrStdout(), ue); err != nil {
+						return err
+					}
+				}
 				return &exitError{code: 1, msg: "status: " + ue.Error()}
 			}
 			if err != nil {

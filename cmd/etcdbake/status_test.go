@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/status"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
@@ -53,6 +55,14 @@ func TestStatusSaysWhy(t *testing.T) {
 	}
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("refused took %s", took)
+	}
+	// -o json: the same causes, as JSON on stdout.
+	stdout, _, err := run(t, now, "status", "-f", specPath, "--out", out, "--endpoints", closed, "-o", "json")
+	var js struct {
+		Unreachable []struct{ Endpoint, Cause, Message string }
+	}
+	if exitCode(err) != 1 || json.Unmarshal([]byte(stdout), &js) != nil || len(js.Unreachable) != 1 || js.Unreachable[0].Cause != "connectionRefused" || js.Unreachable[0].Endpoint != closed {
+		t.Errorf("status -o json at a closed port: exit %d, %q", exitCode(err), stdout)
 	}
 
 	// A server certificate from another CA: the CA file used and the server's issuer.
@@ -105,5 +115,38 @@ func TestStatusSaysWhy(t *testing.T) {
 	}
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("status with the VMs gone took %s", took)
+	}
+}
+
+// TestNodeProgress: up's waiting lines say why a node does not answer, from the
+// per-endpoint diagnosis when no endpoint answered and from the member row otherwise.
+func TestNodeProgress(t *testing.T) {
+	ue := &status.UnreachableError{
+		Diagnoses:  []status.Diagnosis{{Endpoint: "https://127.0.0.1:1", Cause: status.CauseRefused, Message: "connection refused: ..."}, {Endpoint: "https://127.0.0.1:2", Cause: status.CauseUnknownAuthority, Message: "TLS: the server's certificate is issued by X"}},
+		NotRunning: map[string]string{"n3": "its VM is not running (QEMU pid 9 exited: signal: killed)"},
+	}
+	for _, tt := range []struct{ node, ep, want string }{
+		{"n1", "https://127.0.0.1:1", "booting (etcd not answering yet: connection refused)"},
+		{"n2", "https://127.0.0.1:2", "etcd does not answer as expected: TLS: the server's certificate is issued by X"},
+		{"n3", "https://127.0.0.1:3", "its VM is not running (QEMU pid 9 exited: signal: killed)"},
+	} {
+		if got := nodeProgress(nil, fmt.Errorf("collect: %w", ue), tt.node, tt.ep); got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.node, got, tt.want)
+		}
+	}
+	r := &status.Cluster{Members: []status.Member{
+		{Name: "n1", Cause: status.CauseTimeout, Error: "no answer within 5s: ..."},
+		{Name: "n2", Cause: status.CauseNotRunning, Error: "its VM is not running (QEMU pid 9 is gone)"},
+		{Name: "n3", Healthy: true},
+	}, Flannel: []status.Lease{{Subnet: "10.244.3.0/24", Node: "n3"}}}
+	for node, want := range map[string]string{
+		"n1": "member, booting (etcd not answering yet: no answer in time)",
+		"n2": "its VM is not running (QEMU pid 9 is gone)",
+		"n3": "healthy voting member, flannel lease 10.244.3.0/24",
+		"n4": "not a member yet",
+	} {
+		if got := nodeProgress(r, nil, node, ""); got != want {
+			t.Errorf("%s: %q, want %q", node, got, want)
+		}
 	}
 }
