@@ -34,15 +34,24 @@ type Options struct {
 	PKIDir  string
 	Timeout time.Duration
 	Now     time.Time
+	// NodeEndpoints maps member names to the endpoint that reaches each (e.g. the
+	// forwarded ports of `etcdbake up`), so that a member that does not answer is shown
+	// under that endpoint with its diagnosis (default: the member's advertised URL).
+	NodeEndpoints map[string]string
+	// NotRunning names members known to be down without asking (member name -> why, e.g.
+	// "its VM is not running"); they are reported with that reason and not dialled.
+	NotRunning map[string]string
 }
 
 // Member is one row of the status table.
 type Member struct {
-	Name      string `json:"name"`
-	ID        string `json:"id"`
-	Endpoint  string `json:"endpoint"`
-	Healthy   bool   `json:"healthy"`
-	Error     string `json:"error,omitempty"`
+	Name     string `json:"name"`
+	ID       string `json:"id"`
+	Endpoint string `json:"endpoint"`
+	Healthy  bool   `json:"healthy"`
+	Error    string `json:"error,omitempty"`
+	// Cause classifies Error (see Diagnose; "notRunning" for Options.NotRunning).
+	Cause     Cause  `json:"cause,omitempty"`
 	Leader    bool   `json:"leader"`
 	Learner   bool   `json:"learner"`
 	RaftTerm  uint64 `json:"raftTerm"`
@@ -64,7 +73,12 @@ type Cluster struct {
 	// Flannel lists the subnet leases under the spec's flannel prefix (empty when the
 	// cluster could not be read).
 	Flannel []Lease `json:"flannelLeases"`
+	// Unreachable holds the diagnosis of each endpoint that did not answer.
+	Unreachable []Diagnosis `json:"unreachable,omitempty"`
 }
+
+// CauseNotRunning marks a member named in Options.NotRunning.
+const CauseNotRunning Cause = "notRunning"
 
 // Lease is one flanneld subnet lease.
 type Lease struct {
@@ -106,15 +120,42 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 	if err != nil {
 		return nil, err
 	}
+	// Each endpoint is diagnosed first, in parallel, by a direct dial and TLS handshake:
+	// the etcd client would only say "context deadline exceeded" after the full timeout.
+	var asked []string
+	for _, ep := range o.Endpoints {
+		skip := false
+		for name := range o.NotRunning {
+			skip = skip || o.NodeEndpoints[name] == ep
+		}
+		if !skip {
+			asked = append(asked, ep)
+		}
+	}
+	probe := Probe{TLS: tlsCfg, CAFile: o.CAFile, Timeout: o.Timeout}
+	diag := map[string]Diagnosis{}
+	var good []string
+	var bad []Diagnosis
+	for _, d := range DiagnoseAll(ctx, asked, probe) {
+		diag[d.Endpoint] = d
+		if d.OK() {
+			good = append(good, d.Endpoint)
+		} else {
+			bad = append(bad, d)
+		}
+	}
+	if len(good) == 0 {
+		return nil, &UnreachableError{Diagnoses: bad, NotRunning: o.NotRunning}
+	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   o.Endpoints,
+		Endpoints:   good,
 		TLS:         tlsCfg,
 		DialTimeout: o.Timeout,
 		DialOptions: []grpc.DialOption{grpc.WithBlock()},
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connecting to %v: %w", o.Endpoints, explain(err))
+		return nil, fmt.Errorf("connecting to %v: %w", good, explain(err))
 	}
 	defer cli.Close()
 
@@ -122,9 +163,9 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 	ml, err := cli.MemberList(lctx)
 	cancel()
 	if err != nil {
-		return nil, fmt.Errorf("listing members via %v: %w", o.Endpoints, explain(err))
+		return nil, fmt.Errorf("listing members via %v: %w", good, explain(err))
 	}
-	out := &Cluster{ClusterID: fmt.Sprintf("%x", ml.Header.ClusterId)}
+	out := &Cluster{ClusterID: fmt.Sprintf("%x", ml.Header.ClusterId), Unreachable: bad}
 	byID := map[uint64]*Member{}
 	for _, m := range ml.Members {
 		mem := Member{Name: m.Name, ID: fmt.Sprintf("%x", m.ID), Learner: m.IsLearner, Error: "no endpoint answered for this member"}
@@ -140,8 +181,8 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 		id := ml.Members[i].ID
 		byID[id] = &out.Members[i]
 	}
-	// Ask each endpoint for its member's status.
-	for _, ep := range o.Endpoints {
+	// Ask each endpoint that answered the probe for its member's status.
+	for _, ep := range good {
 		sctx, cancel := context.WithTimeout(ctx, o.Timeout)
 		st, err := cli.Status(sctx, ep)
 		cancel()
@@ -155,20 +196,38 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 		m.Endpoint = ep
 		fill(m, st, out)
 	}
-	// Members we could not reach by the given endpoints: try their advertised URL.
+	// Members that did not answer: say why, from what is known or the endpoint's
+	// diagnosis; members reached by no given endpoint are tried at their advertised URL.
 	for i := range out.Members {
 		m := &out.Members[i]
-		if m.Healthy || m.Version != "" || m.Endpoint == "" || slices.Contains(o.Endpoints, m.Endpoint) {
+		if m.Healthy || m.Version != "" {
 			continue
 		}
-		sctx, cancel := context.WithTimeout(ctx, o.Timeout)
-		st, err := cli.Status(sctx, m.Endpoint)
-		cancel()
-		if err != nil {
-			m.Error = explain(err).Error()
+		if ep := o.NodeEndpoints[m.Name]; ep != "" {
+			m.Endpoint = ep
+		}
+		if why, ok := o.NotRunning[m.Name]; ok {
+			m.Error, m.Cause = why, CauseNotRunning
 			continue
 		}
-		fill(m, st, out)
+		d, known := diag[m.Endpoint]
+		if !known && m.Endpoint != "" && !slices.Contains(o.Endpoints, m.Endpoint) {
+			d, known = Diagnose(ctx, m.Endpoint, probe), true
+			if d.OK() {
+				sctx, cancel := context.WithTimeout(ctx, o.Timeout)
+				st, err := cli.Status(sctx, m.Endpoint)
+				cancel()
+				if err == nil {
+					fill(m, st, out)
+					continue
+				}
+				m.Error, m.Cause = explain(err).Error(), CauseOther
+				continue
+			}
+		}
+		if known && !d.OK() {
+			m.Error, m.Cause = d.Message, d.Cause
+		}
 	}
 	voters, healthyVoters := 0, 0
 	for i := range out.Members {

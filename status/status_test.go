@@ -86,13 +86,16 @@ func TestStatusAgainstRealCluster(t *testing.T) {
 	if err == nil {
 		t.Fatal("a client certificate from another CA was accepted")
 	}
-	if !strings.Contains(err.Error(), "listing members") && !strings.Contains(err.Error(), "connecting") {
-		t.Errorf("unexpected error: %v", err)
+	if !strings.Contains(err.Error(), "rejected this client's certificate") {
+		t.Errorf("error does not say the client certificate was rejected: %v", err)
 	}
 	// And trusting the other CA (wrong server CA) fails too, saying so.
 	otherCA, _ := pki.CAPath(otherDir, "ca")
 	_, err = Collect(ctx, c, Options{CAFile: otherCA, CertFile: crt, KeyFile: key, Timeout: 2 * time.Second})
 	if err == nil {
 		t.Fatal("a server certificate from an untrusted CA was accepted")
+	}
+	if !strings.Contains(err.Error(), "not the CA in "+otherCA) || !strings.Contains(err.Error(), `issued by "CN=status etcd CA`) {
+		t.Errorf("error does not name the CA file and the issuer: %v", err)
 	}
 }

@@ -87,8 +87,19 @@ func Launch(ctx context.Context, o ClusterOptions, argv []string) (*RunState, er
 	}
 }
 
+// SuperviseHooks connect a supervisor to its process; every field may be nil.
+type SuperviseHooks struct {
+	// Ready is called once the record is written.
+	Ready func(*RunState)
+	// Logf receives what the supervisor sees: a VM's exit, a node started again.
+	Logf func(format string, args ...any)
+	// StartStopped, when it receives, boots again every node whose VM is not running,
+	// from its kept disk (`etcdbake up` asks by SIGUSR1; see StartStopped).
+	StartStopped <-chan struct{}
+}
+
 // SupervisePlan reads dir/plan.json (written by Launch) and runs Supervise with it.
-func SupervisePlan(ctx context.Context, dir string, ready func(*RunState)) error {
+func SupervisePlan(ctx context.Context, dir string, h SuperviseHooks) error {
 	path := filepath.Join(dir, PlanFile)
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -98,7 +109,7 @@ func SupervisePlan(ctx context.Context, dir string, ready func(*RunState)) error
 	if err := json.Unmarshal(b, &o); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	return Supervise(ctx, o, ready)
+	return Supervise(ctx, o, h)
 }
 
 // RunState is the record of a supervised cluster.
@@ -116,30 +127,121 @@ type RunNode struct {
 	PeerEndpoint string `json:"peerEndpoint"`
 	Console      string `json:"console"`
 	Agent        string `json:"agentSocket"`
+	// Exited says how the node's VM ended, once the supervisor has seen it exit (empty
+	// while it runs).
+	Exited string `json:"exited,omitempty"`
+	// StartError is why the last attempt to start the node again failed.
+	StartError string `json:"startError,omitempty"`
+}
+
+// VMExit is a VM's QEMU process having exited.
+type VMExit struct {
+	Node string
+	PID  int
+	At   time.Time
+	// Err is how it exited (nil: status 0, e.g. the guest powered off).
+	Err error
+}
+
+func (e VMExit) String() string {
+	how := "exited with status 0 (the guest powered off or QEMU quit)"
+	if e.Err != nil {
+		how = "exited: " + e.Err.Error()
+	}
+	return fmt.Sprintf("QEMU pid %d %s at %s", e.PID, how, e.At.Format(time.RFC3339))
+}
+
+// exitWatch reports each VM's exit once.
+type exitWatch struct{ seen map[*VM]bool }
+
+// check returns the VMs of vms that exited since the last check, sorted by node, and
+// how many still run.
+func (w *exitWatch) check(vms map[string]*VM, now time.Time) (exits []VMExit, alive int) {
+	if w.seen == nil {
+		w.seen = map[*VM]bool{}
+	}
+	for name, vm := range vms {
+		if vm == nil {
+			continue
+		}
+		err, done := vm.exitErr()
+		if !done {
+			alive++
+			continue
+		}
+		if !w.seen[vm] {
+			w.seen[vm] = true
+			exits = append(exits, VMExit{Node: name, PID: vm.PID(), At: now, Err: err})
+		}
+	}
+	sort.Slice(exits, func(i, j int) bool { return exits[i].Node < exits[j].Node })
+	return exits, alive
+}
+
+// exitErr returns how QEMU exited, if it has.
+func (vm *VM) exitErr() (error, bool) {
+	select {
+	case err := <-vm.done:
+		vm.done <- err
+		return err, true
+	default:
+		return nil, false
+	}
+}
+
+func (c *Cluster) vms() map[string]*VM {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]*VM{}
+	for name, n := range c.nodes {
+		out[name] = n.vm
+	}
+	return out
 }
 
 // Supervise starts the cluster and keeps it (and its hub) running until ctx ends or
-// every VM has exited, then stops it and removes the record. ready, if set, is called
-// once the record is written.
-func Supervise(ctx context.Context, o ClusterOptions, ready func(*RunState)) error {
+// every VM has exited, then stops it and removes the record. A VM that exits is logged
+// and marked in the record (RunNode.Exited); h.StartStopped boots such nodes again.
+func Supervise(ctx context.Context, o ClusterOptions, h SuperviseHooks) error {
+	logf := h.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
 	c, err := StartCluster(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer c.Stop()
-	st := c.runState()
-	if err := writeRunState(o.Dir, st); err != nil {
+	exited, startErr := map[string]string{}, map[string]string{}
+	record := func() (*RunState, error) {
+		st := c.runState()
+		for n, why := range exited {
+			rn := st.Nodes[n]
+			rn.Exited, rn.StartError = why, startErr[n]
+			st.Nodes[n] = rn
+		}
+		return st, writeRunState(o.Dir, st)
+	}
+	st, err := record()
+	if err != nil {
 		return err
 	}
 	defer os.Remove(filepath.Join(o.Dir, RunStateFile))
-	if ready != nil {
-		ready(st)
+	if h.Ready != nil {
+		h.Ready(st)
 	}
+	var watch exitWatch
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
-		alive := 0
-		for _, n := range c.Nodes() {
-			if vm := c.VM(n); vm != nil && vm.Running() {
-				alive++
+		exits, alive := watch.check(c.vms(), time.Now())
+		for _, e := range exits {
+			exited[e.Node] = e.String()
+			logf("%s: %s; %d of %d VMs running", e.Node, e, alive, len(c.Nodes()))
+		}
+		if len(exits) > 0 {
+			if _, err := record(); err != nil {
+				logf("writing the record: %v", err)
 			}
 		}
 		if alive == 0 {
@@ -148,7 +250,81 @@ func Supervise(ctx context.Context, o ClusterOptions, ready func(*RunState)) err
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(time.Second):
+		case <-h.StartStopped:
+			for _, n := range c.Nodes() {
+				if vm := c.VM(n); vm != nil && vm.Running() {
+					continue
+				}
+				logf("%s: starting its VM again from its kept disk", n)
+				if err := c.Restart(ctx, n); err != nil {
+					startErr[n] = err.Error()
+					logf("%s: starting its VM again failed: %v", n, err)
+					continue
+				}
+				delete(exited, n)
+				delete(startErr, n)
+				logf("%s: VM running again (QEMU pid %d, etcd %s)", n, c.VM(n).PID(), c.Endpoint(n))
+			}
+			if _, err := record(); err != nil {
+				logf("writing the record: %v", err)
+			}
+		case <-tick.C:
+		}
+	}
+}
+
+// StartStopped asks the supervisor recorded in dir to boot again, from their kept disks,
+// the nodes whose VM is not running (SIGUSR1; see SuperviseHooks.StartStopped), and
+// waits until the record shows each one running, or an error, or timeout. It returns
+// the nodes it started (none when every VM runs) and the record.
+func StartStopped(ctx context.Context, dir string, timeout time.Duration) ([]string, *RunState, error) {
+	st, err := ReadRunState(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !st.Running() {
+		return nil, st, fmt.Errorf("the supervisor (pid %d) is not running; see %s", st.Supervisor, filepath.Join(dir, SupervisorLog))
+	}
+	down := sortedKeys(st.NotRunning())
+	if len(down) == 0 {
+		return nil, st, nil
+	}
+	old := map[string]RunNode{}
+	for _, n := range down {
+		old[n] = st.Nodes[n]
+	}
+	if err := syscall.Kill(st.Supervisor, syscall.SIGUSR1); err != nil {
+		return nil, st, fmt.Errorf("asking supervisor %d to start %v: %w", st.Supervisor, down, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		st, err = ReadRunState(dir)
+		if err == nil {
+			started, failed := 0, []string{}
+			for _, n := range down {
+				rn := st.Nodes[n]
+				switch {
+				case rn.QEMU != old[n].QEMU && rn.Exited == "" && ProcessIs(rn.QEMU, "qemu-system"):
+					started++
+				case rn.StartError != "" && rn.StartError != old[n].StartError:
+					failed = append(failed, n+": "+rn.StartError)
+				}
+			}
+			if len(failed) > 0 {
+				return down, st, fmt.Errorf("starting the VM again failed for %s", strings.Join(failed, "; "))
+			}
+			if started == len(down) {
+				return down, st, nil
+			}
+		}
+		if !ProcessIs(st.Supervisor, "") {
+			return down, st, fmt.Errorf("the supervisor (pid %d) stopped while starting %v; see %s", st.Supervisor, down, filepath.Join(dir, SupervisorLog))
+		}
+		select {
+		case <-ctx.Done():
+			return down, st, fmt.Errorf("the supervisor did not start %v within %s; see %s", down, timeout, filepath.Join(dir, SupervisorLog))
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
@@ -194,6 +370,26 @@ func ReadRunState(dir string) (*RunState, error) {
 
 // Running says whether the supervisor recorded in st is still alive.
 func (st *RunState) Running() bool { return ProcessIs(st.Supervisor, "") }
+
+// NotRunning names the nodes whose VM is not running (QEMU gone), each with how it
+// ended as far as the record knows.
+func (st *RunState) NotRunning() map[string]string {
+	out := map[string]string{}
+	for n, rn := range st.Nodes {
+		if ProcessIs(rn.QEMU, "qemu-system") {
+			continue
+		}
+		why := rn.Exited
+		if why == "" {
+			why = fmt.Sprintf("QEMU pid %d is gone", rn.QEMU)
+		}
+		if rn.StartError != "" {
+			why += "; starting it again failed: " + rn.StartError
+		}
+		out[n] = why
+	}
+	return out
+}
 
 // Endpoints maps node names to their forwarded client URLs.
 func (st *RunState) Endpoints() map[string]string {
@@ -306,7 +502,7 @@ func KeptDisks(dir string) []string {
 	return nodes
 }
 
-func sortedKeys(m map[string]RunNode) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	var out []string
 	for k := range m {
 		out = append(out, k)

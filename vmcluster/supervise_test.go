@@ -94,7 +94,7 @@ func TestLaunchSupervisorFails(t *testing.T) {
 		t.Errorf("plan read back: %+v, %v", back, err)
 	}
 	os.WriteFile(filepath.Join(dir, PlanFile), []byte("{"), 0o644)
-	if err := SupervisePlan(context.Background(), dir, nil); err == nil || !strings.Contains(err.Error(), PlanFile) {
+	if err := SupervisePlan(context.Background(), dir, SuperviseHooks{}); err == nil || !strings.Contains(err.Error(), PlanFile) {
 		t.Errorf("SupervisePlan with a broken plan: %v", err)
 	}
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,21 +33,33 @@ func (a *app) statusCmd() *cobra.Command {
 			}
 			ca, _ := pki.CAPath(a.pkiDir(), "ca")
 			crt, key := pki.ClientCertPath(a.pkiDir(), "admin")
+			opts := status.Options{
+				Endpoints: endpoints, CAFile: ca, CertFile: crt, KeyFile: key,
+				PKIDir: a.pkiDir(), Timeout: timeout, Now: a.now(),
+			}
 			if len(endpoints) == 0 {
-				// A cluster started by `etcdbake up` is reached through its forwards.
+				// A cluster started by `etcdbake up` is reached through its forwards; a
+				// node whose VM is not running is said so at once, not dialled.
 				if st, err := vmcluster.ReadRunState(a.runDir()); err == nil && st.Running() {
-					for _, n := range sortedNodes(st) {
-						endpoints = append(endpoints, st.Nodes[n].Endpoint)
-					}
 					fmt.Fprintf(cmd.ErrOrStderr(), "status: the QEMU cluster started by up (%s)\n", filepath.Join(a.runDir(), vmcluster.RunStateFile))
+					a.upOptions(st, &opts)
+					for _, n := range sortedKeys(opts.NotRunning) {
+						fmt.Fprintf(cmd.ErrOrStderr(), "status: %s: %s\n", n, opts.NotRunning[n])
+					}
 				}
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 4*timeout)
 			defer cancel()
-			st, err := status.Collect(ctx, c, status.Options{
-				Endpoints: endpoints, CAFile: ca, CertFile: crt, KeyFile: key,
-				PKIDir: a.pkiDir(), Timeout: timeout, Now: a.now(),
-			})
+			st, err := status.Collect(ctx, c, opts)
+			var ue *status.UnreachableError
+			if errors.As(err, &ue) {
+				if output == "json" {
+					if err := writeJSON(cmd.OutOrStdout(), ue); err != nil {
+						return err
+					}
+				}
+				return &exitError{code: 1, msg: "status: " + ue.Error()}
+			}
 			if err != nil {
 				return err
 			}
@@ -75,7 +89,7 @@ func printStatus(out interface{ Write([]byte) (int, error) }, st *status.Cluster
 	for _, m := range st.Members {
 		health := "healthy"
 		if !m.Healthy {
-			health = "unhealthy: " + m.Error
+			health = "unhealthy: " + status.Brief(m.Cause, m.Error)
 		}
 		days := "-"
 		if m.CertDaysLeft != nil {
@@ -85,7 +99,17 @@ func printStatus(out interface{ Write([]byte) (int, error) }, st *status.Cluster
 			m.RaftTerm, m.RaftIndex, m.Version, humanBytes(m.DBSize), days)
 	}
 	w.Flush()
-	fmt.Fprintf(out, "cluster %s, leader %s, quorum %v\n", st.ClusterID, st.Leader, st.Quorum)
+	// The whole cause of each member that did not answer, below the table.
+	for _, m := range st.Members {
+		if !m.Healthy && m.Error != "" && status.Brief(m.Cause, m.Error) != m.Error {
+			fmt.Fprintf(out, "%s (%s): %s\n", m.Name, m.Endpoint, m.Error)
+		}
+	}
+	leader := st.Leader
+	if leader == "" {
+		leader = "(none)"
+	}
+	fmt.Fprintf(out, "cluster %s, leader %s, quorum %v\n", st.ClusterID, leader, st.Quorum)
 	if len(st.Flannel) > 0 {
 		var ls []string
 		for _, l := range st.Flannel {
@@ -97,6 +121,28 @@ func printStatus(out interface{ Write([]byte) (int, error) }, st *status.Cluster
 		}
 		fmt.Fprintf(out, "flannel leases (%d): %s\n", len(st.Flannel), strings.Join(ls, " "))
 	}
+}
+
+// upOptions points o at the cluster of `etcdbake up` recorded in st: its forwarded
+// endpoints, and the nodes whose VM is not running.
+func (a *app) upOptions(st *vmcluster.RunState, o *status.Options) {
+	o.Endpoints, o.NodeEndpoints, o.NotRunning = nil, map[string]string{}, map[string]string{}
+	for _, n := range sortedNodes(st) {
+		o.Endpoints = append(o.Endpoints, st.Nodes[n].Endpoint)
+		o.NodeEndpoints[n] = st.Nodes[n].Endpoint
+	}
+	for n, why := range st.NotRunning() {
+		o.NotRunning[n] = "its VM is not running (" + why + "); `etcdbake up` starts it again from its disk"
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func humanBytes(n int64) string {

@@ -48,16 +48,18 @@ machine, and each node's etcd client port forwarded to 127.0.0.1 (OUT/run/endpoi
 No packet leaves 127.0.0.0/8. The VMs' time source is the segment's own NTP responder (the
 spec's time servers are not reachable from it).
 
-It waits until every member answers /readyz as a voting member and flanneld holds a lease
+It waits until every member answers as a healthy voting member and flanneld holds a lease
 on every node, then prints the status table. ` + "`etcdbake down`" + ` stops the VMs; their disks are
-kept (and reused by the next up) unless --purge is given.`,
+kept (and reused by the next up) unless --purge is given.
+
+up on a running cluster is safe: a node whose VM has stopped (a crash, an OOM kill) is
+booted again from its kept disk, with its data, and up waits until the cluster is healthy.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			w, ew := cmd.OutOrStdout(), cmd.ErrOrStderr()
+			ew := cmd.ErrOrStderr()
 			if st, err := vmcluster.ReadRunState(a.runDir()); err == nil {
 				if st.Running() {
-					fmt.Fprintf(w, "the cluster is already running (supervisor pid %d, started %s); `etcdbake down` stops it\n", st.Supervisor, st.Started.Format(time.RFC3339))
-					return a.waitHealthy(cmd, st, 30*time.Second)
+					return a.upRunning(cmd, st, timeout)
 				}
 				// A supervisor that died (e.g. killed) may have left VMs on these disks:
 				// stop them before anything boots the disks again.
@@ -134,8 +136,34 @@ kept (and reused by the next up) unless --purge is given.`,
 	return cmd
 }
 
+// upRunning is up on a cluster whose supervisor runs: up is idempotent, so the nodes
+// whose VM stopped are booted again from their kept disks by that supervisor, and up
+// waits until the cluster is healthy.
+func (a *app) upRunning(cmd *cobra.Command, st *vmcluster.RunState, timeout time.Duration) error {
+	w, ew := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	down := st.NotRunning()
+	if len(down) == 0 {
+		fmt.Fprintf(w, "the cluster is already running (supervisor pid %d, started %s); `etcdbake down` stops it\n", st.Supervisor, st.Started.Format(time.RFC3339))
+		return a.waitHealthy(cmd, st, 30*time.Second)
+	}
+	fmt.Fprintf(w, "the cluster is running (supervisor pid %d), but not every VM:\n", st.Supervisor)
+	for _, n := range sortedKeys(down) {
+		fmt.Fprintf(w, "  %s: %s; starting it again from its kept disk\n", n, down[n])
+	}
+	start := time.Now()
+	started, st, err := vmcluster.StartStopped(cmd.Context(), a.runDir(), 2*time.Minute)
+	if err != nil {
+		return err
+	}
+	for _, n := range started {
+		fmt.Fprintf(ew, "up: %s: VM running again after %.1fs (QEMU pid %d, etcd %s)\n", n, time.Since(start).Seconds(), st.Nodes[n].QEMU, st.Nodes[n].Endpoint)
+	}
+	return a.waitHealthy(cmd, st, timeout)
+}
+
 // waitHealthy polls the cluster until every node is a healthy voting member with a
-// flannel lease, printing each node's progress, then prints the status table.
+// flannel lease, printing each node's progress, then prints the status table. A node
+// whose VM stops meanwhile ends the wait at once.
 func (a *app) waitHealthy(cmd *cobra.Command, st *vmcluster.RunState, timeout time.Duration) error {
 	w, ew := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	c, err := a.load(cmd)
@@ -145,19 +173,20 @@ func (a *app) waitHealthy(cmd *cobra.Command, st *vmcluster.RunState, timeout ti
 	ca, _ := pki.CAPath(a.pkiDir(), "ca")
 	crt, key := pki.ClientCertPath(a.pkiDir(), "admin")
 	nodes := sortedNodes(st)
-	var eps []string
-	for _, n := range nodes {
-		eps = append(eps, st.Nodes[n].Endpoint)
-	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 	defer cancel()
 	start, last := time.Now(), map[string]string{}
 	var report *status.Cluster
 	for {
-		report, err = status.Collect(ctx, c, status.Options{Endpoints: eps, CAFile: ca, CertFile: crt, KeyFile: key, PKIDir: a.pkiDir(), Timeout: 5 * time.Second, Now: a.now()})
+		if now, err := vmcluster.ReadRunState(a.runDir()); err == nil {
+			st = now
+		}
+		opts := status.Options{CAFile: ca, CertFile: crt, KeyFile: key, PKIDir: a.pkiDir(), Timeout: 5 * time.Second, Now: a.now()}
+		a.upOptions(st, &opts)
+		report, err = status.Collect(ctx, c, opts)
 		done := err == nil && healthyWithLeases(report, len(nodes))
 		for _, n := range nodes {
-			s := nodeProgress(report, n)
+			s := nodeProgress(report, err, n, st.Nodes[n].Endpoint)
 			if s != last[n] {
 				fmt.Fprintf(ew, "up: %6.1fs  %s: %s\n", time.Since(start).Seconds(), n, s)
 				last[n] = s
@@ -167,16 +196,31 @@ func (a *app) waitHealthy(cmd *cobra.Command, st *vmcluster.RunState, timeout ti
 			break
 		}
 		if !st.Running() {
-			return fmt.Errorf("the supervisor has stopped; see %s", filepath.Join(a.runDir(), "supervisor.log"))
+			return fmt.Errorf("the supervisor has stopped; see %s", filepath.Join(a.runDir(), vmcluster.SupervisorLog))
+		}
+		if down := sortedKeys(opts.NotRunning); len(down) > 0 {
+			var why []string
+			for _, n := range down {
+				why = append(why, n+": "+opts.NotRunning[n])
+			}
+			return fmt.Errorf("%s (console in %s/<node>.log)", strings.Join(why, "; "), a.runDir())
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the cluster was not healthy within %s (last: %v); consoles in %s/<node>.log, `etcdbake exec NODE -- journalctl -b` for more", timeout, err, a.runDir())
+			var why []string
+			for _, n := range nodes {
+				why = append(why, n+": "+last[n])
+			}
+			return fmt.Errorf("the cluster was not healthy within %s (%s); consoles in %s/<node>.log, `etcdbake exec NODE -- journalctl -b` for more", timeout, strings.Join(why, "; "), a.runDir())
 		case <-time.After(3 * time.Second):
 		}
 	}
 	fmt.Fprintf(ew, "up: healthy after %.1fs\n", time.Since(start).Seconds())
 	printStatus(w, report)
+	var eps []string
+	for _, n := range nodes {
+		eps = append(eps, st.Nodes[n].Endpoint)
+	}
 	etcdctl := "etcdctl"
 	if cache, err := a.cache(cmd); err == nil {
 		if e, err := cache.Lookup("etcdctl", c.Etcd.Version); err == nil {
@@ -207,9 +251,24 @@ func healthyWithLeases(r *status.Cluster, n int) bool {
 	return true
 }
 
-// nodeProgress is one node's state in words, for up's progress lines.
-func nodeProgress(r *status.Cluster, node string) string {
+// nodeProgress is one node's state in words, for up's progress lines: from the report,
+// or, when no endpoint answered (err), from the diagnosis of the node's endpoint.
+func nodeProgress(r *status.Cluster, err error, node, endpoint string) string {
 	if r == nil {
+		var ue *status.UnreachableError
+		if errors.As(err, &ue) {
+			if why, ok := ue.NotRunning[node]; ok {
+				return why
+			}
+			for _, d := range ue.Diagnoses {
+				if d.Endpoint == endpoint {
+					return notAnswering(d.Cause, d.Message)
+				}
+			}
+		}
+		if err != nil {
+			return "booting (etcd not answering yet: " + err.Error() + ")"
+		}
 		return "booting (etcd not answering yet)"
 	}
 	for _, m := range r.Members {
@@ -217,8 +276,12 @@ func nodeProgress(r *status.Cluster, node string) string {
 			continue
 		}
 		switch {
+		case m.Cause == status.CauseNotRunning:
+			return m.Error
 		case m.Learner:
 			return "learner, catching up"
+		case !m.Healthy && m.Cause != "":
+			return "member, " + notAnswering(m.Cause, m.Error)
 		case !m.Healthy:
 			return "member, not answering yet"
 		}
@@ -230,6 +293,16 @@ func nodeProgress(r *status.Cluster, node string) string {
 		return "healthy voting member, waiting for flanneld's lease"
 	}
 	return "not a member yet"
+}
+
+// notAnswering words a diagnosis for a node that may still be booting: the causes a
+// boot goes through are brief, the others (certificates, protocols) are shown whole.
+func notAnswering(c status.Cause, msg string) string {
+	switch c {
+	case status.CauseRefused, status.CauseClosed, status.CauseTimeout:
+		return "booting (etcd not answering yet: " + status.Brief(c, msg) + ")"
+	}
+	return "etcd does not answer as expected: " + msg
 }
 
 func sortedNodes(st *vmcluster.RunState) []string {
@@ -312,10 +385,33 @@ func (a *app) superviseCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 			defer stop()
 			log := cmd.OutOrStdout()
-			err := vmcluster.SupervisePlan(ctx, dir, func(st *vmcluster.RunState) {
-				fmt.Fprintf(log, "%s supervisor %d: %d VMs running\n", time.Now().Format(time.RFC3339), st.Supervisor, len(st.Nodes))
+			// `etcdbake up` sends SIGUSR1 to have the nodes whose VM stopped booted again.
+			usr1 := make(chan os.Signal, 1)
+			signal.Notify(usr1, syscall.SIGUSR1)
+			defer signal.Stop(usr1)
+			startStopped := make(chan struct{}, 1)
+			go func() {
+				for range usr1 {
+					select {
+					case startStopped <- struct{}{}:
+					default:
+					}
+				}
+			}()
+			err := vmcluster.SupervisePlan(ctx, dir, vmcluster.SuperviseHooks{
+				Ready: func(st *vmcluster.RunState) {
+					fmt.Fprintf(log, "%s supervisor %d: %d VMs running\n", time.Now().Format(time.RFC3339), st.Supervisor, len(st.Nodes))
+				},
+				Logf: func(f string, args ...any) {
+					fmt.Fprintf(log, "%s supervisor: "+f+"\n", append([]any{time.Now().Format(time.RFC3339)}, args...)...)
+				},
+				StartStopped: startStopped,
 			})
-			fmt.Fprintf(log, "%s supervisor: stopped (%v)\n", time.Now().Format(time.RFC3339), err)
+			if err != nil {
+				fmt.Fprintf(log, "%s supervisor: stopped: %v\n", time.Now().Format(time.RFC3339), err)
+			} else {
+				fmt.Fprintf(log, "%s supervisor: stopped\n", time.Now().Format(time.RFC3339))
+			}
 			if errors.Is(err, context.Canceled) {
 				return nil
 			}

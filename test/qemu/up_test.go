@@ -3,11 +3,13 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +21,8 @@ import (
 // TestUpDown drives the CLI as a user would: `etcdbake up` on the built-in example builds
 // the images, boots three VMs under a supervisor that outlives it and waits for the
 // healthy status table; `status` and `exec` reach the running nodes; `up` again says the
-// cluster runs; `down` stops every QEMU process and keeps the disks, so the next `up`
+// cluster runs; a node whose QEMU is killed is reported at once and `up` brings it back
+// with its data (killAndBringBack); `down` stops every QEMU process and keeps the disks, so the next `up`
 // comes back with the same cluster and its data; `down --purge` discards the disks.
 func TestUpDown(t *testing.T) {
 	requireQEMU(t)
@@ -104,6 +107,10 @@ func TestUpDown(t *testing.T) {
 		t.Fatalf("etcdctl put in etcd-3: %q %v", stdout, err)
 	}
 
+	// A VM that dies (kill -9 of its QEMU, as an OOM kill would) is noticed by the
+	// supervisor, reported by status at once, and brought back by up from its kept disk.
+	st = killAndBringBack(t, run, filepath.Join(out, "run"), st, "etcd-2")
+
 	// down stops every QEMU process and keeps the disks.
 	if stdout, _, err := run(2*time.Minute, "down"); err != nil || !strings.Contains(stdout, "stopped 3 VMs") || !strings.Contains(stdout, "kept 3 VM disks") {
 		t.Fatalf("down: %v", err)
@@ -137,4 +144,75 @@ func TestUpDown(t *testing.T) {
 	if stdout, _, _ := run(time.Minute, "down"); !strings.Contains(stdout, "no cluster running") {
 		t.Errorf("down with nothing running: %q", stdout)
 	}
+}
+
+// killAndBringBack kills node's QEMU (kill -9) in the running cluster of TestUpDown and
+// checks: the supervisor logs the exit, `status` says at once that the node's VM is not
+// running, `up` boots it again from its kept disk until the cluster is healthy, and the
+// node reads the key written before the kill from its own data (a serializable read). It
+// returns the new record.
+func killAndBringBack(t *testing.T, run func(time.Duration, ...string) (string, string, error), runDir string, st *vmcluster.RunState, node string) *vmcluster.RunState {
+	t.Helper()
+	pid := st.Nodes[node].QEMU
+	if !vmcluster.ProcessIs(pid, "qemu-system") {
+		t.Fatalf("%s: QEMU pid %d does not run", node, pid)
+	}
+	killed := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// status, right after the kill: the node's VM is not running, said at once.
+	start := time.Now()
+	stdout, stderr, err := run(time.Minute, "status")
+	detect := time.Since(start)
+	if !strings.Contains(stderr, "status: "+node+": its VM is not running") {
+		t.Errorf("status after kill -9 of %s does not say its VM is not running: %v", node, err)
+	}
+	if !regexp.MustCompile(`(?m)^`+node+`\s+https://127\.0\.0\.1:\d+\s+unhealthy: not running`).MatchString(stdout) || !strings.Contains(stdout, "quorum true") {
+		t.Errorf("status table after kill -9 of %s: no row under its forwarded endpoint saying not running, or no quorum", node)
+	}
+	if detect > 20*time.Second {
+		t.Errorf("status took %s with a dead VM", detect)
+	}
+	t.Logf("status reported %s's VM not running %s after the kill (status itself: %s)", node, time.Since(killed).Round(100*time.Millisecond), detect.Round(100*time.Millisecond))
+	// The supervisor has logged the exit (it looks every second).
+	logPath := filepath.Join(runDir, vmcluster.SupervisorLog)
+	want := fmt.Sprintf("%s: QEMU pid %d exited: signal: killed", node, pid)
+	var log []byte
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if log, _ = os.ReadFile(logPath); bytes.Contains(log, []byte(want)) {
+			break
+		}
+	}
+	if !bytes.Contains(log, []byte(want)) {
+		t.Errorf("supervisor log lacks %q:\n%s", want, log)
+	}
+	if !bytes.Contains(log, []byte("2 of 3 VMs running")) {
+		t.Errorf("supervisor log does not count the VMs left:\n%s", log)
+	}
+	// up boots it again from its disk and waits for health.
+	start = time.Now()
+	stdout, stderr, err = run(20*time.Minute, "up")
+	if err != nil {
+		t.Fatalf("up after kill -9 of %s: %v", node, err)
+	}
+	if !strings.Contains(stdout, node+": QEMU pid ") || !strings.Contains(stdout, "starting it again from its kept disk") || !strings.Contains(stderr, node+": VM running again") {
+		t.Errorf("up after kill -9 does not say it starts %s again", node)
+	}
+	if strings.Contains(stdout+stderr, "<nil>") {
+		t.Errorf("up prints <nil>")
+	}
+	if n := regexp.MustCompile(`(?m)^etcd-\d\s+https://127\.0\.0\.1:\d+\s+healthy\s`).FindAllString(stdout, -1); len(n) != 3 {
+		t.Errorf("after up: want 3 healthy members, got %d", len(n))
+	}
+	t.Logf("up brought %s back healthy in %s", node, time.Since(start).Round(100*time.Millisecond))
+	again, err := vmcluster.ReadRunState(runDir)
+	if err != nil || again.Supervisor != st.Supervisor || again.Nodes[node].QEMU == pid || !vmcluster.ProcessIs(again.Nodes[node].QEMU, "qemu-system") {
+		t.Fatalf("record after up: %v %+v", err, again)
+	}
+	// Its own data (serializable: from its disk, not through the leader).
+	if stdout, _, err := run(time.Minute, "exec", node, "--", "/usr/local/bin/etcdctl", "--command-timeout=30s", "get", "--consistency=s", "--print-value-only", "/etcdbake-test/kept"); err != nil || strings.TrimSpace(stdout) != "across down and up" {
+		t.Errorf("%s's key after kill -9 and up: %q %v", node, stdout, err)
+	}
+	return again
 }
