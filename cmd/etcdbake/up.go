@@ -131,7 +131,7 @@ booted again from its kept disk, with its data, and up waits until the cluster i
 	cmd.Flags().IntVar(&memory, "memory", 768, "MiB of memory per VM")
 	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Minute, "how long to wait for a healthy cluster")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the VMs are launched")
-	cmd.Flags().StringVar(&firstboot, "firstboot", "", "etcd-firstboot binary (default: next to etcdbake)")
+	cmd.Flags().StringVar(&firstboot, "firstboot", "", firstbootFlagHelp)
 	cmd.Flags().StringVar(&accel, "accel", "auto", "tcg, kvm, or auto (KVM only if a test boot under it works; the result is kept until the host reboots)")
 	return cmd
 }
