@@ -188,6 +188,15 @@ func dialFailure(ctx context.Context, addr string, timeout time.Duration, err er
 	return Diagnosis{Cause: CauseOther, Message: fmt.Sprintf("connecting to %s: %v", addr, err)}
 }
 
+// chainsTo reports whether cert verifies against cfg's trusted CAs, ignoring its names.
+func chainsTo(cert *x509.Certificate, cfg *tls.Config) bool {
+	if cert == nil || cfg == nil {
+		return false
+	}
+	_, err := cert.Verify(x509.VerifyOptions{Roots: cfg.RootCAs, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	return err == nil
+}
+
 // handshakeFailure explains a failed TLS handshake.
 func handshakeFailure(ctx context.Context, addr string, p Probe, err error) Diagnosis {
 	var ua x509.UnknownAuthorityError
@@ -207,6 +216,12 @@ func handshakeFailure(ctx context.Context, addr string, p Probe, err error) Diag
 		return Diagnosis{Cause: CauseUnknownAuthority, Message: fmt.Sprintf(
 			"TLS: the server's certificate is issued by %s, which is not the CA in %s: the cluster was set up with another PKI (use the --out it was made with)",
 			issuer, caFile)}
+	case errors.As(err, &hn) && !chainsTo(hn.Certificate, p.TLS):
+		// Go checks the name before the chain: a certificate from another CA that also
+		// has other names is first of all from another CA.
+		return Diagnosis{Cause: CauseUnknownAuthority, Message: fmt.Sprintf(
+			"TLS: the server's certificate is issued by %q, which is not the CA in %s (and it names %s, not %s): this is not a server of this cluster (use the --out it was made with, and check the endpoint)",
+			hn.Certificate.Issuer.String(), caFile, sanList(hn.Certificate), hn.Host)}
 	case errors.As(err, &hn):
 		return Diagnosis{Cause: CauseNameMismatch, Message: fmt.Sprintf(
 			"TLS: the server's certificate is not valid for %s; it names %s (use an endpoint with one of these names or addresses, or add it to the node and re-run `etcdbake pki`)",

@@ -130,6 +130,9 @@ func TestDiagnose(t *testing.T) {
 		{"closed port", "https://" + closedPort(t), probe, 0, CauseRefused, []string{"connection refused", "nothing listens on 127.0.0.1:"}, time.Second},
 		{"certificate from another CA", tlsServer(t, "127.0.0.1:0", foreignSrv, foreignSrvKey), probe, 0, CauseUnknownAuthority,
 			[]string{`issued by "CN=diag etcd CA`, "not the CA in " + ca, "another PKI"}, 5 * time.Second},
+		// Go checks the name first; the other CA is still what is said.
+		{"another CA and another name", tlsServer(t, "127.0.0.78:0", foreignSrv, foreignSrvKey), probe, 0, CauseUnknownAuthority,
+			[]string{`issued by "CN=diag etcd CA`, "not the CA in " + ca, "not 127.0.0.78", "not a server of this cluster"}, 5 * time.Second},
 		{"name mismatch", tlsServer(t, "127.0.0.77:0", ownSrv, ownSrvKey), probe, 0, CauseNameMismatch,
 			[]string{"not valid for 127.0.0.77", "it names m1, localhost, 127.0.0.31, 127.0.0.1, ::1"}, 5 * time.Second},
 		{"plain HTTP on a TLS port", strings.Replace(plain.URL, "http://", "https://", 1), probe, 0, CausePlainHTTP,
