@@ -30,8 +30,8 @@ const (
 	diagnoseMaxBytes = 128 << 10
 	diagnoseMaxLines = 5000
 	// repairBudget bounds the bytes of YAML parsed per diagnosis: thousands of parses of
-	// a spec, well under a second.
-	repairBudget = 16 << 20
+	// a spec, about 0.1 s.
+	repairBudget = 4 << 20
 	// maxRepairs is the most mis-indented lines reported in one document.
 	maxRepairs = 8
 )
