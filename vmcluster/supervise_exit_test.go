@@ -5,31 +5,17 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/etcdbake/etcdbake/internal/testtools"
 )
 
-// fakeQEMU copies sleep under QEMU's name (ProcessIs looks for "qemu-system").
-func fakeQEMU(t *testing.T) string {
-	t.Helper()
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(sleep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := filepath.Join(t.TempDir(), "qemu-system-x86_64")
-	if err := os.WriteFile(fake, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return fake
-}
+// fakeQEMU is sleep under QEMU's name (ProcessIs looks for "qemu-system").
+func fakeQEMU(t *testing.T) string { return testtools.SleepNamed(t, "qemu-system-x86_64") }
 
 // fakeVM runs bin as a VM's process, waited for as boot does.
 func fakeVM(t *testing.T, name, bin string) *VM {

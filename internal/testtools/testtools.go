@@ -66,3 +66,22 @@ func BuildCLI(t testing.TB, dir string) string {
 	}
 	return filepath.Join(dir, "etcdbake")
 }
+
+// SleepNamed is a copy of sleep(1) under the given name in a temporary directory: a
+// process that tests can find by its name (/proc/PID/comm) and kill.
+func SleepNamed(t testing.TB, name string) string {
+	t.Helper()
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -1,30 +1,19 @@
 package qemu
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/etcdbake/etcdbake/internal/testtools"
 )
 
 // TestEtcdProcessScan: the scan B8 and B10 run on a node finds a process named etcd (a
 // copy of sleep under that name, on this machine), and an unfinished scan is not "none".
 func TestEtcdProcessScan(t *testing.T) {
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(sleep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := filepath.Join(t.TempDir(), "etcd")
-	if err := os.WriteFile(fake, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	fake := testtools.SleepNamed(t, "etcd")
 	p := exec.Command(fake, "60")
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
