@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcdbake/etcdbake/internal/testtools"
 	"github.com/etcdbake/etcdbake/spec"
 )
 
@@ -519,7 +520,7 @@ func TestParseCertAndDaysLeft(t *testing.T) {
 func TestOpenSSLVerify(t *testing.T) {
 	openssl, err := exec.LookPath("openssl")
 	if err != nil {
-		t.Skip("openssl not installed")
+		testtools.Missing(t, "openssl (make setup installs it)")
 	}
 	dir := t.TempDir()
 	ensure(t, example(t), dir, time.Now())
