@@ -242,7 +242,8 @@ func Images(ctx context.Context, s Sources, o ImageOptions) (*Configs, []imagebu
 	imgs, err := imagebuild.Build(ctx, imagebuild.BuildOptions{
 		Cluster: s.Cluster.Name, Nodes: nodes, Base: baseTree, BaseHash: baseHash,
 		SpecHash: fmt.Sprintf("%x", sha256.Sum256(s.SpecBytes)), Binaries: cfg.Records, Remote: remote,
-		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, Progress: progress, Meter: o.Meter,
+		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, VerifyTimeout: s.Cluster.Rollout.Timeout.D,
+		Progress: progress, Meter: o.Meter,
 	})
 	if err != nil {
 		return cfg, nil, err

@@ -141,7 +141,9 @@ func QEMUCluster(c *spec.Cluster, images map[string]string, dir string) vmcluste
 	for _, n := range c.Nodes {
 		macs[n.Name] = n.MAC
 	}
-	return vmcluster.ClusterOptions{Images: images, MACs: macs, Dir: dir, ClientPort: c.Etcd.ClientPort, PeerPort: c.Etcd.PeerPort}
+	// Nodes reboot in place: an A/B slot's boot that fails verification reboots into the
+	// previous slot, as on a real machine.
+	return vmcluster.ClusterOptions{Images: images, MACs: macs, Dir: dir, ClientPort: c.Etcd.ClientPort, PeerPort: c.Etcd.PeerPort, RebootInPlace: true}
 }
 
 // QEMUAccel resolves an accelerator choice (tcg, kvm or auto; see vmcluster.ChooseAccel)

@@ -12,11 +12,11 @@ package imagebuild
 import (
 	"context"
 	"crypto/sha1"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -27,6 +27,7 @@ import (
 	"github.com/etcdbake/etcdbake/imagebuild/disk"
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 	"github.com/etcdbake/etcdbake/imagebuild/ignapply"
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 // An outputFormat is one kind of image file Build can write for a node, from the node's
@@ -98,6 +99,12 @@ type BuildOptions struct {
 	OutDir   string
 	Formats  []string
 	DataSize int64
+	// SlotSize is the size of each A/B slot's root partition (default DefaultSlotSize):
+	// fixed at install time, so it leaves room for the roots of later releases.
+	SlotSize int64
+	// VerifyTimeout bounds the verification of a new slot's first boot (the spec's
+	// rollout.timeout; default spec.DefaultRolloutTimeout).
+	VerifyTimeout time.Duration
 	// Time is stamped into the file systems (default: SOURCE_DATE_EPOCH or a constant),
 	// so equal inputs give byte-identical images.
 	Time     time.Time
@@ -118,15 +125,22 @@ type Image struct {
 
 // Manifest is the SBOM written next to each image.
 type Manifest struct {
-	Cluster    string         `json:"cluster"`
-	Node       string         `json:"node"`
+	Cluster string `json:"cluster"`
+	Node    string `json:"node"`
+	// Release identifies what the image's slot holds: the same inputs (base, spec, the
+	// nodes' configs with their certificates and binaries) give the same release.
+	Release    string         `json:"release"`
 	BaseSHA256 string         `json:"baseSHA256"`
 	SpecSHA256 string         `json:"specSHA256"`
 	Binaries   []BinaryRecord `json:"binaries"`
 	Kernel     string         `json:"kernel"`
 	Layout     []PartInfo     `json:"layout"`
-	Cmdline    string         `json:"cmdline"`
-	PerNode    []string       `json:"perNodeFiles"`
+	// Slot is the slot the image boots (SlotA), Entry its boot entry's file name on the
+	// ESP and Cmdline the entry's kernel command line.
+	Slot    string   `json:"slot"`
+	Entry   string   `json:"entry"`
+	Cmdline string   `json:"cmdline"`
+	PerNode []string `json:"perNodeFiles"`
 }
 
 // PartInfo describes one partition in the manifest.
@@ -136,12 +150,36 @@ type PartInfo struct {
 	Size  int64  `json:"size"`
 }
 
-// Sizes of the fixed partitions.
+// Sizes of the fixed partitions. The ESP holds both slots' kernel and initrd (about
+// 30 MB a slot with Debian's cloud kernel) and cannot grow once installed.
 const (
-	espSize  = 128 << 20
+	espSize  = 256 << 20
 	nodeSize = 16 << 20
 	mib      = 1 << 20
+	// DefaultSlotSize is the default root size of each slot: more than twice the
+	// example's root (about 670 MiB), for the bases of later releases.
+	DefaultSlotSize = 1536 << 20
 )
+
+// ReleaseID derives a release's ID from everything that goes into its slots: the base,
+// the spec, the binaries and each node's config (which holds its certificates).
+func ReleaseID(o BuildOptions) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "etcdbake release\x00%s\x00%s\x00%s\x00", o.Cluster, o.BaseHash, o.SpecHash)
+	bins := append([]BinaryRecord(nil), o.Binaries...)
+	sort.Slice(bins, func(i, j int) bool { return bins[i].Name < bins[j].Name })
+	for _, b := range bins {
+		fmt.Fprintf(h, "%s\x00%s\x00", b.Name, b.SHA256)
+	}
+	nodes := append([]NodeInput(nil), o.Nodes...)
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
+	for _, n := range nodes {
+		fmt.Fprintf(h, "%s\x00%d\x00", n.Name, len(n.Config))
+		h.Write(n.Config)
+		fmt.Fprintf(h, "%q\x00", n.DNS)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
+}
 
 func buildTime(o BuildOptions) time.Time {
 	if !o.Time.IsZero() {
@@ -178,6 +216,14 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	}
 	when := buildTime(o)
 	start := time.Now()
+	if o.SlotSize == 0 {
+		o.SlotSize = DefaultSlotSize
+	}
+	if o.VerifyTimeout == 0 {
+		o.VerifyTimeout = spec.DefaultRolloutTimeout
+	}
+	release := ReleaseID(o)
+	slotOpts := SlotOptions{VerifyTimeout: o.VerifyTimeout, Firstboot: spec.BinDir + "/etcd-firstboot", NodeConfig: spec.NodeConfigPath}
 
 	trees := map[string]*fstree.Tree{}
 	for _, n := range o.Nodes {
@@ -189,6 +235,9 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 			return nil, fmt.Errorf("node %s: applying its Ignition config: %w", n.Name, err)
 		}
 		if err := ReadOnlyRoot(t, n.DNS); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		if err := SlotSystem(t, slotOpts); err != nil {
 			return nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 		trees[n.Name] = t
@@ -221,7 +270,12 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	t0 := time.Now()
 	rootImg := filepath.Join(tmp, "root.ext4")
 	rootSize := ext4Size(root)
-	if _, err := disk.WriteExt4(ctx, rootImg, rootSize, root, disk.Ext4Options{Label: LabelRoot, UUID: disk.DeriveGUID(o.Cluster, "root-fs"), Time: when, Meter: o.meter("shared root")}); err != nil {
+	if rootSize > o.SlotSize {
+		return nil, fmt.Errorf("the shared root needs %d MiB, more than the slot size (%d MiB): give a larger slot size", rootSize>>20, o.SlotSize>>20)
+	}
+	// The file system's UUID is the release's: both slots may hold a root, and the two
+	// differ when they hold different releases.
+	if _, err := disk.WriteExt4(ctx, rootImg, rootSize, root, disk.Ext4Options{Label: "root", UUID: disk.DeriveGUID(o.Cluster, "root-fs", release), Time: when, Meter: o.meter("shared root")}); err != nil {
 		return nil, fmt.Errorf("writing the shared root: %w", err)
 	}
 	progress("shared root: %d MiB ext4 in %s", rootSize>>20, time.Since(t0).Round(time.Millisecond))
@@ -229,7 +283,7 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	var images []Image
 	for _, n := range o.Nodes {
 		t1 := time.Now()
-		im, err := buildNode(ctx, o, n, tmp, rootImg, rootSize, own[n.Name], root, kernel, initrd, bootEFI, perNode, when)
+		im, err := buildNode(ctx, o, release, n, tmp, rootImg, own[n.Name], root, kernel, initrd, bootEFI, perNode, when)
 		if err != nil {
 			return nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
@@ -285,18 +339,16 @@ func ext4Size(t *fstree.Tree) int64 {
 	return (size + mib - 1) &^ (mib - 1)
 }
 
-func buildNode(ctx context.Context, o BuildOptions, n NodeInput, tmp, rootImg string, rootSize int64, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time) (Image, error) {
+func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput, tmp, rootImg string, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time) (Image, error) {
 	nodeImg := filepath.Join(tmp, n.Name+".node.ext4")
-	if _, err := disk.WriteExt4(ctx, nodeImg, nodeSize, own, disk.Ext4Options{Label: LabelNode, UUID: disk.DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
+	if _, err := disk.WriteExt4(ctx, nodeImg, nodeSize, own, disk.Ext4Options{Label: "node", UUID: disk.DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
 		return Image{}, fmt.Errorf("node partition: %w", err)
 	}
 	defer os.Remove(nodeImg)
 
-	rootGUID := disk.DeriveGUID(o.Cluster, n.Name, "root")
-	cmdline := strings.Join([]string{
-		"root=PARTUUID=" + strings.ToLower(rootGUID), "ro", "rootfstype=ext4",
-		"console=ttyS0,115200", "systemd.hostname=" + n.Name, "systemd.machine_id=" + MachineID(o.Cluster, n.Name),
-	}, " ")
+	guid := func(label string) string { return disk.DeriveGUID(o.Cluster, n.Name, label) }
+	slot := SlotA
+	cmdline := SlotCmdline(slot, guid(RootLabel(slot)), guid(NodeLabel(slot)), release, n.Name, MachineID(o.Cluster, n.Name))
 	efiData, err := root.Contents(bootEFI)
 	if err != nil {
 		return Image{}, err
@@ -311,25 +363,34 @@ func buildNode(ctx context.Context, o BuildOptions, n NodeInput, tmp, rootImg st
 	if err != nil {
 		return Image{}, err
 	}
-	entry := "etcdbake-" + n.Name
+	entry := EntryName(0, slot) + ".conf"
+	kdir := SlotKernelDir(slot)
 	files := []disk.ESPFile{
 		{Path: "EFI/BOOT/BOOTX64.EFI", Data: efiData},
-		{Path: "loader/loader.conf", Data: disk.LoaderConf(entry)},
-		{Path: "loader/entries/" + entry + ".conf", Data: disk.LoaderEntry("etcd "+n.Name+" ("+o.Cluster+")", "/"+path.Base(kernel), "/"+path.Base(initrd), cmdline)},
-		{Path: path.Base(kernel), Data: kData},
-		{Path: path.Base(initrd), Data: iData},
+		{Path: "loader/loader.conf", Data: disk.LoaderConf()},
+		{Path: "loader/entries/" + entry, Data: disk.LoaderEntry(fmt.Sprintf("etcd %s (%s), slot %s, release %s", n.Name, o.Cluster, slot, release), "/"+kdir+"/linux", "/"+kdir+"/initrd", cmdline)},
+		{Path: kdir + "/linux", Data: kData},
+		{Path: kdir + "/initrd", Data: iData},
 	}
 	dataSize := o.DataSize
 	if dataSize < 512*mib {
 		dataSize = 512 * mib
 	}
+	// ESP, slot A (filled), slot B (empty: a hole until a rollout writes it), data last so
+	// that it can grow into a larger disk.
 	parts := []disk.Partition{
-		{Name: LabelESP, Type: disk.TypeESP, GUID: disk.DeriveGUID(o.Cluster, n.Name, "esp"), Size: espSize,
+		{Name: LabelESP, Type: disk.TypeESP, GUID: guid("esp"), Size: espSize,
 			Content: disk.ESPContent("ESP", disk.DeriveVolumeID(o.Cluster, n.Name, "esp"), when, files)},
-		{Name: LabelRoot, Type: disk.TypeLinuxRootX8664, GUID: rootGUID, Size: rootSize, Content: disk.FileContent(rootImg)},
-		{Name: LabelNode, Type: disk.TypeLinuxData, GUID: disk.DeriveGUID(o.Cluster, n.Name, "node"), Size: nodeSize, Content: disk.FileContent(nodeImg)},
-		{Name: LabelData, Type: disk.TypeLinuxVar, GUID: disk.DeriveGUID(o.Cluster, n.Name, "data"), Size: dataSize},
 	}
+	for _, sl := range Slots {
+		root := disk.Partition{Name: RootLabel(sl), Type: disk.TypeLinuxRootX8664, GUID: guid(RootLabel(sl)), Size: o.SlotSize}
+		node := disk.Partition{Name: NodeLabel(sl), Type: disk.TypeLinuxData, GUID: guid(NodeLabel(sl)), Size: nodeSize}
+		if sl == slot {
+			root.Content, node.Content = disk.FileContent(rootImg), disk.FileContent(nodeImg)
+		}
+		parts = append(parts, root, node)
+	}
+	parts = append(parts, disk.Partition{Name: LabelData, Type: disk.TypeLinuxVar, GUID: guid("data"), Size: dataSize})
 	total := int64(mib) // GPT at the start
 	for _, p := range parts {
 		total += p.Size
@@ -363,8 +424,8 @@ func buildNode(ctx context.Context, o BuildOptions, n NodeInput, tmp, rootImg st
 	}
 	bins := append([]BinaryRecord(nil), o.Binaries...)
 	sort.Slice(bins, func(i, j int) bool { return bins[i].Name < bins[j].Name })
-	m := Manifest{Cluster: o.Cluster, Node: n.Name, BaseSHA256: o.BaseHash, SpecSHA256: o.SpecHash, Binaries: bins,
-		Kernel: kernel, Layout: layout, Cmdline: cmdline, PerNode: perNode}
+	m := Manifest{Cluster: o.Cluster, Node: n.Name, Release: release, BaseSHA256: o.BaseHash, SpecSHA256: o.SpecHash, Binaries: bins,
+		Kernel: kernel, Layout: layout, Slot: slot, Entry: entry, Cmdline: cmdline, PerNode: perNode}
 	mb, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return Image{}, err

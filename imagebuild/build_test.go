@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,6 +32,7 @@ var testBootFiles = map[string]string{
 	"boot/initrd.img-6.1.0-test-amd64":             strings.Repeat("I", 8192),
 	"usr/lib/systemd/boot/efi/systemd-bootx64.efi": "MZ-systemd-boot",
 	"usr/lib/systemd/systemd":                      "systemd",
+	"usr/lib/systemd/systemd-bless-boot":           "bless-boot",
 	"usr/sbin/init":                                "init",
 	"usr/sbin/chronyd":                             "chronyd",
 	"usr/sbin/iptables":                            "iptables",
@@ -118,7 +120,8 @@ func exampleBuildPKI(t testing.TB, out string) (BuildOptions, string) {
 		nodes = append(nodes, NodeInput{Name: n.Name, Config: configs[n.Name], DNS: []string{"10.88.0.1"}})
 	}
 	return BuildOptions{Cluster: c.Name, Nodes: nodes, Base: syntheticImageBase(t), BaseHash: "base", SpecHash: "spec",
-		Binaries: recs, Remote: remote, OutDir: out, Formats: []string{"raw"}, DataSize: 512 << 20, Time: time.Unix(1750000000, 0)}, filepath.Join(dir, "pki")
+		Binaries: recs, Remote: remote, OutDir: out, Formats: []string{"raw"}, DataSize: 512 << 20, Time: time.Unix(1750000000, 0),
+		SlotSize: 128 << 20}, filepath.Join(dir, "pki") // the synthetic root is 65 MiB
 }
 
 // partition copies one partition of a raw image to its own file.
@@ -133,9 +136,25 @@ func partition(t *testing.T, raw string, m Manifest, label string) string {
 			}
 			defer f.Close()
 			out := filepath.Join(t.TempDir(), label+".img")
-			o, _ := os.Create(out)
+			o, err := os.Create(out)
+			if err != nil {
+				t.Fatal(err)
+			}
 			defer o.Close()
-			if _, err := io.Copy(o, io.NewSectionReader(f, off, p.Size)); err != nil {
+			// Zero chunks stay holes: a slot is 1.5 GiB, mostly empty.
+			buf, zero := make([]byte, 1<<20), make([]byte, 1<<20)
+			for pos := int64(0); pos < p.Size; pos += int64(len(buf)) {
+				n, err := f.ReadAt(buf[:min(int64(len(buf)), p.Size-pos)], off+pos)
+				if err != nil && err != io.EOF {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(buf[:n], zero[:n]) {
+					if _, err := o.WriteAt(buf[:n], pos); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := o.Truncate(p.Size); err != nil {
 				t.Fatal(err)
 			}
 			return out
@@ -187,7 +206,7 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 		if err != nil || json.Unmarshal(mb, &m) != nil {
 			t.Fatalf("%s: manifest: %v", im.Node, err)
 		}
-		if len(m.Binaries) != 4 || m.BaseSHA256 != "base" || m.SpecSHA256 != "spec" || !strings.Contains(m.Cmdline, "systemd.hostname="+im.Node) {
+		if len(m.Binaries) != 4 || m.BaseSHA256 != "base" || m.SpecSHA256 != "spec" || !strings.Contains(m.Cmdline, "systemd.hostname="+im.Node) || m.Release != ReleaseID(o) || len(m.Release) != 12 {
 			t.Errorf("%s: manifest %+v", im.Node, m)
 		}
 		if out, err := exec.Command("sgdisk", "-v", raw).CombinedOutput(); err != nil || !strings.Contains(string(out), "No problems found") {
@@ -197,13 +216,20 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 		if out, err := exec.Command("fsck.vfat", "-n", esp).CombinedOutput(); err != nil {
 			t.Errorf("%s: fsck.vfat -n: %v\n%s", im.Node, err, out)
 		}
-		for _, l := range []string{LabelRoot, LabelNode} {
-			p := partition(t, raw, m, l)
+		checkSlots(t, im.Node, esp, o.SlotSize, m)
+		root, node := partition(t, raw, m, RootLabel(SlotA)), partition(t, raw, m, NodeLabel(SlotA))
+		for _, p := range []string{root, node} {
 			if out, err := exec.Command("fsck.ext4", "-fn", p).CombinedOutput(); err != nil {
-				t.Errorf("%s: fsck.ext4 -fn %s: %v\n%s", im.Node, l, err, out)
+				t.Errorf("%s: fsck.ext4 -fn %s: %v\n%s", im.Node, filepath.Base(p), err, out)
 			}
 		}
-		root, node := partition(t, raw, m, LabelRoot), partition(t, raw, m, LabelNode)
+		// Slot B is empty (a hole) until a rollout writes it.
+		for _, l := range []string{RootLabel("b"), NodeLabel("b")} {
+			var st syscall.Stat_t
+			if err := syscall.Stat(partition(t, raw, m, l), &st); err != nil || st.Blocks != 0 {
+				t.Errorf("%s: partition %s holds data (%d blocks, %v): slot B of a fresh image must be empty", im.Node, l, st.Blocks, err)
+			}
+		}
 		dbg := func(img, req string) string {
 			out, _ := exec.Command("debugfs", "-R", req, img).CombinedOutput()
 			return string(out)
@@ -225,8 +251,21 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 		if got := dbg(root, "stat /etc/systemd/system/multi-user.target.wants/etcd.service"); !strings.Contains(got, "Fast link dest") {
 			t.Errorf("%s: etcd.service not enabled: %s", im.Node, got)
 		}
-		if got := dbg(root, "cat /etc/fstab"); !strings.Contains(got, "PARTLABEL=data /var ext4") {
+		if got := dbg(root, "cat /etc/fstab"); !strings.Contains(got, "PARTLABEL=data /var ext4") || !strings.Contains(got, "PARTLABEL=esp /efi vfat noauto,x-systemd.automount") || strings.Contains(got, "/node") && strings.Contains(got, "PARTLABEL=node") {
 			t.Errorf("%s: fstab: %s", im.Node, got)
+		}
+		// The A/B machinery is in the shared root: the node partition's generator, the
+		// verify gate pulled in by boot-complete.target, the deadline.
+		if got := dbg(root, "stat /"+NodeGenerator); !strings.Contains(got, "Mode:  0755") {
+			t.Errorf("%s: %s: %s", im.Node, NodeGenerator, got)
+		}
+		if got := dbg(root, "cat /usr/lib/systemd/system/"+VerifyUnit); !strings.Contains(got, "ExecStart=/opt/etcdbake/bin/etcd-firstboot verify-boot --config /etc/etcdbake/node.json") || !strings.Contains(got, "TimeoutStartSec=600") || !strings.Contains(got, "Before=boot-complete.target") {
+			t.Errorf("%s: %s: %s", im.Node, VerifyUnit, got)
+		}
+		for _, link := range []string{"boot-complete.target.requires/" + VerifyUnit, "sysinit.target.wants/" + DeadlineUnit} {
+			if got := dbg(root, "stat /etc/systemd/system/"+link); !strings.Contains(got, "Fast link dest") {
+				t.Errorf("%s: %s missing: %s", im.Node, link, got)
+			}
 		}
 		// No CA key anywhere on the disk: the body of each CA key file is searched in every
 		// partition's bytes; the node's own server key, which must be there, is the control.

@@ -116,8 +116,8 @@ func compareWithIgnitionApply(t *testing.T, baseTree *fstree.Tree, wantChanged i
 	if err != nil || json.Unmarshal(mb, &m) != nil {
 		t.Fatalf("manifest: %v", err)
 	}
-	imgRoot := readExt4Tree(t, partition(t, filepath.Join(out, "etcd-1.raw"), m, LabelRoot))
-	imgNode := readExt4Tree(t, partition(t, filepath.Join(out, "etcd-1.raw"), m, LabelNode))
+	imgRoot := readExt4Tree(t, partition(t, filepath.Join(out, "etcd-1.raw"), m, RootLabel(SlotA)))
+	imgNode := readExt4Tree(t, partition(t, filepath.Join(out, "etcd-1.raw"), m, NodeLabel(SlotA)))
 	if len(m.PerNode) == 0 {
 		t.Fatal("no per-node files: the split into /node is not exercised")
 	}
@@ -242,7 +242,7 @@ func compareWithIgnitionApply(t *testing.T, baseTree *fstree.Tree, wantChanged i
 // Ignition does not make: the immutable-root layout (osconfig), with why. Each must be in
 // every image.
 var imageOnly = map[string]string{
-	"etc/fstab":                                      "mounts /var (data), /node, the ESP and /tmp",
+	"etc/fstab":                                      "mounts /var (data), the ESP and /tmp",
 	"etc/machine-id":                                 "empty: systemd makes the machine ID at first boot",
 	"etc/resolv.conf":                                "the spec's DNS servers",
 	"etc/systemd/journald.conf.d/":                   "persistent journal on the data partition",
@@ -252,6 +252,12 @@ var imageOnly = map[string]string{
 	"etc/systemd/system/sockets.target.wants/systemd-networkd.socket":                     "networkd's socket",
 	"etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service": "network-online means the address is up",
 	"node": "mount point of the node partition",
+	"efi":  "mount point of the ESP (systemd-bless-boot, slot updates)",
+	"usr/lib/systemd/system-generators/etcdbake-node-generator":                     "mounts the booted slot's node partition at /node",
+	"usr/lib/systemd/system/etcdbake-verify-boot.service":                           "verifies a new slot's boot before it is blessed",
+	"usr/lib/systemd/system/etcdbake-boot-deadline.service":                         "reboots a new slot that was not blessed in time",
+	"etc/systemd/system/boot-complete.target.requires/etcdbake-verify-boot.service": "boot counting waits for the verify gate",
+	"etc/systemd/system/sysinit.target.wants/etcdbake-boot-deadline.service":        "the deadline runs on every boot-counted boot",
 }
 
 // shadowBackups are shadow-utils' backup and lock files.
@@ -264,7 +270,8 @@ var linkCount = regexp.MustCompile(` links=[0-9]+`)
 // imageOnly paths and of the factory copy of /var, the /tmp mount point).
 var imageOnlyParents = []string{"etc/systemd/journald.conf.d", "etc/systemd/system/systemd-networkd.service.d",
 	"etc/systemd/system/sockets.target.wants", "etc/systemd/system/network-online.target.wants", "etc/tmpfiles.d",
-	"tmp", "usr/share", "usr/share/factory"}
+	"tmp", "usr/share", "usr/share/factory", "etc/systemd/system/boot-complete.target.requires",
+	"etc/systemd/system/sysinit.target.wants", "usr/lib/systemd/system-generators"}
 
 // matchImageOnly is the imageOnly pattern p matches, or "".
 func matchImageOnly(p string) string {

@@ -10,11 +10,10 @@ import (
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 )
 
-// Partition labels (GPT names) the booted system mounts by.
+// Partition labels (GPT names) the booted system mounts by. The slots' root and node
+// partitions are named by RootLabel and NodeLabel.
 const (
 	LabelESP  = "esp"
-	LabelRoot = "root"
-	LabelNode = "node"
 	LabelData = "data"
 )
 
@@ -23,7 +22,8 @@ const (
 const factoryVar = "usr/share/factory/var"
 
 // ReadOnlyRoot adapts a node's tree (base with its Ignition config applied) to boot with
-// a read-only root, a per-node partition at /node and a data partition at /var. The
+// a read-only root, a per-node partition at /node, a data partition at /var and the ESP
+// at /efi. The
 // changes are the same on every node except resolv.conf, so they end up in the shared
 // root, and resolv.conf in the node's partition.
 func ReadOnlyRoot(t *fstree.Tree, dns []string) error {
@@ -38,9 +38,13 @@ func ReadOnlyRoot(t *fstree.Tree, dns []string) error {
 			return err
 		}
 	}
-	fstab := "# etcdbake: read-only root, per-node settings, data partition\n" +
-		"PARTLABEL=" + LabelNode + " /" + NodeMount + " ext4 ro,nodev,nosuid,noexec 0 2\n" +
+	// /node is the booted slot's node partition, mounted by NodeGenerator's unit (the
+	// root is shared by both slots). The ESP is mounted on demand (an automount that lets
+	// go after a minute) for systemd-bless-boot and the slots' updates; passno 0: the base
+	// has no fsck.vfat.
+	fstab := "# etcdbake: read-only root, data partition, ESP; /node comes from " + path.Base(NodeGenerator) + "\n" +
 		"PARTLABEL=" + LabelData + " /var ext4 defaults,x-systemd.makefs,x-systemd.growfs 0 2\n" +
+		"PARTLABEL=" + LabelESP + " /" + ESPMount + " vfat noauto,x-systemd.automount,x-systemd.idle-timeout=60,umask=0077,nosuid,nodev,noexec 0 0\n" +
 		"tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
 	if err := put("etc/fstab", 0o644, fstab); err != nil {
 		return err

@@ -23,6 +23,10 @@ const (
 	DefaultBackdate          = time.Hour
 	DefaultRenewBefore       = 30 * 24 * time.Hour
 	DefaultSSHUser           = "core"
+	DefaultRolloutTimeout    = 10 * time.Minute
+	// MinRolloutTimeout is the shortest verification bound: a node under emulation needs
+	// about a minute from boot to a verified member.
+	MinRolloutTimeout = 30 * time.Second
 )
 
 // DefaultSources is the order binaries are looked for when the spec names none: the
@@ -74,6 +78,7 @@ func (c *Cluster) ApplyDefaults() {
 
 	setDur(&c.Time.MaxSkew, DefaultMaxSkew)
 	setDur(&c.Time.SyncTimeout, DefaultSyncTimeout)
+	setDur(&c.Rollout.Timeout, DefaultRolloutTimeout)
 
 	p := &c.PKI
 	if p.Algorithm == "" {

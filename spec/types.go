@@ -25,6 +25,7 @@ type Cluster struct {
 	PKI     PKI      `yaml:"pki" json:"pki"`
 	SSH     SSH      `yaml:"ssh" json:"ssh"`
 	Binary  Binaries `yaml:"binaries" json:"binaries"`
+	Rollout Rollout  `yaml:"rollout,omitempty" json:"rollout,omitempty"`
 	// Butane is the path of a Butane fragment (variant fcos or flatcar) merged into every
 	// node's Ignition config. Relative paths are relative to the spec file.
 	Butane string `yaml:"butane,omitempty" json:"butane,omitempty"`
@@ -93,6 +94,15 @@ type Time struct {
 	Servers     []string `yaml:"servers" json:"servers"`
 	MaxSkew     Duration `yaml:"maxSkew,omitempty" json:"maxSkew,omitempty"`
 	SyncTimeout Duration `yaml:"syncTimeout,omitempty" json:"syncTimeout,omitempty"`
+}
+
+// Rollout governs how a disk-image node takes a new release into its inactive A/B slot.
+type Rollout struct {
+	// Timeout bounds a new slot's first boot: from early boot until etcd-firstboot has
+	// verified the node (health gate, local /readyz, flannel). A boot not verified in
+	// time is not blessed: the node reboots and boot counting brings back the previous
+	// slot. Default 10m.
+	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
 }
 
 // PKI sets key algorithm and certificate lifetimes.

@@ -35,6 +35,7 @@ func Validate(c *Cluster) Report {
 	validateEtcd(c, &r)
 	validateFlannel(c, &r)
 	validateTime(c, &r)
+	validateRollout(c, &r)
 	validatePKI(c, &r)
 	validateBinaries(c, &r)
 	for i, k := range c.SSH.AuthorizedKeys {
@@ -338,6 +339,12 @@ func validateTime(c *Cluster, r *Report) {
 	}
 	if d, ok := durationOK(t.SyncTimeout, "time.syncTimeout", r); ok && d == 0 {
 		r.Errorf("time.syncTimeout", "must be above 0 (e.g. 2m): it bounds the wait for clock sync")
+	}
+}
+
+func validateRollout(c *Cluster, r *Report) {
+	if d, ok := durationOK(c.Rollout.Timeout, "rollout.timeout", r); ok && d < MinRolloutTimeout {
+		r.Errorf("rollout.timeout", "%s is too short to boot and verify a node: use at least %s (default %s)", d, MinRolloutTimeout, DefaultRolloutTimeout)
 	}
 }
 

@@ -58,6 +58,10 @@ type ClusterOptions struct {
 	// Its user-mode NIC can reach the host (no restrict=on; 10.0.2.2 is the host's
 	// loopback), and the VM reboots in place instead of exiting.
 	PXE map[string]string
+	// RebootInPlace lets a guest reboot itself (an A/B slot update, a failed boot
+	// verification, `systemctl reboot`): QEMU resets the machine and keeps running, with
+	// its forwards. Without it a guest reboot ends the VM (the node shows as exited).
+	RebootInPlace bool
 }
 
 // overlaySuffix ends the name of a node's disk in the run directory (<node>.overlay.qcow2).
@@ -71,6 +75,8 @@ type Cluster struct {
 	dir   string
 	mem   int
 	accel string
+	// rebootInPlace: ClusterOptions.RebootInPlace.
+	rebootInPlace bool
 	// The guest's etcd ports the forwards go to (ClusterOptions.ClientPort, PeerPort).
 	guestClient, guestPeer int
 	hub                    *Hub
@@ -150,7 +156,7 @@ func newCluster(o ClusterOptions) (*Cluster, error) {
 	if mem == 0 {
 		mem = 768
 	}
-	c := &Cluster{dir: o.Dir, mem: mem, accel: o.Accel, guestClient: o.ClientPort, guestPeer: o.PeerPort, hub: NewHub(), nodes: map[string]*clusterNode{}}
+	c := &Cluster{dir: o.Dir, mem: mem, accel: o.Accel, rebootInPlace: o.RebootInPlace, guestClient: o.ClientPort, guestPeer: o.PeerPort, hub: NewHub(), nodes: map[string]*clusterNode{}}
 	for name, img := range o.Images {
 		mac := o.MACs[name]
 		if mac == "" {
@@ -295,8 +301,8 @@ func (c *Cluster) qemuArgs(n *clusterNode, vm *VM) []string {
 		"-display", "none", "-monitor", "none",
 		"-qmp", "unix:"+vm.qmpPath+",server=on,wait=off",
 	)
-	if n.pxe == "" {
-		args = append(args, "-no-reboot") // a guest reboot ends the VM (tests restart it)
+	if n.pxe == "" && !c.rebootInPlace {
+		args = append(args, "-no-reboot") // a guest reboot ends the VM
 	}
 	args = append(args, guestAgentArgs(vm.qgaPath)...)
 	args = append(args, accelArgs(c.accel)...)

@@ -1,6 +1,7 @@
 package vmcluster
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -42,6 +43,23 @@ func TestForwardsToGuestPorts(t *testing.T) {
 		o.ClientPort, o.PeerPort = bad.client, bad.peer
 		if _, err := newCluster(o); err == nil || !strings.Contains(err.Error(), "ClusterOptions.") {
 			t.Errorf("ports %d/%d: %v, want an error naming the field", bad.client, bad.peer, err)
+		}
+	}
+}
+
+// TestRebootInPlace: with RebootInPlace a guest reboot resets the VM (no -no-reboot);
+// without it the reboot ends QEMU.
+func TestRebootInPlace(t *testing.T) {
+	for _, inPlace := range []bool{false, true} {
+		o := ClusterOptions{Images: map[string]string{"etcd-1": "etcd-1.raw"}, MACs: map[string]string{"etcd-1": "52:54:00:88:00:11"},
+			Dir: t.TempDir(), ClientPort: 12379, PeerPort: 12380, RebootInPlace: inPlace}
+		c, err := newCluster(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := c.qemuArgs(c.nodes["etcd-1"], &VM{Name: "etcd-1", Console: "con", qmpPath: "qmp", qgaPath: "qga"})
+		if got := slices.Contains(args, "-no-reboot"); got == inPlace {
+			t.Errorf("RebootInPlace %v: -no-reboot given: %v", inPlace, got)
 		}
 	}
 }

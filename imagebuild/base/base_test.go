@@ -270,6 +270,7 @@ func completeBase(t *testing.T) *fstree.Tree {
 	file("usr/bin/kmod")
 	link("usr/sbin/modprobe", "../bin/kmod")
 	file("usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+	file("usr/lib/systemd/systemd-bless-boot")
 	file("etc/passwd")
 	file("etc/group")
 	file("boot/vmlinuz-6.1.0-28-cloud-amd64")
@@ -284,6 +285,7 @@ func TestCheckBaseEmpty(t *testing.T) {
 		"usr/lib/systemd/systemd", "sbin/init", "systemd-sysv",
 		"usr/sbin/chronyd", "chrony", "usr/sbin/iptables", "package iptables",
 		"mkfs.ext4", "e2fsprogs", "usr/lib/systemd/boot/efi/systemd-bootx64.efi", "systemd-boot-efi",
+		"usr/lib/systemd/systemd-bless-boot", "package systemd-boot)",
 		"etc/passwd", "etc/group", "base-passwd",
 	}
 	runtime := []string{"iproute2", "udevadm", "package udev", "modprobe", "package kmod"}
@@ -342,6 +344,7 @@ func TestCheckBaseComplete(t *testing.T) {
 		{"etc/alternatives", "iptables"},
 		{"usr/lib/systemd/boot", "systemd-boot-efi"},
 		{"usr/bin/kmod", "modprobe"},
+		{"usr/lib/systemd/systemd-bless-boot", "(Debian package systemd-boot)"},
 	} {
 		tr := completeBase(t)
 		tr.Remove(c.remove)
@@ -480,7 +483,7 @@ func TestBaseRecipeHash(t *testing.T) {
 	}
 	// The default recipe has what the images need and not systemd-resolved.
 	inc := strings.Join(r.Include, " ")
-	for _, p := range []string{"systemd-sysv", "linux-image-cloud-amd64", "chrony", "iptables", "iproute2", "e2fsprogs", "udev", "dbus", "kmod", "ca-certificates", "systemd-boot-efi"} {
+	for _, p := range []string{"systemd-sysv", "linux-image-cloud-amd64", "chrony", "iptables", "iproute2", "e2fsprogs", "udev", "dbus", "kmod", "ca-certificates", "systemd-boot-efi", "systemd-boot"} {
 		if !strings.Contains(" "+inc+" ", " "+p+" ") {
 			t.Errorf("default recipe does not include %s", p)
 		}
@@ -562,7 +565,7 @@ func TestBuildBaseFake(t *testing.T) {
 	joined := strings.Join(args, "\n")
 	for _, want := range []string{
 		"--variant=minbase",
-		"--include=ca-certificates,chrony,dbus,e2fsprogs,iproute2,iptables,iputils-ping,kmod,linux-image-cloud-amd64,qemu-guest-agent,systemd-boot-efi,systemd-sysv,udev",
+		"--include=ca-certificates,chrony,dbus,e2fsprogs,iproute2,iptables,iputils-ping,kmod,linux-image-cloud-amd64,qemu-guest-agent,systemd-boot,systemd-boot-efi,systemd-sysv,udev",
 		"--customize-hook=set -e",
 		"--format=tar\n--\nbookworm\n",
 		"\nhttp://deb.example/debian",

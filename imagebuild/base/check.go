@@ -45,6 +45,7 @@ var baseRequirements = []baseRequirement{
 	{"iptables", []string{"usr/sbin/iptables", "sbin/iptables"}, "packet filter rules (flannel's masquerading and forwarding)", "iptables"},
 	{"mkfs.ext4", []string{"sbin/mkfs.ext4", "usr/sbin/mkfs.ext4"}, "formats the writable /var partition on first boot (x-systemd.makefs)", "e2fsprogs"},
 	{"systemd-boot EFI binary", []string{"usr/lib/systemd/boot/efi/systemd-bootx64.efi"}, "the UEFI boot loader copied to the ESP as EFI/BOOT/BOOTX64.EFI", "systemd-boot-efi"},
+	{"systemd-bless-boot", []string{"usr/lib/systemd/systemd-bless-boot", "lib/systemd/systemd-bless-boot"}, "blesses a verified boot of a new A/B slot (systemd-boot's boot counting)", "systemd-boot"},
 	{"passwd database", []string{"etc/passwd"}, "user accounts", "base-passwd"},
 	{"group database", []string{"etc/group"}, "groups", "base-passwd"},
 }

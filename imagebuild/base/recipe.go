@@ -87,7 +87,7 @@ fi`,
 
 // DefaultRecipe is a Debian bookworm minbase with systemd, the cloud kernel (and its
 // stock initramfs-tools initrd), chrony, iptables, iproute2, e2fsprogs, udev, dbus, kmod,
-// CA certificates and systemd-boot's EFI binary.
+// CA certificates, systemd-boot's EFI binary and systemd-boot (boot counting).
 func DefaultRecipe() Recipe {
 	return Recipe{
 		Suite:   "bookworm",
@@ -105,6 +105,8 @@ func DefaultRecipe() Recipe {
 			"ca-certificates",
 			"iputils-ping",
 			"systemd-boot-efi",
+			// systemd-bless-boot and its generator: boot counting for the A/B slots.
+			"systemd-boot",
 			// Started by udev only where a hypervisor offers its virtio port (etcdbake exec, tests).
 			"qemu-guest-agent",
 		},

@@ -50,7 +50,7 @@ func diskTestESPFiles(t *testing.T) ([]ESPFile, map[string][]byte) {
 	}
 	files := []ESPFile{
 		{Path: "EFI/BOOT/BOOTX64.EFI", Data: diskTestPattern(300_001, 3)},
-		{Path: "loader/loader.conf", Data: LoaderConf("node-1")},
+		{Path: "loader/loader.conf", Data: LoaderConf()},
 		{Path: "/loader/entries/node-1.conf", Data: LoaderEntry("etcd node-1", "/vmlinuz", "/initrd.img", "root=PARTUUID=X ro")},
 		{Path: "vmlinuz", Source: filepath.Join(dir, "vmlinuz")},
 		{Path: "initrd.img", Source: filepath.Join(dir, "initrd.img")},
@@ -116,7 +116,7 @@ func TestDeriveGUID(t *testing.T) {
 }
 
 func TestESPLoaderConfig(t *testing.T) {
-	if got, want := string(LoaderConf("etcd-node-1")), "default etcd-node-1.conf\ntimeout 0\neditor no\n"; got != want {
+	if got, want := string(LoaderConf()), "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n"; got != want {
 		t.Errorf("LoaderConf = %q, want %q", got, want)
 	}
 	got := string(LoaderEntry("etcd node-1", "/vmlinuz", "/initrd.img", "root=PARTUUID=AB ro console=ttyS0,115200"))

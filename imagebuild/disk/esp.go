@@ -38,10 +38,14 @@ const espMinClusters = 65525
 // espChunk is how much of a Source file is written to the FAT32 file system per call.
 const espChunk = 8 << 20
 
-// LoaderConf returns a systemd-boot loader/loader.conf that boots the type-1 entry
-// loader/entries/<entry>.conf at once, with the editor disabled.
-func LoaderConf(entry string) []byte {
-	return fmt.Appendf(nil, "default %s.conf\ntimeout 0\neditor no\n", entry)
+// LoaderConf returns a systemd-boot loader/loader.conf that boots at once, with the
+// editor and the automatic entries disabled. It has no default: systemd-boot then boots
+// the first entry in its order (newest name first, entries whose boot-counting tries are
+// used up last), which is what A/B boot counting needs. A default naming an entry would
+// stop matching once the entry carries a counter (its ID is the whole file name), or
+// would pin an entry that failed.
+func LoaderConf() []byte {
+	return []byte("timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")
 }
 
 // LoaderEntry returns a systemd-boot type-1 boot loader entry (loader/entries/<x>.conf).

@@ -1,0 +1,185 @@
+package imagebuild
+
+import (
+	"fmt"
+	"io/fs"
+	"strings"
+	"time"
+
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+)
+
+// A/B system slots. The disk holds two slots, each a root partition and a node partition
+// (root-a/node-a, root-b/node-b), with the slot's kernel and initrd on the ESP under
+// /etcdbake/<slot>/; the data partition is shared. A fresh image fills slot A and leaves
+// slot B empty (a hole). systemd-boot picks the entry to boot: entries are named by a
+// rollout generation and a slot (EntryName), the newest name first, and an entry with a
+// boot counter (etcdbake-000007-b+1.conf) must prove itself: etcdbake-verify-boot.service
+// runs before boot-complete.target, and only when it passes does systemd-bless-boot drop
+// the counter. A boot that is not verified within the rollout timeout reboots, and the
+// entry, its tries used up, sorts last: the previous slot boots by itself.
+
+// Slots are the two system slots, in the order of their partitions.
+var Slots = []string{"a", "b"}
+
+// SlotA is the slot a fresh image boots.
+const SlotA = "a"
+
+// RootLabel and NodeLabel are a slot's partition names (GPT PARTLABELs).
+func RootLabel(slot string) string { return "root-" + slot }
+
+// NodeLabel is the GPT name of a slot's node partition.
+func NodeLabel(slot string) string { return "node-" + slot }
+
+// EntryName is the systemd-boot entry (file name without ".conf" and without a boot
+// counter) that boots slot for rollout generation gen. systemd-boot sorts entries by
+// name, newest first; generation 0 is the fresh image's.
+func EntryName(gen int, slot string) string { return fmt.Sprintf("etcdbake-%06d-%s", gen, slot) }
+
+// SlotKernelDir is where a slot's kernel and initrd live on the ESP.
+func SlotKernelDir(slot string) string { return "etcdbake/" + slot }
+
+// Paths of the A/B machinery in the root.
+const (
+	// ESPMount is where the booted system mounts the ESP (an automount: the FAT is
+	// mounted only while in use, so a power loss rarely finds it dirty). systemd-bless-boot
+	// looks for the ESP here.
+	ESPMount = "efi"
+	// NodeGenerator writes node.mount for the booted slot's node partition, named on the
+	// kernel command line (etcdbake.node=PARTUUID): the root is shared by both slots, so
+	// fstab cannot name it.
+	NodeGenerator = "usr/lib/systemd/system-generators/etcdbake-node-generator"
+	VerifyUnit    = "etcdbake-verify-boot.service"
+	DeadlineUnit  = "etcdbake-boot-deadline.service"
+	// bootCountVar exists in efivarfs only on a boot of an entry with a boot counter.
+	bootCountVar = "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+)
+
+// Kernel command line words that tell the booted system its slot.
+const (
+	CmdlineSlot    = "etcdbake.slot"
+	CmdlineNode    = "etcdbake.node"
+	CmdlineRelease = "etcdbake.release"
+)
+
+// nodeGeneratorScript mounts the node partition the kernel command line names. The
+// PARTUUID is checked to be hex digits and dashes before it goes into a unit.
+// ETCDBAKE_PROC_CMDLINE lets the tests run it on a command line of their own.
+const nodeGeneratorScript = `#!/bin/sh
+# etcdbake: mount this slot's node partition at /node (etcdbake.node=PARTUUID on the
+# kernel command line). The root is shared by both A/B slots, so fstab cannot name it.
+out="$1"
+node=
+for w in $(cat "${ETCDBAKE_PROC_CMDLINE:-/proc/cmdline}"); do
+	case "$w" in ` + CmdlineNode + `=*) node="${w#` + CmdlineNode + `=}" ;; esac
+done
+case "$node" in
+"" | *[!0-9a-fA-F-]*) exit 0 ;;
+esac
+cat > "$out/node.mount" <<EOF
+# Written by etcdbake-node-generator
+[Unit]
+Description=etcdbake node settings (this slot's node partition)
+Before=local-fs.target
+
+[Mount]
+What=/dev/disk/by-partuuid/$node
+Where=/node
+Type=ext4
+Options=ro,nodev,nosuid,noexec
+EOF
+mkdir -p "$out/local-fs.target.requires"
+ln -sf ../node.mount "$out/local-fs.target.requires/node.mount"
+`
+
+// SlotOptions configure the A/B machinery in the root.
+type SlotOptions struct {
+	// VerifyTimeout bounds the verification of a new slot's boot (spec rollout.timeout).
+	VerifyTimeout time.Duration
+	// Firstboot is etcd-firstboot's path and NodeConfig the --config it is given.
+	Firstboot, NodeConfig string
+}
+
+// SlotSystem adds what the A/B slots need to a node's tree: the ESP mount point, the node
+// partition's generator, the verify gate and the boot deadline. It is the same on every
+// node, so it lands in the shared root.
+func SlotSystem(t *fstree.Tree, o SlotOptions) error {
+	if o.VerifyTimeout <= 0 {
+		return fmt.Errorf("slots: the verify timeout must be above 0")
+	}
+	if err := t.Put(&fstree.Entry{Path: ESPMount, Mode: fs.ModeDir | 0o700}); err != nil {
+		return err
+	}
+	secs := int(o.VerifyTimeout.Round(time.Second) / time.Second)
+	verify := `[Unit]
+Description=etcdbake: verify this boot of a new A/B slot before it is blessed
+Documentation=man:systemd-bless-boot.service(8)
+# Pulled in only on a boot-counted boot (a new slot on trial), through
+# boot-complete.target, which systemd-bless-boot.service requires.
+Before=boot-complete.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=` + o.Firstboot + ` verify-boot --config ` + o.NodeConfig + `
+# rollout.timeout: not verified in time, the boot is not blessed and the node reboots;
+# the entry's tries are used up, so the previous slot boots.
+TimeoutStartSec=` + fmt.Sprint(secs) + `
+ExecStopPost=/bin/sh -c '[ "$$SERVICE_RESULT" = success ] || /lib/systemd/systemd-bless-boot bad'
+FailureAction=reboot
+
+[Install]
+RequiredBy=boot-complete.target
+`
+	// The deadline covers a trial boot that never gets to run the gate (emergency mode
+	// after a failed mount, a unit stuck before basic.target).
+	deadline := `[Unit]
+Description=etcdbake: reboot a new A/B slot that was not blessed in time
+DefaultDependencies=no
+IgnoreOnIsolate=yes
+ConditionPathExists=` + bootCountVar + `
+Conflicts=shutdown.target
+Before=shutdown.target
+
+[Service]
+ExecStart=/bin/sh -c 'sleep ` + fmt.Sprint(secs+120) + `; systemctl is-active --quiet systemd-bless-boot.service || systemctl reboot'
+
+[Install]
+WantedBy=sysinit.target
+`
+	files := []struct {
+		path string
+		mode fs.FileMode
+		data string
+	}{
+		{NodeGenerator, 0o755, nodeGeneratorScript},
+		{"usr/lib/systemd/system/" + VerifyUnit, 0o644, verify},
+		{"usr/lib/systemd/system/" + DeadlineUnit, 0o644, deadline},
+	}
+	for _, f := range files {
+		if err := t.Put(&fstree.Entry{Path: f.path, Mode: f.mode, Data: []byte(f.data)}); err != nil {
+			return err
+		}
+	}
+	for link, unit := range map[string]string{
+		"etc/systemd/system/boot-complete.target.requires/" + VerifyUnit: VerifyUnit,
+		"etc/systemd/system/sysinit.target.wants/" + DeadlineUnit:        DeadlineUnit,
+	} {
+		if err := t.Put(&fstree.Entry{Path: link, Mode: fs.ModeSymlink | 0o777, Target: "/usr/lib/systemd/system/" + unit}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SlotCmdline is the kernel command line of slot's entry on a node.
+func SlotCmdline(slot, rootPARTUUID, nodePARTUUID, release, hostname, machineID string) string {
+	return strings.Join([]string{
+		"root=PARTUUID=" + strings.ToLower(rootPARTUUID), "ro", "rootfstype=ext4",
+		CmdlineSlot + "=" + slot, CmdlineNode + "=" + strings.ToLower(nodePARTUUID), CmdlineRelease + "=" + release,
+		// initramfs-tools reboots after 30 s instead of waiting at its shell when it cannot
+		// mount the root (a trial boot then falls back).
+		"panic=30",
+		"console=ttyS0,115200", "systemd.hostname=" + hostname, "systemd.machine_id=" + machineID,
+	}, " ")
+}
