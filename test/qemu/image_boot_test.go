@@ -42,6 +42,8 @@ flannel:
 time:
   servers: []
   syncTimeout: 5s
+rollout:
+  timeout: 90s
 binaries:
   sources: [go]
 butane: report.bu
@@ -71,6 +73,7 @@ systemd:
 // boots it with vmcluster (QEMU, TCG, OVMF), as `etcdbake up` does: etcd-firstboot's gates
 // pass, etcd answers /readyz over mutual TLS through the forwarded client port (the
 // spec's 12379, not etcd's default), flanneld holds a lease, and the root is read-only.
+// Then T-AB (checkABSlots) switches the node between its A/B slots.
 func TestBootOneNodeImage(t *testing.T) {
 	requireQEMU(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
@@ -173,4 +176,6 @@ func TestBootOneNodeImage(t *testing.T) {
 		t.Fatalf("flannel leases: %d; console:\n%s", leases, tail(b, 40))
 	}
 	t.Logf("flanneld holds a lease %s after QEMU start", time.Since(step).Round(100*time.Millisecond))
+
+	checkABSlots(ctx, t, cl, filepath.Join(dir, "images"), "etcd-1", ep, hc)
 }
