@@ -49,25 +49,21 @@ func (a *Agent) flannelSubnetFile() string {
 	return filepath.Join(spec.FlannelRunDir, "subnet.env")
 }
 
-// unmet is one condition of verify-boot that does not hold yet: what (stable, for
-// noticing changes) and the full sentence with the detail.
-type unmet struct{ what, text string }
-
-// verifyConditions checks everything verify-boot waits for, in order, and returns the
-// conditions that do not hold.
-func (a *Agent) verifyConditions(ctx context.Context) []unmet {
-	var out []unmet
+// verifyConditions checks everything verify-boot waits for, in order, and returns one
+// sentence per condition that does not hold.
+func (a *Agent) verifyConditions(ctx context.Context) []string {
+	var out []string
 	// The ready flag lives in the run dir (tmpfs), so it exists only if the health gate
 	// passed on this boot.
 	if _, err := os.Stat(a.ReadyFlagPath()); err != nil {
-		out = append(out, unmet{"ready flag", fmt.Sprintf("the health gate has not written its ready flag %s", a.ReadyFlagPath())})
+		out = append(out, fmt.Sprintf("the health gate has not written its ready flag %s", a.ReadyFlagPath()))
 	}
 	if err := a.probe(ctx, "/readyz"); err != nil {
-		out = append(out, unmet{"readyz", fmt.Sprintf("the local member is not ready (%s/readyz): %v", a.Cfg.LocalClientURL, err)})
+		out = append(out, fmt.Sprintf("the local member is not ready (%s/readyz): %v", a.Cfg.LocalClientURL, err))
 	}
 	if a.Cfg.Flannel.Key != "" {
 		if err := checkSubnetFile(a.flannelSubnetFile()); err != nil {
-			out = append(out, unmet{"flannel subnet", err.Error()})
+			out = append(out, err.Error())
 		}
 	}
 	return out
@@ -91,22 +87,6 @@ func checkSubnetFile(path string) error {
 	return fmt.Errorf("flanneld's %s has no FLANNEL_SUBNET= line yet", path)
 }
 
-func unmetTexts(us []unmet) []string {
-	out := make([]string, len(us))
-	for i, u := range us {
-		out[i] = u.text
-	}
-	return out
-}
-
-func unmetKey(us []unmet) string {
-	var b strings.Builder
-	for _, u := range us {
-		b.WriteString(u.what + "\x00")
-	}
-	return b.String()
-}
-
 // VerifyBoot decides whether this boot of an on-trial entry is good: it polls (every
 // Timeouts.Retry) until the health gate's ready flag exists on this boot, the local
 // member answers /readyz, and, when the node runs flannel, flanneld has written its
@@ -127,7 +107,7 @@ func (a *Agent) VerifyBoot(ctx context.Context) error {
 	what := fmt.Sprintf("boot of slot %s (release %s, entry %s)", orNone(res.Slot), orNone(res.Release), orNone(res.Entry))
 	a.logf("verify-boot: verifying this %s", what)
 
-	var last []unmet
+	var last []string
 	checked, lastKey := false, ""
 	for ctx.Err() == nil {
 		u := a.verifyConditions(ctx)
@@ -138,8 +118,8 @@ func (a *Agent) VerifyBoot(ctx context.Context) error {
 		if len(u) == 0 {
 			break
 		}
-		if k := unmetKey(u); k != lastKey {
-			a.logf("verify-boot: waiting (%s so far) for: %s", a.now().Sub(start).Round(time.Second), strings.Join(unmetTexts(u), "; "))
+		if k := strings.Join(u, "; "); k != lastKey {
+			a.logf("verify-boot: waiting (%s so far) for: %s", a.now().Sub(start).Round(time.Second), k)
 			lastKey = k
 		}
 		select {
@@ -164,7 +144,7 @@ func (a *Agent) VerifyBoot(ctx context.Context) error {
 		verr = errors.New(res.Message)
 	default:
 		res.Result = VerifyFailed
-		res.Waiting = unmetTexts(last)
+		res.Waiting = last
 		res.Message = fmt.Sprintf("%s not verified after %s: %s", what, res.Took.Round(time.Second), strings.Join(res.Waiting, "; "))
 		verr = errors.New(res.Message)
 	}

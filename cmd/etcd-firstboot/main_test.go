@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf16"
 
 	"github.com/etcdbake/etcdbake/firstboot"
 	"github.com/etcdbake/etcdbake/internal/testcluster"
@@ -104,5 +106,127 @@ func TestPrepareThenStatus(t *testing.T) {
 	}
 	if code := run([]string{"bogus"}, &out, &errOut); code != 2 {
 		t.Fatalf("unknown subcommand: exit %d", code)
+	}
+}
+
+// efiString is an efivarfs file of a string variable: 4 bytes of attributes, UTF-16LE,
+// a NUL (written here independently of the decoder under test).
+func efiString(s string) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, 0x6)
+	for _, c := range utf16.Encode([]rune(s)) {
+		b = binary.LittleEndian.AppendUint16(b, c)
+	}
+	return append(b, 0, 0)
+}
+
+// fakeBootDir writes a kernel command line, systemd-boot's variables and an ESP with
+// the given entries under dir.
+func fakeBootDir(t *testing.T, dir, cmdline string, vars map[string]string, entries ...string) firstboot.BootPaths {
+	t.Helper()
+	p := firstboot.BootPaths{Cmdline: filepath.Join(dir, "cmdline"), EFIVars: filepath.Join(dir, "efivars"), ESP: filepath.Join(dir, "efi")}
+	for _, d := range []string{p.EFIVars, filepath.Join(p.ESP, "loader", "entries")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(p.Cmdline, []byte(cmdline+"\n"), 0o644)
+	for k, v := range vars {
+		os.WriteFile(filepath.Join(p.EFIVars, k+"-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"), efiString(v), 0o644)
+	}
+	for _, e := range entries {
+		os.WriteFile(filepath.Join(p.ESP, "loader", "entries", e), []byte("linux /etcdbake/a/linux\n"), 0o644)
+	}
+	return p
+}
+
+// TestStatusShowsBootSlot: a verify-boot of slot b that times out (flanneld never wrote
+// its subnet) exits 1 naming it; after the fallback to slot a, `status` shows the slot,
+// the failed generation and that reason, as text and JSON. A machine without slots shows
+// no boot line.
+func TestStatusShowsBootSlot(t *testing.T) {
+	c := testcluster.Spec(t, "boot", 1, 81)
+	dir := t.TempDir()
+	nc := c.NodeConfigFor(c.Nodes[0])
+	nc.DataDir, nc.StateDir, nc.RunDir = filepath.Join(dir, "data"), filepath.Join(dir, "state"), filepath.Join(dir, "run")
+	nc.Timeouts = spec.NodeTimeouts{Dial: spec.Dur(200 * time.Millisecond), Retry: spec.Dur(100 * time.Millisecond)}
+	b, _ := json.Marshal(nc)
+	cfg := filepath.Join(dir, "node.json")
+	os.WriteFile(cfg, b, 0o644)
+
+	const rel = "0123456789ab"
+	slot := func(s string) string {
+		return "root=PARTUUID=11111111-2222-3333-4444-555555555555 etcdbake.slot=" + s + " etcdbake.release=" + rel + " etcdbake.node=6f1c2a4e-9b7d-4c3e-8a21-5d0e7f9b3c11"
+	}
+	trial := fakeBootDir(t, filepath.Join(dir, "boot1"), slot("b"),
+		map[string]string{"LoaderEntrySelected": "etcdbake-000001-b+1.conf", "LoaderBootCountPath": `\loader\entries\etcdbake-000001-b+0-1.conf`},
+		"etcdbake-000000-a.conf", "etcdbake-000001-b+0-1.conf")
+
+	// verify-boot stops at SIGTERM (systemd at TimeoutStartSec); the library call with a
+	// deadline is the same path without signalling the test process.
+	a := &firstboot.Agent{Cfg: &nc, BootPaths: trial, FlannelSubnetFile: filepath.Join(dir, "run", "flannel", "subnet.env")}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	verr := a.VerifyBoot(ctx)
+	if verr == nil || !strings.Contains(verr.Error(), "flanneld has not written "+a.FlannelSubnetFile) {
+		t.Fatalf("verify-boot: %v", verr)
+	}
+
+	var out, errOut bytes.Buffer
+	if code := runWith([]string{"status", "--config", cfg}, &out, &errOut, trial); code != 0 {
+		t.Fatalf("status exited %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{
+		"boot:       slot b, release " + rel + ", entry etcdbake-000001-b+0-1.conf, state indeterminate (on trial: not blessed yet, verify-boot decides)\n",
+		"verify:     failed: " + verr.Error() + "\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status during the trial lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	// The reboot: /run is new, slot a boots because b's entry has no tries left.
+	os.RemoveAll(nc.RunDir)
+	fellBack := fakeBootDir(t, filepath.Join(dir, "boot2"), slot("a"), map[string]string{"LoaderEntrySelected": "etcdbake-000000-a.conf"},
+		"etcdbake-000000-a.conf", "etcdbake-000001-b+0-1.conf", "etcdbake-000002-a.tmp")
+	out.Reset()
+	if code := runWith([]string{"status", "--config", cfg}, &out, &errOut, fellBack); code != 0 {
+		t.Fatalf("status exited %d: %s", code, errOut.String())
+	}
+	var rec firstboot.VerifyResult
+	rb, _ := os.ReadFile(filepath.Join(nc.StateDir, firstboot.VerifyRecordName))
+	json.Unmarshal(rb, &rec)
+	for _, want := range []string{
+		"boot:       slot a, release " + rel + ", entry etcdbake-000000-a.conf, state clean (booted an entry without a boot counter)\n",
+		"fallback:   slot b (generation 1, etcdbake-000001-b+0-1.conf) failed its trial and this boot fell back to slot a; verify-boot failed at " + rec.Started.Format(time.RFC3339) + ": " + verr.Error() + "\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status after the fallback lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "verify:") || strings.Contains(out.String(), "WARNING") {
+		t.Errorf("status after the fallback:\n%s", out.String())
+	}
+	out.Reset()
+	if code := runWith([]string{"status", "--json", "--config", cfg}, &out, &errOut, fellBack); code != 0 {
+		t.Fatalf("status --json exited %d", code)
+	}
+	var st firstboot.Status
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil || st.Boot == nil || st.Boot.Slot != "a" || st.Boot.Fallback == nil ||
+		st.Boot.Fallback.Generation != 1 || st.Boot.Fallback.Verify == nil || st.Boot.Fallback.Verify.Message != verr.Error() || len(st.Boot.Entries) != 2 {
+		t.Fatalf("status --json: %v\n%s", err, out.String())
+	}
+
+	// No slots (no etcdbake.slot, no ESP): no boot line.
+	noSlots := firstboot.BootPaths{Cmdline: filepath.Join(dir, "boot2", "cmdline-fcos"), EFIVars: filepath.Join(dir, "boot2", "efivars"), ESP: filepath.Join(dir, "nothing")}
+	os.WriteFile(noSlots.Cmdline, []byte("root=/dev/vda4 ignition.platform.id=qemu\n"), 0o644)
+	out.Reset()
+	if code := runWith([]string{"status", "--config", cfg}, &out, &errOut, noSlots); code != 0 || strings.Contains(out.String(), "boot:") || strings.Contains(out.String(), "fallback:") {
+		t.Fatalf("status without slots exited %d:\n%s", code, out.String())
+	}
+
+	// The usage names the new subcommand.
+	errOut.Reset()
+	if code := run([]string{"bogus"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "prepare|ready|status|verify-boot") {
+		t.Fatalf("usage: exit %d, %s", code, errOut.String())
 	}
 }
