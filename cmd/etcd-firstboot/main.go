@@ -141,7 +141,7 @@ func printBoot(w io.Writer, b *firstboot.BootInfo) {
 		if v := f.Verify; v != nil {
 			why = fmt.Sprintf("verify-boot %s at %s: %s", v.Result, v.Started.Format(time.RFC3339), v.Message)
 		}
-		fmt.Fprintf(w, "fallback:   slot %s (generation %d, %s) failed its trial and this boot fell back to slot %s; %s\n", f.Slot, f.Generation, f.Entry, orNone(b.Slot), why)
+		fmt.Fprintf(w, "fallback:   slot %s (generation %d, %s) failed its trial; this boot fell back to slot %s\n            %s\n", f.Slot, f.Generation, f.Entry, orNone(b.Slot), why)
 	}
 }
 

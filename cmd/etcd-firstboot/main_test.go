@@ -5,9 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf16"
@@ -184,6 +188,7 @@ func TestStatusShowsBootSlot(t *testing.T) {
 		}
 	}
 
+	t.Logf("status during the trial:\n%s", out.String())
 	// The reboot: /run is new, slot a boots because b's entry has no tries left.
 	os.RemoveAll(nc.RunDir)
 	fellBack := fakeBootDir(t, filepath.Join(dir, "boot2"), slot("a"), map[string]string{"LoaderEntrySelected": "etcdbake-000000-a.conf"},
@@ -192,12 +197,14 @@ func TestStatusShowsBootSlot(t *testing.T) {
 	if code := runWith([]string{"status", "--config", cfg}, &out, &errOut, fellBack); code != 0 {
 		t.Fatalf("status exited %d: %s", code, errOut.String())
 	}
+	t.Logf("status after the fallback:\n%s", out.String())
 	var rec firstboot.VerifyResult
 	rb, _ := os.ReadFile(filepath.Join(nc.StateDir, firstboot.VerifyRecordName))
 	json.Unmarshal(rb, &rec)
 	for _, want := range []string{
 		"boot:       slot a, release " + rel + ", entry etcdbake-000000-a.conf, state clean (booted an entry without a boot counter)\n",
-		"fallback:   slot b (generation 1, etcdbake-000001-b+0-1.conf) failed its trial and this boot fell back to slot a; verify-boot failed at " + rec.Started.Format(time.RFC3339) + ": " + verr.Error() + "\n",
+		"fallback:   slot b (generation 1, etcdbake-000001-b+0-1.conf) failed its trial; this boot fell back to slot a\n" +
+			"            verify-boot failed at " + rec.Started.Format(time.RFC3339) + ": " + verr.Error() + "\n",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status after the fallback lacks %q:\n%s", want, out.String())
@@ -229,4 +236,85 @@ func TestStatusShowsBootSlot(t *testing.T) {
 	if code := run([]string{"bogus"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "prepare|ready|status|verify-boot") {
 		t.Fatalf("usage: exit %d, %s", code, errOut.String())
 	}
+}
+
+// TestMain lets a test run the command in a child process (to send it signals): with
+// ETCD_FIRSTBOOT_TEST_MAIN set, the test binary is etcd-firstboot, reading the boot slot
+// from the paths in ETCD_FIRSTBOOT_TEST_BOOT (cmdline:efivars:esp).
+func TestMain(m *testing.M) {
+	if os.Getenv("ETCD_FIRSTBOOT_TEST_MAIN") != "" {
+		var p firstboot.BootPaths
+		if b := strings.Split(os.Getenv("ETCD_FIRSTBOOT_TEST_BOOT"), ":"); len(b) == 3 {
+			p = firstboot.BootPaths{Cmdline: b[0], EFIVars: b[1], ESP: b[2]}
+		}
+		os.Exit(runWith(os.Args[1:], os.Stdout, os.Stderr, p))
+	}
+	os.Exit(m.Run())
+}
+
+// TestVerifyBootSIGTERM runs `etcd-firstboot verify-boot` as systemd does and sends it
+// SIGTERM, as systemd does at TimeoutStartSec: it exits 1 (the boot is not blessed),
+// says on stderr what it still waited for, and leaves the record on the state dir.
+func TestVerifyBootSIGTERM(t *testing.T) {
+	c := testcluster.Spec(t, "term", 1, 83)
+	dir := t.TempDir()
+	nc := c.NodeConfigFor(c.Nodes[0])
+	nc.DataDir, nc.StateDir, nc.RunDir = filepath.Join(dir, "data"), filepath.Join(dir, "state"), filepath.Join(dir, "run")
+	nc.Timeouts = spec.NodeTimeouts{Dial: spec.Dur(200 * time.Millisecond), Retry: spec.Dur(100 * time.Millisecond)}
+	b, _ := json.Marshal(nc)
+	cfg := filepath.Join(dir, "node.json")
+	os.WriteFile(cfg, b, 0o644)
+	boot := fakeBootDir(t, filepath.Join(dir, "boot"), "etcdbake.slot=b etcdbake.release=0123456789ab",
+		map[string]string{"LoaderEntrySelected": "etcdbake-000003-b+1.conf", "LoaderBootCountPath": `\loader\entries\etcdbake-000003-b+0-1.conf`},
+		"etcdbake-000002-a.conf", "etcdbake-000003-b+0-1.conf")
+
+	cmd := exec.Command(os.Args[0], "verify-boot", "--config", cfg)
+	cmd.Env = append(os.Environ(), "ETCD_FIRSTBOOT_TEST_MAIN=1", "ETCD_FIRSTBOOT_TEST_BOOT="+boot.Cmdline+":"+boot.EFIVars+":"+boot.ESP)
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stderr.String(), "verify-boot: waiting") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("want exit 1 after SIGTERM, got %v\n%s", err, stderr.String())
+	}
+	for _, want := range []string{"etcd-firstboot: boot of slot b (release 0123456789ab, entry etcdbake-000003-b+0-1.conf) not verified after",
+		"the health gate has not written its ready flag " + filepath.Join(nc.RunDir, "ready"), "/readyz"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+	t.Logf("stderr:\n%s", stderr.String())
+	var rec firstboot.VerifyResult
+	rb, err := os.ReadFile(filepath.Join(nc.StateDir, firstboot.VerifyRecordName))
+	if err != nil || json.Unmarshal(rb, &rec) != nil || rec.Result != firstboot.VerifyFailed || rec.Generation != 3 || rec.Slot != "b" {
+		t.Fatalf("record: %v %+v", err, rec)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a child's output and a polling reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
