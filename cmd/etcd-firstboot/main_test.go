@@ -223,6 +223,14 @@ func TestStatusShowsBootSlot(t *testing.T) {
 		t.Fatalf("status --json: %v\n%s", err, out.String())
 	}
 
+	// Without a record (the slot never reached verify-boot) status says so.
+	os.Remove(filepath.Join(nc.StateDir, firstboot.VerifyRecordName))
+	out.Reset()
+	if code := runWith([]string{"status", "--config", cfg}, &out, &errOut, fellBack); code != 0 ||
+		!strings.Contains(out.String(), "failed its trial; this boot fell back to slot a\n            no verify-boot result was recorded for it") {
+		t.Fatalf("status without a record exited %d:\n%s", code, out.String())
+	}
+
 	// No slots (no etcdbake.slot, no ESP): no boot line.
 	noSlots := firstboot.BootPaths{Cmdline: filepath.Join(dir, "boot2", "cmdline-fcos"), EFIVars: filepath.Join(dir, "boot2", "efivars"), ESP: filepath.Join(dir, "nothing")}
 	os.WriteFile(noSlots.Cmdline, []byte("root=/dev/vda4 ignition.platform.id=qemu\n"), 0o644)
