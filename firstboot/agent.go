@@ -7,7 +7,9 @@
 //     (remove the stale member, add as learner); never a second cluster;
 //  3. health gate (after etcd): local readiness and cluster quorum, learner promotion;
 //  4. flannel seeding: create-if-absent of <prefix>/config through the v3 API;
-//  5. status: the last decisions, for `etcd-firstboot status`.
+//  5. status: the last decisions and the boot slot, for `etcd-firstboot status`;
+//  6. verify-boot (only on a boot of an on-trial A/B entry): this boot is good once
+//     the health gate passed, /readyz answers and flanneld has its subnet.
 //
 // It imports only package spec, the etcd v3 client and small libraries.
 package firstboot
@@ -45,6 +47,12 @@ type Agent struct {
 	// RendezvousWindow bounds one attempt of the bootstrap rendezvous (default
 	// DefaultRendezvousWindow).
 	RendezvousWindow time.Duration
+	// BootPaths are where the boot slot information is read (zero fields: the real
+	// /proc/cmdline, efivarfs and /efi).
+	BootPaths BootPaths
+	// FlannelSubnetFile is flanneld's subnet file that verify-boot waits for (default
+	// /run/flannel/subnet.env).
+	FlannelSubnetFile string
 }
 
 func (a *Agent) now() time.Time {

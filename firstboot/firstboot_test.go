@@ -32,7 +32,13 @@ type fbCluster struct {
 
 func newFBCluster(t *testing.T, name string, base int) *fbCluster {
 	t.Helper()
-	c := testcluster.Spec(t, name, 3, base)
+	return newFBClusterN(t, name, 3, base)
+}
+
+// newFBClusterN is newFBCluster with n members.
+func newFBClusterN(t *testing.T, name string, n, base int) *fbCluster {
+	t.Helper()
+	c := testcluster.Spec(t, name, n, base)
 	tc := testcluster.New(t, c)
 	fc := &fbCluster{t: t, tc: tc, agents: map[string]*Agent{}, dir: t.TempDir()}
 	for _, n := range c.Nodes {

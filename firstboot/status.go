@@ -16,6 +16,11 @@ type Status struct {
 	Bootstrap *BootstrapResult `json:"bootstrap,omitempty"`
 	Ready     *ReadyResult     `json:"ready,omitempty"`
 	Flannel   *FlannelResult   `json:"flannel,omitempty"`
+	// Verify is verify-boot's result on this boot (only boots of an on-trial entry).
+	Verify *VerifyResult `json:"verify,omitempty"`
+	// Boot is the boot slot as read live by ReadStatus (never recorded): nil on machines
+	// without etcdbake A/B slots.
+	Boot *BootInfo `json:"boot,omitempty"`
 	// CertDaysLeft maps each of the node's certificates to the whole days left.
 	CertDaysLeft map[string]int `json:"certDaysLeft,omitempty"`
 	Updated      time.Time      `json:"updated"`
@@ -34,6 +39,7 @@ func (a *Agent) update(f func(*Status)) error {
 		st = Status{}
 	}
 	st.Node, st.Cluster, st.Updated = a.Cfg.Name, a.Cfg.Cluster, a.now().UTC()
+	st.Boot = nil // read live, never recorded
 	f(&st)
 	return writeJSON(a.StatusPath(), st, 0o644)
 }
@@ -70,7 +76,9 @@ func (a *Agent) RunReady(ctx context.Context) error {
 	return writeFileAtomic(a.ReadyFlagPath(), []byte(rr.Message+"\n"), 0o644)
 }
 
-// ReadStatus returns the recorded status with the certificates' days left as of now.
+// ReadStatus returns the recorded status with the certificates' days left and the boot
+// slot as of now. After a fallback, the boot's Fallback carries the verify-boot result
+// recorded for the failed slot, if any.
 func (a *Agent) ReadStatus() (Status, error) {
 	var st Status
 	ok, err := readJSON(a.StatusPath(), &st)
@@ -88,5 +96,15 @@ func (a *Agent) ReadStatus() (Status, error) {
 		}
 		st.CertDaysLeft[filepath.Base(p)] = int(c.NotAfter.Sub(a.now()) / (24 * time.Hour))
 	}
+	bi, err := ReadBootInfo(a.BootPaths)
+	if err != nil {
+		bi = &BootInfo{Generation: -1, State: BootUnknown, Problems: []string{err.Error()}}
+	}
+	if fb := bi.fallback(); fb != nil {
+		if r := a.lastVerify(); r != nil && r.Slot == fb.Slot && r.Generation == fb.Generation {
+			fb.Verify = r
+		}
+	}
+	st.Boot = bi
 	return st, nil
 }

@@ -2,7 +2,13 @@
 //
 //	etcd-firstboot prepare  time gate and bootstrap decision, before etcd starts
 //	etcd-firstboot ready    health gate, learner promotion, flannel seeding, after etcd starts
-//	etcd-firstboot status   the last decisions (--json for machines)
+//	etcd-firstboot status   the last decisions and the boot slot (--json for machines)
+//	etcd-firstboot verify-boot
+//	                        on a boot of an on-trial A/B entry (etcdbake-verify-boot.service,
+//	                        Before=boot-complete.target): waits until the health gate passed,
+//	                        /readyz answers and flanneld has its subnet; exit 0 blesses the
+//	                        boot, non-zero (or SIGTERM at the unit's timeout) leaves it
+//	                        unblessed so that the boot loader falls back to the other slot
 //
 // A refusal exits non-zero with the reason on stderr; the systemd units retry.
 package main
@@ -27,8 +33,14 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 // run is the whole command; it returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) < 1 || (args[0] != "prepare" && args[0] != "ready" && args[0] != "status") {
-		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status [--config FILE] [--json]")
+	return runWith(args, stdout, stderr, firstboot.BootPaths{})
+}
+
+// runWith is run reading the boot slot from the given paths (tests point them at a fake
+// ESP; zero fields are the real /proc/cmdline, efivarfs and /efi).
+func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) int {
+	if len(args) < 1 || (args[0] != "prepare" && args[0] != "ready" && args[0] != "status" && args[0] != "verify-boot") {
+		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status|verify-boot [--config FILE] [--json]")
 		return 2
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
@@ -44,7 +56,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	start := time.Now()
-	a := &firstboot.Agent{Cfg: nc, Logf: func(format string, args ...any) {
+	a := &firstboot.Agent{Cfg: nc, BootPaths: boot, Logf: func(format string, args ...any) {
 		fmt.Fprintf(stderr, "etcd-firstboot: "+format+"\n", args...)
 	}}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -56,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = a.RunReady(ctx)
 	case "status":
 		err = printStatus(stdout, a, *asJSON)
+	case "verify-boot":
+		err = a.VerifyBoot(ctx)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "etcd-firstboot:", err)
@@ -90,6 +104,10 @@ func printStatus(w io.Writer, a *firstboot.Agent, asJSON bool) error {
 	if f := st.Flannel; f != nil {
 		fmt.Fprintf(w, "flannel:    %s: %s\n", f.Decision, f.Message)
 	}
+	printBoot(w, st.Boot)
+	if v := st.Verify; v != nil {
+		fmt.Fprintf(w, "verify:     %s: %s\n", v.Result, v.Message)
+	}
 	names := make([]string, 0, len(st.CertDaysLeft))
 	for n := range st.CertDaysLeft {
 		names = append(names, n)
@@ -99,4 +117,37 @@ func printStatus(w io.Writer, a *firstboot.Agent, asJSON bool) error {
 		fmt.Fprintf(w, "cert:       %s: %d days left\n", n, st.CertDaysLeft[n])
 	}
 	return nil
+}
+
+// stateNotes explain the boot assessment states in `status`.
+var stateNotes = map[string]string{
+	firstboot.BootGood:          "blessed",
+	firstboot.BootIndeterminate: "on trial: not blessed yet, verify-boot decides",
+	firstboot.BootBad:           "marked bad: the next boot falls back",
+	firstboot.BootClean:         "booted an entry without a boot counter",
+	firstboot.BootUnknown:       "the boot loader's state could not be read",
+}
+
+func printBoot(w io.Writer, b *firstboot.BootInfo) {
+	if b == nil {
+		return
+	}
+	fmt.Fprintf(w, "boot:       slot %s, release %s, entry %s, state %s (%s)\n", orNone(b.Slot), orNone(b.Release), orNone(b.Entry), b.State, stateNotes[b.State])
+	for _, p := range b.Problems {
+		fmt.Fprintf(w, "boot:       WARNING: %s\n", p)
+	}
+	if f := b.Fallback; f != nil {
+		why := "no verify-boot result was recorded for it (it never reached verify-boot, or was killed before recording)"
+		if v := f.Verify; v != nil {
+			why = fmt.Sprintf("verify-boot %s at %s: %s", v.Result, v.Started.Format(time.RFC3339), v.Message)
+		}
+		fmt.Fprintf(w, "fallback:   slot %s (generation %d, %s) failed its trial; this boot fell back to slot %s\n            %s\n", f.Slot, f.Generation, f.Entry, orNone(b.Slot), why)
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
 }
