@@ -145,7 +145,8 @@ func ParseBootEntry(name string) (BootEntry, error) {
 
 // ReadBootInfo reads the boot information. It returns nil (and no error) on machines
 // that are not etcdbake A/B images: no etcdbake.slot= on the command line and no
-// loader/entries on the ESP (for example Ignition nodes on Fedora CoreOS). Problems with
+// etcdbake entry on the ESP, or no ESP at all (for example Ignition nodes on Fedora
+// CoreOS, or a machine booted without EFI). Problems with
 // individual sources are reported in BootInfo.Problems; only an unreadable command line
 // is an error.
 func ReadBootInfo(paths BootPaths) (*BootInfo, error) {
@@ -160,12 +161,11 @@ func ReadBootInfo(paths BootPaths) (*BootInfo, error) {
 	entriesDir := filepath.Join(p.ESP, "loader", "entries")
 	dirents, err := os.ReadDir(entriesDir)
 	switch {
+	case err == nil:
+	case bi.Slot == "": // not a slotted boot: nothing to miss
 	case errors.Is(err, fs.ErrNotExist):
-		if bi.Slot == "" {
-			return nil, nil
-		}
 		bi.problemf("%s does not exist: is the ESP mounted at %s? (the image's fstab has an automount for it)", entriesDir, p.ESP)
-	case err != nil:
+	default:
 		bi.problemf("reading the boot entries: %v", err)
 	}
 	for _, de := range dirents {
@@ -185,6 +185,9 @@ func ReadBootInfo(paths BootPaths) (*BootInfo, error) {
 		bi.Entries = append(bi.Entries, e)
 	}
 	sortBootEntries(bi.Entries)
+	if bi.Slot == "" && len(bi.Entries) == 0 && len(bi.Problems) == 0 {
+		return nil, nil // no trace of etcdbake slots
+	}
 
 	bi.readLoaderState(p)
 	bi.findFallback()

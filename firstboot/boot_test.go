@@ -262,6 +262,11 @@ func TestReadBootInfo(t *testing.T) {
 			nilInfo: true,
 		},
 		{
+			name:    "no slots: another OS's systemd-boot entries only",
+			fb:      fakeBoot{cmdline: "root=/dev/sda2", vars: map[string]string{"LoaderEntrySelected": "arch.conf"}, entries: []string{"arch.conf", "arch-fallback.conf"}},
+			nilInfo: true,
+		},
+		{
 			name:    "no slots, no EFI at all (BIOS boot)",
 			fb:      fakeBoot{cmdline: "root=/dev/vda1", noESP: true, noVars: true},
 			nilInfo: true,
