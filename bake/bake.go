@@ -63,6 +63,8 @@ type Configs struct {
 	Binaries map[string]ignition.Binary
 	// Records describe the binaries for the images' SBOM.
 	Records []imagebuild.BinaryRecord
+	// CertSerials are the nodes' certificate serials (node -> kind -> hex), for releases.
+	CertSerials map[string]map[string]string
 }
 
 // Load reads and validates the spec and everything it names that the build reads besides
@@ -117,6 +119,9 @@ func RenderConfigs(ctx context.Context, s Sources, opts ignition.Options) (*Conf
 		return nil, err
 	}
 	if in.PKI, err = pki.Load(c, s.PKIDir); err != nil {
+		return nil, err
+	}
+	if out.CertSerials, err = in.PKI.Serials(); err != nil {
 		return nil, err
 	}
 	render := func() (err error) { out.Configs, err = ignition.Render(in); return err }
@@ -191,7 +196,9 @@ type ImageOptions struct {
 	// Base is a base tarball; empty builds (or reuses) the default one in BaseCacheDir.
 	Base, BaseCacheDir string
 	OutDir             string
-	Formats            []string
+	// ReleasesDir, if set, keeps the build as a release there (imagebuild.BuildOptions).
+	ReleasesDir string
+	Formats     []string
 	// DataSize is the size in bytes of the /var data partition in the image.
 	DataSize int64
 	// Meter follows the long steps (see imagebuild.BuildOptions.Meter).
@@ -243,6 +250,7 @@ func Images(ctx context.Context, s Sources, o ImageOptions) (*Configs, []imagebu
 		Cluster: s.Cluster.Name, Nodes: nodes, Base: baseTree, BaseHash: baseHash,
 		SpecHash: fmt.Sprintf("%x", sha256.Sum256(s.SpecBytes)), Binaries: cfg.Records, Remote: remote,
 		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, VerifyTimeout: s.Cluster.Rollout.Timeout.D,
+		ReleasesDir: o.ReleasesDir, CertSerials: cfg.CertSerials,
 		Progress: progress, Meter: o.Meter,
 	})
 	if err != nil {

@@ -31,7 +31,9 @@ type QEMUOptions struct {
 	// RunDir holds the VMs' disks (vmcluster.ClusterOptions.Dir): new images while disks
 	// made over the old ones are kept there is an error (their etcd data would not match).
 	RunDir string
-	Meter  func(step string, done, total int64)
+	// ReleasesDir, if set, keeps each build as a release (ImageOptions.ReleasesDir).
+	ReleasesDir string
+	Meter       func(step string, done, total int64)
 }
 
 // QEMUBuild is what QEMUImages made or found.
@@ -96,7 +98,7 @@ func QEMUImages(ctx context.Context, s Sources, o QEMUOptions) (*QEMUBuild, erro
 	vs.Fragments = append(append([]ignition.Fragment(nil), s.Fragments...), QEMUFragment(c))
 	vs.Progress = func(f string, args ...any) { progress("image: "+f, args...) }
 	if _, _, err := Images(ctx, vs, ImageOptions{
-		Base: base, BaseCacheDir: o.BaseCacheDir, OutDir: o.OutDir, Formats: []string{"raw"}, DataSize: 1 << 30,
+		Base: base, BaseCacheDir: o.BaseCacheDir, OutDir: o.OutDir, ReleasesDir: o.ReleasesDir, Formats: []string{"raw"}, DataSize: 1 << 30,
 		Meter: o.Meter,
 	}); err != nil {
 		return nil, err

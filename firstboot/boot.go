@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf16"
+
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 // Boot assessment states, as `systemd-bless-boot status` names them.
@@ -220,11 +222,11 @@ func (bi *BootInfo) parseCmdline(cmdline string) {
 			continue
 		}
 		switch k {
-		case "etcdbake.slot":
+		case spec.CmdlineSlot:
 			bi.Slot = v
-		case "etcdbake.release":
+		case spec.CmdlineRelease:
 			bi.Release = v
-		case "etcdbake.node":
+		case spec.CmdlineNode:
 			bi.Node = v
 		}
 	}

@@ -156,6 +156,11 @@ func (a *Agent) Ready(ctx context.Context) (ReadyResult, FlannelResult, error) {
 	if err != nil {
 		return res, fl, err
 	}
+	// What this boot runs (A/B slot, release, fallback), for `etcdbake status`; a failure
+	// here does not hold the node back.
+	if err := a.PublishBoot(ctx, cli); err != nil {
+		a.logf("health: publishing this node's boot record: %v", err)
+	}
 	marker := Marker{Cluster: a.Cfg.Cluster, Token: a.Cfg.Token, ClusterID: res.ClusterID, MemberID: res.MemberID, Name: a.Cfg.Name, Written: a.now().UTC()}
 	if err := a.writeMarkerOnce(filepath.Join(a.Cfg.DataDir, DataMarkerName), marker, 0o600); err != nil {
 		return res, fl, err

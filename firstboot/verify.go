@@ -138,6 +138,7 @@ func (a *Agent) VerifyBoot(ctx context.Context) error {
 		}
 		res.Message = fmt.Sprintf("%s verified after %s: %s", what, res.Took.Round(time.Second), checks)
 		a.logf("verify-boot: %s", res.Message)
+		defer a.publishVerified(ctx)
 	case !checked:
 		res.Result = VerifyFailed
 		res.Message = fmt.Sprintf("%s not verified: stopped (%v) after %s before any check completed", what, context.Cause(ctx), res.Took.Round(time.Second))
@@ -157,6 +158,19 @@ func (a *Agent) VerifyBoot(ctx context.Context) error {
 		perr = fmt.Errorf("recording the verify-boot result in %s: %w", a.VerifyRecordPath(), perr)
 	}
 	return errors.Join(verr, uerr, perr)
+}
+
+// publishVerified republishes the boot record with this boot's verify result (after
+// the status has it).
+func (a *Agent) publishVerified(ctx context.Context) {
+	cli, err := a.client([]string{a.Cfg.LocalClientURL})
+	if err == nil {
+		err = a.PublishBoot(ctx, cli)
+		cli.Close()
+	}
+	if err != nil {
+		a.logf("verify-boot: publishing this node's boot record: %v", err)
+	}
 }
 
 // lastVerify reads the recorded verify-boot result; nil when there is none or it is

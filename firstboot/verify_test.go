@@ -2,6 +2,7 @@ package firstboot
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 // logWatch collects an agent's log lines and lets a test wait for one.
@@ -130,6 +133,10 @@ func TestVerifyBoot(t *testing.T) {
 		t.Fatalf("status %+v", st.Verify)
 	}
 	seen = logs.waitLine(seen, "verify-boot: boot of slot b", "verified after")
+	// The node's record in etcd (for `etcdbake status`) carries the slot and the result.
+	if r := nodeRecord(t, fc, "m1"); r.Slot != "b" || r.Release != "0123456789ab" || r.Entry != "etcdbake-000001-b+0-1.conf" || !strings.HasPrefix(r.Verify, "good: ") || r.Fallback != "" {
+		t.Fatalf("record after verify-boot: %+v", r)
+	}
 
 	// 3. Only flanneld's subnet is missing (flanneld broken in the new release): the
 	// error names only that.
@@ -154,6 +161,37 @@ func TestVerifyBoot(t *testing.T) {
 		st.Boot.Fallback.Verify == nil || st.Boot.Fallback.Verify.Message != err.Error() {
 		t.Fatalf("after the fallback: verify %+v boot %+v", st.Verify, st.Boot)
 	}
+	// 5. etcd back on slot a: the health gate republishes the record, with the fallback
+	// and its reason.
+	if err := fc.tc.Start("m1", "existing"); err != nil {
+		t.Fatal(err)
+	}
+	ctx5, cancel5 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel5()
+	if err := a.RunReady(ctx5); err != nil {
+		t.Fatal(err)
+	}
+	if r := nodeRecord(t, fc, "m1"); r.Slot != "a" || r.State != BootClean || r.Verify != "" || !strings.Contains(r.Fallback, "slot b (generation 1, etcdbake-000001-b+0-1.conf) failed its trial") || !strings.Contains(r.Fallback, err.Error()) {
+		t.Fatalf("record after the fallback: %+v", r)
+	}
+}
+
+// nodeRecord reads a node's published record from etcd.
+func nodeRecord(t *testing.T, fc *fbCluster, node string) spec.NodeRecord {
+	t.Helper()
+	cli := fc.admin()
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, spec.NodeRecordKey(node))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("record of %s: %v (%d keys)", node, err, len(resp.Kvs))
+	}
+	var r spec.NodeRecord
+	if err := json.Unmarshal(resp.Kvs[0].Value, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 func readVerifyRecord(t *testing.T, a *Agent) VerifyResult {

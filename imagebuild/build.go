@@ -78,13 +78,8 @@ type NodeInput struct {
 	DNS    []string
 }
 
-// BinaryRecord is one baked program in the SBOM.
-type BinaryRecord struct {
-	Name    string `json:"name"`
-	Version string `json:"version"`
-	SHA256  string `json:"sha256"`
-	Source  string `json:"source"`
-}
+// BinaryRecord is one baked program in the SBOM (spec's release binary).
+type BinaryRecord = spec.ReleaseBinary
 
 // BuildOptions is everything Build needs.
 type BuildOptions struct {
@@ -105,6 +100,10 @@ type BuildOptions struct {
 	// VerifyTimeout bounds the verification of a new slot's first boot (the spec's
 	// rollout.timeout; default spec.DefaultRolloutTimeout).
 	VerifyTimeout time.Duration
+	// ReleasesDir, if set, keeps the build as a release there (see writeRelease), for
+	// rollouts; CertSerials (node -> certificate kind -> serial) go into its manifest.
+	ReleasesDir string
+	CertSerials map[string]map[string]string
 	// Time is stamped into the file systems (default: SOURCE_DATE_EPOCH or a constant),
 	// so equal inputs give byte-identical images.
 	Time     time.Time
@@ -121,6 +120,10 @@ type Image struct {
 	// Took is the time spent on this node alone (its partition, ESP, disk, conversion);
 	// the shared root is made once for all nodes.
 	Took time.Duration
+	// Release is the directory of the release the image's slot A holds ("" without
+	// BuildOptions.ReleasesDir).
+	Release string
+	nodeImg string // the node partition's image, until it goes into the release
 }
 
 // Manifest is the SBOM written next to each image.
@@ -166,9 +169,7 @@ const (
 func ReleaseID(o BuildOptions) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "etcdbake release\x00%s\x00%s\x00%s\x00", o.Cluster, o.BaseHash, o.SpecHash)
-	bins := append([]BinaryRecord(nil), o.Binaries...)
-	sort.Slice(bins, func(i, j int) bool { return bins[i].Name < bins[j].Name })
-	for _, b := range bins {
+	for _, b := range sortedBinaries(o.Binaries) {
 		fmt.Fprintf(h, "%s\x00%s\x00", b.Name, b.SHA256)
 	}
 	nodes := append([]NodeInput(nil), o.Nodes...)
@@ -291,8 +292,35 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 		images = append(images, im)
 		progress("%s: image in %s", n.Name, im.Took.Round(time.Millisecond))
 	}
-	if err := os.Remove(rootImg); err != nil {
-		return nil, err
+	var releaseDir string
+	if o.ReleasesDir != "" {
+		t2 := time.Now()
+		rp := releaseParts{id: release, rootImg: rootImg, nodeImgs: map[string]string{}, options: map[string]map[string]string{}, entries: map[string]map[string]string{},
+			kernel: kernel, initrd: initrd, root: root, when: when, slotSize: o.SlotSize, baseHash: o.BaseHash, specHash: o.SpecHash,
+			cluster: o.Cluster, binaries: sortedBinaries(o.Binaries), certSerials: o.CertSerials}
+		for _, im := range images {
+			rp.nodeImgs[im.Node] = im.nodeImg
+			rp.options[im.Node], rp.entries[im.Node] = map[string]string{}, map[string]string{}
+			for _, sl := range Slots {
+				rp.options[im.Node][sl] = nodeCmdline(o.Cluster, im.Node, sl, release)
+				rp.entries[im.Node][sl] = string(nodeEntry(o.Cluster, im.Node, sl, release))
+			}
+		}
+		if releaseDir, err = writeRelease(ctx, o.ReleasesDir, rp); err != nil {
+			return nil, fmt.Errorf("writing release %s: %w", release, err)
+		}
+		progress("release %s in %s (%s)", release, releaseDir, time.Since(t2).Round(time.Millisecond))
+	}
+	for _, f := range []string{rootImg} {
+		if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+			return nil, err
+		}
+	}
+	for i := range images {
+		images[i].Release = releaseDir
+		if err := os.Remove(images[i].nodeImg); err != nil && !os.IsNotExist(err) {
+			return nil, err
+		}
 	}
 	// The last moment to stop: after this the new images are in place.
 	if err := ctx.Err(); err != nil {
@@ -344,11 +372,10 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 	if _, err := disk.WriteExt4(ctx, nodeImg, nodeSize, own, disk.Ext4Options{Label: "node", UUID: disk.DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
 		return Image{}, fmt.Errorf("node partition: %w", err)
 	}
-	defer os.Remove(nodeImg)
 
 	guid := func(label string) string { return disk.DeriveGUID(o.Cluster, n.Name, label) }
 	slot := SlotA
-	cmdline := SlotCmdline(slot, guid(RootLabel(slot)), guid(NodeLabel(slot)), release, n.Name, MachineID(o.Cluster, n.Name))
+	cmdline := nodeCmdline(o.Cluster, n.Name, slot, release)
 	efiData, err := root.Contents(bootEFI)
 	if err != nil {
 		return Image{}, err
@@ -368,7 +395,7 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 	files := []disk.ESPFile{
 		{Path: "EFI/BOOT/BOOTX64.EFI", Data: efiData},
 		{Path: "loader/loader.conf", Data: disk.LoaderConf()},
-		{Path: "loader/entries/" + entry, Data: disk.LoaderEntry(fmt.Sprintf("etcd %s (%s), slot %s, release %s", n.Name, o.Cluster, slot, release), "/"+kdir+"/linux", "/"+kdir+"/initrd", cmdline)},
+		{Path: "loader/entries/" + entry, Data: nodeEntry(o.Cluster, n.Name, slot, release)},
 		{Path: kdir + "/linux", Data: kData},
 		{Path: kdir + "/initrd", Data: iData},
 	}
@@ -383,12 +410,12 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 			Content: disk.ESPContent("ESP", disk.DeriveVolumeID(o.Cluster, n.Name, "esp"), when, files)},
 	}
 	for _, sl := range Slots {
-		root := disk.Partition{Name: RootLabel(sl), Type: disk.TypeLinuxRootX8664, GUID: guid(RootLabel(sl)), Size: o.SlotSize}
-		node := disk.Partition{Name: NodeLabel(sl), Type: disk.TypeLinuxData, GUID: guid(NodeLabel(sl)), Size: nodeSize}
+		rootPart := disk.Partition{Name: RootLabel(sl), Type: disk.TypeLinuxRootX8664, GUID: guid(RootLabel(sl)), Size: o.SlotSize}
+		nodePart := disk.Partition{Name: NodeLabel(sl), Type: disk.TypeLinuxData, GUID: guid(NodeLabel(sl)), Size: nodeSize}
 		if sl == slot {
-			root.Content, node.Content = disk.FileContent(rootImg), disk.FileContent(nodeImg)
+			rootPart.Content, nodePart.Content = disk.FileContent(rootImg), disk.FileContent(nodeImg)
 		}
-		parts = append(parts, root, node)
+		parts = append(parts, rootPart, nodePart)
 	}
 	parts = append(parts, disk.Partition{Name: LabelData, Type: disk.TypeLinuxVar, GUID: guid("data"), Size: dataSize})
 	total := int64(mib) // GPT at the start
@@ -400,7 +427,7 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 	if err := disk.WriteDisk(ctx, raw, total, parts, disk.DeriveGUID(o.Cluster, n.Name, "disk")); err != nil {
 		return Image{}, err
 	}
-	im := Image{Node: n.Name}
+	im := Image{Node: n.Name, nodeImg: nodeImg}
 	for _, f := range formats {
 		if !slices.Contains(o.Formats, f.Name) {
 			continue
@@ -422,8 +449,7 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 	for _, p := range parts {
 		layout = append(layout, PartInfo{Label: p.Name, GUID: p.GUID, Size: p.Size})
 	}
-	bins := append([]BinaryRecord(nil), o.Binaries...)
-	sort.Slice(bins, func(i, j int) bool { return bins[i].Name < bins[j].Name })
+	bins := sortedBinaries(o.Binaries)
 	m := Manifest{Cluster: o.Cluster, Node: n.Name, Release: release, BaseSHA256: o.BaseHash, SpecSHA256: o.SpecHash, Binaries: bins,
 		Kernel: kernel, Layout: layout, Slot: slot, Entry: entry, Cmdline: cmdline, PerNode: perNode}
 	mb, err := json.MarshalIndent(m, "", "  ")
@@ -436,6 +462,24 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 	}
 	im.Files = append(im.Files, mf)
 	return im, nil
+}
+
+// nodeEntry is the boot loader entry that boots a node's slot holding release.
+func nodeEntry(cluster, node, slot, release string) []byte {
+	kdir := "/" + SlotKernelDir(slot)
+	return disk.LoaderEntry(fmt.Sprintf("etcd %s (%s), slot %s, release %s", node, cluster, slot, release), kdir+"/linux", kdir+"/initrd", nodeCmdline(cluster, node, slot, release))
+}
+
+// nodeCmdline is the kernel command line of a node's entry for slot.
+func nodeCmdline(cluster, node, slot, release string) string {
+	guid := func(label string) string { return disk.DeriveGUID(cluster, node, label) }
+	return SlotCmdline(slot, guid(RootLabel(slot)), guid(NodeLabel(slot)), release, node, MachineID(cluster, node))
+}
+
+func sortedBinaries(b []BinaryRecord) []BinaryRecord {
+	bins := append([]BinaryRecord(nil), b...)
+	sort.Slice(bins, func(i, j int) bool { return bins[i].Name < bins[j].Name })
+	return bins
 }
 
 // replaceDir swaps a finished temporary directory into place.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 // A/B system slots. The disk holds two slots, each a root partition and a node partition
@@ -19,25 +20,19 @@ import (
 // the counter. A boot that is not verified within the rollout timeout reboots, and the
 // entry, its tries used up, sorts last: the previous slot boots by itself.
 
-// Slots are the two system slots, in the order of their partitions.
-var Slots = []string{"a", "b"}
+// Slots are the two system slots (spec.Slots).
+var Slots = spec.Slots
 
 // SlotA is the slot a fresh image boots.
 const SlotA = "a"
 
-// RootLabel and NodeLabel are a slot's partition names (GPT PARTLABELs).
-func RootLabel(slot string) string { return "root-" + slot }
-
-// NodeLabel is the GPT name of a slot's node partition.
-func NodeLabel(slot string) string { return "node-" + slot }
-
-// EntryName is the systemd-boot entry (file name without ".conf" and without a boot
-// counter) that boots slot for rollout generation gen. systemd-boot sorts entries by
-// name, newest first; generation 0 is the fresh image's.
-func EntryName(gen int, slot string) string { return fmt.Sprintf("etcdbake-%06d-%s", gen, slot) }
-
-// SlotKernelDir is where a slot's kernel and initrd live on the ESP.
-func SlotKernelDir(slot string) string { return "etcdbake/" + slot }
+// The slot contract's names, from spec (one home for the image and the node).
+var (
+	RootLabel     = spec.RootLabel
+	NodeLabel     = spec.NodeLabel
+	EntryName     = spec.EntryName
+	SlotKernelDir = spec.SlotKernelDir
+)
 
 // Paths of the A/B machinery in the root.
 const (
@@ -55,11 +50,11 @@ const (
 	bootCountVar = "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 )
 
-// Kernel command line words that tell the booted system its slot.
+// Kernel command line words that tell the booted system its slot (spec's).
 const (
-	CmdlineSlot    = "etcdbake.slot"
-	CmdlineNode    = "etcdbake.node"
-	CmdlineRelease = "etcdbake.release"
+	CmdlineSlot    = spec.CmdlineSlot
+	CmdlineNode    = spec.CmdlineNode
+	CmdlineRelease = spec.CmdlineRelease
 )
 
 // nodeGeneratorScript mounts the node partition the kernel command line names. The

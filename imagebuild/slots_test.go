@@ -1,7 +1,10 @@
 package imagebuild
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
 
 	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 )
 
 // checkSlots checks a fresh image's A/B layout: the partitions in order, slot A's boot
@@ -179,5 +183,93 @@ func TestRootLargerThanSlot(t *testing.T) {
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Errorf("output left behind: %v", err)
+	}
+}
+
+// TestReleaseKeptSideBySide: with ReleasesDir, a build is kept as a release: the root,
+// each node's partition image (the same bytes as slot A of its disk), the kernel and
+// initrd, and a manifest with their sha256 and each slot's command line. A rebuild of
+// the same inputs leaves that release as it is; other inputs (another node config) make
+// a second release beside it.
+func TestReleaseKeptSideBySide(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "images")
+	o, _ := exampleBuildPKI(t, out)
+	o.ReleasesDir = filepath.Join(t.TempDir(), "releases")
+	o.CertSerials = map[string]map[string]string{"etcd-1": {"server": "0a1b"}}
+	imgs, err := Build(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ReleaseID(o)
+	dir := filepath.Join(o.ReleasesDir, id)
+	if imgs[0].Release != dir {
+		t.Errorf("image's release %q, want %q", imgs[0].Release, dir)
+	}
+	m, err := ReadReleaseManifest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.ID != id || m.SlotSize != o.SlotSize || len(m.Nodes) != 3 || m.Kernel == "" || len(m.Binaries) != 4 {
+		t.Fatalf("manifest %+v", m)
+	}
+	files := []ReleaseFile{m.Root, m.Linux, m.Initrd}
+	for _, n := range m.Nodes {
+		files = append(files, n.Node)
+	}
+	for _, f := range files {
+		sum, size, err := fileutil.Digest(filepath.Join(dir, f.Path), sha256.New())
+		if err != nil || sum != f.SHA256 || size != f.Size {
+			t.Errorf("%s: sha256 %s size %d (%v), manifest says %s %d", f.Path, sum, size, err, f.SHA256, f.Size)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, ReleaseLinux)); string(b) != testBootFiles["boot/vmlinuz-6.1.0-test-amd64"] {
+		t.Errorf("the release's kernel is not the base's")
+	}
+	var dm Manifest
+	mb, _ := os.ReadFile(filepath.Join(out, "etcd-1.manifest.json"))
+	if err := json.Unmarshal(mb, &dm); err != nil {
+		t.Fatal(err)
+	}
+	n1 := m.Nodes["etcd-1"]
+	if n1.Options["a"] != dm.Cmdline || !strings.Contains(n1.Options["b"], "etcdbake.slot=b ") || n1.CertSerials["server"] != "0a1b" {
+		t.Errorf("etcd-1 in the release: %+v; the disk's command line is %q", n1, dm.Cmdline)
+	}
+	if e := n1.Entries["a"]; !strings.Contains(e, "linux /etcdbake/a/linux\n") || !strings.Contains(e, "options "+dm.Cmdline+"\n") {
+		t.Errorf("etcd-1's entry for slot a:\n%s", e)
+	}
+	if e := n1.Entries["b"]; !strings.Contains(e, "initrd /etcdbake/b/initrd\n") || !strings.Contains(e, "options "+n1.Options["b"]+"\n") {
+		t.Errorf("etcd-1's entry for slot b:\n%s", e)
+	}
+	// The node image is what slot A of the node's disk holds.
+	part := partition(t, filepath.Join(out, "etcd-1.raw"), dm, NodeLabel(SlotA))
+	pb, _ := os.ReadFile(part)
+	nb, _ := os.ReadFile(filepath.Join(dir, n1.Node.Path))
+	if len(nb) == 0 || !bytes.Equal(pb[:len(nb)], nb) {
+		t.Errorf("the release's node image (%d bytes) is not slot A's node partition", len(nb))
+	}
+	entries, _ := os.ReadDir(o.ReleasesDir)
+	if len(entries) != 1 {
+		t.Fatalf("releases: %v", entries)
+	}
+
+	// The same inputs: the release is left as it is.
+	st0, _ := os.Stat(filepath.Join(dir, ReleaseManifestName))
+	o.OutDir = filepath.Join(t.TempDir(), "images2")
+	if _, err := Build(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	if st1, _ := os.Stat(filepath.Join(dir, ReleaseManifestName)); !st1.ModTime().Equal(st0.ModTime()) {
+		t.Errorf("rebuilding the same inputs rewrote the release")
+	}
+	// Another config: a second release beside the first.
+	o.Nodes[0].Config = append([]byte(nil), o.Nodes[0].Config...)
+	o.Nodes[0].DNS = []string{"10.88.0.53"}
+	o.OutDir = filepath.Join(t.TempDir(), "images3")
+	if _, err := Build(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ = os.ReadDir(o.ReleasesDir)
+	if len(entries) != 2 || ReleaseID(o) == id {
+		t.Errorf("after a changed build: releases %v (ids %s, %s)", entries, id, ReleaseID(o))
 	}
 }

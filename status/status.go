@@ -61,6 +61,10 @@ type Member struct {
 	// CertDaysLeft is the fewest days left on the node's server and peer certificates
 	// (nil when the PKI directory has none for this member).
 	CertDaysLeft *int `json:"certDaysLeft,omitempty"`
+	// Boot is what the node published about its boot (A/B slot, release, fallback);
+	// nil for nodes without slots (Ignition on Fedora CoreOS / Flatcar) or not yet
+	// published.
+	Boot *spec.NodeRecord `json:"boot,omitempty"`
 }
 
 // Cluster is the whole answer.
@@ -249,6 +253,15 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 			return nil, fmt.Errorf("reading flannel leases: %w", explain(err))
 		}
 		out.Flannel = leases
+		records, err := nodeRecords(ctx, cli, o.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("reading the nodes' boot records: %w", explain(err))
+		}
+		for i := range out.Members {
+			if r, ok := records[out.Members[i].Name]; ok {
+				out.Members[i].Boot = &r
+			}
+		}
 	}
 	sort.SliceStable(out.Members, func(i, j int) bool { return out.Members[i].Name < out.Members[j].Name })
 	return out, nil
@@ -281,6 +294,24 @@ func flannelLeases(ctx context.Context, cli *clientv3.Client, c *spec.Cluster, t
 		out = append(out, l)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node+out[i].Subnet < out[j].Node+out[j].Subnet })
+	return out, nil
+}
+
+// nodeRecords reads the records the nodes published under spec.NodeRecordPrefix, by node.
+func nodeRecords(ctx context.Context, cli *clientv3.Client, timeout time.Duration) (map[string]spec.NodeRecord, error) {
+	gctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := cli.Get(gctx, spec.NodeRecordPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]spec.NodeRecord{}
+	for _, kv := range resp.Kvs {
+		var r spec.NodeRecord
+		if json.Unmarshal(kv.Value, &r) == nil && r.Node == strings.TrimPrefix(string(kv.Key), spec.NodeRecordPrefix) {
+			out[r.Node] = r
+		}
+	}
 	return out, nil
 }
 

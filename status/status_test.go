@@ -2,6 +2,7 @@ package status
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/etcdbake/etcdbake/internal/testcluster"
 	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 // TestStatusAgainstRealCluster starts a real 3-member etcd (embed) with mutual TLS from
@@ -36,9 +38,24 @@ func TestStatusAgainstRealCluster(t *testing.T) {
 	if _, err := cli.Put(ctx, "/coreos.com/network/subnets/10.244.7.0-24", `{"PublicIP":"`+c.Nodes[1].IP().String()+`","BackendType":"vxlan"}`); err != nil {
 		t.Fatal(err)
 	}
+	// Boot records as etcd-firstboot publishes them: m1's; one under m3's key that names
+	// another node (ignored).
+	rec := spec.NodeRecord{Node: "m1", Slot: "b", Release: "0123456789ab", Entry: "etcdbake-000001-b.conf", State: "good", Fallback: ""}
+	rb, _ := json.Marshal(rec)
+	if _, err := cli.Put(ctx, spec.NodeRecordKey("m1"), string(rb)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, spec.NodeRecordKey("m3"), `{"node":"m2","slot":"a"}`); err != nil {
+		t.Fatal(err)
+	}
 	st, err := Collect(ctx, c, Options{CAFile: ca, CertFile: crt, KeyFile: key, PKIDir: tc.PKIDir, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, m := range st.Members {
+		if (m.Name == "m1") != (m.Boot != nil) || m.Boot != nil && *m.Boot != rec {
+			t.Errorf("member %s: boot record %+v, want m1's only: %+v", m.Name, m.Boot, rec)
+		}
 	}
 	if len(st.Flannel) != 1 || st.Flannel[0] != (Lease{Subnet: "10.244.7.0/24", PublicIP: c.Nodes[1].IP().String(), Node: "m2"}) {
 		t.Errorf("flannel leases: %+v", st.Flannel)

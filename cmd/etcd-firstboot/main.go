@@ -137,11 +137,7 @@ func printBoot(w io.Writer, b *firstboot.BootInfo) {
 		fmt.Fprintf(w, "boot:       WARNING: %s\n", p)
 	}
 	if f := b.Fallback; f != nil {
-		why := "no verify-boot result was recorded for it (it never reached verify-boot, or was killed before recording)"
-		if v := f.Verify; v != nil {
-			why = fmt.Sprintf("verify-boot %s at %s: %s", v.Result, v.Started.Format(time.RFC3339), v.Message)
-		}
-		fmt.Fprintf(w, "fallback:   slot %s (generation %d, %s) failed its trial; this boot fell back to slot %s\n            %s\n", f.Slot, f.Generation, f.Entry, orNone(b.Slot), why)
+		fmt.Fprintf(w, "fallback:   %s\n            %s\n", f.Summary(b.Slot), f.Reason())
 	}
 }
 

@@ -109,7 +109,7 @@ func (a *app) runImage(cmd *cobra.Command, o imageFlags) error {
 	}
 	src.Progress = func(f string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "image: "+f+"\n", args...) }
 	cfg, imgs, err := bake.Images(cmd.Context(), src, bake.ImageOptions{
-		Base: o.base, OutDir: filepath.Join(a.outDir, "images"), Formats: o.formats, DataSize: o.dataSize,
+		Base: o.base, OutDir: filepath.Join(a.outDir, "images"), ReleasesDir: filepath.Join(a.outDir, "releases"), Formats: o.formats, DataSize: o.dataSize,
 		Meter: newMeter(cmd.ErrOrStderr()),
 	})
 	if cfg != nil {

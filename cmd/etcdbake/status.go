@@ -121,6 +121,15 @@ func printStatus(out interface{ Write([]byte) (int, error) }, st *status.Cluster
 		}
 		fmt.Fprintf(out, "flannel leases (%d): %s\n", len(st.Flannel), strings.Join(ls, " "))
 	}
+	// What each node boots (disk images: A/B slot and release), and any fallback.
+	for _, m := range st.Members {
+		if b := m.Boot; b != nil {
+			fmt.Fprintf(out, "%s: slot %s, release %s, boot %s (%s)\n", m.Name, b.Slot, b.Release, b.State, b.Entry)
+			if b.Fallback != "" {
+				fmt.Fprintf(out, "%s: FELL BACK: %s\n", m.Name, b.Fallback)
+			}
+		}
+	}
 }
 
 // upOptions points o at the cluster of `etcdbake up` recorded in st: its forwarded

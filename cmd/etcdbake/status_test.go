@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/status"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
@@ -148,5 +149,32 @@ func TestNodeProgress(t *testing.T) {
 		if got := nodeProgress(r, nil, node, ""); got != want {
 			t.Errorf("%s: %q, want %q", node, got, want)
 		}
+	}
+}
+
+// TestStatusPrintsBootRecords: the text output has a line per node that published its
+// boot (slot, release, state, entry), and a FELL BACK line with the reason when it fell
+// back; a node without a record has no such line.
+func TestStatusPrintsBootRecords(t *testing.T) {
+	st := &status.Cluster{ClusterID: "1", Leader: "m1", Quorum: true, Members: []status.Member{
+		{Name: "m1", Healthy: true, Boot: &spec.NodeRecord{Node: "m1", Slot: "b", Release: "0123456789ab", Entry: "etcdbake-000001-b.conf", State: "good"}},
+		{Name: "m2", Healthy: true, Boot: &spec.NodeRecord{Node: "m2", Slot: "a", Release: "00000000aaaa", Entry: "etcdbake-000000-a.conf", State: "clean",
+			Fallback: "slot b (generation 1, etcdbake-000001-b+0-1.conf) failed its trial; this boot fell back to slot a; verify-boot failed: etcd not ready"}},
+		{Name: "m3", Healthy: true},
+	}}
+	var b strings.Builder
+	printStatus(&b, st)
+	out := b.String()
+	for _, want := range []string{
+		"m1: slot b, release 0123456789ab, boot good (etcdbake-000001-b.conf)\n",
+		"m2: slot a, release 00000000aaaa, boot clean (etcdbake-000000-a.conf)\n",
+		"m2: FELL BACK: slot b (generation 1, etcdbake-000001-b+0-1.conf) failed its trial; this boot fell back to slot a; verify-boot failed: etcd not ready\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "m3: slot") || strings.Count(out, "FELL BACK") != 1 {
+		t.Errorf("status output:\n%s", out)
 	}
 }

@@ -30,6 +30,10 @@ import (
 func (a *app) runDir() string       { return filepath.Join(a.outDir, "run") }
 func (a *app) qemuImageDir() string { return filepath.Join(a.outDir, "qemu", "images") }
 
+// qemuReleasesDir keeps the releases of `up`'s images (their configs have the QEMU
+// fragment, so they are releases of their own).
+func (a *app) qemuReleasesDir() string { return filepath.Join(a.outDir, "qemu", "releases") }
+
 func (a *app) upCmd() *cobra.Command {
 	var (
 		memory    int
@@ -96,7 +100,7 @@ booted again from its kept disk, with its data, and up waits until the cluster i
 				return err
 			}
 			built, err := bake.QEMUImages(cmd.Context(), src, bake.QEMUOptions{
-				BaseCacheDir: baseDir, OutDir: a.qemuImageDir(), RunDir: a.runDir(), Meter: newMeter(ew),
+				BaseCacheDir: baseDir, OutDir: a.qemuImageDir(), ReleasesDir: a.qemuReleasesDir(), RunDir: a.runDir(), Meter: newMeter(ew),
 			})
 			if err != nil {
 				return err

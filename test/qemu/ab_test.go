@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
@@ -27,7 +30,7 @@ import (
 //  3. an entry for slot A with one try (generation 2) whose etcd cannot start (masked):
 //     the gate times out, the node reboots by itself, and boot counting brings back
 //     slot B with its data; `etcd-firstboot status` names the fallback.
-func checkABSlots(ctx context.Context, t *testing.T, cl *vmcluster.Cluster, imagesDir, node, ep string, hc *http.Client) {
+func checkABSlots(ctx context.Context, t *testing.T, cl *vmcluster.Cluster, imagesDir, node, ep string, hc *http.Client, cli *clientv3.Client) {
 	var m imagebuild.Manifest
 	mb, err := os.ReadFile(filepath.Join(imagesDir, node+".manifest.json"))
 	if err != nil || json.Unmarshal(mb, &m) != nil {
@@ -68,15 +71,22 @@ echo "boots=$(journalctl --list-boots --no-pager | grep -cE '^ *-?[0-9]+ ')"`)
 		t.Logf("node facts: %v", f)
 		return f
 	}
-	// waitBoot waits for the node to run slot on a boot after the given count, with etcd
-	// answering /readyz through the forward again.
-	waitBoot := func(slot string, boots int) map[string]string {
+	// waitBoot waits for the node to run slot on the given boot, with etcd answering
+	// /readyz through the forward again and, on a trial boot (blessed), the boot blessed.
+	waitBoot := func(slot string, boots int, blessed bool) map[string]string {
 		t.Helper()
 		wctx, cancel := context.WithTimeout(ctx, 8*time.Minute)
 		defer cancel()
 		for {
-			res, err := cl.Exec(wctx, node, "/bin/sh", "-c", "journalctl --list-boots --no-pager | grep -cE '^ *-?[0-9]+ '; grep -o 'etcdbake.slot=[ab]' /proc/cmdline; test -e /run/etcdbake/ready && echo ready")
-			if err == nil && strings.HasPrefix(res.Stdout, fmt.Sprintf("%d\n%s=%s\nready", boots, imagebuild.CmdlineSlot, slot)) {
+			// Each attempt is bounded: a command caught by the reboot never answers.
+			actx, acancel := context.WithTimeout(wctx, 30*time.Second)
+			res, err := cl.Exec(actx, node, "/bin/sh", "-c", "journalctl --list-boots --no-pager | grep -cE '^ *-?[0-9]+ '; grep -o 'etcdbake.slot=[ab]' /proc/cmdline; test -e /run/etcdbake/ready && echo ready; systemctl is-active --quiet systemd-bless-boot.service && echo blessed")
+			acancel()
+			want := fmt.Sprintf("%d\n%s=%s\nready\n", boots, imagebuild.CmdlineSlot, slot)
+			if blessed {
+				want += "blessed\n"
+			}
+			if err == nil && res.Stdout == want {
 				if resp, err := hc.Get(ep + "/readyz"); err == nil {
 					resp.Body.Close()
 					if resp.StatusCode == http.StatusOK {
@@ -91,6 +101,14 @@ echo "boots=$(journalctl --list-boots --no-pager | grep -cE '^ *-?[0-9]+ ')"`)
 			case <-time.After(2 * time.Second):
 			}
 		}
+	}
+
+	// reboot asks the guest to reboot; its agent goes away with the answer, so the call is
+	// bounded and its result ignored (waitBoot checks what came back).
+	reboot := func() {
+		rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		_, _ = cl.Exec(rctx, node, "systemctl", "reboot")
 	}
 
 	// 1. The fresh image.
@@ -116,8 +134,8 @@ mv /efi/loader/entries/`+entryB+`+1.tmp /efi/loader/entries/`+entryB+`+1.conf
 sync`)
 	t.Logf("T-AB: slot B staged by hand (dd of root-a and node-a, kernel, entry) in %s", time.Since(step).Round(time.Second))
 	step = time.Now()
-	_, _ = cl.Exec(ctx, node, "systemctl", "reboot")
-	f = waitBoot("b", 2)
+	reboot()
+	f = waitBoot("b", 2, true)
 	t.Logf("T-AB: reboot into slot B, verified and blessed, etcd ready in %s", time.Since(step).Round(time.Second))
 	if f["node"] != f["nodeb"] {
 		t.Errorf("slot B: /node on %q, want node-b %q", f["node"], f["nodeb"])
@@ -129,6 +147,10 @@ sync`)
 		t.Errorf("slot B: entries %q, want %q (B's counter dropped: blessed)", f["entries"], want)
 	}
 
+	if r := nodeRecord(ctx, t, cli, node); r.Slot != "b" || r.Release != m.Release || !strings.HasPrefix(r.Verify, "good: ") || r.Fallback != "" {
+		t.Errorf("slot B: the node's record in etcd: %+v, want slot b of release %s, verified", r, m.Release)
+	}
+
 	// 3. A bad release: slot A again (generation 2), with etcd masked. Nothing blesses it.
 	step = time.Now()
 	entryBad := imagebuild.EntryName(2, "a")
@@ -136,8 +158,8 @@ sync`)
 sed -e 's/^options .*/& systemd.mask=etcd.service/' /efi/loader/entries/`+m.Entry+` > /efi/loader/entries/`+entryBad+`+1.tmp
 mv /efi/loader/entries/`+entryBad+`+1.tmp /efi/loader/entries/`+entryBad+`+1.conf
 sync`)
-	_, _ = cl.Exec(ctx, node, "systemctl", "reboot")
-	f = waitBoot("b", 4)
+	reboot()
+	f = waitBoot("b", 4, false)
 	t.Logf("T-AB: bad entry tried, gate timed out, fell back to slot B, etcd ready in %s", time.Since(step).Round(time.Second))
 	if want := m.Entry + " " + entryB + ".conf " + entryBad + "+0-1.conf"; f["entries"] != want {
 		t.Errorf("after the fallback: entries %q, want %q (the bad entry's try used, not blessed)", f["entries"], want)
@@ -152,4 +174,37 @@ sync`)
 	}
 	st := sh(ctx, "/opt/etcdbake/bin/etcd-firstboot status")
 	t.Logf("etcd-firstboot status after the fallback:\n%s", st)
+	for _, want := range []string{
+		"boot:       slot b, release " + m.Release + ", entry " + entryB + ".conf, state clean",
+		"fallback:   slot a (generation 2, " + entryBad + "+0-1.conf) failed its trial; this boot fell back to slot b",
+		"verify-boot failed at ",
+		"not verified after ",
+		// etcd was masked on that boot: the health gate never passed.
+		"the health gate has not written its ready flag",
+	} {
+		if !strings.Contains(st, want) {
+			t.Errorf("etcd-firstboot status after the fallback lacks %q", want)
+		}
+	}
+	// The workstation sees the same through the node's record in etcd.
+	if r := nodeRecord(ctx, t, cli, node); r.Slot != "b" || !strings.Contains(r.Fallback, "slot a (generation 2") || !strings.Contains(r.Fallback, "not verified after") {
+		t.Errorf("after the fallback: the node's record in etcd: %+v", r)
+	}
+}
+
+// nodeRecord reads the record the node published in etcd (what `etcdbake status` shows).
+func nodeRecord(ctx context.Context, t *testing.T, cli *clientv3.Client, node string) spec.NodeRecord {
+	t.Helper()
+	gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := cli.Get(gctx, spec.NodeRecordKey(node))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("the record of %s: %v", node, err)
+	}
+	var r spec.NodeRecord
+	if err := json.Unmarshal(resp.Kvs[0].Value, &r); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s's record in etcd: %+v", node, r)
+	return r
 }

@@ -1,0 +1,165 @@
+package imagebuild
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/internal/fileutil"
+	"github.com/etcdbake/etcdbake/spec"
+)
+
+// A release is what one build puts into a slot, kept under the releases directory
+// (OUT/releases) side by side with earlier ones, so that a node can be given any of them:
+//
+//	<id>/manifest.json            ReleaseManifest
+//	<id>/root.ext4                the shared root file system
+//	<id>/boot/linux, boot/initrd  the kernel and initrd (the same for every node)
+//	<id>/nodes/<node>/node.ext4   each node's own partition
+//
+// The ID derives from the inputs (ReleaseID), so building the same inputs again gives
+// the same release, which is then left as it is.
+
+// Release file names, relative to the release's directory (spec's).
+const (
+	ReleaseManifestName = spec.ReleaseManifestName
+	ReleaseRoot         = "root.ext4"
+	ReleaseLinux        = "boot/linux"
+	ReleaseInitrd       = "boot/initrd"
+)
+
+// ReleaseNodeImage is a node's partition image in a release.
+func ReleaseNodeImage(node string) string { return filepath.Join("nodes", node, "node.ext4") }
+
+// The release manifest's types are spec's: the node reads them too.
+type (
+	ReleaseFile     = spec.ReleaseFile
+	ReleaseNode     = spec.ReleaseNode
+	ReleaseManifest = spec.ReleaseManifest
+)
+
+// releaseParts is what Build hands to writeRelease: the files it made in its temporary
+// directory (moved into the release, not copied) and what the manifest records.
+type releaseParts struct {
+	id             string
+	rootImg        string
+	nodeImgs       map[string]string
+	options        map[string]map[string]string
+	entries        map[string]map[string]string
+	kernel, initrd string
+	root           *fstree.Tree
+	when           time.Time
+	slotSize       int64
+	baseHash       string
+	specHash       string
+	cluster        string
+	binaries       []BinaryRecord
+	certSerials    map[string]map[string]string
+}
+
+// writeRelease writes the release into dir/<id> through a temporary directory renamed
+// into place at the end (a reader never sees half a release). An existing release with
+// the same ID is kept as it is.
+func writeRelease(ctx context.Context, dir string, p releaseParts) (string, error) {
+	final := filepath.Join(dir, p.id)
+	if _, err := os.Stat(filepath.Join(final, ReleaseManifestName)); err == nil {
+		return final, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.MkdirTemp(dir, "."+p.id+".tmp-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	m := ReleaseManifest{ID: p.id, Cluster: p.cluster, Created: p.when, SpecSHA256: p.specHash, BaseSHA256: p.baseHash,
+		Binaries: p.binaries, Kernel: p.kernel, SlotSize: p.slotSize, Nodes: map[string]ReleaseNode{}}
+	// place moves (or writes) one file into the release and records its digest.
+	place := func(rel, from string, data []byte) (ReleaseFile, error) {
+		if err := ctx.Err(); err != nil {
+			return ReleaseFile{}, err
+		}
+		to := filepath.Join(tmp, rel)
+		if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+			return ReleaseFile{}, err
+		}
+		if from != "" {
+			if err := os.Rename(from, to); err != nil {
+				return ReleaseFile{}, err
+			}
+		} else if err := os.WriteFile(to, data, 0o644); err != nil {
+			return ReleaseFile{}, err
+		}
+		sum, n, err := fileutil.Digest(to, sha256.New())
+		if err != nil {
+			return ReleaseFile{}, err
+		}
+		return ReleaseFile{Path: rel, Size: n, SHA256: sum}, nil
+	}
+	if m.Root, err = place(ReleaseRoot, p.rootImg, nil); err != nil {
+		return "", err
+	}
+	for _, f := range []struct {
+		rel, path string
+		out       *ReleaseFile
+	}{{ReleaseLinux, p.kernel, &m.Linux}, {ReleaseInitrd, p.initrd, &m.Initrd}} {
+		e, ok := p.root.Get(f.path)
+		if !ok {
+			return "", fmt.Errorf("release: %s is not in the root", f.path)
+		}
+		data, err := p.root.Contents(e)
+		if err != nil {
+			return "", err
+		}
+		if *f.out, err = place(f.rel, "", data); err != nil {
+			return "", err
+		}
+	}
+	nodes := make([]string, 0, len(p.nodeImgs))
+	for n := range p.nodeImgs {
+		nodes = append(nodes, n)
+	}
+	sort.Strings(nodes)
+	for _, n := range nodes {
+		f, err := place(ReleaseNodeImage(n), p.nodeImgs[n], nil)
+		if err != nil {
+			return "", err
+		}
+		m.Nodes[n] = ReleaseNode{Node: f, Options: p.options[n], Entries: p.entries[n], CertSerials: p.certSerials[n]}
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ReleaseManifestName), append(b, '\n'), 0o644); err != nil {
+		return "", err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return "", err
+	}
+	fileutil.SyncDir(dir)
+	return final, nil
+}
+
+// ReadReleaseManifest reads a release's manifest from its directory.
+func ReadReleaseManifest(dir string) (*ReleaseManifest, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ReleaseManifestName))
+	if err != nil {
+		return nil, err
+	}
+	var m ReleaseManifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ReleaseManifestName), err)
+	}
+	return &m, nil
+}

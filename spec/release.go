@@ -1,0 +1,56 @@
+package spec
+
+import "time"
+
+// A release is what one image build puts into an A/B slot (see imagebuild): the shared
+// root, each node's partition, the kernel and initrd, and this manifest. The operator's
+// machine keeps releases under OUT/releases/<id>/ and serves them to the nodes
+// (`etcdbake serve`); a node stages its own files into its inactive slot.
+
+// ReleaseManifestName is the manifest's file name in a release (and on the wire).
+const ReleaseManifestName = "manifest.json"
+
+// ReleaseBinary is one baked program of a release.
+type ReleaseBinary struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	SHA256  string `json:"sha256"`
+	Source  string `json:"source"`
+}
+
+// ReleaseFile is one file of a release with its digest.
+type ReleaseFile struct {
+	Path   string `json:"path"` // relative to the release directory
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// ReleaseNode is what a release holds for one node.
+type ReleaseNode struct {
+	Node ReleaseFile `json:"node"`
+	// Options is the kernel command line of the node's entry for each slot, and Entries
+	// the whole entry file (loader/entries/<EntryName>.conf) the node writes to boot
+	// the release from that slot.
+	Options map[string]string `json:"options"`
+	Entries map[string]string `json:"entries"`
+	// CertSerials are the serial numbers (hex) of the node's certificates, by kind.
+	CertSerials map[string]string `json:"certSerials,omitempty"`
+}
+
+// ReleaseManifest describes a release.
+type ReleaseManifest struct {
+	ID         string          `json:"id"`
+	Cluster    string          `json:"cluster"`
+	Created    time.Time       `json:"created"`
+	SpecSHA256 string          `json:"specSHA256"`
+	BaseSHA256 string          `json:"baseSHA256"`
+	Binaries   []ReleaseBinary `json:"binaries"`
+	Kernel     string          `json:"kernel"`
+	// SlotSize is the root partition size the release was built for: a node whose slots
+	// are smaller cannot take it.
+	SlotSize int64                  `json:"slotSize"`
+	Root     ReleaseFile            `json:"root"`
+	Linux    ReleaseFile            `json:"linux"`
+	Initrd   ReleaseFile            `json:"initrd"`
+	Nodes    map[string]ReleaseNode `json:"nodes"`
+}
