@@ -69,8 +69,12 @@ func CheckUpgrade(target string, running map[string]string) error {
 	}
 	if len(bad) > 0 {
 		slices.Sort(bad)
+		who := "that member"
+		if len(bad) > 1 {
+			who = "those members"
+		}
 		return fmt.Errorf("cannot check the upgrade to etcd %s: %s, not MAJOR.MINOR.PATCH: check %s (etcdbake status) before rolling out",
-			t, strings.Join(bad, ", "), map[bool]string{true: "that member", false: "those members"}[len(bad) == 1])
+			t, strings.Join(bad, ", "), who)
 	}
 	slices.SortFunc(members, func(a, b member) int { return strings.Compare(a.name, b.name) })
 	lowest := members[0].v
