@@ -9,6 +9,14 @@
 //	                        /readyz answers and flanneld has its subnet; exit 0 blesses the
 //	                        boot, non-zero (or SIGTERM at the unit's timeout) leaves it
 //	                        unblessed so that the boot loader falls back to the other slot
+//	etcd-firstboot stage URL
+//	                        downloads this node's part of a release (URL:
+//	                        https://HOST:PORT/v1/releases/<id>, etcdbake serve's release
+//	                        listener, mutual TLS with the node's certificate) into the
+//	                        inactive A/B slot, checked by sha256; nothing boots it yet
+//	etcd-firstboot arm GENERATION
+//	                        writes the staged slot's boot entry with one try: the next
+//	                        reboot tries it, and falls back if it is not verified
 //
 // A refusal exits non-zero with the reason on stderr; the systemd units retry.
 package main
@@ -21,7 +29,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -39,8 +49,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 // runWith is run reading the boot slot from the given paths (tests point them at a fake
 // ESP; zero fields are the real /proc/cmdline, efivarfs and /efi).
 func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) int {
-	if len(args) < 1 || (args[0] != "prepare" && args[0] != "ready" && args[0] != "status" && args[0] != "verify-boot") {
-		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status|verify-boot [--config FILE] [--json]")
+	if len(args) < 1 || !slices.Contains([]string{"prepare", "ready", "status", "verify-boot", "stage", "arm"}, args[0]) {
+		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status|verify-boot|stage URL|arm GENERATION [--config FILE] [--json]")
 		return 2
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
@@ -49,6 +59,14 @@ func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) 
 	asJSON := fs.Bool("json", false, "status: print JSON")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
+	}
+	var operand string
+	if args[0] == "stage" || args[0] == "arm" {
+		if fs.NArg() != 1 {
+			fmt.Fprintf(stderr, "usage: etcd-firstboot %s\n", map[string]string{"stage": "stage URL (https://HOST:PORT/v1/releases/<id>)", "arm": "arm GENERATION (a number newer than the running entry's)"}[args[0]])
+			return 2
+		}
+		operand = fs.Arg(0)
 	}
 	nc, err := spec.LoadNodeConfig(*cfgPath)
 	if err != nil {
@@ -70,6 +88,21 @@ func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) 
 		err = printStatus(stdout, a, *asJSON)
 	case "verify-boot":
 		err = a.VerifyBoot(ctx)
+	case "stage":
+		var st *firstboot.Staged
+		if st, err = a.Stage(ctx, firstboot.StageOptions{URL: operand}); err == nil {
+			fmt.Fprintf(stdout, "release %s staged in slot %s\n", st.Release, st.Slot)
+		}
+	case "arm":
+		var gen int
+		if gen, err = strconv.Atoi(operand); err != nil || gen < 1 {
+			fmt.Fprintf(stderr, "etcd-firstboot: arm: %q is not a generation (a whole number above 0)\n", operand)
+			return 2
+		}
+		var entry string
+		if entry, err = a.Arm(gen); err == nil {
+			fmt.Fprintf(stdout, "armed %s: the next reboot tries it\n", entry)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "etcd-firstboot:", err)

@@ -244,6 +244,17 @@ func TestStatusShowsBootSlot(t *testing.T) {
 	if code := run([]string{"bogus"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "prepare|ready|status|verify-boot") {
 		t.Fatalf("usage: exit %d, %s", code, errOut.String())
 	}
+	// stage and arm take one operand each; a generation is a whole number above 0.
+	for _, args := range [][]string{{"stage", "--config", cfg}, {"arm", "--config", cfg}, {"arm", "--config", cfg, "x"}, {"arm", "--config", cfg, "0"}} {
+		errOut.Reset()
+		if code := runWith(args, &out, &errOut, fellBack); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (usage): %s", args, code, errOut.String())
+		}
+	}
+	errOut.Reset()
+	if code := runWith([]string{"arm", "--config", cfg, "7"}, &out, &errOut, fellBack); code != 1 || !strings.Contains(errOut.String(), "nothing is staged") {
+		t.Errorf("arm with nothing staged: exit %d: %s", code, errOut.String())
+	}
 }
 
 // TestMain lets a test run the command in a child process (to send it signals): with

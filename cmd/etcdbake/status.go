@@ -124,7 +124,11 @@ func printStatus(out interface{ Write([]byte) (int, error) }, st *status.Cluster
 	// What each node boots (disk images: A/B slot and release), and any fallback.
 	for _, m := range st.Members {
 		if b := m.Boot; b != nil {
-			fmt.Fprintf(out, "%s: slot %s, release %s, boot %s (%s)\n", m.Name, b.Slot, b.Release, b.State, b.Entry)
+			verified := ""
+			if v, _, ok := strings.Cut(b.Verify, ":"); ok {
+				verified = ", verify-boot " + v
+			}
+			fmt.Fprintf(out, "%s: slot %s, release %s, boot %s%s (%s)\n", m.Name, b.Slot, b.Release, b.State, verified, b.Entry)
 			if b.Fallback != "" {
 				fmt.Fprintf(out, "%s: FELL BACK: %s\n", m.Name, b.Fallback)
 			}

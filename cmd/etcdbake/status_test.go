@@ -157,7 +157,7 @@ func TestNodeProgress(t *testing.T) {
 // back; a node without a record has no such line.
 func TestStatusPrintsBootRecords(t *testing.T) {
 	st := &status.Cluster{ClusterID: "1", Leader: "m1", Quorum: true, Members: []status.Member{
-		{Name: "m1", Healthy: true, Boot: &spec.NodeRecord{Node: "m1", Slot: "b", Release: "0123456789ab", Entry: "etcdbake-000001-b.conf", State: "good"}},
+		{Name: "m1", Healthy: true, Boot: &spec.NodeRecord{Node: "m1", Slot: "b", Release: "0123456789ab", Entry: "etcdbake-000001-b+0-1.conf", State: "indeterminate", Verify: "good: verified after 17s"}},
 		{Name: "m2", Healthy: true, Boot: &spec.NodeRecord{Node: "m2", Slot: "a", Release: "00000000aaaa", Entry: "etcdbake-000000-a.conf", State: "clean",
 			Fallback: "slot b (generation 1, etcdbake-000001-b+0-1.conf) failed its trial; this boot fell back to slot a; verify-boot failed: etcd not ready"}},
 		{Name: "m3", Healthy: true},
@@ -166,7 +166,7 @@ func TestStatusPrintsBootRecords(t *testing.T) {
 	printStatus(&b, st)
 	out := b.String()
 	for _, want := range []string{
-		"m1: slot b, release 0123456789ab, boot good (etcdbake-000001-b.conf)\n",
+		"m1: slot b, release 0123456789ab, boot indeterminate, verify-boot good (etcdbake-000001-b+0-1.conf)\n",
 		"m2: slot a, release 00000000aaaa, boot clean (etcdbake-000000-a.conf)\n",
 		"m2: FELL BACK: slot b (generation 1, etcdbake-000001-b+0-1.conf) failed its trial; this boot fell back to slot a; verify-boot failed: etcd not ready\n",
 	} {

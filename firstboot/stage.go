@@ -1,0 +1,397 @@
+package firstboot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/etcdbake/etcdbake/internal/fileutil"
+	"github.com/etcdbake/etcdbake/spec"
+)
+
+// Staging writes a release into the inactive A/B slot, never the running one, in an
+// order that a power loss at any point cannot turn into a boot of a half-written slot:
+//
+//  1. every boot entry of the target slot, and its kernel and initrd, are removed from
+//     the ESP first (from here on nothing boots that slot);
+//  2. the root and node images are downloaded straight into the slot's partitions, with
+//     their sha256 checked over the stream and again by reading the partitions back;
+//  3. the kernel and initrd go to the ESP as .tmp files, checked, then renamed;
+//  4. the staged release is recorded in the state directory (staged.json).
+//
+// No entry is written: the slot boots only once Arm writes its entry (under the rollout
+// lock, right before the reboot), so a node that reboots for another reason comes back
+// on its running slot.
+
+// StagedName is the record of the staged slot in the state directory.
+const StagedName = "staged.json"
+
+// stageRetries bounds the resumed attempts of one download (a dropped connection
+// resumes with an HTTP Range request from the bytes already written).
+const stageRetries = 5
+
+// StageOptions say what to stage.
+type StageOptions struct {
+	// URL is the release on the release server (`etcdbake serve --release-listen`):
+	// https://HOST:PORT/v1/releases/<id>; the node's name and the file names are added.
+	URL string
+	// Devices maps a partition label (root-b, node-b) to its path; default
+	// /dev/disk/by-partlabel/<label>. Tests point them at files.
+	Devices map[string]string
+	// Progress, if set, follows the downloads (file, bytes done, total).
+	Progress func(file string, done, total int64)
+}
+
+// Staged records a staged slot.
+type Staged struct {
+	Release string    `json:"release"`
+	Slot    string    `json:"slot"`
+	URL     string    `json:"url"`
+	Entry   string    `json:"entry"` // the entry file's text (from the release manifest)
+	Took    string    `json:"took"`
+	Staged  time.Time `json:"staged"`
+}
+
+// StagedPath is where the staged slot is recorded.
+func (a *Agent) StagedPath() string { return filepath.Join(a.Cfg.StateDir, StagedName) }
+
+// Stage downloads this node's part of a release into the inactive slot (see above).
+func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
+	start := a.now()
+	bi, err := ReadBootInfo(a.BootPaths)
+	if err != nil {
+		return nil, err
+	}
+	if bi == nil || bi.Slot == "" {
+		return nil, errors.New("stage: this boot names no A/B slot on its kernel command line (etcdbake.slot=): the disk was not made with A/B slots; re-image it once")
+	}
+	target := spec.OtherSlot(bi.Slot)
+	base := strings.TrimSuffix(o.URL, "/") + "/" + a.Cfg.Name + "/"
+	hc, err := a.releaseClient()
+	if err != nil {
+		return nil, err
+	}
+	var m spec.ReleaseManifest
+	if err := getJSON(ctx, hc, base+spec.ReleaseManifestName, &m); err != nil {
+		return nil, fmt.Errorf("stage: the release manifest: %w", err)
+	}
+	node, ok := m.Nodes[a.Cfg.Name]
+	if !ok || m.Cluster != a.Cfg.Cluster {
+		return nil, fmt.Errorf("stage: release %s (cluster %q) has nothing for node %s of cluster %q", m.ID, m.Cluster, a.Cfg.Name, a.Cfg.Cluster)
+	}
+	entry := node.Entries[target]
+	if entry == "" || !strings.HasSuffix(o.URL, "/"+m.ID) {
+		return nil, fmt.Errorf("stage: release %s has no boot entry for slot %s, or the URL %s does not name it", m.ID, target, o.URL)
+	}
+	dev := func(label string) string {
+		if p := o.Devices[label]; p != "" {
+			return p
+		}
+		return "/dev/disk/by-partlabel/" + label
+	}
+	a.logf("stage: release %s into slot %s (running slot %s, release %s)", m.ID, target, bi.Slot, bi.Release)
+
+	// 1. Nothing may boot the target slot while it is being written.
+	esp := a.BootPaths.withDefaults().ESP
+	if err := clearSlotOnESP(esp, target); err != nil {
+		return nil, fmt.Errorf("stage: clearing slot %s on the ESP %s: %w", target, esp, err)
+	}
+	_ = os.Remove(a.StagedPath())
+
+	// 2. The partitions.
+	for _, p := range []struct {
+		label, file string
+		want        spec.ReleaseFile
+	}{{spec.RootLabel(target), "root", m.Root}, {spec.NodeLabel(target), "node", node.Node}} {
+		if err := a.stagePartition(ctx, hc, base+p.file, dev(p.label), p.want, o.Progress); err != nil {
+			return nil, fmt.Errorf("stage: %s into %s: %w", p.file, dev(p.label), err)
+		}
+	}
+	// 3. The kernel and initrd.
+	kdir := filepath.Join(esp, spec.SlotKernelDir(target))
+	if err := os.MkdirAll(kdir, 0o700); err != nil {
+		return nil, err
+	}
+	for _, f := range []struct {
+		name string
+		want spec.ReleaseFile
+	}{{"linux", m.Linux}, {"initrd", m.Initrd}} {
+		tmp := filepath.Join(kdir, f.name+".tmp")
+		if err := a.download(ctx, hc, base+f.name, tmp, 0o600, f.want, o.Progress); err != nil {
+			return nil, fmt.Errorf("stage: %s: %w", f.name, err)
+		}
+		if err := os.Rename(tmp, filepath.Join(kdir, f.name)); err != nil {
+			return nil, err
+		}
+	}
+	fileutil.SyncDir(kdir)
+	// 4. The record.
+	st := &Staged{Release: m.ID, Slot: target, URL: o.URL, Entry: entry, Took: a.now().Sub(start).Round(time.Second).String(), Staged: a.now().UTC()}
+	if err := writeJSON(a.StagedPath(), st, 0o644); err != nil {
+		return nil, err
+	}
+	a.logf("stage: release %s staged in slot %s in %s", m.ID, target, st.Took)
+	return st, nil
+}
+
+// Arm writes the staged slot's boot entry with one try, for rollout generation gen:
+// systemd-boot boots it next (newest name first), and boot counting falls back to the
+// running slot if the boot is not verified. The entry is written as a .tmp file that
+// systemd-boot ignores, then renamed.
+func (a *Agent) Arm(gen int) (string, error) {
+	var st Staged
+	ok, err := readJSON(a.StagedPath(), &st)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", fmt.Errorf("arm: nothing is staged (%s): stage a release first", a.StagedPath())
+	}
+	bi, err := ReadBootInfo(a.BootPaths)
+	if err != nil {
+		return "", err
+	}
+	if bi == nil || bi.Slot == "" || bi.Slot == st.Slot {
+		return "", fmt.Errorf("arm: the staged slot %s is the running one (or this boot names no slot): stage again", st.Slot)
+	}
+	if bi.Generation >= gen {
+		return "", fmt.Errorf("arm: generation %d is not newer than the running entry's (%d): systemd-boot would not pick it", gen, bi.Generation)
+	}
+	esp := a.BootPaths.withDefaults().ESP
+	kdir := filepath.Join(esp, spec.SlotKernelDir(st.Slot))
+	for _, f := range []string{"linux", "initrd"} {
+		if _, err := os.Stat(filepath.Join(kdir, f)); err != nil {
+			return "", fmt.Errorf("arm: slot %s's %s is gone from the ESP (%v): stage again", st.Slot, f, err)
+		}
+	}
+	dir := filepath.Join(esp, "loader", "entries")
+	name := spec.EntryName(gen, st.Slot) + "+1"
+	tmp := filepath.Join(dir, name+".tmp")
+	if err := os.WriteFile(tmp, []byte(st.Entry), 0o600); err != nil {
+		return "", err
+	}
+	if err := fileutil.SyncFile(tmp); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name+".conf")); err != nil {
+		return "", err
+	}
+	fileutil.SyncDir(dir)
+	a.logf("arm: %s.conf boots slot %s (release %s) next, once", name, st.Slot, st.Release)
+	return name + ".conf", nil
+}
+
+// clearSlotOnESP removes every boot entry of slot and its kernel directory.
+func clearSlotOnESP(esp, slot string) error {
+	dir := filepath.Join(esp, "loader", "entries")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		name := e.Name()
+		asConf := name // a .tmp entry left by an interrupted Arm counts as the entry
+		if base, ok := strings.CutSuffix(name, ".tmp"); ok {
+			asConf = base + ".conf"
+		}
+		be, perr := ParseBootEntry(asConf)
+		if perr != nil || be.Slot != slot {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			return err
+		}
+	}
+	fileutil.SyncDir(dir)
+	kdir := filepath.Join(esp, spec.SlotKernelDir(slot))
+	if err := os.RemoveAll(kdir); err != nil {
+		return err
+	}
+	fileutil.SyncDir(filepath.Dir(kdir))
+	return nil
+}
+
+// stagePartition writes one image into a partition and reads it back.
+func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, dev string, want spec.ReleaseFile, progress func(string, int64, int64)) error {
+	// O_EXCL on a block device fails while it is mounted: the running slot is refused
+	// here even if the command line were wrong.
+	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_EXCL, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+	if size < want.Size {
+		return fmt.Errorf("the partition has %d bytes, the image %d: this disk's slots are too small for the release; re-image it", size, want.Size)
+	}
+	if err := a.fetch(ctx, hc, url, f, want, progress); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	// Read back what the partition holds.
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, want.Size)); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
+		return fmt.Errorf("read back sha256 %s, the release says %s: the disk did not keep what was written", got, want.SHA256)
+	}
+	return nil
+}
+
+// download fetches one file to path (created with mode) and syncs it.
+func (a *Agent) download(ctx context.Context, hc *http.Client, url, path string, mode os.FileMode, want spec.ReleaseFile, progress func(string, int64, int64)) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := a.fetch(ctx, hc, url, f, want, progress); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// fetch copies url to the start of w, checking size and sha256 over the stream. A
+// broken transfer resumes (HTTP Range) from the bytes written, up to stageRetries times.
+func (a *Agent) fetch(ctx context.Context, hc *http.Client, url string, w io.WriterAt, want spec.ReleaseFile, progress func(string, int64, int64)) error {
+	h := sha256.New()
+	var off int64
+	var last error
+	for attempt := 0; attempt <= stageRetries; attempt++ {
+		if attempt > 0 {
+			a.logf("stage: %s: resuming at byte %d after: %v", url, off, last)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(attempt) * a.retryEvery()):
+			}
+		}
+		n, err := fetchFrom(ctx, hc, url, w, off, h, want.Size, progress)
+		off += n
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var restart errRestart
+		if errors.As(err, &restart) {
+			h.Reset()
+			off = 0
+		}
+		last = err
+		if attempt == stageRetries {
+			return fmt.Errorf("%s: %w (after %d attempts)", url, err, attempt+1)
+		}
+	}
+	if off != want.Size {
+		return fmt.Errorf("%s: %d bytes, the release says %d", url, off, want.Size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
+		return fmt.Errorf("%s: sha256 %s, the release says %s", url, got, want.SHA256)
+	}
+	return nil
+}
+
+// errRestart: the server sent the whole file where a range was asked for.
+type errRestart struct{ error }
+
+// fetchFrom does one request for url from byte off, writing to w at off and hashing; it
+// returns how many bytes it wrote.
+func fetchFrom(ctx context.Context, hc *http.Client, url string, w io.WriterAt, off int64, h hash.Hash, total int64, progress func(string, int64, int64)) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	if off > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	switch {
+	case off > 0 && resp.StatusCode == http.StatusOK:
+		return 0, errRestart{fmt.Errorf("the server ignored the range request")}
+	case off > 0 && resp.StatusCode == http.StatusPartialContent:
+		if cr := resp.Header.Get("Content-Range"); !strings.HasPrefix(cr, fmt.Sprintf("bytes %d-", off)) {
+			return 0, errRestart{fmt.Errorf("the server answered range %q, asked from byte %d", cr, off)}
+		}
+	case off == 0 && resp.StatusCode == http.StatusOK:
+	default:
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return 0, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	buf := make([]byte, 1<<20)
+	var n int64
+	for {
+		k, rerr := resp.Body.Read(buf)
+		if k > 0 {
+			if off+n+int64(k) > total {
+				return n, fmt.Errorf("more than the %d bytes the release says", total)
+			}
+			if _, err := w.WriteAt(buf[:k], off+n); err != nil {
+				return n, err
+			}
+			h.Write(buf[:k])
+			n += int64(k)
+			if progress != nil {
+				progress(url, off+n, total)
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
+}
+
+// releaseClient is an HTTPS client with this node's etcd-firstboot certificate that
+// trusts only the cluster CA.
+func (a *Agent) releaseClient() (*http.Client, error) {
+	tc, err := a.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: tc, ResponseHeaderTimeout: 30 * time.Second}}, nil
+}
+
+func getJSON(ctx context.Context, hc *http.Client, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
+	}
+	return json.Unmarshal(b, v)
+}

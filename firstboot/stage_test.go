@@ -1,0 +1,259 @@
+package firstboot
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/spec"
+)
+
+// releaseServer serves one release for node m1 over mutual TLS as the release server
+// does (client certificates from the cluster CA; http.ServeContent, so ranges work). It
+// can cut the first transfer of a file after cut bytes, or serve corrupt bytes.
+type releaseServer struct {
+	url      string
+	files    map[string][]byte // wire name -> content
+	manifest spec.ReleaseManifest
+	mu       sync.Mutex
+	cut      map[string]int // wire name -> bytes before the first transfer is cut
+	ranges   []string       // Range headers seen
+	corrupt  string         // wire name served with one byte flipped
+}
+
+func newReleaseServer(t *testing.T, fc *fbCluster, node string, rootSize int) *releaseServer {
+	t.Helper()
+	rs := &releaseServer{files: map[string][]byte{}, cut: map[string]int{}}
+	rnd := func(n int) []byte {
+		b := make([]byte, n)
+		rand.Read(b)
+		return b
+	}
+	rs.files["root"], rs.files["node"], rs.files["linux"], rs.files["initrd"] = rnd(rootSize), rnd(1<<20), rnd(300<<10), rnd(500<<10)
+	file := func(name string) spec.ReleaseFile {
+		s := sha256.Sum256(rs.files[name])
+		return spec.ReleaseFile{Path: name, Size: int64(len(rs.files[name])), SHA256: hex.EncodeToString(s[:])}
+	}
+	const id = "0f0e0d0c0b0a"
+	rs.manifest = spec.ReleaseManifest{ID: id, Cluster: fc.tc.Spec.Name, Root: file("root"), Linux: file("linux"), Initrd: file("initrd"),
+		Nodes: map[string]spec.ReleaseNode{node: {Node: file("node"), Entries: map[string]string{
+			"a": "title x\nlinux /etcdbake/a/linux\ninitrd /etcdbake/a/initrd\noptions etcdbake.slot=a\n",
+			"b": "title x\nlinux /etcdbake/b/linux\ninitrd /etcdbake/b/initrd\noptions etcdbake.slot=b\n"}}}}
+	mb, _ := json.Marshal(rs.manifest)
+	rs.files[spec.ReleaseManifestName] = mb
+
+	caPEM, _ := os.ReadFile(fc.agents[node].Cfg.CA)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	crt, key := pki.NodeCertPath(fc.tc.PKIDir, node, pki.KindServer) // SAN: the node's 127.0.0.x
+	pair, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(fc.tc.Spec.Nodes[0].IP().String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := "/v1/releases/" + id + "/" + node + "/"
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name, ok := strings.CutPrefix(r.URL.Path, prefix)
+		data, found := rs.files[name]
+		if !ok || !found {
+			http.NotFound(w, r)
+			return
+		}
+		rs.mu.Lock()
+		if rg := r.Header.Get("Range"); rg != "" {
+			rs.ranges = append(rs.ranges, name+" "+rg)
+		}
+		cut, cutting := rs.cut[name]
+		delete(rs.cut, name)
+		corrupt := rs.corrupt == name
+		rs.mu.Unlock()
+		if corrupt {
+			data = bytes.Clone(data)
+			data[len(data)/2] ^= 0xff
+		}
+		if cutting { // send part of the file, then drop the connection
+			w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+			w.WriteHeader(http.StatusOK)
+			w.Write(data[:cut])
+			w.(http.Flusher).Flush()
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			conn.Close()
+			return
+		}
+		http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(data))
+	}), TLSConfig: &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}}
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	rs.url = "https://" + ln.Addr().String() + "/v1/releases/" + id
+	return rs
+}
+
+// stageEnv is a node running slot a: its devices for slot b are files, its ESP a
+// directory with slot a's entry and leftovers of an older slot b.
+func stageEnv(t *testing.T, a *Agent, running string, slotSize int64) StageOptions {
+	t.Helper()
+	a.BootPaths = fakeBoot{cmdline: cmdline(running), vars: map[string]string{"LoaderEntrySelected": spec.EntryName(0, running) + ".conf"},
+		entries: []string{spec.EntryName(0, running) + ".conf", spec.EntryName(1, spec.OtherSlot(running)) + "+0-1.conf", spec.EntryName(2, spec.OtherSlot(running)) + "+1.tmp"}}.write(t)
+	other := spec.OtherSlot(running)
+	os.MkdirAll(filepath.Join(a.BootPaths.ESP, "etcdbake", other), 0o755)
+	os.WriteFile(filepath.Join(a.BootPaths.ESP, "etcdbake", other, "linux"), []byte("old kernel"), 0o644)
+	dir := t.TempDir()
+	devs := map[string]string{}
+	for label, size := range map[string]int64{spec.RootLabel(other): slotSize, spec.NodeLabel(other): 2 << 20} {
+		p := filepath.Join(dir, label)
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Truncate(p, size)
+		devs[label] = p
+	}
+	return StageOptions{Devices: devs}
+}
+
+func entriesOnESP(t *testing.T, a *Agent) []string {
+	t.Helper()
+	ents, _ := os.ReadDir(filepath.Join(a.BootPaths.ESP, "loader", "entries"))
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// TestStageAndArm stages a release from a real mutual-TLS server into slot b's devices
+// (files here) while slot a runs: the partitions and the ESP's kernel and initrd hold the
+// release's bytes, every old entry of slot b is gone before anything is written, and no
+// entry boots slot b until Arm writes one with one try. A dropped connection resumes with
+// a range request.
+func TestStageAndArm(t *testing.T) {
+	fc := newFBClusterN(t, "stg", 1, 61)
+	a := fc.agents["m1"]
+	rs := newReleaseServer(t, fc, "m1", 5<<20+123)
+	o := stageEnv(t, a, "a", 8<<20)
+	o.URL = rs.url
+	rs.cut["root"] = 2<<20 + 7 // the first transfer of the root breaks after 2 MiB
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := a.Stage(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Slot != "b" || st.Release != rs.manifest.ID || st.Entry != rs.manifest.Nodes["m1"].Entries["b"] {
+		t.Errorf("staged %+v", st)
+	}
+	if len(rs.ranges) != 1 || rs.ranges[0] != "root bytes=2097159-" {
+		t.Errorf("range requests %v, want one resuming the root at byte 2097159", rs.ranges)
+	}
+	for label, name := range map[string]string{"root-b": "root", "node-b": "node"} {
+		b, _ := os.ReadFile(o.Devices[label])
+		if !bytes.Equal(b[:len(rs.files[name])], rs.files[name]) {
+			t.Errorf("%s does not hold the release's %s", label, name)
+		}
+	}
+	for _, f := range []string{"linux", "initrd"} {
+		b, _ := os.ReadFile(filepath.Join(a.BootPaths.ESP, "etcdbake", "b", f))
+		if !bytes.Equal(b, rs.files[f]) {
+			t.Errorf("ESP etcdbake/b/%s is not the release's (%d bytes)", f, len(b))
+		}
+	}
+	if got := strings.Join(entriesOnESP(t, a), " "); got != "etcdbake-000000-a.conf" {
+		t.Errorf("entries after staging: %s, want slot a's only (nothing boots b before Arm)", got)
+	}
+	// Arm for generation 3: one try, the release's entry text.
+	if _, err := a.Arm(0); err == nil || !strings.Contains(err.Error(), "not newer") {
+		t.Errorf("Arm(0): %v, want refused (not newer than the running entry)", err)
+	}
+	name, err := a.Arm(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if name != "etcdbake-000003-b+1.conf" {
+		t.Errorf("armed %s", name)
+	}
+	if got := strings.Join(entriesOnESP(t, a), " "); got != "etcdbake-000000-a.conf etcdbake-000003-b+1.conf" {
+		t.Errorf("entries after Arm: %s", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(a.BootPaths.ESP, "loader", "entries", name)); string(b) != st.Entry {
+		t.Errorf("armed entry:\n%s", b)
+	}
+	bi, err := ReadBootInfo(a.BootPaths)
+	if err != nil || len(bi.Entries) != 2 || bi.Entries[0].Name != name || bi.Entries[0].TriesLeft != 1 {
+		t.Errorf("boot info after Arm: %+v (%v): the armed entry must sort first with one try", bi, err)
+	}
+	// Booted into b, the staged slot is the running one: arming it again is refused.
+	a.BootPaths = fakeBoot{cmdline: cmdline("b"), vars: map[string]string{"LoaderEntrySelected": name}, entries: []string{name}}.write(t)
+	if _, err := a.Arm(4); err == nil || !strings.Contains(err.Error(), "is the running one") {
+		t.Errorf("Arm of the running slot: %v", err)
+	}
+}
+
+// TestStageRefusals: a corrupt transfer, a slot too small, a cancelled staging and a
+// release without this node fail with the reason; none leaves anything that boots
+// slot b or a record that Arm would take.
+func TestStageRefusals(t *testing.T) {
+	fc := newFBClusterN(t, "stgr", 1, 71)
+	a := fc.agents["m1"]
+	rs := newReleaseServer(t, fc, "m1", 3<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	check := func(what string, err error, want string) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error with %q", what, err, want)
+		}
+		// Refused before anything was touched (the manifest), the old, unbootable
+		// entries of slot b are still there; once staging began, they are gone.
+		if got := strings.Join(entriesOnESP(t, a), " "); got != "etcdbake-000000-a.conf" && got != "etcdbake-000000-a.conf etcdbake-000001-b+0-1.conf etcdbake-000002-b+1.tmp" {
+			t.Errorf("%s: entries %s, want slot a's only", what, got)
+		}
+		if _, err := a.Arm(5); err == nil || !strings.Contains(err.Error(), "nothing is staged") {
+			t.Errorf("%s: Arm afterwards: %v, want nothing staged", what, err)
+		}
+	}
+
+	o := stageEnv(t, a, "a", 8<<20)
+	o.URL = rs.url
+	rs.corrupt = "node"
+	_, err := a.Stage(ctx, o)
+	check("corrupt node image", err, "sha256")
+	rs.corrupt = ""
+
+	o = stageEnv(t, a, "a", 1<<20)
+	o.URL = rs.url
+	_, err = a.Stage(ctx, o)
+	check("slot too small", err, "re-image")
+
+	o = stageEnv(t, a, "a", 8<<20)
+	o.URL = rs.url
+	cctx, ccancel := context.WithCancel(ctx)
+	o.Progress = func(file string, done, total int64) {
+		if strings.HasSuffix(file, "/root") && done > 1<<20 {
+			ccancel() // power loss while the root is written
+		}
+	}
+	_, err = a.Stage(cctx, o)
+	check("cancelled while writing the root", err, "context canceled")
+
+	o = stageEnv(t, a, "a", 8<<20)
+	o.URL = strings.Replace(rs.url, rs.manifest.ID, "aaaaaaaaaaaa", 1)
+	_, err = a.Stage(ctx, o)
+	check("unknown release", err, "404")
+}
