@@ -62,6 +62,8 @@ type ClusterOptions struct {
 	// verification, `systemctl reboot`): QEMU resets the machine and keeps running, with
 	// its forwards. Without it a guest reboot ends the VM (the node shows as exited).
 	RebootInPlace bool
+	// GuestForwards let every guest reach services of the caller (see GuestForward).
+	GuestForwards []GuestForward
 }
 
 // overlaySuffix ends the name of a node's disk in the run directory (<node>.overlay.qcow2).
@@ -77,6 +79,8 @@ type Cluster struct {
 	accel string
 	// rebootInPlace: ClusterOptions.RebootInPlace.
 	rebootInPlace bool
+	// guestFwd: ClusterOptions.GuestForwards as -netdev user options.
+	guestFwd []string
 	// The guest's etcd ports the forwards go to (ClusterOptions.ClientPort, PeerPort).
 	guestClient, guestPeer int
 	hub                    *Hub
@@ -156,7 +160,15 @@ func newCluster(o ClusterOptions) (*Cluster, error) {
 	if mem == 0 {
 		mem = 768
 	}
-	c := &Cluster{dir: o.Dir, mem: mem, accel: o.Accel, rebootInPlace: o.RebootInPlace, guestClient: o.ClientPort, guestPeer: o.PeerPort, hub: NewHub(), nodes: map[string]*clusterNode{}}
+	var guestFwd []string
+	for _, g := range o.GuestForwards {
+		opt, err := g.netdevOption()
+		if err != nil {
+			return nil, fmt.Errorf("ClusterOptions.%w", err)
+		}
+		guestFwd = append(guestFwd, opt)
+	}
+	c := &Cluster{dir: o.Dir, mem: mem, accel: o.Accel, rebootInPlace: o.RebootInPlace, guestFwd: guestFwd, guestClient: o.ClientPort, guestPeer: o.PeerPort, hub: NewHub(), nodes: map[string]*clusterNode{}}
 	for name, img := range o.Images {
 		mac := o.MACs[name]
 		if mac == "" {
@@ -279,6 +291,9 @@ func (c *Cluster) qemuArgs(n *clusterNode, vm *VM) []string {
 	// First NIC: the private segment (fd 3 is ExtraFiles[0]).
 	l2nic := "virtio-net-pci,netdev=l2,mac=" + strings.ToLower(n.mac)
 	// Second NIC: host forward to etcd only; restrict=on keeps the guest off the host.
+	for _, g := range c.guestFwd {
+		fwd += "," + g
+	}
 	user := []string{"-netdev", "user,id=u0,restrict=on," + fwd, "-device", "virtio-net-pci,netdev=u0,mac=" + strings.ToLower(n.userMAC)}
 	if n.pxe != "" {
 		// The disk first (blank until installed), then PXE on the user NIC; no option ROM

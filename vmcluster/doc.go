@@ -48,6 +48,8 @@
 // segment exists only as socketpairs between QEMU and the calling process, the user-mode
 // NICs have restrict=on (the guest reaches neither the host nor anything beyond it), and
 // the forwards listen on 127.0.0.1 only, on ports QEMU chooses (parallel clusters do not
-// collide). The one exception is a node booted by PXE (ClusterOptions.PXE), whose
-// user-mode NIC may reach the host's loopback as 10.0.2.2 to fetch its boot files.
+// collide). A guest forward (ClusterOptions.GuestForwards) reaches exactly what its relay
+// command connects to (Relay: one unix socket of the caller's). The one exception is a
+// node booted by PXE (ClusterOptions.PXE), whose user-mode NIC may reach the host's
+// loopback as 10.0.2.2 to fetch its boot files.
 package vmcluster

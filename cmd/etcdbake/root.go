@@ -59,6 +59,7 @@ Start with:  etcdbake init && etcdbake validate && etcdbake ignition --binaries-
 		a.execCmd(),
 		a.serveCmd(),
 		a.superviseCmd(),
+		a.relayCmd(),
 	)
 	a.addVersion(root) // --version and the version command
 	// Applied to the whole tree, so that every command behaves the same: flag errors

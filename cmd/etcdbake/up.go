@@ -425,3 +425,18 @@ func (a *app) superviseCmd() *cobra.Command {
 	cmd.Flags().StringVar(&dir, "run-dir", "out/run", "run directory holding plan.json")
 	return cmd
 }
+
+// relayCmd is what QEMU runs for each guest connection to a guest forward
+// (vmcluster.GuestForward): it joins the connection, on its standard input and output,
+// to a unix socket.
+func (a *app) relayCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "qemu-relay SOCKET",
+		Short:  "Join standard input and output to a unix socket (run by QEMU for a guest forward)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return vmcluster.Relay(cmd.Context(), args[0], cmd.InOrStdin(), cmd.OutOrStdout())
+		},
+	}
+}

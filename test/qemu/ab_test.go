@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/etcdbake/etcdbake/imagebuild"
 	"github.com/etcdbake/etcdbake/spec"
@@ -30,7 +32,7 @@ import (
 //  3. an entry for slot A with one try (generation 2) whose etcd cannot start (masked):
 //     the gate times out, the node reboots by itself, and boot counting brings back
 //     slot B with its data; `etcd-firstboot status` names the fallback.
-func checkABSlots(ctx context.Context, t *testing.T, cl *vmcluster.Cluster, imagesDir, node, ep string, hc *http.Client, cli *clientv3.Client) {
+func checkABSlots(ctx context.Context, t *testing.T, cl *vmcluster.Cluster, imagesDir, node, ep string, hc *http.Client, tlsCfg *tls.Config) {
 	var m imagebuild.Manifest
 	mb, err := os.ReadFile(filepath.Join(imagesDir, node+".manifest.json"))
 	if err != nil || json.Unmarshal(mb, &m) != nil {
@@ -147,7 +149,7 @@ sync`)
 		t.Errorf("slot B: entries %q, want %q (B's counter dropped: blessed)", f["entries"], want)
 	}
 
-	if r := nodeRecord(ctx, t, cli, node); r.Slot != "b" || r.Release != m.Release || !strings.HasPrefix(r.Verify, "good: ") || r.Fallback != "" {
+	if r := nodeRecord(ctx, t, ep, tlsCfg, node); r.Slot != "b" || r.Release != m.Release || !strings.HasPrefix(r.Verify, "good: ") || r.Fallback != "" {
 		t.Errorf("slot B: the node's record in etcd: %+v, want slot b of release %s, verified", r, m.Release)
 	}
 
@@ -187,14 +189,21 @@ sync`)
 		}
 	}
 	// The workstation sees the same through the node's record in etcd.
-	if r := nodeRecord(ctx, t, cli, node); r.Slot != "b" || !strings.Contains(r.Fallback, "slot a (generation 2") || !strings.Contains(r.Fallback, "not verified after") {
+	if r := nodeRecord(ctx, t, ep, tlsCfg, node); r.Slot != "b" || !strings.Contains(r.Fallback, "slot a (generation 2") || !strings.Contains(r.Fallback, "not verified after") {
 		t.Errorf("after the fallback: the node's record in etcd: %+v", r)
 	}
 }
 
 // nodeRecord reads the record the node published in etcd (what `etcdbake status` shows).
-func nodeRecord(ctx context.Context, t *testing.T, cli *clientv3.Client, node string) spec.NodeRecord {
+func nodeRecord(ctx context.Context, t *testing.T, ep string, tlsCfg *tls.Config, node string) spec.NodeRecord {
 	t.Helper()
+	// A new client: one kept across the reboots would still be in gRPC's reconnect
+	// backoff (up to 2 min) after the minutes etcd was down on the bad boot.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
 	gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	resp, err := cli.Get(gctx, spec.NodeRecordKey(node))

@@ -43,7 +43,7 @@ time:
   servers: []
   syncTimeout: 5s
 rollout:
-  timeout: 90s
+  timeout: 60s
 binaries:
   sources: [go]
 butane: report.bu
@@ -177,5 +177,5 @@ func TestBootOneNodeImage(t *testing.T) {
 	}
 	t.Logf("flanneld holds a lease %s after QEMU start", time.Since(step).Round(100*time.Millisecond))
 
-	checkABSlots(ctx, t, cl, filepath.Join(dir, "images"), "etcd-1", ep, hc, cli)
+	checkABSlots(ctx, t, cl, filepath.Join(dir, "images"), "etcd-1", ep, hc, tlsCfg)
 }
