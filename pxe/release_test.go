@@ -2,13 +2,18 @@ package pxe
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -437,5 +442,83 @@ func TestReleaseFilePath(t *testing.T) {
 	}
 	if _, err := NewReleaseHandler(ReleaseOptions{Dir: "", Nodes: []string{"etcd-1"}}); err == nil {
 		t.Error("NewReleaseHandler accepted no directory")
+	}
+}
+
+// issueByHand signs a certificate for CN with the cluster CA's key, as no etcdbake code
+// would: for the handler's own checks behind the TLS layer's.
+func issueByHand(t *testing.T, pkiDir, cn string, eku []x509.ExtKeyUsage) tls.Certificate {
+	t.Helper()
+	caCrt, caKeyPath := pki.CAPath(pkiDir, pki.CAName)
+	cb, _ := os.ReadFile(caCrt)
+	ca, err := pki.ParseCert(cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := os.ReadFile(caKeyPath)
+	blk, _ := pem.Decode(kb)
+	caKey, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: eku}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestReleaseClientAuthUsage: a certificate of the cluster CA with the right CN is not
+// enough: without the clientAuth usage it gets a 403 (no usage at all passes the TLS
+// layer, which reads it as "any") or no connection (serverAuth only).
+func TestReleaseClientAuthUsage(t *testing.T) {
+	e := newRelEnv(t, []string{"etcd-1", "etcd-2", "etcd-3"})
+	caFile, _ := pki.CAPath(e.pkiDir, pki.CAName)
+	u := e.url(relID + "/etcd-1/manifest.json")
+	withCert := func(c tls.Certificate) *http.Client {
+		cl := tlsClient(t, caFile, "", "", "127.0.0.1")
+		cl.Transport.(*http.Transport).TLSClientConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
+		return cl
+	}
+	if r := do(t, withCert(issueByHand(t, e.pkiDir, "etcd-firstboot:etcd-1", nil)), "GET", u, nil); r.code != 403 || !strings.Contains(string(r.body), "no clientAuth extended key usage") {
+		t.Errorf("no extended key usage: %d %.200q", r.code, r.body)
+	}
+	if _, err := withCert(issueByHand(t, e.pkiDir, "etcd-firstboot:etcd-1", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})).Get(u); err == nil {
+		t.Error("a serverAuth-only certificate got a response, want a failed handshake")
+	}
+	if r := do(t, withCert(issueByHand(t, e.pkiDir, "etcd-firstboot:etcd-1", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})), "GET", u, nil); r.code != 200 {
+		t.Errorf("the same by hand with clientAuth: %d %.200q", r.code, r.body)
+	}
+}
+
+// TestReleaseResumedSession: a node that resumes its TLS session on a new connection is
+// still known by its certificate.
+func TestReleaseResumedSession(t *testing.T) {
+	e := newRelEnv(t, []string{"etcd-1", "etcd-2", "etcd-3"})
+	c := e.nodeClient(t, "etcd-2", pki.KindFirstboot)
+	tr := c.Transport.(*http.Transport)
+	tr.TLSClientConfig.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	tr.DisableKeepAlives = true // a new connection for every request
+	resumed := false
+	for range 3 {
+		resp, err := c.Get(e.url(relID + "/etcd-2/manifest.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !bytes.Equal(b, e.files[relID+"/manifest.json"]) {
+			t.Errorf("resumed=%v: %d", resp.TLS.DidResume, resp.StatusCode)
+		}
+		resumed = resumed || resp.TLS.DidResume
+	}
+	if !resumed {
+		t.Error("no connection resumed its session: the test did not test resumption")
 	}
 }
