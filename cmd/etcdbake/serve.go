@@ -40,7 +40,7 @@ type serveFlags struct {
 func (a *app) serveCmd() *cobra.Command {
 	var f serveFlags
 	cmd := &cobra.Command{
-		Use:   "serve --listen ADDR:PORT",
+		Use:   "serve --listen ADDR:PORT [--release-listen ADDR:PORT]",
 		Short: "Provision machines over PXE/iPXE: boot scripts, Ignition configs and binaries by MAC",
 		Long: `Serves every node of the spec, found by nodes[].mac, on Matchbox's paths:
 /boot.ipxe, /ipxe?mac=MAC, /ignition?mac=MAC, and the binaries the configs name under
