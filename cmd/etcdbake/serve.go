@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -18,7 +20,9 @@ import (
 
 	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/internal/fileutil"
+	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/pxe"
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 func (a *app) pxeStatusFile() string { return filepath.Join(a.outDir, "pxe", "status.json") }
@@ -29,12 +33,14 @@ type serveFlags struct {
 	fcos                   pxe.FCOS
 	images, base           string
 	installer, kernelArgs  string
+	releaseListen          string
+	releaseSANs            []string
 }
 
 func (a *app) serveCmd() *cobra.Command {
 	var f serveFlags
 	cmd := &cobra.Command{
-		Use:   "serve --listen ADDR:PORT",
+		Use:   "serve --listen ADDR:PORT [--release-listen ADDR:PORT]",
 		Short: "Provision machines over PXE/iPXE: boot scripts, Ignition configs and binaries by MAC",
 		Long: `Serves every node of the spec, found by nodes[].mac, on Matchbox's paths:
 /boot.ipxe, /ipxe?mac=MAC, /ignition?mac=MAC, and the binaries the configs name under
@@ -52,6 +58,15 @@ Two ways to become a node:
 MAC matching is not authentication: anyone on the network who knows a node's MAC can
 fetch its config and private key. Serve only on a provisioning network you trust.
 
+Releases (rolling upgrades): --release-listen ADDR:PORT also serves OUT/releases over
+HTTPS with mutual TLS at https://ADDR:PORT/v1/releases/<id>/<node>/<file> (file: one of
+manifest.json, root, node, linux, initrd). A node authenticates with its own
+etcd-firstboot client certificate and gets only its own files; every other certificate
+gets a 403, and a connection without a certificate of the cluster CA fails. The server's
+certificate (OUT/pki/serve/server.crt) is issued here by the cluster CA for the listen
+address and every --release-san, and kept while it matches. With --release-listen and no
+--listen, only releases are served (no PXE).
+
 Nothing listens on all interfaces unless --all-interfaces is given. The access log goes
 to stderr; "etcdbake serve status" shows which node has fetched what.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runServe(cmd, f) },
@@ -67,28 +82,44 @@ to stderr; "etcdbake serve status" shows which node has fetched what.`,
 	cmd.Flags().StringVar(&f.base, "base", "", "base root filesystem tarball whose kernel and initrd boot the installer (default: the default base)")
 	cmd.Flags().StringVar(&f.installer, "installer", "", "etcdbake-installer binary (default: next to etcdbake)")
 	cmd.Flags().StringVar(&f.firstboot, "firstboot", "", firstbootFlagHelp)
+	cmd.Flags().StringVar(&f.releaseListen, "release-listen", "", "also serve OUT/releases over HTTPS with mutual TLS on this address, e.g. 10.88.0.1:8443 (off when empty)")
+	cmd.Flags().StringArrayVar(&f.releaseSANs, "release-san", nil, "another IP address or DNS name nodes use to reach --release-listen, for its certificate (repeatable)")
 	cmd.AddCommand(a.serveStatusCmd())
 	return cmd
 }
 
-// checkListen refuses a missing or wildcard listen address (unless allowed).
-func checkListen(listen string, all bool) error {
+// checkListen refuses a missing or wildcard listen address (unless allowed). flag names
+// the flag in messages; eg is an example address.
+func checkListen(flag, listen, eg string, all bool) error {
 	if listen == "" {
-		return errors.New("--listen is required: the address of this machine on the provisioning network, e.g. --listen 10.88.0.1:8080")
+		return fmt.Errorf("%s is required: the address of this machine on the provisioning network, e.g. %s %s", flag, flag, eg)
 	}
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil || port == "" {
-		return fmt.Errorf("--listen %q: want HOST:PORT, e.g. 10.88.0.1:8080", listen)
+		return fmt.Errorf("%s %q: want HOST:PORT, e.g. %s", flag, listen, eg)
 	}
 	ip := net.ParseIP(host)
 	if (host == "" || (ip != nil && ip.IsUnspecified())) && !all {
-		return fmt.Errorf("--listen %q listens on every interface, which would offer node secrets on all networks: give this machine's provisioning address, or add --all-interfaces if that is really wanted", listen)
+		return fmt.Errorf("%s %q listens on every interface, which would offer node secrets on all networks: give this machine's provisioning address, or add --all-interfaces if that is really wanted", flag, listen)
 	}
 	return nil
 }
 
 func (a *app) runServe(cmd *cobra.Command, f serveFlags) error {
-	if err := checkListen(f.listen, f.allInterfaces); err != nil {
+	if f.releaseListen != "" {
+		if err := checkListen("--release-listen", f.releaseListen, "10.88.0.1:8443", f.allInterfaces); err != nil {
+			return err
+		}
+		if f.listen == "" {
+			return a.serveReleasesOnly(cmd, f)
+		}
+	} else if len(f.releaseSANs) > 0 {
+		return errors.New("--release-san goes with --release-listen: it names the release server's certificate")
+	}
+	if err := checkListen("--listen", f.listen, "10.88.0.1:8080", f.allInterfaces); err != nil {
+		if f.listen == "" {
+			return fmt.Errorf("%w (or --release-listen alone to serve only releases)", err)
+		}
 		return err
 	}
 	if f.url != "" && !strings.HasPrefix(f.url, "http://") && !strings.HasPrefix(f.url, "https://") {
@@ -163,20 +194,49 @@ func (a *app) runServe(cmd *cobra.Command, f serveFlags) error {
 	if imageMode {
 		mode = fmt.Sprintf("installs the disk images of %s (installer: kernel %s)", images, o.Installer.KernelVersion)
 	}
+	var rel *releaseServer
+	if f.releaseListen != "" {
+		if rel, err = a.startReleaseServer(cmd, c, f); err != nil {
+			return err
+		}
+		defer rel.ln.Close()
+	}
 	fmt.Fprintf(cmd.OutOrStdout(), "serving %d nodes of cluster %s on %s (machines use %s); %s; iPXE: chain %s/boot.ipxe\n",
 		len(o.Nodes), c.Name, ln.Addr(), base, mode, base)
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
-	ctx := cmd.Context() // main's: ends on Ctrl-C or SIGTERM
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return hs.Shutdown(sctx)
+	servers := []*serving{{&http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}, func(hs *http.Server) error { return hs.Serve(ln) }}}
+	if rel != nil {
+		rel.announce(cmd, a.releasesDir(), a.pkiDir())
+		servers = append(servers, rel.serving())
 	}
+	return serveUntilDone(cmd.Context(), servers)
+}
+
+// serving is one HTTP server and how it serves its listener.
+type serving struct {
+	hs    *http.Server
+	serve func(*http.Server) error
+}
+
+// serveUntilDone runs the servers until ctx ends (main's: Ctrl-C or SIGTERM), then
+// shuts them all down; when one fails, the others are shut down and its error returned.
+func serveUntilDone(ctx context.Context, servers []*serving) error {
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() { errc <- s.serve(s.hs) }()
+	}
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		if serr := s.hs.Shutdown(sctx); err == nil {
+			err = serr
+		}
+	}
+	return err
 }
 
 // writeServeStatus writes the status file as pxe.Server does after every fetch.
@@ -248,4 +308,111 @@ func printServeStatus(w io.Writer, st []pxe.NodeStatus) {
 		}
 		fmt.Fprintf(w, "%-12s %-17s %s\n", n.Node, n.MAC, strings.Join(parts, ", "))
 	}
+}
+
+func (a *app) releasesDir() string { return filepath.Join(a.outDir, "releases") }
+
+// releaseServer is the HTTPS listener of --release-listen.
+type releaseServer struct {
+	ln      net.Listener
+	hs      *http.Server
+	url     string // what nodes use: https://HOST:PORT/v1/releases
+	cluster string
+	sans    []string
+	cert    pki.Action
+}
+
+// releaseSANs are the names in the release server's certificate: the --release-listen
+// host unless it is a wildcard, then every --release-san.
+func releaseSANs(listen string, extra []string) []string {
+	host, _, _ := net.SplitHostPort(listen) // checked by checkListen
+	var sans []string
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		sans = append(sans, host)
+	}
+	for _, s := range extra {
+		if !slices.Contains(sans, s) {
+			sans = append(sans, s)
+		}
+	}
+	return sans
+}
+
+// startReleaseServer listens on --release-listen, ensures the server certificate for
+// its address and the --release-san names, and prepares the mutual-TLS server of
+// OUT/releases. Serving starts with serving().
+func (a *app) startReleaseServer(cmd *cobra.Command, c *spec.Cluster, f serveFlags) (*releaseServer, error) {
+	sans := releaseSANs(f.releaseListen, f.releaseSANs)
+	if len(sans) == 0 {
+		return nil, fmt.Errorf("--release-listen %s names no address the nodes can dial, and the server's certificate must name one: add --release-san with this machine's address on the nodes' network, e.g. --release-san 10.88.0.1", f.releaseListen)
+	}
+	ln, err := net.Listen("tcp", f.releaseListen)
+	if err != nil {
+		return nil, fmt.Errorf("--release-listen %s: %w", f.releaseListen, err)
+	}
+	rs, err := a.releaseServer(cmd, c, ln, sans)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return rs, nil
+}
+
+func (a *app) releaseServer(cmd *cobra.Command, c *spec.Cluster, ln net.Listener, sans []string) (*releaseServer, error) {
+	act, err := pki.EnsureServe(c, a.pkiDir(), sans, a.now())
+	if err != nil {
+		return nil, fmt.Errorf("release server certificate: %w", err)
+	}
+	crt, key := pki.ServeCertPath(a.pkiDir())
+	ca, _ := pki.CAPath(a.pkiDir(), pki.CAName)
+	conf, err := pxe.ReleaseTLSConfig(ca, crt, key)
+	if err != nil {
+		return nil, err
+	}
+	nodes := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		nodes[i] = n.Name
+	}
+	h, err := pxe.NewReleaseHandler(pxe.ReleaseOptions{Cluster: c.Name, Dir: a.releasesDir(), Nodes: nodes,
+		Log: func(acc pxe.Access) { fmt.Fprintln(cmd.ErrOrStderr(), acc) }})
+	if err != nil {
+		return nil, err
+	}
+	host, _, _ := net.SplitHostPort(ln.Addr().String())
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = sans[0]
+	}
+	_, port, _ := net.SplitHostPort(ln.Addr().String()) // the real port when asked for port 0
+	return &releaseServer{
+		ln: ln, cluster: c.Name, sans: sans, cert: act,
+		url: "https://" + net.JoinHostPort(host, port) + strings.TrimSuffix(pxe.ReleasePrefix, "/"),
+		hs: &http.Server{Handler: h, TLSConfig: conf, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+			ErrorLog: log.New(cmd.ErrOrStderr(), "release server: ", 0)}, // failed handshakes: no or a wrong certificate
+	}, nil
+}
+
+func (rs *releaseServer) announce(cmd *cobra.Command, dir, pkiDir string) {
+	crt, _ := pki.ServeCertPath(pkiDir)
+	fmt.Fprintf(cmd.OutOrStdout(), "serving the releases of cluster %s in %s at %s (nodes use this URL; mutual TLS: each node with its etcd-firstboot certificate, for its own files only)\n",
+		rs.cluster, dir, rs.url)
+	fmt.Fprintf(cmd.OutOrStdout(), "release server certificate %s for %s: %s\n", crt, strings.Join(rs.sans, ", "), strings.TrimPrefix(rs.cert.String(), rs.cert.Name+": "))
+}
+
+func (rs *releaseServer) serving() *serving {
+	return &serving{rs.hs, func(hs *http.Server) error { return hs.ServeTLS(rs.ln, "", "") }}
+}
+
+// serveReleasesOnly is `serve --release-listen` without --listen: no PXE, only releases.
+func (a *app) serveReleasesOnly(cmd *cobra.Command, f serveFlags) error {
+	c, err := a.load(cmd)
+	if err != nil {
+		return err
+	}
+	rs, err := a.startReleaseServer(cmd, c, f)
+	if err != nil {
+		return err
+	}
+	defer rs.ln.Close()
+	rs.announce(cmd, a.releasesDir(), a.pkiDir())
+	return serveUntilDone(cmd.Context(), []*serving{rs.serving()})
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/ignition"
+	"github.com/etcdbake/etcdbake/pki"
 )
 
 // syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
@@ -67,7 +68,7 @@ func TestServe(t *testing.T) {
 	cmd.SetOut(&stdout)
 	cmd.SetErr(&stderr)
 	cmd.SetArgs([]string{"serve", "-f", specPath, "--out", out, "--cache", cache, "--firstboot", fb, "--listen", "127.0.0.1:0",
-		"--fcos-kernel", "http://files.example/k", "--fcos-initramfs", "http://files.example/i"})
+		"--fcos-kernel", "http://files.example/k", "--fcos-initramfs", "http://files.example/i", "--release-listen", "127.0.0.1:0"})
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
 	defer func() {
@@ -186,5 +187,16 @@ func TestServe(t *testing.T) {
 	}
 	if table, _, err := run(t, now, "serve", "status", "-f", specPath, "--out", out); err != nil || !strings.Contains(table, "etcd-1       52:54:00:88:00:11 nothing yet") {
 		t.Errorf("serve status: %v\n%s", err, table)
+	}
+
+	// --release-listen next to --listen: the release server runs too, with the PKI the
+	// configs were rendered with (no release published yet).
+	m := releaseURLRe.FindStringSubmatch(stdout.String())
+	if m == nil {
+		t.Fatalf("serve --release-listen does not print the release URL:\n%s", stdout.String())
+	}
+	code, body := getBody(t, nodeClient(t, filepath.Join(out, "pki"), "etcd-3", pki.KindFirstboot, ""), m[1]+"/0123456789ab/etcd-3/manifest.json")
+	if code != 404 || !strings.Contains(body, "no release 0123456789ab on this server (no releases yet)") {
+		t.Errorf("release server next to PXE: %d %q", code, body)
 	}
 }
