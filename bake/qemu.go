@@ -12,6 +12,7 @@ import (
 	"github.com/etcdbake/etcdbake/ignition"
 	imgbase "github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/internal/fileutil"
+	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
@@ -196,9 +197,11 @@ func qemuInputsStamp(o Sources, timeServer netip.Addr, base string) (string, err
 		return "", err
 	}
 	fmt.Fprintf(h, "etcd-firstboot %s\n", fb)
-	// The certificates (not the keys): re-issued certificates mean new images.
+	// The certificates (not the keys): re-issued certificates mean new images. The
+	// release server's certificate is not on any node.
+	serveCrt, _ := pki.ServeCertPath(o.PKIDir)
 	err = filepath.WalkDir(o.PKIDir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".crt") {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".crt") || p == serveCrt {
 			return err
 		}
 		s, err := fileutil.SHA256(p)

@@ -2,9 +2,14 @@ package bake
 
 import (
 	"bytes"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 )
 
@@ -49,5 +54,42 @@ func TestQEMUPortsFromSpec(t *testing.T) {
 	o := QEMUCluster(c, map[string]string{"etcd-1": "etcd-1.raw"}, t.TempDir())
 	if o.ClientPort != 12379 || o.PeerPort != 12380 {
 		t.Errorf("cluster options forward to guest ports %d/%d, want 12379/12380", o.ClientPort, o.PeerPort)
+	}
+}
+
+// TestQEMUStampIgnoresServeCert: the inputs stamp of `up`'s images changes when a node's
+// certificate is re-issued, not when the release server's certificate (which no node
+// holds) is made.
+func TestQEMUStampIgnoresServeCert(t *testing.T) {
+	c := portsSpec(t)
+	dir := t.TempDir()
+	if _, err := pki.Ensure(c, dir, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	fb := filepath.Join(dir, "etcd-firstboot")
+	os.WriteFile(fb, []byte("fb"), 0o755)
+	s := Sources{Cluster: c, SpecBytes: spec.Example, PKIDir: dir, Firstboot: fb, FirstbootVersion: "test"}
+	stamp := func() string {
+		st, err := qemuInputsStamp(s, netip.Addr{}, "base.tar")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	before := stamp()
+	if _, _, err := pki.EnsureServeCert(c, dir, []string{"10.0.2.100"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if stamp() != before {
+		t.Error("the release server's certificate changed the images' inputs stamp")
+	}
+	crt, key := pki.NodeCertPath(dir, "etcd-1", pki.KindServer)
+	os.Remove(crt)
+	os.Remove(key)
+	if _, err := pki.Ensure(c, dir, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if stamp() == before {
+		t.Error("a re-issued node certificate left the inputs stamp as it was")
 	}
 }
