@@ -29,6 +29,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path"
 	"slices"
 	"sort"
 	"strconv"
@@ -90,7 +91,14 @@ func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) 
 		err = a.VerifyBoot(ctx)
 	case "stage":
 		var st *firstboot.Staged
-		if st, err = a.Stage(ctx, firstboot.StageOptions{URL: operand}); err == nil {
+		logged := map[string]int64{}
+		progress := func(file string, done, total int64) { // every 64 MiB, in the journal
+			if done-logged[file] >= 64<<20 || done == total {
+				logged[file] = done
+				a.Logf("stage: %s: %d of %d MiB", path.Base(file), done>>20, total>>20)
+			}
+		}
+		if st, err = a.Stage(ctx, firstboot.StageOptions{URL: operand, Progress: progress}); err == nil {
 			fmt.Fprintf(stdout, "release %s staged in slot %s\n", st.Release, st.Slot)
 		}
 	case "arm":

@@ -85,6 +85,10 @@ etcdbake exec etcd-2 --timeout 10s -- systemctl status etcd`,
 	"etcdbake serve": `
 # Install etcdbake's disk images (build them first: etcdbake image --format raw)
 etcdbake serve --listen 10.88.0.1:8080
+
+# Also serve releases (A/B slot upgrades) to the nodes over mutual TLS
+etcdbake serve --listen 10.88.0.1:8080 --release-listen 10.88.0.1:8443
+
 # Boot Fedora CoreOS live images with each node's Ignition config
 etcdbake serve --listen 10.88.0.1:8080 --fcos-kernel http://10.88.0.1/fcos/kernel --fcos-initramfs http://10.88.0.1/fcos/initramfs.img --fcos-rootfs http://10.88.0.1/fcos/rootfs.img`,
 

@@ -133,6 +133,12 @@ type builtCluster struct {
 	pkiDir string
 	images map[string]string
 	macs   map[string]string
+	// releases is where the build was kept as a release (release: its ID); firstboot
+	// and specText are what it was built with, for another release of the same cluster.
+	releases, release string
+	firstboot         string
+	baseCache         string
+	binCache          string
 }
 
 // options are what vmcluster needs to boot the nodes (their spec MACs, forwards to the
@@ -198,22 +204,32 @@ func buildClusterImagesAs(ctx context.Context, t testing.TB, dir string, specTex
 	if guest {
 		extra = append(extra, bake.QEMUFragment(c))
 	}
+	bc := builtCluster{c: c, pkiDir: pkiDir, macs: macs, releases: filepath.Join(dir, "releases"), firstboot: fb, baseCache: baseCache, binCache: binCache}
+	imgs := bc.bakeImages(ctx, t, c, specText, filepath.Join(dir, "images"), formats, extra...)
+	bc.images = map[string]string{}
+	for _, img := range imgs {
+		bc.images[img.Node] = img.Files[0]
+	}
+	bc.release = filepath.Base(imgs[0].Release)
+	return bc, imgs
+}
+
+// bakeImages builds the cluster's images from c (loaded from specText; the same PKI) into outDir and
+// keeps the build as a release in bc.releases.
+func (bc builtCluster) bakeImages(ctx context.Context, t testing.TB, c *spec.Cluster, specText []byte, outDir string, formats []string, extra ...ignition.Fragment) []imagebuild.Image {
+	t.Helper()
 	step := time.Now()
 	_, imgs, err := bake.Images(ctx, bake.Sources{
-		Cluster: c, SpecBytes: specText, PKIDir: pkiDir, Cache: &binaries.Cache{Dir: binCache, Progress: t.Logf},
-		Firstboot: fb, FirstbootVersion: "test", Fragments: extra, Progress: t.Logf,
+		Cluster: c, SpecBytes: specText, PKIDir: bc.pkiDir, Cache: &binaries.Cache{Dir: bc.binCache, Progress: t.Logf},
+		Firstboot: bc.firstboot, FirstbootVersion: "test", Fragments: extra, Progress: t.Logf,
 	}, bake.ImageOptions{
-		BaseCacheDir: baseCache, OutDir: filepath.Join(dir, "images"), Formats: formats, DataSize: 1 << 30,
+		BaseCacheDir: bc.baseCache, OutDir: outDir, ReleasesDir: bc.releases, Formats: formats, DataSize: 1 << 30,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	images := map[string]string{}
-	for _, img := range imgs {
-		images[img.Node] = img.Files[0]
-	}
-	t.Logf("%d images built in %s", len(imgs), time.Since(step).Round(time.Millisecond))
-	return builtCluster{c: c, pkiDir: pkiDir, images: images, macs: macs}, imgs
+	t.Logf("%d images built in %s (release %s)", len(imgs), time.Since(step).Round(time.Millisecond), filepath.Base(imgs[0].Release))
+	return imgs
 }
 
 // TestClusterBootstrapB0 boots the example's 3-node cluster (issue B0): three VMs on a

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcdbake/etcdbake/bake"
+	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
@@ -76,16 +77,26 @@ systemd:
 // Then T-AB (checkABSlots) switches the node between its A/B slots.
 func TestBootOneNodeImage(t *testing.T) {
 	requireQEMU(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "report.bu"), []byte(reportBu), 0o644)
 	bc := buildClusterImages(ctx, t, dir, []byte(oneNodeSpec), true)
 	c, pkiDir := bc.c, bc.pkiDir
 
+	// A second release of the same cluster (one more file), for T-AB, and the release
+	// server the node reaches through a guest forward.
+	imgs2 := bc.bakeImages(ctx, t, c, []byte(oneNodeSpec), filepath.Join(dir, "images2"), []string{"raw"},
+		ignition.Fragment{Source: "second release", Data: []byte(release2Fragment)}, bake.QEMUFragment(c))
+	release2 := filepath.Base(imgs2[0].Release)
+	if release2 == bc.release {
+		t.Fatalf("the second build is the same release %s", release2)
+	}
+
 	step := time.Now()
 	o := bake.QEMUCluster(c, bc.images, filepath.Join(dir, "run"))
 	o.MemoryMiB = 1024
+	o.GuestForwards = []vmcluster.GuestForward{serveReleases(ctx, t, bc, dir)}
 	cl, err := vmcluster.StartCluster(ctx, o)
 	if err != nil {
 		t.Fatal(err)
@@ -177,5 +188,5 @@ func TestBootOneNodeImage(t *testing.T) {
 	}
 	t.Logf("flanneld holds a lease %s after QEMU start", time.Since(step).Round(100*time.Millisecond))
 
-	checkABSlots(ctx, t, cl, filepath.Join(dir, "images"), "etcd-1", ep, hc, tlsCfg)
+	checkABSlots(ctx, t, cl, bc, dir, ep, hc, tlsCfg, release2)
 }
