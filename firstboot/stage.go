@@ -238,12 +238,14 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, dev st
 	if size < want.Size {
 		return fmt.Errorf("the partition has %d bytes, the image %d: this disk's slots are too small for the release; re-image it", size, want.Size)
 	}
+	t0 := a.now()
 	if err := a.fetch(ctx, hc, url, f, want, progress); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {
 		return err
 	}
+	t1 := a.now()
 	// Read back what the partition holds.
 	h := sha256.New()
 	if _, err := io.Copy(h, io.NewSectionReader(f, 0, want.Size)); err != nil {
@@ -252,6 +254,7 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, dev st
 	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
 		return fmt.Errorf("read back sha256 %s, the release says %s: the disk did not keep what was written", got, want.SHA256)
 	}
+	a.logf("stage: %s: %d MiB downloaded and written in %s, read back and checked in %s", dev, want.Size>>20, t1.Sub(t0).Round(time.Second), a.now().Sub(t1).Round(time.Second))
 	return nil
 }
 
