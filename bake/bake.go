@@ -9,6 +9,7 @@ package bake
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"os"
 	"time"
@@ -246,11 +247,15 @@ func Images(ctx context.Context, s Sources, o ImageOptions) (*Configs, []imagebu
 	if progress == nil {
 		progress = func(string, ...any) {}
 	}
+	specJSON, err := json.Marshal(s.Cluster)
+	if err != nil {
+		return cfg, nil, err
+	}
 	imgs, err := imagebuild.Build(ctx, imagebuild.BuildOptions{
 		Cluster: s.Cluster.Name, Nodes: nodes, Base: baseTree, BaseHash: baseHash,
 		SpecHash: fmt.Sprintf("%x", sha256.Sum256(s.SpecBytes)), Binaries: cfg.Records, Remote: remote,
 		OutDir: o.OutDir, Formats: o.Formats, DataSize: o.DataSize, VerifyTimeout: s.Cluster.Rollout.Timeout.D,
-		ReleasesDir: o.ReleasesDir, CertSerials: cfg.CertSerials,
+		ReleasesDir: o.ReleasesDir, CertSerials: cfg.CertSerials, SpecJSON: specJSON,
 		Progress: progress, Meter: o.Meter,
 	})
 	if err != nil {

@@ -104,6 +104,9 @@ type BuildOptions struct {
 	// rollouts; CertSerials (node -> certificate kind -> serial) go into its manifest.
 	ReleasesDir string
 	CertSerials map[string]map[string]string
+	// SpecJSON is the spec the build comes from (JSON, defaults applied), kept in the
+	// release as spec.json.
+	SpecJSON []byte
 	// Time is stamped into the file systems (default: SOURCE_DATE_EPOCH or a constant),
 	// so equal inputs give byte-identical images.
 	Time     time.Time
@@ -297,7 +300,7 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 		t2 := time.Now()
 		rp := releaseParts{id: release, rootImg: rootImg, nodeImgs: map[string]string{}, options: map[string]map[string]string{}, entries: map[string]map[string]string{},
 			kernel: kernel, initrd: initrd, root: root, when: when, slotSize: o.SlotSize, baseHash: o.BaseHash, specHash: o.SpecHash,
-			cluster: o.Cluster, binaries: sortedBinaries(o.Binaries), certSerials: o.CertSerials}
+			cluster: o.Cluster, binaries: sortedBinaries(o.Binaries), certSerials: o.CertSerials, specJSON: o.SpecJSON}
 		for _, im := range images {
 			rp.nodeImgs[im.Node] = im.nodeImg
 			rp.options[im.Node], rp.entries[im.Node] = map[string]string{}, map[string]string{}

@@ -61,6 +61,7 @@ type releaseParts struct {
 	cluster        string
 	binaries       []BinaryRecord
 	certSerials    map[string]map[string]string
+	specJSON       []byte
 }
 
 // writeRelease writes the release into dir/<id> through a temporary directory renamed
@@ -105,6 +106,11 @@ func writeRelease(ctx context.Context, dir string, p releaseParts) (string, erro
 	}
 	if m.Root, err = place(ReleaseRoot, p.rootImg, nil); err != nil {
 		return "", err
+	}
+	if len(p.specJSON) > 0 {
+		if m.Spec, err = place(spec.ReleaseSpecName, "", p.specJSON); err != nil {
+			return "", err
+		}
 	}
 	for _, f := range []struct {
 		rel, path string

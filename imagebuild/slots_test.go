@@ -196,6 +196,7 @@ func TestReleaseKeptSideBySide(t *testing.T) {
 	o, _ := exampleBuildPKI(t, out)
 	o.ReleasesDir = filepath.Join(t.TempDir(), "releases")
 	o.CertSerials = map[string]map[string]string{"etcd-1": {"server": "0a1b"}}
+	o.SpecJSON = []byte(`{"name":"example"}`)
 	imgs, err := Build(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +213,13 @@ func TestReleaseKeptSideBySide(t *testing.T) {
 	if m.ID != id || m.SlotSize != o.SlotSize || len(m.Nodes) != 3 || m.Kernel == "" || len(m.Binaries) != 4 {
 		t.Fatalf("manifest %+v", m)
 	}
-	files := []ReleaseFile{m.Root, m.Linux, m.Initrd}
+	if m.Spec.Path != "spec.json" {
+		t.Errorf("the release's spec: %+v", m.Spec)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "spec.json")); string(b) != string(o.SpecJSON) {
+		t.Errorf("spec.json holds %q", b)
+	}
+	files := []ReleaseFile{m.Root, m.Linux, m.Initrd, m.Spec}
 	for _, n := range m.Nodes {
 		files = append(files, n.Node)
 	}

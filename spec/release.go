@@ -7,8 +7,13 @@ import "time"
 // machine keeps releases under OUT/releases/<id>/ and serves them to the nodes
 // (`etcdbake serve`); a node stages its own files into its inactive slot.
 
-// ReleaseManifestName is the manifest's file name in a release (and on the wire).
-const ReleaseManifestName = "manifest.json"
+// ReleaseManifestName is the manifest's file name in a release (and on the wire), and
+// ReleaseSpecName the spec the release was built from (JSON, defaults applied): what a
+// later release is checked against.
+const (
+	ReleaseManifestName = "manifest.json"
+	ReleaseSpecName     = "spec.json"
+)
 
 // ReleaseBinary is one baked program of a release.
 type ReleaseBinary struct {
@@ -49,6 +54,7 @@ type ReleaseManifest struct {
 	// SlotSize is the root partition size the release was built for: a node whose slots
 	// are smaller cannot take it.
 	SlotSize int64                  `json:"slotSize"`
+	Spec     ReleaseFile            `json:"spec"`
 	Root     ReleaseFile            `json:"root"`
 	Linux    ReleaseFile            `json:"linux"`
 	Initrd   ReleaseFile            `json:"initrd"`
