@@ -21,11 +21,10 @@ import (
 // do without this member for a while, handing leadership off, and the checks after the
 // reboot that the member came back whole.
 
-// Keys of a rollout in etcd (next to flannel's, under their own prefix).
+// Keys of a rollout in etcd (spec's).
 const (
-	RolloutPrefix = "/etcdbake/rollout/"
-	rolloutLock   = RolloutPrefix + "lock/"
-	rolloutProbe  = RolloutPrefix + "probe/"
+	rolloutLock  = spec.RolloutLockPrefix
+	rolloutProbe = spec.RolloutProbe
 )
 
 // GateReport is what RebootGate saw.

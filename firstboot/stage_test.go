@@ -38,6 +38,12 @@ type releaseServer struct {
 
 func newReleaseServer(t *testing.T, fc *fbCluster, node string, rootSize int) *releaseServer {
 	t.Helper()
+	return newReleaseServerID(t, fc, node, rootSize, "0f0e0d0c0b0a")
+}
+
+// newReleaseServerID is newReleaseServer for release id.
+func newReleaseServerID(t *testing.T, fc *fbCluster, node string, rootSize int, id string) *releaseServer {
+	t.Helper()
 	rs := &releaseServer{files: map[string][]byte{}, cut: map[string]int{}}
 	rnd := func(n int) []byte {
 		b := make([]byte, n)
@@ -49,7 +55,6 @@ func newReleaseServer(t *testing.T, fc *fbCluster, node string, rootSize int) *r
 		s := sha256.Sum256(rs.files[name])
 		return spec.ReleaseFile{Path: name, Size: int64(len(rs.files[name])), SHA256: hex.EncodeToString(s[:])}
 	}
-	const id = "0f0e0d0c0b0a"
 	rs.manifest = spec.ReleaseManifest{ID: id, Cluster: fc.tc.Spec.Name, Root: file("root"), Linux: file("linux"), Initrd: file("initrd"),
 		Nodes: map[string]spec.ReleaseNode{node: {Node: file("node"), Entries: map[string]string{
 			"a": "title x\nlinux /etcdbake/a/linux\ninitrd /etcdbake/a/initrd\noptions etcdbake.slot=a\n",
