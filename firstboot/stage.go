@@ -23,12 +23,19 @@ import (
 // Staging writes a release into the inactive A/B slot, never the running one, in an
 // order that a power loss at any point cannot turn into a boot of a half-written slot:
 //
-//  1. every boot entry of the target slot, and its kernel and initrd, are removed from
-//     the ESP first (from here on nothing boots that slot);
+//  1. an entry of the target slot that was armed and never tried is removed (it would be
+//     the next boot); nothing else on the ESP changes while the partitions are written,
+//     so a power loss during the long download finds the ESP as it was;
 //  2. the root and node images are downloaded straight into the slot's partitions, with
 //     their sha256 checked over the stream and again by reading the partitions back;
-//  3. the kernel and initrd go to the ESP as .tmp files, checked, then renamed;
+//  3. every other entry of the target slot and its old kernel and initrd are removed,
+//     then the new kernel and initrd go to the ESP as .tmp files, checked, renamed;
 //  4. the staged release is recorded in the state directory (staged.json).
+//
+// While the partitions are written, an older entry of the target slot may still be on
+// the ESP: either one that failed (it sorts last) or the previous release's, older than
+// the running slot's entry, which sorts first; neither boots while the running slot's
+// entry is there.
 //
 // No entry is written: the slot boots only once Arm writes its entry (under the rollout
 // lock, right before the reboot), so a node that reboots for another reason comes back
@@ -102,12 +109,12 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 	}
 	a.logf("stage: release %s into slot %s (running slot %s, release %s)", m.ID, target, bi.Slot, bi.Release)
 
-	// 1. Nothing may boot the target slot while it is being written.
+	// 1. Nothing may boot the target slot next while it is being written.
 	esp := a.BootPaths.withDefaults().ESP
-	if err := clearSlotOnESP(esp, target); err != nil {
-		return nil, fmt.Errorf("stage: clearing slot %s on the ESP %s: %w", target, esp, err)
-	}
 	_ = os.Remove(a.StagedPath())
+	if err := clearSlotOnESP(esp, target, true); err != nil {
+		return nil, fmt.Errorf("stage: removing slot %s's armed entry from the ESP %s: %w", target, esp, err)
+	}
 
 	// 2. The partitions.
 	for _, p := range []struct {
@@ -119,6 +126,9 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 		}
 	}
 	// 3. The kernel and initrd.
+	if err := clearSlotOnESP(esp, target, false); err != nil {
+		return nil, fmt.Errorf("stage: clearing slot %s on the ESP %s: %w", target, esp, err)
+	}
 	kdir := filepath.Join(esp, spec.SlotKernelDir(target))
 	if err := os.MkdirAll(kdir, 0o700); err != nil {
 		return nil, err
@@ -192,8 +202,9 @@ func (a *Agent) Arm(gen int) (string, error) {
 	return name + ".conf", nil
 }
 
-// clearSlotOnESP removes every boot entry of slot and its kernel directory.
-func clearSlotOnESP(esp, slot string) error {
+// clearSlotOnESP removes every boot entry of slot and its kernel directory; with
+// pendingOnly, only the entries that still have tries left (armed, never tried).
+func clearSlotOnESP(esp, slot string, pendingOnly bool) error {
 	dir := filepath.Join(esp, "loader", "entries")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -206,7 +217,7 @@ func clearSlotOnESP(esp, slot string) error {
 			asConf = base + ".conf"
 		}
 		be, perr := ParseBootEntry(asConf)
-		if perr != nil || be.Slot != slot {
+		if perr != nil || be.Slot != slot || pendingOnly && !(be.Counted && be.TriesLeft > 0) {
 			continue
 		}
 		if err := os.Remove(filepath.Join(dir, name)); err != nil {
@@ -214,6 +225,9 @@ func clearSlotOnESP(esp, slot string) error {
 		}
 	}
 	fileutil.SyncDir(dir)
+	if pendingOnly {
+		return nil
+	}
 	kdir := filepath.Join(esp, spec.SlotKernelDir(slot))
 	if err := os.RemoveAll(kdir); err != nil {
 		return err
