@@ -279,7 +279,7 @@ func plan(c *spec.Cluster, dir string) ([]leaf, error) {
 	var out []leaf
 	seen := map[string]bool{}
 	for _, n := range c.Nodes {
-		if !validLabel(n.Name) { // the name becomes a directory
+		if !spec.IsLabel(n.Name) { // the name becomes a directory
 			return nil, fmt.Errorf("pki: node name %q cannot be used as a directory name: validate the spec first", n.Name)
 		}
 		if seen[n.Name] {
@@ -313,17 +313,4 @@ func plan(c *spec.Cluster, dir string) ([]leaf, error) {
 		out = append(out, l)
 	}
 	return out, nil
-}
-
-// validLabel is an RFC 1123 label, which is also safe as a single path element.
-func validLabel(s string) bool {
-	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
-			return false
-		}
-	}
-	return true
 }

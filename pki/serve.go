@@ -141,7 +141,7 @@ func dnsName(s string) bool {
 		return false
 	}
 	for _, label := range strings.Split(s, ".") {
-		if !validLabel(label) {
+		if !spec.IsLabel(label) {
 			return false
 		}
 	}

@@ -24,6 +24,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 // ReleasePrefix is the URL path under which ReleaseHandler serves releases:
@@ -52,7 +54,7 @@ var releaseIDRe = regexp.MustCompile(`^[0-9a-f]{12}$`)
 // the releases directory, in slash form. ok is false for an unknown file, or an id or
 // node name that is not a plain path element.
 func ReleaseFilePath(id, node, file string) (p string, ok bool) {
-	if !releaseIDRe.MatchString(id) || !nodeLabel(node) {
+	if !releaseIDRe.MatchString(id) || !spec.IsLabel(node) {
 		return "", false
 	}
 	switch file {
@@ -122,7 +124,7 @@ func NewReleaseHandler(o ReleaseOptions) (*ReleaseHandler, error) {
 		return nil, errors.New("pxe: no nodes to serve releases to")
 	}
 	for _, n := range o.Nodes {
-		if !nodeLabel(n) {
+		if !spec.IsLabel(n) {
 			return nil, fmt.Errorf("pxe: node name %q cannot be part of a release path: validate the spec first", n)
 		}
 	}
@@ -194,7 +196,7 @@ func (h *ReleaseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	client, ok := strings.CutPrefix(cn, FirstbootCNPrefix)
-	if !ok || !nodeLabel(client) {
+	if !ok || !spec.IsLabel(client) {
 		fail(http.StatusForbidden, fmt.Sprintf("client certificate %q is not a node's etcd-firstboot certificate (CN %s<node>): only nodes fetch releases", cn, FirstbootCNPrefix))
 		return
 	}
@@ -220,7 +222,7 @@ func (h *ReleaseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, fmt.Sprintf("bad release id %q: 12 lowercase hex digits", id))
 		return
 	}
-	if !nodeLabel(node) {
+	if !spec.IsLabel(node) {
 		fail(http.StatusBadRequest, fmt.Sprintf("bad node name %q", node))
 		return
 	}
@@ -338,17 +340,4 @@ func (s *statusWriter) Write(p []byte) (int, error) {
 	n, err := s.ResponseWriter.Write(p)
 	s.n += int64(n)
 	return n, err
-}
-
-// nodeLabel is an RFC 1123 label, as spec node names are: safe as one path element.
-func nodeLabel(s string) bool {
-	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
-			return false
-		}
-	}
-	return true
 }

@@ -415,3 +415,8 @@ func validateBinaries(c *Cluster, r *Report) {
 		}
 	}
 }
+
+// IsLabel reports whether s is an RFC 1123 label (1-63 lowercase letters, digits and
+// '-', starting and ending with a letter or digit), as node names are: also safe as one
+// path element.
+func IsLabel(s string) bool { return labelRe.MatchString(s) }
