@@ -107,20 +107,7 @@ func Ensure(c *spec.Cluster, dir string, now time.Time) (*Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pki: %w", err)
 		}
-		act := Action{Name: l.name}
-		switch probs := leafProblems(l, d, cas[l.issuer].cert, pol, now); {
-		case d.certMissing && d.keyMissing:
-			act.Verb = Created
-		case len(probs) > 0:
-			act.Verb, act.Reason = Reissued, strings.Join(probs, "; ")
-		default:
-			act.Verb = Reused
-			act.Reason = fmt.Sprintf("valid until %s (%s left)", day(d.cert.NotAfter), plural(daysLeft(d.cert.NotAfter, now), "day"))
-			if d.keyMode&0o077 != 0 {
-				w.chmods = append(w.chmods, l.key)
-				act.Reason += fmt.Sprintf("; key file mode %04o tightened to 0600", d.keyMode)
-			}
-		}
+		act := leafAction(l, d, cas[l.issuer].cert, pol, now, &w)
 		res.Actions = append(res.Actions, act)
 		if act.Verb != Reused {
 			jobs = append(jobs, &job{l: l})
@@ -298,4 +285,24 @@ func staleCerts(c *spec.Cluster, dir string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// leafAction decides what happens to a leaf found on disk as d: created, re-issued (with
+// the problems as the reason) or reused (a too-open key file mode is tightened by w).
+func leafAction(l leaf, d onDisk, ca *x509.Certificate, pol policy, now time.Time, w *writer) Action {
+	act := Action{Name: l.name}
+	switch probs := leafProblems(l, d, ca, pol, now); {
+	case d.certMissing && d.keyMissing:
+		act.Verb = Created
+	case len(probs) > 0:
+		act.Verb, act.Reason = Reissued, strings.Join(probs, "; ")
+	default:
+		act.Verb = Reused
+		act.Reason = fmt.Sprintf("valid until %s (%s left)", day(d.cert.NotAfter), plural(daysLeft(d.cert.NotAfter, now), "day"))
+		if d.keyMode&0o077 != 0 {
+			w.chmods = append(w.chmods, l.key)
+			act.Reason += fmt.Sprintf("; key file mode %04o tightened to 0600", d.keyMode)
+		}
+	}
+	return act
 }

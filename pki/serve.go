@@ -80,20 +80,7 @@ func EnsureServe(c *spec.Cluster, dir string, sans []string, now time.Time) (Act
 		return Action{}, fmt.Errorf("pki: %w", err)
 	}
 	w := writer{root: dir}
-	act := Action{Name: l.name}
-	switch probs := leafProblems(l, d, issuer.cert, pol, now); {
-	case d.certMissing && d.keyMissing:
-		act.Verb = Created
-	case len(probs) > 0:
-		act.Verb, act.Reason = Reissued, strings.Join(probs, "; ")
-	default:
-		act.Verb = Reused
-		act.Reason = fmt.Sprintf("valid until %s (%s left)", day(d.cert.NotAfter), plural(daysLeft(d.cert.NotAfter, now), "day"))
-		if d.keyMode&0o077 != 0 {
-			w.chmods = append(w.chmods, l.key)
-			act.Reason += fmt.Sprintf("; key file mode %04o tightened to 0600", d.keyMode)
-		}
-	}
+	act := leafAction(l, d, issuer.cert, pol, now, &w)
 	if act.Verb != Reused {
 		certPEM, keyPEM, err := issueLeaf(l, issuer, pol, now)
 		if err != nil {
