@@ -33,3 +33,34 @@ type RolloutHalt struct {
 	Reason     string    `json:"reason"`
 	At         time.Time `json:"at"`
 }
+
+// RolloutNodesPrefix is where each node's agent publishes where it is in the rollout
+// (prefix + node name): what `etcdbake rollout status` shows.
+const RolloutNodesPrefix = RolloutPrefix + "nodes/"
+
+// RolloutNodeKey is the etcd key of a node's rollout state.
+func RolloutNodeKey(node string) string { return RolloutNodesPrefix + node }
+
+// A node's states in a rollout, in the order they happen.
+const (
+	RolloutStaging    = "staging"          // downloading the release into the inactive slot
+	RolloutWaiting    = "waiting for lock" // staged; waiting for the reboot lock and the gate
+	RolloutRebooting  = "rebooting"        // holds the lock; armed the new slot and reboots
+	RolloutVerifying  = "verifying"        // runs the new slot; verify-boot has not passed yet
+	RolloutDone       = "done"             // runs the desired release, verified
+	RolloutRolledBack = "rolled back"      // the new slot failed; runs the previous one
+	RolloutHalted     = "halted"           // not started: the rollout is halted
+)
+
+// RolloutNode is one node's published rollout state.
+type RolloutNode struct {
+	Node       string `json:"node"`
+	Generation int    `json:"generation"`
+	Release    string `json:"release"` // the desired release this state is about
+	Staged     string `json:"staged,omitempty"`
+	State      string `json:"state"`
+	// Error is the last error of the agent (it retries), or why the node rolled back.
+	Error    string    `json:"error,omitempty"`
+	Progress string    `json:"progress,omitempty"`
+	Updated  time.Time `json:"updated"`
+}
