@@ -13,6 +13,7 @@ import (
 	imgbase "github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/pxe"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
@@ -218,4 +219,14 @@ func allExist(m map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// QEMUReleaseAddr is where the VMs of `etcdbake up` reach the release server: QEMU's
+// user-mode guestfwd relays it to `up`'s supervisor (ClusterOptions.GuestForwards), whose
+// server certificate from the cluster CA names this address.
+const QEMUReleaseAddr = "10.0.2.100:8443"
+
+// QEMUReleaseURL is the URL a VM of `etcdbake up` stages release id from.
+func QEMUReleaseURL(id string) string {
+	return "https://" + QEMUReleaseAddr + pxe.ReleasePrefix + id
 }
