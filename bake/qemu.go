@@ -91,15 +91,8 @@ func QEMUImages(ctx context.Context, s Sources, o QEMUOptions) (*QEMUBuild, erro
 	if len(stale) > 0 {
 		return nil, fmt.Errorf("the inputs of the VMs' images changed (spec, PKI, etcd-firstboot or base) but %s keeps disks of %v made from the old ones, with their etcd data: `etcdbake down --purge` discards those disks, then run up again", o.RunDir, stale)
 	}
-	// The VMs reach no public time server: the hub answers NTP on the segment.
-	vc := *c
-	vc.Time.Servers = []string{timeServer.String()}
 	_ = os.Remove(stampPath)
-	vs := s
-	vs.Cluster = &vc
-	vs.Fragments = append(append([]ignition.Fragment(nil), s.Fragments...), QEMUFragment(c))
-	vs.Progress = func(f string, args ...any) { progress("image: "+f, args...) }
-	if _, _, err := Images(ctx, vs, ImageOptions{
+	if _, _, err := Images(ctx, qemuSources(s, timeServer), ImageOptions{
 		Base: base, BaseCacheDir: o.BaseCacheDir, OutDir: o.OutDir, ReleasesDir: o.ReleasesDir, Formats: []string{"raw"}, DataSize: 1 << 30,
 		Meter: o.Meter,
 	}); err != nil {
@@ -109,6 +102,55 @@ func QEMUImages(ctx context.Context, s Sources, o QEMUOptions) (*QEMUBuild, erro
 		return nil, err
 	}
 	return b, nil
+}
+
+// qemuSources are the sources of a QEMU node's image: the VMs reach no public time
+// server (the hub answers NTP on the segment), and vmcluster's guest fragment is added.
+func qemuSources(s Sources, timeServer netip.Addr) Sources {
+	vc := *s.Cluster
+	vc.Time.Servers = []string{timeServer.String()}
+	vs := s
+	vs.Cluster = &vc
+	vs.Fragments = append(append([]ignition.Fragment(nil), s.Fragments...), QEMUFragment(s.Cluster))
+	vs.Progress = func(f string, args ...any) { s.progress("image: "+f, args...) }
+	return vs
+}
+
+// QEMURelease builds a release of the spec for a running QEMU cluster (what `etcdbake
+// rollout` publishes) into o.ReleasesDir, and returns its directory. The images the VMs'
+// disks are made from (o.OutDir) are not touched: the build's own images go to a
+// scratch directory that is removed.
+func QEMURelease(ctx context.Context, s Sources, o QEMUOptions) (string, error) {
+	if o.ReleasesDir == "" {
+		return "", fmt.Errorf("QEMURelease: no releases directory")
+	}
+	timeServer, err := QEMUTimeServer(s.Cluster)
+	if err != nil {
+		return "", err
+	}
+	base, err := Base(ctx, o.BaseCacheDir, func(f string, args ...any) { s.progress("base: "+f, args...) })
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(o.ReleasesDir, 0o755); err != nil {
+		return "", err
+	}
+	scratch, err := os.MkdirTemp(o.ReleasesDir, ".images-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(scratch)
+	_, imgs, err := Images(ctx, qemuSources(s, timeServer), ImageOptions{
+		Base: base, BaseCacheDir: o.BaseCacheDir, OutDir: scratch, ReleasesDir: o.ReleasesDir, Formats: []string{"raw"}, DataSize: 1 << 30,
+		Meter: o.Meter,
+	})
+	if err != nil {
+		return "", err
+	}
+	if len(imgs) == 0 || imgs[0].Release == "" {
+		return "", fmt.Errorf("QEMURelease: the build kept no release")
+	}
+	return imgs[0].Release, nil
 }
 
 // QEMUFragment is vmcluster's guest configuration for the spec's nodes, as a fragment

@@ -30,16 +30,19 @@ const (
 
 // RolloutState is what the agent keeps across the reboot.
 type RolloutState struct {
-	Phase       string    `json:"phase"`
-	Generation  int       `json:"generation"`
-	Release     string    `json:"release"`
-	Slot        string    `json:"slot"`
-	FromSlot    string    `json:"fromSlot"`
-	FromRelease string    `json:"fromRelease"`
-	Lease       int64     `json:"lease"`
-	MemberID    uint64    `json:"memberID"`
-	Reason      string    `json:"reason,omitempty"`
-	At          time.Time `json:"at"`
+	Phase       string `json:"phase"`
+	Generation  int    `json:"generation"`
+	Release     string `json:"release"`
+	Slot        string `json:"slot"`
+	FromSlot    string `json:"fromSlot"`
+	FromRelease string `json:"fromRelease"`
+	Lease       int64  `json:"lease"`
+	MemberID    uint64 `json:"memberID"`
+	// Subnet is flannel's subnet of this node before the reboot (FLANNEL_SUBNET): the
+	// new slot must come back with the same lease.
+	Subnet string    `json:"subnet,omitempty"`
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at"`
 }
 
 // RolloutStatePath is where the agent keeps its state.
@@ -48,7 +51,7 @@ func (a *Agent) RolloutStatePath() string { return filepath.Join(a.Cfg.StateDir,
 // RolloutOptions drive the agent.
 type RolloutOptions struct {
 	// Timeout is the bound on a new slot's verification (spec rollout.timeout); the reboot
-	// lock outlives its holder by this plus two minutes.
+	// lock outlives its holder by lockTTL.
 	Timeout time.Duration
 	// Reboot reboots the machine (systemctl reboot); tests stand in for it.
 	Reboot func(ctx context.Context) error
@@ -155,11 +158,22 @@ func (a *Agent) RolloutStep(ctx context.Context, cli *clientv3.Client, d spec.Ro
 	}
 	var staged Staged
 	if ok, _ := readJSON(a.StagedPath(), &staged); !ok || staged.Release != d.Release || staged.Slot == bi.Slot {
-		if _, err := stage(ctx, StageOptions{URL: d.URL}); err != nil {
+		a.reportRollout(ctx, cli, spec.RolloutNode{Generation: d.Generation, Release: d.Release, State: spec.RolloutStaging})
+		reported := map[string]int64{}
+		progress := func(file string, done, total int64) { // every 64 MiB
+			if done-reported[file] >= 64<<20 || done == total {
+				reported[file] = done
+				a.logf("stage: %s: %d of %d MiB", filepath.Base(file), done>>20, total>>20)
+				a.reportRollout(ctx, cli, spec.RolloutNode{Generation: d.Generation, Release: d.Release, State: spec.RolloutStaging,
+					Progress: fmt.Sprintf("%s %d/%d MiB", filepath.Base(file), done>>20, total>>20)})
+			}
+		}
+		if _, err := stage(ctx, StageOptions{URL: d.URL, Progress: progress}); err != nil {
 			return err
 		}
 	}
-	lock, err := a.AcquireRolloutLock(ctx, cli, o.Timeout+2*time.Minute)
+	a.reportRollout(ctx, cli, spec.RolloutNode{Generation: d.Generation, Release: d.Release, Staged: d.Release, State: spec.RolloutWaiting})
+	lock, err := a.AcquireRolloutLock(ctx, cli, lockTTL(o.Timeout))
 	if err != nil {
 		return fmt.Errorf("rollout: the reboot lock: %w", err)
 	}
@@ -187,13 +201,14 @@ func (a *Agent) RolloutStep(ctx context.Context, cli *clientv3.Client, d spec.Ro
 		return abort(err)
 	}
 	st := RolloutState{Phase: PhaseArmed, Generation: d.Generation, Release: d.Release, Slot: spec.OtherSlot(bi.Slot),
-		FromSlot: bi.Slot, FromRelease: bi.Release, Lease: int64(lock.Lease), MemberID: rep.Self, At: a.now().UTC()}
+		FromSlot: bi.Slot, FromRelease: bi.Release, Lease: int64(lock.Lease), MemberID: rep.Self, Subnet: a.flannelSubnet(), At: a.now().UTC()}
 	if err := writeJSON(a.RolloutStatePath(), st, 0o644); err != nil {
 		return abort(err)
 	}
 	if _, err := a.Arm(d.Generation); err != nil {
 		return abort(err)
 	}
+	a.reportRollout(ctx, cli, spec.RolloutNode{Generation: d.Generation, Release: d.Release, Staged: d.Release, State: spec.RolloutRebooting})
 	lock.Orphan()
 	a.logf("rollout: rebooting into slot %s (release %s, generation %d)", st.Slot, st.Release, st.Generation)
 	return o.Reboot(ctx)

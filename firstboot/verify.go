@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/etcdbake/etcdbake/spec"
 )
 
@@ -51,7 +53,7 @@ func (a *Agent) flannelSubnetFile() string {
 
 // verifyConditions checks everything verify-boot waits for, in order, and returns one
 // sentence per condition that does not hold.
-func (a *Agent) verifyConditions(ctx context.Context) []string {
+func (a *Agent) verifyConditions(ctx context.Context, step *RolloutState, cli *clientv3.Client) []string {
 	var out []string
 	// The ready flag lives in the run dir (tmpfs), so it exists only if the health gate
 	// passed on this boot.
@@ -66,25 +68,58 @@ func (a *Agent) verifyConditions(ctx context.Context) []string {
 			out = append(out, err.Error())
 		}
 	}
+	if len(out) == 0 && step != nil && cli != nil {
+		out = append(out, a.rolloutConditions(ctx, step, cli)...)
+	}
 	return out
 }
 
 // checkSubnetFile accepts flanneld's subnet file once it names this node's subnet.
 func checkSubnetFile(path string) error {
+	_, err := subnetFromFile(path)
+	return err
+}
+
+// subnetFromFile reads FLANNEL_SUBNET from flanneld's subnet file.
+func subnetFromFile(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("flanneld has not written %s", path)
+		return "", fmt.Errorf("flanneld has not written %s", path)
 	}
 	if err != nil {
-		return fmt.Errorf("reading flanneld's subnet file: %w", err)
+		return "", fmt.Errorf("reading flanneld's subnet file: %w", err)
 	}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "FLANNEL_SUBNET="); ok && v != "" {
-			return nil
+			return v, nil
 		}
 	}
-	return fmt.Errorf("flanneld's %s has no FLANNEL_SUBNET= line yet", path)
+	return "", fmt.Errorf("flanneld's %s has no FLANNEL_SUBNET= line yet", path)
+}
+
+// rolloutConditions are verify-boot's extra checks on the boot of a rollout step (the
+// agent's state says this slot and release were armed): the member came back with its
+// data (the same member ID, the same HashKV as a peer at a common revision, so it has
+// caught up) and flannel kept the node's subnet.
+func (a *Agent) rolloutConditions(ctx context.Context, st *RolloutState, cli *clientv3.Client) []string {
+	var out []string
+	cctx, cancel := context.WithTimeout(ctx, 4*a.dialTimeout())
+	defer cancel()
+	if s, err := cli.Status(cctx, a.Cfg.LocalClientURL); err != nil {
+		out = append(out, fmt.Sprintf("the local member does not answer Status: %v", err))
+	} else if s.Header.MemberId != st.MemberID {
+		out = append(out, fmt.Sprintf("the local member is %x, not %x as before the reboot (its data was replaced)", s.Header.MemberId, st.MemberID))
+	}
+	if _, err := a.CompareHash(ctx, cli); err != nil {
+		out = append(out, fmt.Sprintf("the local member's data is not verified against a peer: %v", err))
+	}
+	if st.Subnet != "" {
+		if got, err := subnetFromFile(a.flannelSubnetFile()); err == nil && got != st.Subnet {
+			out = append(out, fmt.Sprintf("flannel's subnet is %s, not %s as before the reboot", got, st.Subnet))
+		}
+	}
+	return out
 }
 
 // VerifyBoot decides whether this boot of an on-trial entry is good: it polls (every
@@ -106,11 +141,23 @@ func (a *Agent) VerifyBoot(ctx context.Context) error {
 	}
 	what := fmt.Sprintf("boot of slot %s (release %s, entry %s)", orNone(res.Slot), orNone(res.Release), orNone(res.Entry))
 	a.logf("verify-boot: verifying this %s", what)
+	// A boot into a slot that the rollout agent armed is checked for the member's data too.
+	var step *RolloutState
+	var cli *clientv3.Client
+	var st RolloutState
+	if ok, _ := readJSON(a.RolloutStatePath(), &st); ok && st.Phase == PhaseArmed && bi != nil && st.Slot == bi.Slot && st.Release == bi.Release {
+		if cli, err = a.client([]string{a.Cfg.LocalClientURL}); err != nil {
+			a.logf("verify-boot: %v", err)
+		} else {
+			step = &st
+			defer cli.Close()
+		}
+	}
 
 	var last []string
 	checked, lastKey := false, ""
 	for ctx.Err() == nil {
-		u := a.verifyConditions(ctx)
+		u := a.verifyConditions(ctx, step, cli)
 		if ctx.Err() != nil {
 			break // this attempt was cut short: the previous one's findings stand
 		}
@@ -135,6 +182,9 @@ func (a *Agent) VerifyBoot(ctx context.Context) error {
 		checks := "ready flag, /readyz"
 		if a.Cfg.Flannel.Key != "" {
 			checks += ", flannel subnet"
+		}
+		if step != nil {
+			checks += ", member ID, HashKV against a peer"
 		}
 		res.Message = fmt.Sprintf("%s verified after %s: %s", what, res.Took.Round(time.Second), checks)
 		a.logf("verify-boot: %s", res.Message)

@@ -262,7 +262,7 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 		if got := dbg(root, "cat /usr/lib/systemd/system/"+VerifyUnit); !strings.Contains(got, "ExecStart=/opt/etcdbake/bin/etcd-firstboot verify-boot --config /etc/etcdbake/node.json") || !strings.Contains(got, "TimeoutStartSec=600") || !strings.Contains(got, "Before=boot-complete.target") {
 			t.Errorf("%s: %s: %s", im.Node, VerifyUnit, got)
 		}
-		for _, link := range []string{"boot-complete.target.requires/" + VerifyUnit, "sysinit.target.wants/" + DeadlineUnit} {
+		for _, link := range []string{"boot-complete.target.requires/" + VerifyUnit, "sysinit.target.wants/" + DeadlineUnit, "multi-user.target.wants/" + RolloutUnit} {
 			if got := dbg(root, "stat /etc/systemd/system/"+link); !strings.Contains(got, "Fast link dest") {
 				t.Errorf("%s: %s missing: %s", im.Node, link, got)
 			}

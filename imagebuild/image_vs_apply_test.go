@@ -258,6 +258,8 @@ var imageOnly = map[string]string{
 	"usr/lib/systemd/system/etcdbake-boot-deadline.service":                         "reboots a new slot that was not blessed in time",
 	"etc/systemd/system/boot-complete.target.requires/etcdbake-verify-boot.service": "boot counting waits for the verify gate",
 	"etc/systemd/system/sysinit.target.wants/etcdbake-boot-deadline.service":        "the deadline runs on every boot-counted boot",
+	"usr/lib/systemd/system/etcdbake-rollout.service":                               "the rollout agent (A/B slots only)",
+	"etc/systemd/system/multi-user.target.wants/etcdbake-rollout.service":           "the rollout agent runs after the health gate",
 }
 
 // shadowBackups are shadow-utils' backup and lock files.

@@ -46,6 +46,7 @@ const (
 	NodeGenerator = "usr/lib/systemd/system-generators/etcdbake-node-generator"
 	VerifyUnit    = "etcdbake-verify-boot.service"
 	DeadlineUnit  = "etcdbake-boot-deadline.service"
+	RolloutUnit   = "etcdbake-rollout.service"
 	// bootCountVar exists in efivarfs only on a boot of an entry with a boot counter.
 	bootCountVar = "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 )
@@ -142,6 +143,23 @@ ExecStart=/bin/sh -c 'sleep ` + fmt.Sprint(secs+120) + `; systemctl is-active --
 [Install]
 WantedBy=sysinit.target
 `
+	// The rollout agent follows `etcdbake rollout` once this node passed its health gate.
+	agent := `[Unit]
+Description=etcdbake: rollout agent (stages releases into the inactive A/B slot, reboots under the cluster's lock)
+After=etcd-ready.service
+Requires=etcd-ready.service
+
+[Service]
+ExecStart=` + o.Firstboot + ` rollout --config ` + o.NodeConfig + ` --timeout ` + fmt.Sprint(secs) + `s
+Restart=on-failure
+RestartSec=10s
+# The agent asks for the reboot itself; it stops with everything else.
+KillMode=mixed
+TimeoutStopSec=20s
+
+[Install]
+WantedBy=multi-user.target
+`
 	files := []struct {
 		path string
 		mode fs.FileMode
@@ -150,6 +168,7 @@ WantedBy=sysinit.target
 		{NodeGenerator, 0o755, nodeGeneratorScript},
 		{"usr/lib/systemd/system/" + VerifyUnit, 0o644, verify},
 		{"usr/lib/systemd/system/" + DeadlineUnit, 0o644, deadline},
+		{"usr/lib/systemd/system/" + RolloutUnit, 0o644, agent},
 	}
 	for _, f := range files {
 		if err := t.Put(&fstree.Entry{Path: f.path, Mode: f.mode, Data: []byte(f.data)}); err != nil {
@@ -159,6 +178,7 @@ WantedBy=sysinit.target
 	for link, unit := range map[string]string{
 		"etc/systemd/system/boot-complete.target.requires/" + VerifyUnit: VerifyUnit,
 		"etc/systemd/system/sysinit.target.wants/" + DeadlineUnit:        DeadlineUnit,
+		"etc/systemd/system/multi-user.target.wants/" + RolloutUnit:      RolloutUnit,
 	} {
 		if err := t.Put(&fstree.Entry{Path: link, Mode: fs.ModeSymlink | 0o777, Target: "/usr/lib/systemd/system/" + unit}); err != nil {
 			return err

@@ -152,7 +152,7 @@ func TestSlotUnitsVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	for _, u := range []string{VerifyUnit, DeadlineUnit} {
+	for _, u := range []string{VerifyUnit, DeadlineUnit, RolloutUnit} {
 		e, ok := tr.Get("usr/lib/systemd/system/" + u)
 		if !ok {
 			t.Fatalf("%s missing", u)
@@ -164,8 +164,11 @@ func TestSlotUnitsVerify(t *testing.T) {
 		if u == DeadlineUnit && !strings.Contains(string(e.Data), "sleep 210;") {
 			t.Errorf("%s: the deadline is not the timeout plus 2 min:\n%s", u, e.Data)
 		}
+		if u == RolloutUnit && !strings.Contains(string(e.Data), "ExecStart=/bin/true rollout --config /etc/x.json --timeout 90s\n") {
+			t.Errorf("%s: the agent does not get the timeout:\n%s", u, e.Data)
+		}
 	}
-	out, err := exec.Command(sa, "verify", "--man=no", filepath.Join(dir, VerifyUnit), filepath.Join(dir, DeadlineUnit)).CombinedOutput()
+	out, err := exec.Command(sa, "verify", "--man=no", filepath.Join(dir, VerifyUnit), filepath.Join(dir, DeadlineUnit), filepath.Join(dir, RolloutUnit)).CombinedOutput()
 	if strings.Contains(string(out), "nknown") || strings.Contains(string(out), "Failed to parse") {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}

@@ -17,6 +17,11 @@
 //	etcd-firstboot arm GENERATION
 //	                        writes the staged slot's boot entry with one try: the next
 //	                        reboot tries it, and falls back if it is not verified
+//	etcd-firstboot rollout [--timeout D]
+//	                        the rollout agent (etcdbake-rollout.service, after the health
+//	                        gate): finishes the last boot's step, then follows the release
+//	                        `etcdbake rollout` publishes: stages it, waits for the reboot lock
+//	                        and the gates, hands leadership off, arms the slot and reboots
 //
 // A refusal exits non-zero with the reason on stderr; the systemd units retry.
 package main
@@ -24,10 +29,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path"
 	"slices"
@@ -50,14 +57,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 // runWith is run reading the boot slot from the given paths (tests point them at a fake
 // ESP; zero fields are the real /proc/cmdline, efivarfs and /efi).
 func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) int {
-	if len(args) < 1 || !slices.Contains([]string{"prepare", "ready", "status", "verify-boot", "stage", "arm"}, args[0]) {
-		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status|verify-boot|stage URL|arm GENERATION [--config FILE] [--json]")
+	if len(args) < 1 || !slices.Contains([]string{"prepare", "ready", "status", "verify-boot", "stage", "arm", "rollout"}, args[0]) {
+		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status|verify-boot|stage URL|arm GENERATION|rollout [--config FILE] [--json] [--timeout D]")
 		return 2
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", spec.NodeConfigPath, "node settings written by etcdbake")
 	asJSON := fs.Bool("json", false, "status: print JSON")
+	timeout := fs.Duration("timeout", spec.DefaultRolloutTimeout, "rollout: the bound on a new slot's verification (spec rollout.timeout)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -100,6 +108,17 @@ func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) 
 		}
 		if st, err = a.Stage(ctx, firstboot.StageOptions{URL: operand, Progress: progress}); err == nil {
 			fmt.Fprintf(stdout, "release %s staged in slot %s\n", st.Release, st.Slot)
+		}
+	case "rollout":
+		err = a.RunRollout(ctx, firstboot.RolloutOptions{Timeout: *timeout, Reboot: func(ctx context.Context) error {
+			out, err := exec.CommandContext(ctx, "systemctl", "reboot").CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("systemctl reboot: %v: %s", err, out)
+			}
+			return nil
+		}})
+		if errors.Is(err, context.Canceled) {
+			err = nil // stopped by systemd
 		}
 	case "arm":
 		var gen int

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	"github.com/etcdbake/etcdbake/bake"
 	imgbase "github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/pxe"
 	"github.com/etcdbake/etcdbake/status"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
@@ -118,7 +121,20 @@ booted again from its kept disk, with its data, and up waits until the cluster i
 			if err != nil {
 				return err
 			}
-			st, err := vmcluster.Launch(cmd.Context(), plan, []string{self, "qemu-supervise", "--run-dir", plan.Dir})
+			// The supervisor serves the releases (etcdbake rollout) on a unix socket that
+			// each VM reaches at bake.QEMUReleaseAddr through its guest forward.
+			if _, err := bake.QEMUReleaseServer(c, a.pkiDir(), a.qemuReleasesDir(), a.now(), nil); err != nil {
+				return err
+			}
+			sock, err := filepath.Abs(filepath.Join(a.runDir(), releaseSocket))
+			if err != nil {
+				return err
+			}
+			plan.GuestForwards = []vmcluster.GuestForward{{Guest: bake.QEMUReleaseAddr, Relay: []string{self, "qemu-relay", sock}}}
+			specAbs, _ := filepath.Abs(a.specPath)
+			outAbs, _ := filepath.Abs(a.outDir)
+			st, err := vmcluster.Launch(cmd.Context(), plan, []string{self, "qemu-supervise", "--run-dir", plan.Dir,
+				"-f", specAbs, "--out", outAbs, "--release-socket", sock})
 			if err != nil {
 				return err
 			}
@@ -378,8 +394,11 @@ func (a *app) execCmd() *cobra.Command {
 	return cmd
 }
 
+// releaseSocket, in the run directory, is where up's supervisor serves the releases.
+const releaseSocket = "release.sock"
+
 func (a *app) superviseCmd() *cobra.Command {
-	var dir string
+	var dir, sock string
 	cmd := &cobra.Command{
 		Use:    "qemu-supervise",
 		Short:  "Run the VMs of OUT/run/plan.json until SIGTERM (started by up)",
@@ -402,6 +421,15 @@ func (a *app) superviseCmd() *cobra.Command {
 					}
 				}
 			}()
+			if sock != "" {
+				stopServing, err := a.serveQEMUReleases(cmd, sock, func(f string, args ...any) {
+					fmt.Fprintf(log, "%s release server: "+f+"\n", append([]any{time.Now().Format(time.RFC3339)}, args...)...)
+				})
+				if err != nil {
+					return err
+				}
+				defer stopServing()
+			}
 			err := vmcluster.SupervisePlan(ctx, dir, vmcluster.SuperviseHooks{
 				Ready: func(st *vmcluster.RunState) {
 					fmt.Fprintf(log, "%s supervisor %d: %d VMs running\n", time.Now().Format(time.RFC3339), st.Supervisor, len(st.Nodes))
@@ -423,7 +451,30 @@ func (a *app) superviseCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&dir, "run-dir", "out/run", "run directory holding plan.json")
+	cmd.Flags().StringVar(&sock, "release-socket", "", "serve OUT/qemu/releases (the spec's cluster) over mutual TLS on this unix socket")
 	return cmd
+}
+
+// serveQEMUReleases serves OUT/qemu/releases on the unix socket sock until the returned
+// stop is called.
+func (a *app) serveQEMUReleases(cmd *cobra.Command, sock string, logf func(string, ...any)) (stop func(), err error) {
+	c, err := a.load(cmd)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := bake.QEMUReleaseServer(c, a.pkiDir(), a.qemuReleasesDir(), a.now(), func(acc pxe.Access) { logf("%s", acc) })
+	if err != nil {
+		return nil, err
+	}
+	srv.ErrorLog = log.New(cmd.OutOrStdout(), "release server: ", 0)
+	_ = os.Remove(sock) // a socket left by a supervisor that was killed
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("release server: %w", err)
+	}
+	go srv.ServeTLS(ln, "", "")
+	logf("serving %s on %s (the VMs: https://%s)", a.qemuReleasesDir(), sock, bake.QEMUReleaseAddr)
+	return func() { srv.Close(); os.Remove(sock) }, nil
 }
 
 // relayCmd is what QEMU runs for each guest connection to a guest forward
