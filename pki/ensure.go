@@ -44,6 +44,17 @@ type ca struct {
 // stay byte-identical. Any error before the files are renamed into place (bad spec, CA
 // problem, unwritable directory) leaves the directory exactly as it was.
 func Ensure(c *spec.Cluster, dir string, now time.Time) (*Result, error) {
+	return ensureLeaves(c, dir, now, false)
+}
+
+// Renew is Ensure that re-issues every existing leaf (new key, new serial, a full
+// lifetime from now), however long it is still valid: how the nodes' certificates are
+// renewed before they expire (a new release rolls them out). CAs are reused as always.
+func Renew(c *spec.Cluster, dir string, now time.Time) (*Result, error) {
+	return ensureLeaves(c, dir, now, true)
+}
+
+func ensureLeaves(c *spec.Cluster, dir string, now time.Time, renew bool) (*Result, error) {
 	pol, err := policyFor(c)
 	if err != nil {
 		return nil, err
@@ -108,6 +119,9 @@ func Ensure(c *spec.Cluster, dir string, now time.Time) (*Result, error) {
 			return nil, fmt.Errorf("pki: %w", err)
 		}
 		act := leafAction(l, d, cas[l.issuer].cert, pol, now, &w)
+		if renew && act.Verb == Reused {
+			act.Verb, act.Reason = Reissued, "renewed on request"
+		}
 		res.Actions = append(res.Actions, act)
 		if act.Verb != Reused {
 			jobs = append(jobs, &job{l: l})

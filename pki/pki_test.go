@@ -614,3 +614,49 @@ func BenchmarkEnsure100Nodes(b *testing.B) {
 	}
 	b.ReportMetric(float64(certs), "certs/op")
 }
+
+// TestRenewReissuesEveryLeaf: Renew gives every leaf a new key and serial valid from now,
+// still verified by its CA; the CAs stay byte-identical.
+func TestRenewReissuesEveryLeaf(t *testing.T) {
+	c := example(t)
+	dir := t.TempDir()
+	t0 := time.Now().Add(-30 * 24 * time.Hour)
+	ensure(t, c, dir, t0)
+	before := snapshot(t, dir)
+	res, err := Renew(c, dir, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var changed []string
+	for _, l := range allLeaves(t, c, dir) {
+		if v := verbs(res)[l.name]; v != Reissued {
+			t.Errorf("%s: %s, want %s", l.name, v, Reissued)
+		}
+		for _, p := range []string{l.crt, l.key} {
+			rel, _ := filepath.Rel(dir, p)
+			changed = append(changed, rel)
+		}
+		old, err := ParseCert(before[mustRel(t, dir, l.crt)].data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := readCert(t, l.crt)
+		if now.SerialNumber.Cmp(old.SerialNumber) == 0 || !now.NotAfter.After(old.NotAfter) {
+			t.Errorf("%s: serial %x -> %x, not after %s -> %s: not renewed", l.name, old.SerialNumber, now.SerialNumber, old.NotAfter, now.NotAfter)
+		}
+		caCrt, _ := CAPath(dir, l.issuer)
+		if _, err := now.Verify(x509.VerifyOptions{Roots: pool(readCert(t, caCrt)), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			t.Errorf("%s: renewed certificate does not verify: %v", l.name, err)
+		}
+	}
+	sameFiles(t, before, snapshot(t, dir), changed...)
+}
+
+func mustRel(t testing.TB, dir, p string) string {
+	t.Helper()
+	rel, err := filepath.Rel(dir, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rel
+}

@@ -13,17 +13,33 @@ import (
 )
 
 func (a *app) pkiCmd() *cobra.Command {
+	var renew bool
 	cmd := &cobra.Command{
 		Use:   "pki",
 		Short: "Create or reuse the CAs and issue every certificate under OUT/pki",
+		Long: `pki creates or reuses the CAs and issues every certificate the spec needs under OUT/pki.
+A certificate that still matches the spec is reused.
+
+--renew re-issues every node and client certificate (new keys, a full lifetime from now;
+the CAs stay): build a release with the new certificates (etcdbake image) and roll it out
+(etcdbake rollout) before the old ones expire.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := a.load(cmd)
 			if err != nil {
 				return err
 			}
+			if renew {
+				res, err := pki.Renew(c, a.pkiDir(), a.now())
+				if err != nil {
+					return err
+				}
+				a.reportPKI(cmd, res, true)
+				return nil
+			}
 			return a.ensurePKI(cmd, c, true)
 		},
 	}
+	cmd.Flags().BoolVar(&renew, "renew", false, "re-issue every leaf certificate even if it is still valid (the CAs stay)")
 	cmd.AddCommand(a.pkiCheckCmd())
 	return cmd
 }
