@@ -1,0 +1,471 @@
+package qemu
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+
+	"github.com/etcdbake/etcdbake/pki"
+	"github.com/etcdbake/etcdbake/spec"
+	"github.com/etcdbake/etcdbake/status"
+	"github.com/etcdbake/etcdbake/test/workload"
+	"github.com/etcdbake/etcdbake/vmcluster"
+)
+
+// rolloutTarget is the etcd version U1 upgrades the example's v3.6.16 to: the newest
+// v3.7.x the Go module proxy serves here.
+const rolloutTarget = "v3.7.3"
+
+// upCluster is the cluster TestUpDown started, as the rollout checks see it.
+type upCluster struct {
+	run      func(time.Duration, ...string) (string, string, error)
+	specPath string
+	out      string
+	st       *vmcluster.RunState
+}
+
+func (u upCluster) pkiDir() string { return filepath.Join(u.out, "pki") }
+
+func (u upCluster) endpoints() map[string]string {
+	eps := map[string]string{}
+	for n, rn := range u.st.Nodes {
+		eps[n] = rn.Endpoint
+	}
+	return eps
+}
+
+func (u upCluster) status(t *testing.T) *status.Cluster {
+	t.Helper()
+	stdout, _, err := u.run(time.Minute, "status", "-o", "json")
+	var c status.Cluster
+	if jerr := json.Unmarshal([]byte(stdout), &c); jerr != nil {
+		t.Fatalf("status -o json: %v %v", err, jerr)
+	}
+	return &c
+}
+
+// clusterFacts are what must not change across a rolling upgrade, and what must.
+type clusterFacts struct {
+	ids      map[string]string // node -> member ID
+	subnets  map[string]string // node -> flannel subnet
+	versions map[string]string // node -> etcd server version
+	cluster  map[string]string // node -> the cluster version it reports
+	serials  map[string]string // node -> serial of the server certificate it serves
+}
+
+func (u upCluster) facts(t *testing.T, tlsCfg *tls.Config) clusterFacts {
+	t.Helper()
+	st := u.status(t)
+	f := clusterFacts{ids: map[string]string{}, subnets: map[string]string{}, versions: map[string]string{}, cluster: map[string]string{}, serials: map[string]string{}}
+	for _, m := range st.Members {
+		f.ids[m.Name], f.versions[m.Name] = m.ID, m.Version
+	}
+	for _, l := range st.Flannel {
+		f.subnets[l.Node] = l.Subnet
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+	for n, ep := range u.endpoints() {
+		resp, err := hc.Get(ep + "/version")
+		if err != nil {
+			t.Errorf("%s: GET /version: %v", n, err)
+			continue
+		}
+		var v struct{ Etcdcluster string }
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err := json.Unmarshal(b, &v); err != nil {
+			t.Errorf("%s: /version %q: %v", n, b, err)
+		}
+		f.cluster[n] = v.Etcdcluster
+		if resp.TLS != nil && len(resp.TLS.PeerCertificates) > 0 {
+			f.serials[n] = fmt.Sprintf("%x", resp.TLS.PeerCertificates[0].SerialNumber)
+		}
+	}
+	return f
+}
+
+// sample is one look at every member (1 s apart).
+type sample struct {
+	at     time.Time
+	up     map[string]bool // node -> answered Status as a voter
+	leader string          // the node the answering members name as leader
+}
+
+// sampler looks at every member once a second until stopped.
+func sampler(ctx context.Context, eps map[string]string, tlsCfg *tls.Config) (stop func() []sample) {
+	ctx, cancel := context.WithCancel(ctx)
+	var mu sync.Mutex
+	var out []sample
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		clis := map[string]*clientv3.Client{}
+		ids := map[uint64]string{}
+		for n, ep := range eps {
+			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, TLS: tlsCfg, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+			if err == nil {
+				clis[n] = cli
+				defer cli.Close()
+			}
+		}
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			s := sample{at: time.Now(), up: map[string]bool{}}
+			var smu sync.Mutex
+			var wg sync.WaitGroup
+			leaders := map[uint64]int{}
+			for n, cli := range clis {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					sctx, scancel := context.WithTimeout(ctx, 3*time.Second)
+					defer scancel()
+					r, err := cli.Status(sctx, eps[n])
+					smu.Lock()
+					defer smu.Unlock()
+					if err == nil && !r.IsLearner && r.Leader != 0 {
+						s.up[n] = true
+						ids[r.Header.MemberId] = n
+						leaders[r.Leader]++
+					}
+				}()
+			}
+			wg.Wait()
+			for id, k := range leaders {
+				if k > len(clis)/2 || len(leaders) == 1 {
+					s.leader = ids[id]
+				}
+			}
+			mu.Lock()
+			out = append(out, s)
+			mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() []sample {
+		cancel()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		return out
+	}
+}
+
+// downWindow is a run of samples in which one node did not answer.
+type downWindow struct {
+	node          string
+	from, to      time.Time
+	leaderBefore  string // the leader in the last sample before the window
+	samplesBefore int
+}
+
+func downWindows(samples []sample, nodes []string) []downWindow {
+	var out []downWindow
+	for _, n := range nodes {
+		var cur *downWindow
+		for i, s := range samples {
+			switch {
+			case !s.up[n] && cur == nil:
+				cur = &downWindow{node: n, from: s.at, to: s.at, samplesBefore: i}
+				if i > 0 {
+					cur.leaderBefore = samples[i-1].leader
+				}
+			case !s.up[n]:
+				cur.to = s.at
+			case cur != nil:
+				out = append(out, *cur)
+				cur = nil
+			}
+		}
+		if cur != nil {
+			out = append(out, *cur)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].from.Before(out[j].from) })
+	return out
+}
+
+// bootCount is how many boots the node's persistent journal knows.
+func (u upCluster) bootCount(t *testing.T, node string) int {
+	t.Helper()
+	stdout, _, err := u.run(2*time.Minute, "exec", node, "--", "sh", "-c", "journalctl --list-boots --no-pager -q | wc -l")
+	var n int
+	if _, serr := fmt.Sscan(strings.TrimSpace(stdout), &n); err != nil || serr != nil {
+		t.Fatalf("%s: counting boots: %q %v %v", node, stdout, err, serr)
+	}
+	return n
+}
+
+// checkRollout is U1 with U3 inside it, on the cluster TestUpDown started (example spec,
+// etcd v3.6.16): the leaf certificates are renewed and the spec moves to etcd
+// rolloutTarget; `etcdbake rollout --wait` builds the release for the QEMU cluster,
+// publishes it and waits. While the test holds the cluster's reboot lock, the nodes
+// stage in parallel and one of them is killed mid-download (U3: power loss while
+// staging); `up` brings it back on its active slot and it stages again. Once the lock is
+// released the nodes reboot one at a time. With the workload running throughout:
+// porcupine Ok, 0 acknowledged writes lost, at every 1 s sample at least 2 healthy voters
+// and never two nodes down, one down window per node (the killed node two), the leader's
+// node down only after leadership moved, member IDs and flannel subnets unchanged, every
+// member on the new version and cluster version, serving its renewed certificate.
+func checkRollout(t *testing.T, u upCluster) {
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
+	defer cancel()
+	tlsCfg := adminTLS(t, u.pkiDir())
+	nodes := nodeNames(u.st)
+	eps := u.endpoints()
+	before := u.facts(t, tlsCfg)
+	boots := map[string]int{}
+	for _, n := range nodes {
+		boots[n] = u.bootCount(t, n)
+	}
+	t.Logf("U1: before: versions %v, cluster %v, IDs %v, subnets %v", before.versions, before.cluster, before.ids, before.subnets)
+
+	// The new release: renewed leaves, etcd rolloutTarget.
+	if _, _, err := u.run(time.Minute, "pki", "--renew"); err != nil {
+		t.Fatalf("pki --renew: %v", err)
+	}
+	b, _ := os.ReadFile(u.specPath)
+	nb := strings.Replace(string(b), "version: v3.6.16", "version: "+rolloutTarget, 1)
+	if nb == string(b) {
+		t.Fatal("the example spec does not name etcd v3.6.16")
+	}
+	os.WriteFile(u.specPath, []byte(nb), 0o644)
+	newSerials := map[string]string{}
+	for _, n := range nodes {
+		crt, _ := pki.NodeCertPath(u.pkiDir(), n, pki.KindServer)
+		pb, err := os.ReadFile(crt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := pki.ParseCert(pb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		newSerials[n] = fmt.Sprintf("%x", cert.SerialNumber)
+		if newSerials[n] == before.serials[n] {
+			t.Fatalf("%s: pki --renew kept the serial %s", n, newSerials[n])
+		}
+	}
+
+	// The workload and the 1 s sampler run throughout.
+	var weps []string
+	for _, n := range nodes {
+		weps = append(weps, eps[n])
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	type result struct {
+		h   *workload.History
+		err error
+	}
+	wdone := make(chan result, 1)
+	ready := make(chan struct{})
+	go func() {
+		h, err := workload.Run(wctx, workload.Options{Endpoints: weps, TLS: tlsCfg, Prefix: "/rollout/u1",
+			Registers: 3, Keys: 5, Set: true, Interval: 20 * time.Millisecond, OpTimeout: 3 * time.Second, Ready: ready})
+		wdone <- result{h, err}
+	}()
+	select {
+	case <-ready:
+	case r := <-wdone:
+		t.Fatalf("U1: the workload ended before it started: %v", r.err)
+	case <-time.After(3 * time.Minute):
+		t.Fatal("U1: the workload's initial puts did not finish within 3 min")
+	}
+	stopSampling := sampler(ctx, eps, tlsCfg)
+
+	// The test holds the reboot lock while the nodes stage.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: weps, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	lock := concurrency.NewMutex(sess, spec.RolloutLockPrefix)
+	if err := lock.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	type cliResult struct {
+		stdout, stderr string
+		err            error
+	}
+	rolled := make(chan cliResult, 1)
+	go func() {
+		so, se, err := u.run(45*time.Minute, "rollout", "--wait", "--timeout", "40m")
+		rolled <- cliResult{so, se, err}
+	}()
+
+	// U3: the victim is killed once it has written 64 MiB of its new root.
+	victim := nodes[len(nodes)-1]
+	var published string
+	for {
+		var rn spec.RolloutNode
+		if r, err := cli.Get(ctx, spec.RolloutNodeKey(victim)); err == nil && len(r.Kvs) == 1 && json.Unmarshal(r.Kvs[0].Value, &rn) == nil &&
+			rn.State == spec.RolloutStaging && strings.HasPrefix(rn.Progress, "root") && !strings.HasPrefix(rn.Progress, "root 0/") {
+			published = rn.Release
+			t.Logf("U3: %s stages %s (%s) %s after the rollout command started: killing its VM", victim, rn.Release, rn.Progress, time.Since(start).Round(time.Second))
+			break
+		}
+		select {
+		case r := <-rolled:
+			t.Fatalf("U1: rollout ended before %s staged: %v\n%s%s", victim, r.err, r.stderr, r.stdout)
+		case <-time.After(time.Second):
+		}
+	}
+	if err := syscall.Kill(u.st.Nodes[victim].QEMU, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	if _, _, err := u.run(20*time.Minute, "up"); err != nil {
+		t.Fatalf("U3: up after killing %s while staging: %v", victim, err)
+	}
+	t.Logf("U3: %s back and healthy %s after the kill", victim, time.Since(killed).Round(time.Second))
+	if st, err := vmcluster.ReadRunState(filepath.Join(u.out, "run")); err == nil {
+		u.st = st
+	}
+	var rec spec.NodeRecord
+	if r, err := cli.Get(ctx, spec.NodeRecordKey(victim)); err != nil || len(r.Kvs) != 1 || json.Unmarshal(r.Kvs[0].Value, &rec) != nil {
+		t.Errorf("U3: %s's record: %v", victim, err)
+	} else if rec.Release == published || rec.Slot != "a" {
+		t.Errorf("U3: after the power loss while staging %s runs release %s on slot %s: want its active slot a, not the release being staged", victim, rec.Release, rec.Slot)
+	}
+	// Nobody rebooted while the test held the lock.
+	if err := lock.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	unlocked := time.Now()
+
+	var r cliResult
+	select {
+	case r = <-rolled:
+	case <-ctx.Done():
+		t.Fatal("U1: rollout --wait did not end")
+	}
+	total := time.Since(start)
+	samples := stopSampling()
+	wcancel()
+	wr := <-wdone
+	if r.err != nil {
+		t.Fatalf("U1: rollout --wait: %v\n%s%s", r.err, r.stderr, r.stdout)
+	}
+	if wr.err != nil {
+		t.Fatal(wr.err)
+	}
+	stdout, _, err := u.run(time.Minute, "rollout", "status")
+	if err != nil {
+		t.Errorf("rollout status: %v", err)
+	}
+	for _, n := range nodes {
+		if !strings.Contains(stdout, n) {
+			t.Errorf("rollout status does not list %s", n)
+		}
+	}
+
+	// The history: linearizable, nothing lost.
+	vctx, vcancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer vcancel()
+	if err := workload.ReadBack(vctx, wr.h, cli); err != nil {
+		t.Fatalf("U1: %v", err)
+	}
+	res := workload.Check(wr.h, 3*time.Minute)
+	v, err := workload.Verify(vctx, wr.h, cli, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.OK() || v.Lost != 0 || !v.HashesEqual {
+		t.Errorf("U1: porcupine %s, %d acknowledged writes lost %v, hashes equal %v", res.Linearizable, v.Lost, v.LostKeys, v.HashesEqual)
+	}
+
+	// The samples: 2 healthy voters at every one, never two nodes down, one window per
+	// node (the victim: its kill and its reboot), the leader moved away first.
+	minUp := len(nodes)
+	for _, s := range samples {
+		if len(s.up) < minUp {
+			minUp = len(s.up)
+		}
+		if len(s.up) < 2 || len(nodes)-len(s.up) > 1 {
+			t.Errorf("U1: at %s only %d healthy voters (%v)", s.at.Format(time.TimeOnly), len(s.up), s.up)
+		}
+	}
+	wins := downWindows(samples, nodes)
+	perNode := map[string][]downWindow{}
+	var figures []string
+	for _, w := range wins {
+		perNode[w.node] = append(perNode[w.node], w)
+		if w.leaderBefore == w.node {
+			t.Errorf("U1: %s went down at %s while it led (leadership had not moved)", w.node, w.from.Format(time.TimeOnly))
+		}
+		figures = append(figures, fmt.Sprintf("%s down %s-%s (%.0fs)", w.node, w.from.Format(time.TimeOnly), w.to.Format(time.TimeOnly), w.to.Sub(w.from).Seconds()+1))
+	}
+	for _, n := range nodes {
+		want := 1
+		if n == victim {
+			want = 2
+		}
+		if len(perNode[n]) != want {
+			t.Errorf("U1: %s was down %d times, want %d: %v", n, len(perNode[n]), want, figures)
+		}
+		if got := u.bootCount(t, n) - boots[n]; got != want {
+			t.Errorf("U1: %s booted %d times during the rollout, want %d", n, got, want)
+		}
+	}
+
+	// What must not change, and what must.
+	after := u.facts(t, tlsCfg)
+	want := strings.TrimPrefix(rolloutTarget, "v")
+	for _, n := range nodes {
+		if after.ids[n] != before.ids[n] {
+			t.Errorf("U1: %s's member ID %s -> %s (replaced, not upgraded)", n, before.ids[n], after.ids[n])
+		}
+		if after.subnets[n] != before.subnets[n] {
+			t.Errorf("U1: %s's flannel subnet %s -> %s", n, before.subnets[n], after.subnets[n])
+		}
+		if after.versions[n] != want {
+			t.Errorf("U1: %s runs etcd %s, want %s", n, after.versions[n], want)
+		}
+		if after.cluster[n] != "3.7.0" {
+			t.Errorf("U1: %s reports cluster version %q, want 3.7.0", n, after.cluster[n])
+		}
+		if after.serials[n] != newSerials[n] {
+			t.Errorf("U1: %s serves certificate serial %s, want the renewed %s", n, after.serials[n], newSerials[n])
+		}
+	}
+	t.Logf("U1: etcd %s -> %s on %d nodes, renewed certificates: %s in all (%s after the lock was released); %s; acknowledged %d, lost %d, porcupine %s, longest write gap %.1fs, fewest healthy voters at a sample %d of %d samples",
+		before.versions[nodes[0]], rolloutTarget, len(nodes), total.Round(time.Second), time.Since(unlocked).Round(time.Second), strings.Join(figures, "; "),
+		res.Acknowledged(), v.Lost, res.Linearizable, res.GapSeconds, minUp, len(samples))
+	t.Logf("U1: rollout --wait:\n%s", r.stdout)
+}
+
+func nodeNames(st *vmcluster.RunState) []string {
+	var out []string
+	for n := range st.Nodes {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
