@@ -55,6 +55,18 @@ func TestRolloutStepAndFinish(t *testing.T) {
 	if ok, err := readJSON(a.RolloutStatePath(), &st); !ok || err != nil || st.Phase != PhaseArmed || st.Slot != "b" || st.Generation != 1 || st.Lease == 0 {
 		t.Fatalf("after the step: %+v (%v)", st, err)
 	}
+	nodeState := func(n string) spec.RolloutNode {
+		t.Helper()
+		var rn spec.RolloutNode
+		resp, err := admin.Get(ctx, spec.RolloutNodeKey(n))
+		if err != nil || len(resp.Kvs) != 1 || json.Unmarshal(resp.Kvs[0].Value, &rn) != nil {
+			t.Fatalf("%s's rollout state: %v", n, err)
+		}
+		return rn
+	}
+	if rn := nodeState("m1"); rn.State != spec.RolloutRebooting || rn.Generation != 1 || rn.Release != d1.Release || rn.Staged != d1.Release {
+		t.Errorf("m1's published state before the reboot: %+v", rn)
+	}
 	holders, _ := RolloutLockHolders(ctx, admin)
 	if !rebooted || len(holders) != 1 || holders[0] != st.Lease {
 		t.Fatalf("rebooted %v, lock holders %v, want m1's lease %x", rebooted, holders, st.Lease)
@@ -118,5 +130,20 @@ func TestRolloutStepAndFinish(t *testing.T) {
 		if err := ag.RolloutStep(ctx, agentClient(t, ag), d2, RolloutOptions{Timeout: time.Minute, Reboot: func(context.Context) error { t.Errorf("%s rebooted while halted", n); return nil }}); !errors.Is(err, errHalted) {
 			t.Errorf("%s: step while halted: %v", n, err)
 		}
+	}
+	// The agent's loop says so: m2 is halted; m1 keeps saying it rolled back, and why.
+	m2 := fc.agents["m2"]
+	if err := m2.followDesired(ctx, agentClient(t, m2), RolloutOptions{Timeout: time.Minute, Reboot: func(context.Context) error { t.Error("m2 rebooted while halted"); return nil }}); err != nil {
+		t.Errorf("m2 following the desired release while halted: %v", err)
+	}
+	if rn := nodeState("m2"); rn.State != spec.RolloutHalted || rn.Generation != 2 {
+		t.Errorf("m2's published state while halted: %+v", rn)
+	}
+	a.reportRollout(ctx, cli, spec.RolloutNode{Generation: 2, Release: d2.Release, State: spec.RolloutRolledBack, Error: fin.Reason})
+	if err := a.followDesired(ctx, cli, ro); err != nil {
+		t.Errorf("m1 following the desired release after its fallback: %v", err)
+	}
+	if rn := nodeState("m1"); rn.State != spec.RolloutRolledBack || rn.Error != "etcd did not start" {
+		t.Errorf("m1's published state after the fallback: %+v", rn)
 	}
 }
