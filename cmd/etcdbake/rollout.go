@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcdbake/etcdbake/bake"
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/pxe"
 	"github.com/etcdbake/etcdbake/rollout"
@@ -130,6 +131,10 @@ versions. Publishing ends a halt.`,
 			rel, err := rollout.LoadRelease(dir, release)
 			if err != nil {
 				return err
+			}
+			if sum, err := fileutil.SHA256(a.specPath); err == nil && rel.Manifest.SpecSHA256 != "" && sum != rel.Manifest.SpecSHA256 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "rollout: note: release %s was built from another revision of %s; `%s` builds the current one\n",
+					release, a.specPath, a.cmdLine("image"))
 			}
 			u, err := releaseURL(base, release, t.up)
 			if err != nil {

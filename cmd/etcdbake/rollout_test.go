@@ -30,7 +30,7 @@ func writeRelease(t *testing.T, dir, id string, c *spec.Cluster, etcd string, cr
 		t.Fatal(err)
 	}
 	sb, _ := json.Marshal(c)
-	m := spec.ReleaseManifest{ID: id, Cluster: c.Name, Created: created, Spec: spec.ReleaseFile{Path: spec.ReleaseSpecName},
+	m := spec.ReleaseManifest{ID: id, Cluster: c.Name, Created: created, Spec: spec.ReleaseFile{Path: spec.ReleaseSpecName}, SpecSHA256: "0123",
 		Binaries: []spec.ReleaseBinary{{Name: "etcd", Version: etcd}}, Nodes: map[string]spec.ReleaseNode{}}
 	for _, n := range c.Nodes {
 		m.Nodes[n.Name] = spec.ReleaseNode{}
@@ -133,9 +133,12 @@ func TestRolloutCommands(t *testing.T) {
 	}
 
 	// The newest release is published, generation 1, with the URL of the release server.
-	stdout, _, err := roll("--url", base)
+	stdout, stderr, err := roll("--url", base)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(stderr, "release rel2 was built from another revision of "+specPath) {
+		t.Errorf("no note that the release is from another spec revision:\n%s", stderr)
 	}
 	want := spec.RolloutDesired{Generation: 1, Release: "rel2", URL: base + "/v1/releases/rel2", Published: now}
 	if d, _ := desired(); d == nil || *d != want {
