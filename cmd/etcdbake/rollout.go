@@ -97,13 +97,7 @@ func readView(ctx context.Context, cli *clientv3.Client) (*rollout.View, error) 
 }
 
 func (a *app) rolloutCmd() *cobra.Command {
-	var (
-		release   string
-		base      string
-		wait      bool
-		timeout   time.Duration
-		endpoints []string
-	)
+	var f rolloutFlags
 	cmd := &cobra.Command{
 		Use:   "rollout",
 		Short: "Publish a release to the running cluster: its nodes take it one at a time (status, resume: see the sub commands)",
@@ -116,103 +110,110 @@ Before anything is written, the release is checked: built for this cluster, with
 no change a running cluster cannot take (member list, addresses, token, ports, flannel's
 network) against the releases the nodes run; etcd's upgrade rules against the members'
 versions. Publishing ends a halt.`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.load(cmd)
-			if err != nil {
-				return err
-			}
-			t := a.rolloutTarget(cmd, c, endpoints)
-			dir := a.rolloutReleasesDir(t)
-			if release == "" {
-				if release, err = rollout.NewestRelease(dir); err != nil {
-					return err
-				}
-			}
-			rel, err := rollout.LoadRelease(dir, release)
-			if err != nil {
-				return err
-			}
-			if sum, err := fileutil.SHA256(a.specPath); err == nil && rel.Manifest.SpecSHA256 != "" && sum != rel.Manifest.SpecSHA256 {
-				fmt.Fprintf(cmd.ErrOrStderr(), "rollout: note: release %s was built from another revision of %s; `%s` builds the current one\n",
-					release, a.specPath, a.cmdLine("image"))
-			}
-			u, err := releaseURL(base, release, t.up)
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			cctx, cancel := context.WithTimeout(ctx, 4*rolloutRequestTimeout)
-			st, err := status.Collect(cctx, c, t.opts)
-			cancel()
-			var ue *status.UnreachableError
-			if errors.As(err, &ue) {
-				return fmt.Errorf("rollout: nothing published: %w", ue)
-			}
-			if err != nil {
-				return fmt.Errorf("rollout: nothing published: %w", err)
-			}
-			if !st.Quorum {
-				return errors.New("rollout: nothing published: the cluster has no quorum or no leader (etcdbake status)")
-			}
-			versions := map[string]string{}
-			for _, m := range st.Members {
-				if m.Version != "" {
-					versions[m.Name] = m.Version
-				}
-			}
-			cli, err := t.client()
-			if err != nil {
-				return err
-			}
-			defer cli.Close()
-			v, err := readView(ctx, cli)
-			if err != nil {
-				return err
-			}
-			plan, err := rollout.Check(rollout.CheckOptions{Cluster: c, ReleasesDir: dir, Release: rel, URL: u,
-				Versions: versions, View: v, Now: a.now()})
-			if err != nil {
-				return fmt.Errorf("rollout: nothing published: %w", err)
-			}
-			w := cmd.OutOrStdout()
-			if plan.Unchanged {
-				fmt.Fprintf(w, "every node runs release %s already: nothing published\n", release)
-				return nil
-			}
-			pctx, cancel := context.WithTimeout(ctx, rolloutRequestTimeout)
-			err = rollout.Publish(pctx, cli, plan)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("rollout: %w", err)
-			}
-			d := plan.Desired
-			fmt.Fprintf(w, "published release %s (etcd %s), generation %d, from %s\n", d.Release, rel.EtcdVersion(), d.Generation, d.URL)
-			if v.Halt != nil {
-				fmt.Fprintf(w, "this ends the halt set by %s: %s\n", v.Halt.Node, v.Halt.Reason)
-			}
-			var moves []string
-			for _, n := range plan.Change {
-				moves = append(moves, fmt.Sprintf("%s (runs %s)", n, plan.Running[n]))
-			}
-			if len(moves) == 0 {
-				fmt.Fprintf(w, "every node runs it already; it replaces release %s as the desired one\n", v.Desired.Release)
-			} else {
-				fmt.Fprintf(w, "nodes to take it, one at a time: %s\n", strings.Join(moves, ", "))
-			}
-			if !wait {
-				fmt.Fprintf(w, "follow it with `%s`\n", a.cmdLine("rollout status"))
-				return nil
-			}
-			return a.waitRollout(ctx, cmd, cli, c, d, timeout)
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.runRollout(cmd, &f) },
 	}
-	cmd.Flags().StringVar(&release, "release", "", "release ID to publish (default: the newest built)")
-	cmd.Flags().StringVar(&base, "url", "", "base URL of the release server the nodes fetch from, https://HOST:PORT of `etcdbake serve --release-listen` (not needed under `etcdbake up`)")
-	cmd.Flags().BoolVar(&wait, "wait", false, "follow the rollout until every node runs the release, or it halts")
-	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Minute, "with --wait, how long to wait")
-	cmd.PersistentFlags().StringSliceVar(&endpoints, "endpoints", nil, "client URLs to use instead of the spec's (e.g. forwarded ports)")
-	cmd.AddCommand(a.rolloutStatusCmd(&endpoints), a.rolloutResumeCmd(&endpoints))
+	cmd.Flags().StringVar(&f.release, "release", "", "release ID to publish (default: the newest built)")
+	cmd.Flags().StringVar(&f.base, "url", "", "base URL of the release server the nodes fetch from, https://HOST:PORT of `etcdbake serve --release-listen` (not needed under `etcdbake up`)")
+	cmd.Flags().BoolVar(&f.wait, "wait", false, "follow the rollout until every node runs the release, or it halts")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", 60*time.Minute, "with --wait, how long to wait")
+	cmd.PersistentFlags().StringSliceVar(&f.endpoints, "endpoints", nil, "client URLs to use instead of the spec's (e.g. forwarded ports)")
+	cmd.AddCommand(a.rolloutStatusCmd(&f.endpoints), a.rolloutResumeCmd(&f.endpoints))
 	return cmd
+}
+
+// rolloutFlags are the flags of `etcdbake rollout`.
+type rolloutFlags struct {
+	release, base string
+	wait          bool
+	timeout       time.Duration
+	endpoints     []string
+}
+
+// runRollout checks the release against the running cluster and publishes it.
+func (a *app) runRollout(cmd *cobra.Command, f *rolloutFlags) error {
+	c, err := a.load(cmd)
+	if err != nil {
+		return err
+	}
+	t := a.rolloutTarget(cmd, c, f.endpoints)
+	dir := a.rolloutReleasesDir(t)
+	if f.release == "" {
+		if f.release, err = rollout.NewestRelease(dir); err != nil {
+			return err
+		}
+	}
+	rel, err := rollout.LoadRelease(dir, f.release)
+	if err != nil {
+		return err
+	}
+	if sum, err := fileutil.SHA256(a.specPath); err == nil && rel.Manifest.SpecSHA256 != "" && sum != rel.Manifest.SpecSHA256 {
+		fmt.Fprintf(cmd.ErrOrStderr(), "rollout: note: release %s was built from another revision of %s; `%s` builds the current one\n",
+			f.release, a.specPath, a.cmdLine("image"))
+	}
+	u, err := releaseURL(f.base, f.release, t.up)
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	cctx, cancel := context.WithTimeout(ctx, 4*rolloutRequestTimeout)
+	st, err := status.Collect(cctx, c, t.opts)
+	cancel()
+	if err != nil { // *status.UnreachableError says why each endpoint did not answer
+		return fmt.Errorf("rollout: nothing published: %w", err)
+	}
+	if !st.Quorum {
+		return errors.New("rollout: nothing published: the cluster has no quorum or no leader (etcdbake status)")
+	}
+	versions := map[string]string{}
+	for _, m := range st.Members {
+		if m.Version != "" {
+			versions[m.Name] = m.Version
+		}
+	}
+	cli, err := t.client()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	v, err := readView(ctx, cli)
+	if err != nil {
+		return err
+	}
+	plan, err := rollout.Check(rollout.CheckOptions{Cluster: c, ReleasesDir: dir, Release: rel, URL: u,
+		Versions: versions, View: v, Now: a.now()})
+	if err != nil {
+		return fmt.Errorf("rollout: nothing published: %w", err)
+	}
+	w := cmd.OutOrStdout()
+	if plan.Unchanged {
+		fmt.Fprintf(w, "every node runs release %s already: nothing published\n", f.release)
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, rolloutRequestTimeout)
+	err = rollout.Publish(pctx, cli, plan)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("rollout: %w", err)
+	}
+	d := plan.Desired
+	fmt.Fprintf(w, "published release %s (etcd %s), generation %d, from %s\n", d.Release, rel.EtcdVersion(), d.Generation, d.URL)
+	if v.Halt != nil {
+		fmt.Fprintf(w, "this ends the halt set by %s: %s\n", v.Halt.Node, v.Halt.Reason)
+	}
+	var moves []string
+	for _, n := range plan.Change {
+		moves = append(moves, fmt.Sprintf("%s (runs %s)", n, plan.Running[n]))
+	}
+	if len(moves) == 0 {
+		fmt.Fprintf(w, "every node runs it already; it replaces release %s as the desired one\n", v.Desired.Release)
+	} else {
+		fmt.Fprintf(w, "nodes to take it, one at a time: %s\n", strings.Join(moves, ", "))
+	}
+	if !f.wait {
+		fmt.Fprintf(w, "follow it with `%s`\n", a.cmdLine("rollout status"))
+		return nil
+	}
+	return a.waitRollout(ctx, cmd, cli, c, d, f.timeout)
 }
 
 // releaseURL is where the nodes fetch release id: under base (the release server of
