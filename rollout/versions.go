@@ -1,10 +1,12 @@
 // Package rollout is the workstation side of etcdbake's rolling A/B upgrades (issue 14).
-// For now it holds the checks that run before `etcdbake rollout` publishes a release:
+// It holds the checks that run before `etcdbake rollout` publishes a release:
 // CheckUpgrade applies etcd's upgrade rules to the versions the members run now, and
 // CheckChange refuses a spec change that a running cluster cannot take node by node.
 // Both are pure functions: they read no files and reach no network, so the caller gathers
-// the member versions and the two specs first. Publishing a release and the node agent
-// that takes it come later.
+// the member versions and the two specs first. Check runs them (and more) against the
+// releases on disk (LoadRelease) and the rollout as etcd holds it (ReadView); Publish
+// writes the desired release, Resume ends a halt and Wait follows a rollout. The node
+// agent that takes a release is firstboot's.
 package rollout
 
 import (

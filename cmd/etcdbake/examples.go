@@ -51,6 +51,21 @@ etcdbake status
 etcdbake status -o json
 etcdbake status --endpoints https://10.88.0.11:2379,https://10.88.0.12:2379 --timeout 2s`,
 
+	"etcdbake rollout": `
+# Publish the newest release built by etcdbake image; the nodes fetch it from etcdbake serve
+etcdbake rollout --url https://10.88.0.1:8443
+etcdbake rollout --release 0123456789ab --url https://10.88.0.1:8443 --wait --timeout 30m
+# Under etcdbake up no URL is needed
+etcdbake rollout --wait`,
+
+	"etcdbake rollout status": `
+etcdbake rollout status
+etcdbake rollout status -o json`,
+
+	"etcdbake rollout resume": `
+# After a node fell back and halted the rollout, let the other nodes go on
+etcdbake rollout resume`,
+
 	"etcdbake fetch": `
 etcdbake fetch
 etcdbake fetch lab/cluster.yaml --cache /srv/etcdbake-cache`,

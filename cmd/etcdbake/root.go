@@ -50,6 +50,7 @@ Start with:  etcdbake init && etcdbake validate && etcdbake ignition --binaries-
 		a.ignitionCmd(),
 		a.kubeadmCmd(),
 		a.statusCmd(),
+		a.rolloutCmd(),
 		a.fetchCmd(),
 		a.baseCmd(),
 		a.imageCmd(),

@@ -17,6 +17,7 @@ var specCommands = []string{
 	"etcdbake init", "etcdbake validate", "etcdbake pki", "etcdbake pki check",
 	"etcdbake ignition", "etcdbake kubeadm", "etcdbake status", "etcdbake fetch",
 	"etcdbake image", "etcdbake build", "etcdbake up", "etcdbake serve",
+	"etcdbake rollout", "etcdbake rollout status", "etcdbake rollout resume",
 }
 
 // specArgs sets the argument checks of every command under root: the spec commands take
