@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcdbake/etcdbake/bake"
+	imgbase "github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/pxe"
@@ -112,7 +113,8 @@ network) against the releases the nodes run; etcd's upgrade rules against the me
 versions. Publishing ends a halt.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runRollout(cmd, &f) },
 	}
-	cmd.Flags().StringVar(&f.release, "release", "", "release ID to publish (default: the newest built)")
+	cmd.Flags().StringVar(&f.release, "release", "", "release ID to publish (default: the newest built; under `etcdbake up`, the spec as it is now, built first)")
+	cmd.Flags().StringVar(&f.firstboot, "firstboot", "", firstbootFlagHelp)
 	cmd.Flags().StringVar(&f.base, "url", "", "base URL of the release server the nodes fetch from, https://HOST:PORT of `etcdbake serve --release-listen` (not needed under `etcdbake up`)")
 	cmd.Flags().BoolVar(&f.wait, "wait", false, "follow the rollout until every node runs the release, or it halts")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 60*time.Minute, "with --wait, how long to wait")
@@ -124,9 +126,35 @@ versions. Publishing ends a halt.`,
 // rolloutFlags are the flags of `etcdbake rollout`.
 type rolloutFlags struct {
 	release, base string
+	firstboot     string
 	wait          bool
 	timeout       time.Duration
 	endpoints     []string
+}
+
+// buildQEMURelease builds the spec's release for the cluster of up into OUT/qemu/releases
+// and returns its ID (an unchanged spec gives the release built before).
+func (a *app) buildQEMURelease(cmd *cobra.Command, c *spec.Cluster, firstboot string) (string, error) {
+	ew := cmd.ErrOrStderr()
+	if err := a.ensurePKI(cmd, c, false); err != nil {
+		return "", err
+	}
+	src, err := a.sources(cmd, c, firstboot)
+	if err != nil {
+		return "", err
+	}
+	src.Progress = func(f string, args ...any) { fmt.Fprintf(ew, f+"\n", args...) }
+	baseDir, err := imgbase.DefaultCacheDir()
+	if err != nil {
+		return "", err
+	}
+	start := time.Now()
+	dir, err := bake.QEMURelease(cmd.Context(), src, bake.QEMUOptions{BaseCacheDir: baseDir, ReleasesDir: a.qemuReleasesDir(), Meter: newMeter(ew)})
+	if err != nil {
+		return "", fmt.Errorf("rollout: building the release for the QEMU cluster: %w", err)
+	}
+	fmt.Fprintf(ew, "rollout: release %s built for the QEMU cluster in %s (%s)\n", filepath.Base(dir), time.Since(start).Round(time.Second), dir)
+	return filepath.Base(dir), nil
 }
 
 // runRollout checks the release against the running cluster and publishes it.
@@ -137,6 +165,12 @@ func (a *app) runRollout(cmd *cobra.Command, f *rolloutFlags) error {
 	}
 	t := a.rolloutTarget(cmd, c, f.endpoints)
 	dir := a.rolloutReleasesDir(t)
+	if f.release == "" && t.up {
+		// The cluster of up takes a release of the spec as it is now, built for QEMU.
+		if f.release, err = a.buildQEMURelease(cmd, c, f.firstboot); err != nil {
+			return err
+		}
+	}
 	if f.release == "" {
 		if f.release, err = rollout.NewestRelease(dir); err != nil {
 			return err
