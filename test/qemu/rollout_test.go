@@ -272,26 +272,7 @@ func checkRollout(t *testing.T, u upCluster) {
 	for _, n := range nodes {
 		weps = append(weps, eps[n])
 	}
-	wctx, wcancel := context.WithCancel(ctx)
-	defer wcancel()
-	type result struct {
-		h   *workload.History
-		err error
-	}
-	wdone := make(chan result, 1)
-	ready := make(chan struct{})
-	go func() {
-		h, err := workload.Run(wctx, workload.Options{Endpoints: weps, TLS: tlsCfg, Prefix: "/rollout/u1",
-			Registers: 3, Keys: 5, Set: true, Interval: 20 * time.Millisecond, OpTimeout: 3 * time.Second, Ready: ready})
-		wdone <- result{h, err}
-	}()
-	select {
-	case <-ready:
-	case r := <-wdone:
-		t.Fatalf("U1: the workload ended before it started: %v", r.err)
-	case <-time.After(3 * time.Minute):
-		t.Fatal("U1: the workload's initial puts did not finish within 3 min")
-	}
+	stopWorkload := startWorkload(ctx, t, weps, tlsCfg, "/rollout/u1")
 	stopSampling := sampler(ctx, eps, tlsCfg)
 
 	// The test holds the reboot lock while the nodes stage.
@@ -368,13 +349,9 @@ func checkRollout(t *testing.T, u upCluster) {
 	}
 	total := time.Since(start)
 	samples := stopSampling()
-	wcancel()
-	wr := <-wdone
+	h := stopWorkload()
 	if r.err != nil {
 		t.Fatalf("U1: rollout --wait: %v\n%s%s", r.err, r.stderr, r.stdout)
-	}
-	if wr.err != nil {
-		t.Fatal(wr.err)
 	}
 	stdout, _, err := u.run(time.Minute, "rollout", "status")
 	if err != nil {
@@ -386,42 +363,10 @@ func checkRollout(t *testing.T, u upCluster) {
 		}
 	}
 
-	// The history: linearizable, nothing lost.
-	vctx, vcancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer vcancel()
-	if err := workload.ReadBack(vctx, wr.h, cli); err != nil {
-		t.Fatalf("U1: %v", err)
-	}
-	res := workload.Check(wr.h, 3*time.Minute)
-	v, err := workload.Verify(vctx, wr.h, cli, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !res.OK() || v.Lost != 0 || !v.HashesEqual {
-		t.Errorf("U1: porcupine %s, %d acknowledged writes lost %v, hashes equal %v", res.Linearizable, v.Lost, v.LostKeys, v.HashesEqual)
-	}
-
+	res, v := checkHistory(ctx, t, "U1", h, cli)
 	// The samples: 2 healthy voters at every one, never two nodes down, one window per
 	// node (the victim: its kill and its reboot), the leader moved away first.
-	minUp := len(nodes)
-	for _, s := range samples {
-		if len(s.up) < minUp {
-			minUp = len(s.up)
-		}
-		if len(s.up) < 2 || len(nodes)-len(s.up) > 1 {
-			t.Errorf("U1: at %s only %d healthy voters (%v)", s.at.Format(time.TimeOnly), len(s.up), s.up)
-		}
-	}
-	wins := downWindows(samples, nodes)
-	perNode := map[string][]downWindow{}
-	var figures []string
-	for _, w := range wins {
-		perNode[w.node] = append(perNode[w.node], w)
-		if w.leaderBefore == w.node {
-			t.Errorf("U1: %s went down at %s while it led (leadership had not moved)", w.node, w.from.Format(time.TimeOnly))
-		}
-		figures = append(figures, fmt.Sprintf("%s down %s-%s (%.0fs)", w.node, w.from.Format(time.TimeOnly), w.to.Format(time.TimeOnly), w.to.Sub(w.from).Seconds()+1))
-	}
+	perNode, figures, minUp := checkSamples(t, "U1", samples, nodes)
 	for _, n := range nodes {
 		want := 1
 		if n == victim {
@@ -461,6 +406,91 @@ func checkRollout(t *testing.T, u upCluster) {
 	t.Logf("U1: rollout --wait:\n%s", r.stdout)
 }
 
+// startWorkload starts test/workload's clients under prefix; stop ends them and returns
+// the history.
+func startWorkload(ctx context.Context, t *testing.T, eps []string, tlsCfg *tls.Config, prefix string) (stop func() *workload.History) {
+	t.Helper()
+	wctx, wcancel := context.WithCancel(ctx)
+	type result struct {
+		h   *workload.History
+		err error
+	}
+	wdone := make(chan result, 1)
+	ready := make(chan struct{})
+	go func() {
+		h, err := workload.Run(wctx, workload.Options{Endpoints: eps, TLS: tlsCfg, Prefix: prefix,
+			Registers: 3, Keys: 5, Set: true, Interval: 20 * time.Millisecond, OpTimeout: 3 * time.Second, Ready: ready})
+		wdone <- result{h, err}
+	}()
+	select {
+	case <-ready:
+	case r := <-wdone:
+		wcancel()
+		t.Fatalf("%s: the workload ended before it started: %v", prefix, r.err)
+	case <-time.After(3 * time.Minute):
+		wcancel()
+		t.Fatalf("%s: the workload's initial puts did not finish within 3 min", prefix)
+	}
+	return func() *workload.History {
+		t.Helper()
+		wcancel()
+		r := <-wdone
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		return r.h
+	}
+}
+
+// checkHistory reads back and checks a workload's history: linearizable, no
+// acknowledged write lost, every member with the same HashKV.
+func checkHistory(ctx context.Context, t *testing.T, name string, h *workload.History, cli *clientv3.Client) (workload.Result, workload.Report) {
+	t.Helper()
+	vctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if err := workload.ReadBack(vctx, h, cli); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	res := workload.Check(h, 3*time.Minute)
+	v, err := workload.Verify(vctx, h, cli, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.OK() || v.Lost != 0 || !v.HashesEqual {
+		t.Errorf("%s: porcupine %s, %d acknowledged writes lost %v, hashes equal %v", name, res.Linearizable, v.Lost, v.LostKeys, v.HashesEqual)
+	}
+	if res.AckedPuts == 0 || res.AckedSet == 0 {
+		t.Errorf("%s: the workload did too little: %s", name, res.Summary(&v))
+	}
+	return res, v
+}
+
+// checkSamples requires at least 2 healthy voters at every sample (never two nodes
+// down) and no node down while it led; it returns the down windows per node, their
+// figures and the fewest healthy voters seen.
+func checkSamples(t *testing.T, name string, samples []sample, nodes []string) (map[string][]downWindow, []string, int) {
+	t.Helper()
+	minUp := len(nodes)
+	for _, s := range samples {
+		if len(s.up) < minUp {
+			minUp = len(s.up)
+		}
+		if len(s.up) < 2 || len(nodes)-len(s.up) > 1 {
+			t.Errorf("%s: at %s only %d healthy voters (%v)", name, s.at.Format(time.TimeOnly), len(s.up), s.up)
+		}
+	}
+	perNode := map[string][]downWindow{}
+	var figures []string
+	for _, w := range downWindows(samples, nodes) {
+		perNode[w.node] = append(perNode[w.node], w)
+		if w.leaderBefore == w.node {
+			t.Errorf("%s: %s went down at %s while it led (leadership had not moved)", name, w.node, w.from.Format(time.TimeOnly))
+		}
+		figures = append(figures, fmt.Sprintf("%s down %s-%s (%.0fs)", w.node, w.from.Format(time.TimeOnly), w.to.Format(time.TimeOnly), w.to.Sub(w.from).Seconds()+1))
+	}
+	return perNode, figures, minUp
+}
+
 func nodeNames(st *vmcluster.RunState) []string {
 	var out []string
 	for n := range st.Nodes {
@@ -468,4 +498,103 @@ func nodeNames(st *vmcluster.RunState) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// u2Fragment is U2's bad release: a valid spec on which etcd cannot start.
+const u2Fragment = `variant: fcos
+version: 1.5.0
+systemd:
+  units:
+    - name: etcd.service
+      dropins:
+        - name: 99-u2-broken.conf
+          contents: |
+            [Service]
+            ExecStartPre=/bin/false
+`
+
+// checkBadRollout is U2 on the cluster U1 upgraded: a release whose etcd cannot start
+// (a drop-in that makes it exit) with rollout.timeout 1m. The first node to take it
+// fails verification, reboots and comes back on its previous slot by itself, healthy
+// with its data; the rollout halts with the reason in `rollout status` and
+// `rollout --wait` fails naming it; the other two nodes never reboot; with the workload
+// running throughout, nothing acknowledged is lost.
+func checkBadRollout(t *testing.T, u upCluster) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	tlsCfg := adminTLS(t, u.pkiDir())
+	nodes := nodeNames(u.st)
+	eps := u.endpoints()
+	before := u.facts(t, tlsCfg)
+	boots := map[string]int{}
+	for _, n := range nodes {
+		boots[n] = u.bootCount(t, n)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(u.specPath), "u2-broken.bu"), []byte(u2Fragment), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(u.specPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(f, "\nrollout:\n  timeout: 1m\nbutane: u2-broken.bu\n")
+	f.Close()
+
+	var weps []string
+	for _, n := range nodes {
+		weps = append(weps, eps[n])
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: weps, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	stopWorkload := startWorkload(ctx, t, weps, tlsCfg, "/rollout/u2")
+	stopSampling := sampler(ctx, eps, tlsCfg)
+	start := time.Now()
+	stdout, stderr, err := u.run(30*time.Minute, "rollout", "--wait", "--timeout", "25m")
+	took := time.Since(start)
+	samples := stopSampling()
+	h := stopWorkload()
+	if err == nil {
+		t.Fatalf("U2: rollout --wait of a release on which etcd cannot start succeeded:\n%s%s", stderr, stdout)
+	}
+	var halt spec.RolloutHalt
+	if r, err := cli.Get(ctx, spec.RolloutHaltKey); err != nil || len(r.Kvs) != 1 || json.Unmarshal(r.Kvs[0].Value, &halt) != nil {
+		t.Fatalf("U2: no halt key after the failed rollout: %v", err)
+	}
+	t.Logf("U2: halted by %s after %s: %s", halt.Node, took.Round(time.Second), halt.Reason)
+	if !strings.Contains(halt.Reason, "not verified") || !strings.Contains(stdout+stderr, halt.Node) {
+		t.Errorf("U2: the halt's reason %q does not say the slot was not verified, or rollout --wait does not name %s", halt.Reason, halt.Node)
+	}
+	status, _, err := u.run(time.Minute, "rollout", "status")
+	if err != nil || !strings.Contains(status, "HALTED") || !strings.Contains(status, spec.RolloutRolledBack) {
+		t.Errorf("U2: rollout status does not show the halt and the rolled-back node: %v", err)
+	}
+	res, v := checkHistory(ctx, t, "U2", h, cli)
+	perNode, figures, minUp := checkSamples(t, "U2", samples, nodes)
+	after := u.facts(t, tlsCfg)
+	for _, n := range nodes {
+		want := 0
+		if n == halt.Node {
+			want = 2 // the try of the bad slot, then the fallback
+		}
+		if got := u.bootCount(t, n) - boots[n]; got != want {
+			t.Errorf("U2: %s booted %d times, want %d", n, got, want)
+		}
+		if n != halt.Node && len(perNode[n]) != 0 {
+			t.Errorf("U2: %s was down: %v", n, figures)
+		}
+		if after.ids[n] != before.ids[n] || after.subnets[n] != before.subnets[n] || after.versions[n] != before.versions[n] {
+			t.Errorf("U2: %s changed: ID %s -> %s, subnet %s -> %s, version %s -> %s", n, before.ids[n], after.ids[n], before.subnets[n], after.subnets[n], before.versions[n], after.versions[n])
+		}
+	}
+	var rec spec.NodeRecord
+	if r, err := cli.Get(ctx, spec.NodeRecordKey(halt.Node)); err != nil || len(r.Kvs) != 1 || json.Unmarshal(r.Kvs[0].Value, &rec) != nil {
+		t.Errorf("U2: %s's record: %v", halt.Node, err)
+	} else if rec.Release == halt.Release || rec.Fallback == "" {
+		t.Errorf("U2: %s runs release %s (fallback %q): want its previous release and the fallback said", halt.Node, rec.Release, rec.Fallback)
+	}
+	t.Logf("U2: %s tried the bad release and fell back in %s (rollout halted); %s; acknowledged %d, lost %d, porcupine %s, longest write gap %.1fs, fewest healthy voters %d",
+		halt.Node, took.Round(time.Second), strings.Join(figures, "; "), res.Acknowledged(), v.Lost, res.Linearizable, res.GapSeconds, minUp)
 }
