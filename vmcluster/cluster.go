@@ -265,6 +265,10 @@ func (c *Cluster) boot(n *clusterNode) error {
 	vm.cmd.ExtraFiles = []*os.File{l2}
 	var stderr strings.Builder
 	vm.cmd.Stderr = &stderr
+	// QEMU's children (a guest forward's relay, one per connection) inherit nothing
+	// we wait for, but should one keep the stderr pipe open, Wait must still return
+	// when QEMU is gone: the supervisor takes a VM for running until it does.
+	vm.cmd.WaitDelay = 2 * time.Second
 	if err := vm.cmd.Start(); err != nil {
 		return fmt.Errorf("starting QEMU for %s: %w", n.name, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -323,7 +324,9 @@ func checkRollout(t *testing.T, u upCluster) {
 	}
 	killed := time.Now()
 	if _, _, err := u.run(20*time.Minute, "up"); err != nil {
-		t.Fatalf("U3: up after killing %s while staging: %v", victim, err)
+		sup, _ := os.ReadFile(filepath.Join(u.out, "run", vmcluster.SupervisorLog))
+		ps, _ := exec.Command("ps", "-eo", "pid,ppid,etime,args").CombinedOutput()
+		t.Fatalf("U3: up after killing %s while staging: %v\nsupervisor log:\n%s\nprocesses:\n%s", victim, err, sup, ps)
 	}
 	t.Logf("U3: %s back and healthy %s after the kill", victim, time.Since(killed).Round(time.Second))
 	if st, err := vmcluster.ReadRunState(filepath.Join(u.out, "run")); err == nil {
