@@ -37,6 +37,10 @@ func (a *Agent) RunRollout(ctx context.Context, o RolloutOptions) error {
 			return true
 		}
 	}
+	var pending RolloutState
+	if ok, _ := readJSON(a.RolloutStatePath(), &pending); ok && pending.Phase == PhaseArmed {
+		a.reportRollout(ctx, cli, spec.RolloutNode{Generation: pending.Generation, Release: pending.Release, Staged: pending.Release, State: spec.RolloutVerifying})
+	}
 	for {
 		st, err := a.FinishRollout(ctx, cli)
 		if err == nil {
