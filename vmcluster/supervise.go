@@ -178,6 +178,21 @@ func (w *exitWatch) check(vms map[string]*VM, now time.Time) (exits []VMExit, al
 	return exits, alive
 }
 
+// gone says whether QEMU's process has exited, waiting until Wait has seen it: `up` may
+// ask for a restart right after a kill, before Wait returned (it also waits, at most
+// cmd.WaitDelay, for QEMU's output pipe).
+func (vm *VM) gone() bool {
+	if ProcessIs(vm.PID(), "qemu-system") {
+		return false
+	}
+	select {
+	case err := <-vm.done:
+		vm.done <- err
+	case <-time.After(10 * time.Second):
+	}
+	return true
+}
+
 // exitErr returns how QEMU exited, if it has.
 func (vm *VM) exitErr() (error, bool) {
 	select {
@@ -252,7 +267,7 @@ func Supervise(ctx context.Context, o ClusterOptions, h SuperviseHooks) error {
 			return nil
 		case <-h.StartStopped:
 			for _, n := range c.Nodes() {
-				if vm := c.VM(n); vm != nil && vm.Running() {
+				if vm := c.VM(n); vm != nil && vm.Running() && !vm.gone() {
 					continue
 				}
 				logf("%s: starting its VM again from its kept disk", n)

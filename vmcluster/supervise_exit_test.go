@@ -118,3 +118,39 @@ func TestStartStopped(t *testing.T) {
 		t.Errorf("StartStopped with a failing start: %v", err)
 	}
 }
+
+// TestGoneRightAfterAKill: a VM killed a moment ago, whose Wait has not returned yet
+// (QEMU's output pipe still held open), is gone for a restart asked for at once (`up`
+// right after a kill -9), not taken for running; a live VM is not gone.
+func TestGoneRightAfterAKill(t *testing.T) {
+	bin := fakeQEMU(t)
+	live := fakeVM(t, "n1", bin)
+	cmd := exec.Command(bin, "300")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slow := &VM{Name: "n2", cmd: cmd, done: make(chan error, 1)}
+	go func() {
+		err := cmd.Wait()
+		time.Sleep(time.Second) // the pipe a child of QEMU kept open
+		slow.done <- err
+	}()
+	if live.gone() || slow.gone() {
+		t.Fatal("a running VM is gone")
+	}
+	if err := syscall.Kill(slow.PID(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for ProcessIs(slow.PID(), "qemu-system") {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !slow.Running() {
+		t.Fatal("the test's premise: Wait has not returned yet")
+	}
+	if !slow.gone() || slow.Running() {
+		t.Errorf("a VM killed a moment ago: gone %v, running %v", slow.gone(), slow.Running())
+	}
+	if live.gone() {
+		t.Error("the live VM is gone")
+	}
+}
