@@ -189,20 +189,30 @@ func (a *app) runRollout(cmd *cobra.Command, f *rolloutFlags) error {
 		return err
 	}
 	ctx := cmd.Context()
-	cctx, cancel := context.WithTimeout(ctx, 4*rolloutRequestTimeout)
-	st, err := status.Collect(cctx, c, t.opts)
-	cancel()
-	if err != nil { // *status.UnreachableError says why each endpoint did not answer
-		return fmt.Errorf("rollout: nothing published: %w", err)
-	}
-	if !st.Quorum {
-		return errors.New("rollout: nothing published: the cluster has no quorum or no leader (etcdbake status)")
-	}
-	versions := map[string]string{}
-	for _, m := range st.Members {
-		if m.Version != "" {
-			versions[m.Name] = m.Version
+	// Every member's version is needed; a member slow to answer once (a busy machine) is
+	// asked again before the release is refused for it.
+	var versions map[string]string
+	for attempt := 1; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, 4*rolloutRequestTimeout)
+		st, err := status.Collect(cctx, c, t.opts)
+		cancel()
+		if err != nil { // *status.UnreachableError says why each endpoint did not answer
+			return fmt.Errorf("rollout: nothing published: %w", err)
 		}
+		if !st.Quorum {
+			return errors.New("rollout: nothing published: the cluster has no quorum or no leader (etcdbake status)")
+		}
+		versions = map[string]string{}
+		for _, m := range st.Members {
+			if m.Version != "" {
+				versions[m.Name] = m.Version
+			}
+		}
+		if len(versions) >= len(c.Nodes) || attempt == 3 {
+			break
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "rollout: %d of %d members reported their version; asking again\n", len(versions), len(c.Nodes))
+		time.Sleep(2 * time.Second)
 	}
 	cli, err := t.client()
 	if err != nil {

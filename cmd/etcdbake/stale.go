@@ -112,7 +112,12 @@ func (a *app) reportStaleOutputs(cmd *cobra.Command, res *pki.Result) {
 				running = append(running, n)
 			}
 		}
-		if len(running) > 0 {
+		switch {
+		case len(running) > 0 && !all:
+			// Same CA: the new leaves roll out like any release, one node at a time.
+			lines = append(lines, fmt.Sprintf("the cluster running under `etcdbake up` (%s): `%s` (a rolling upgrade; the data stays)",
+				strings.Join(running, " "), a.cmdLine("rollout")+" --wait"))
+		case len(running) > 0:
 			lines = append(lines, fmt.Sprintf("the cluster running under `etcdbake up` (%s): `%s --purge` then `%s` (this discards the VMs' etcd data)",
 				strings.Join(running, " "), a.cmdLine("down"), a.cmdLine("up")))
 		}

@@ -247,7 +247,7 @@ func TestReissueNamesStaleOutputs(t *testing.T) {
 		"pki: these outputs still hold the old certificates of etcd-3; refresh each with the command after it:",
 		filepath.Join(out, "ignition/etcd-3.ign") + ": `etcdbake ignition " + self + " --binaries-url http://10.88.0.1:8080/bin`",
 		filepath.Join(out, "images/etcd-3.raw") + ": `etcdbake image " + self + " --format raw`",
-		"the cluster running under `etcdbake up` (etcd-3): `etcdbake down " + self + " --purge` then `etcdbake up " + self + "`",
+		"the cluster running under `etcdbake up` (etcd-3): `etcdbake rollout " + self + " --wait` (a rolling upgrade; the data stays)",
 	} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("pki's report lacks %q:\n%s", want, stderr)
