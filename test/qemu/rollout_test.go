@@ -411,8 +411,8 @@ func checkRollout(t *testing.T, u upCluster) {
 
 // startWorkload starts test/workload's clients under prefix; stop ends them and returns
 // the history. The pace (an operation per client every 100 ms, ~30 a second) keeps the
-// three TCG guests able to stage a release meanwhile: at 20 ms, staging 678 MiB into three
-// nodes at once took 14 min instead of ~3.
+// three TCG guests able to stage a release meanwhile: at 20 ms (~150 a second), staging
+// 678 MiB into three nodes at once took 14 min (one node alone, no workload: 2 min).
 func startWorkload(ctx context.Context, t *testing.T, eps []string, tlsCfg *tls.Config, prefix string) (stop func() *workload.History) {
 	t.Helper()
 	wctx, wcancel := context.WithCancel(ctx)
