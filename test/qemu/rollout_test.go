@@ -530,3 +530,101 @@ func nodeNames(st *vmcluster.RunState) []string {
 	sort.Strings(out)
 	return out
 }
+// u2Fragment is U2's bad release: a valid spec on which etcd cannot start.
+const u2Fragment = `variant: fcos
+version: 1.5.0
+systemd:
+  units:
+    - name: etcd.service
+      dropins:
+        - name: 99-u2-broken.conf
+          contents: |
+            [Service]
+            ExecStartPre=/bin/false
+`
+
+// checkBadRollout is U2 on the cluster U1 upgraded: a release whose etcd cannot start
+// (a drop-in that makes it exit) with rollout.timeout 1m. The first node to take it
+// fails verification, reboots and comes back on its previous slot by itself, healthy
+// with its data; the rollout halts with the reason in `rollout status` and
+// `rollout --wait` fails naming it; the other two nodes never reboot; with the workload
+// running throughout, nothing acknowledged is lost.
+func checkBadRollout(t *testing.T, u upCluster) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	tlsCfg := adminTLS(t, u.pkiDir())
+	nodes := nodeNames(u.st)
+	eps := u.endpoints()
+	before := u.facts(t, tlsCfg)
+	boots := map[string]int{}
+	for _, n := range nodes {
+		boots[n] = u.bootCount(t, n)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(u.specPath), "u2-broken.bu"), []byte(u2Fragment), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(u.specPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(f, "\nrollout:\n  timeout: 1m\nbutane: u2-broken.bu\n")
+	f.Close()
+
+	var weps []string
+	for _, n := range nodes {
+		weps = append(weps, eps[n])
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: weps, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	stopWorkload := startWorkload(ctx, t, weps, tlsCfg, "/rollout/u2")
+	stopSampling := sampler(ctx, eps, tlsCfg)
+	start := time.Now()
+	stdout, stderr, err := u.run(30*time.Minute, "rollout", "--wait", "--timeout", "25m")
+	took := time.Since(start)
+	samples := stopSampling()
+	h := stopWorkload()
+	if err == nil {
+		t.Fatalf("U2: rollout --wait of a release on which etcd cannot start succeeded:\n%s%s", stderr, stdout)
+	}
+	var halt spec.RolloutHalt
+	if r, err := cli.Get(ctx, spec.RolloutHaltKey); err != nil || len(r.Kvs) != 1 || json.Unmarshal(r.Kvs[0].Value, &halt) != nil {
+		t.Fatalf("U2: no halt key after the failed rollout: %v", err)
+	}
+	t.Logf("U2: halted by %s after %s: %s", halt.Node, took.Round(time.Second), halt.Reason)
+	if !strings.Contains(halt.Reason, "not verified") || !strings.Contains(stdout+stderr, halt.Node) {
+		t.Errorf("U2: the halt's reason %q does not say the slot was not verified, or rollout --wait does not name %s", halt.Reason, halt.Node)
+	}
+	status, _, err := u.run(time.Minute, "rollout", "status")
+	if err != nil || !strings.Contains(status, "HALTED") || !strings.Contains(status, spec.RolloutRolledBack) {
+		t.Errorf("U2: rollout status does not show the halt and the rolled-back node: %v", err)
+	}
+	res, v := checkHistory(ctx, t, "U2", h, cli)
+	perNode, figures, minUp := checkSamples(t, "U2", samples, nodes)
+	after := u.facts(t, tlsCfg)
+	for _, n := range nodes {
+		want := 0
+		if n == halt.Node {
+			want = 2 // the try of the bad slot, then the fallback
+		}
+		if got := u.bootCount(t, n) - boots[n]; got != want {
+			t.Errorf("U2: %s booted %d times, want %d", n, got, want)
+		}
+		if n != halt.Node && len(perNode[n]) != 0 {
+			t.Errorf("U2: %s was down: %v", n, figures)
+		}
+		if after.ids[n] != before.ids[n] || after.subnets[n] != before.subnets[n] || after.versions[n] != before.versions[n] {
+			t.Errorf("U2: %s changed: ID %s -> %s, subnet %s -> %s, version %s -> %s", n, before.ids[n], after.ids[n], before.subnets[n], after.subnets[n], before.versions[n], after.versions[n])
+		}
+	}
+	var rec spec.NodeRecord
+	if r, err := cli.Get(ctx, spec.NodeRecordKey(halt.Node)); err != nil || len(r.Kvs) != 1 || json.Unmarshal(r.Kvs[0].Value, &rec) != nil {
+		t.Errorf("U2: %s's record: %v", halt.Node, err)
+	} else if rec.Release == halt.Release || rec.Fallback == "" {
+		t.Errorf("U2: %s runs release %s (fallback %q): want its previous release and the fallback said", halt.Node, rec.Release, rec.Fallback)
+	}
+	t.Logf("U2: %s tried the bad release and fell back in %s (rollout halted); %s; acknowledged %d, lost %d, porcupine %s, longest write gap %.1fs, fewest healthy voters %d",
+		halt.Node, took.Round(time.Second), strings.Join(figures, "; "), res.Acknowledged(), v.Lost, res.Linearizable, res.GapSeconds, minUp)
+}
