@@ -530,6 +530,7 @@ func nodeNames(st *vmcluster.RunState) []string {
 	sort.Strings(out)
 	return out
 }
+
 // u2Fragment is U2's bad release: a valid spec on which etcd cannot start.
 const u2Fragment = `variant: fcos
 version: 1.5.0
