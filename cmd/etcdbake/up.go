@@ -487,18 +487,9 @@ func (a *app) relayCmd() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			// The relay ends with its QEMU: a VM killed mid-transfer must not leave it
-			// holding the server's connection (or anything QEMU handed down).
-			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel()
-			parent := os.Getppid()
-			go func() {
-				for ctx.Err() == nil && os.Getppid() == parent {
-					time.Sleep(time.Second)
-				}
-				cancel()
-			}()
-			return vmcluster.Relay(ctx, args[0], cmd.InOrStdin(), cmd.OutOrStdout())
+			// QEMU (libslirp through GLib) starts the relay as an orphan; it ends when
+			// QEMU's side of the connection closes, QEMU's death included.
+			return vmcluster.Relay(cmd.Context(), args[0], cmd.InOrStdin(), cmd.OutOrStdout())
 		},
 	}
 }
