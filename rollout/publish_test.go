@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,33 +15,6 @@ import (
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/status"
 )
-
-// WriteTestRelease writes a release as imagebuild does, as far as the rollout reads it:
-// manifest.json (id, cluster, created, the etcd binary, a node entry per spec node) and
-// spec.json (the spec as JSON).
-func writeTestRelease(t *testing.T, dir, id string, c *spec.Cluster, etcd string, created time.Time) {
-	t.Helper()
-	rdir := filepath.Join(dir, id)
-	if err := os.MkdirAll(rdir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sb, err := json.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(rdir, spec.ReleaseSpecName), sb, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m := spec.ReleaseManifest{ID: id, Cluster: c.Name, Created: created, Spec: spec.ReleaseFile{Path: spec.ReleaseSpecName, Size: int64(len(sb))},
-		Binaries: []spec.ReleaseBinary{{Name: "etcd", Version: etcd}, {Name: "flanneld", Version: "v0.28.7"}}, Nodes: map[string]spec.ReleaseNode{}}
-	for _, n := range c.Nodes {
-		m.Nodes[n.Name] = spec.ReleaseNode{Node: spec.ReleaseFile{Path: "nodes/" + n.Name + "/node.ext4"}}
-	}
-	mb, _ := json.Marshal(m)
-	if err := os.WriteFile(filepath.Join(rdir, spec.ReleaseManifestName), mb, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func putJSON(t *testing.T, cli *clientv3.Client, key string, v any) {
 	t.Helper()
@@ -101,13 +72,13 @@ func TestRolloutPublish(t *testing.T) {
 
 	dir := t.TempDir()
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	writeTestRelease(t, dir, "rel000000001", c, "v3.6.16", t0)
-	writeTestRelease(t, dir, "rel000000002", c, "v3.6.16", t0.Add(time.Hour))
+	testcluster.WriteRelease(t, dir, "rel000000001", c, "v3.6.16", t0)
+	testcluster.WriteRelease(t, dir, "rel000000002", c, "v3.6.16", t0.Add(time.Hour))
 	moved := *c
 	moved.Nodes = append([]spec.Node(nil), c.Nodes...)
 	moved.Nodes[1].Address = "127.0.0.200/8"
-	writeTestRelease(t, dir, "relmoved0001", &moved, "v3.6.16", t0.Add(2*time.Hour))
-	writeTestRelease(t, dir, "reldown00001", c, "v3.6.10", t0.Add(3*time.Hour))
+	testcluster.WriteRelease(t, dir, "relmoved0001", &moved, "v3.6.16", t0.Add(2*time.Hour))
+	testcluster.WriteRelease(t, dir, "reldown00001", c, "v3.6.10", t0.Add(3*time.Hour))
 
 	if id, err := NewestRelease(dir); err != nil || id != "reldown00001" {
 		t.Errorf("newest release: %q, %v", id, err)

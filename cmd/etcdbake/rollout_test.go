@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -20,26 +19,6 @@ import (
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/status"
 )
-
-// writeRelease writes what the rollout reads of a release (manifest.json, spec.json) as
-// imagebuild lays it out: OUT/releases/<id>/.
-func writeRelease(t *testing.T, dir, id string, c *spec.Cluster, etcd string, created time.Time) {
-	t.Helper()
-	rdir := filepath.Join(dir, id)
-	if err := os.MkdirAll(rdir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sb, _ := json.Marshal(c)
-	m := spec.ReleaseManifest{ID: id, Cluster: c.Name, Created: created, Spec: spec.ReleaseFile{Path: spec.ReleaseSpecName}, SpecSHA256: "0123",
-		Binaries: []spec.ReleaseBinary{{Name: "etcd", Version: etcd}}, Nodes: map[string]spec.ReleaseNode{}}
-	for _, n := range c.Nodes {
-		m.Nodes[n.Name] = spec.ReleaseNode{}
-	}
-	mb, _ := json.Marshal(m)
-	if os.WriteFile(filepath.Join(rdir, spec.ReleaseSpecName), sb, 0o644) != nil || os.WriteFile(filepath.Join(rdir, spec.ReleaseManifestName), mb, 0o644) != nil {
-		t.Fatal("writing release", id)
-	}
-}
 
 // TestRolloutCommands runs `etcdbake rollout`, `rollout status` and `rollout resume`
 // against a real 3-member etcd with TLS (embedded, on loopback: --endpoints) whose
@@ -62,13 +41,13 @@ func TestRolloutCommands(t *testing.T) {
 	}
 	rels := filepath.Join(out, "releases")
 	t0 := now.Add(-24 * time.Hour)
-	writeRelease(t, rels, "rel1", ex, "v3.6.16", t0)
+	testcluster.WriteRelease(t, rels, "rel1", ex, "v3.6.16", t0)
 	moved := *ex
 	moved.Nodes = append([]spec.Node(nil), ex.Nodes...)
 	moved.Nodes[1].Address = "10.88.0.22/24"
-	writeRelease(t, rels, "relmoved", &moved, "v3.6.16", t0.Add(time.Hour))
-	writeRelease(t, rels, "reldown", ex, "v3.6.9", t0.Add(2*time.Hour))
-	writeRelease(t, rels, "rel2", ex, "v3.6.16", t0.Add(3*time.Hour))
+	testcluster.WriteRelease(t, rels, "relmoved", &moved, "v3.6.16", t0.Add(time.Hour))
+	testcluster.WriteRelease(t, rels, "reldown", ex, "v3.6.9", t0.Add(2*time.Hour))
+	testcluster.WriteRelease(t, rels, "rel2", ex, "v3.6.16", t0.Add(3*time.Hour))
 
 	ca, crt, key := tc.ClientFiles("admin")
 	tlsCfg, _ := status.TLSConfig(ca, crt, key)
@@ -206,7 +185,7 @@ func TestRolloutCommands(t *testing.T) {
 
 	// A publication ends a halt, and --wait follows the nodes until each runs the release.
 	put(spec.RolloutHaltKey, spec.RolloutHalt{Node: "etcd-2", Release: "rel2", Generation: 1, Reason: "boom"})
-	writeRelease(t, rels, "rel3", ex, "v3.6.16", t0.Add(4*time.Hour))
+	testcluster.WriteRelease(t, rels, "rel3", ex, "v3.6.16", t0.Add(4*time.Hour))
 	go func() {
 		for {
 			if d, _ := desired(); d != nil && d.Generation == 2 {

@@ -7,6 +7,7 @@
 package testcluster
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
@@ -200,4 +201,33 @@ func (tc *Cluster) ClientFiles(client string) (ca, crt, key string) {
 	ca, _ = pki.CAPath(tc.PKIDir, "ca")
 	crt, key = pki.ClientCertPath(tc.PKIDir, client)
 	return ca, crt, key
+}
+
+// WriteRelease writes a release under dir/<id> as imagebuild lays it out, as far as a
+// rollout reads it: spec.json (c as JSON) and manifest.json (id, cluster, created, the
+// etcd binary at version etcd, a node entry per spec node). Its spec hash names no real
+// spec file, so a CLI comparing it with the spec it was given sees another revision.
+func WriteRelease(t testing.TB, dir, id string, c *spec.Cluster, etcd string, created time.Time) {
+	t.Helper()
+	rdir := filepath.Join(dir, id)
+	if err := os.MkdirAll(rdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rdir, spec.ReleaseSpecName), sb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := spec.ReleaseManifest{ID: id, Cluster: c.Name, Created: created, SpecSHA256: "0123",
+		Spec:     spec.ReleaseFile{Path: spec.ReleaseSpecName, Size: int64(len(sb))},
+		Binaries: []spec.ReleaseBinary{{Name: "etcd", Version: etcd}, {Name: "flanneld", Version: "v0.28.7"}}, Nodes: map[string]spec.ReleaseNode{}}
+	for _, n := range c.Nodes {
+		m.Nodes[n.Name] = spec.ReleaseNode{Node: spec.ReleaseFile{Path: "nodes/" + n.Name + "/node.ext4"}}
+	}
+	mb, _ := json.Marshal(m)
+	if err := os.WriteFile(filepath.Join(rdir, spec.ReleaseManifestName), mb, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
