@@ -17,10 +17,18 @@ import (
 // reaches through its guest forward (vmcluster.GuestForward with `etcdbake qemu-relay`).
 func QEMUReleaseServer(c *spec.Cluster, pkiDir, releasesDir string, now time.Time, log func(pxe.Access)) (*http.Server, error) {
 	host, _, _ := net.SplitHostPort(QEMUReleaseAddr)
-	crt, key, err := pki.EnsureServeCert(c, pkiDir, []string{host}, now)
-	if err != nil {
+	if _, _, err := pki.EnsureServeCert(c, pkiDir, []string{host}, now); err != nil {
 		return nil, fmt.Errorf("release server certificate: %w", err)
 	}
+	return ReleaseServer(c, pkiDir, releasesDir, log)
+}
+
+// ReleaseServer is the mutual-TLS server of the releases in releasesDir (pxe's handler,
+// TLS 1.3, client certificates from the cluster CA) with the server certificate that
+// pki.EnsureServe keeps in pkiDir. The caller serves it on its listener (ServeTLS with
+// empty file names).
+func ReleaseServer(c *spec.Cluster, pkiDir, releasesDir string, log func(pxe.Access)) (*http.Server, error) {
+	crt, key := pki.ServeCertPath(pkiDir)
 	ca, _ := pki.CAPath(pkiDir, pki.CAName)
 	conf, err := pxe.ReleaseTLSConfig(ca, crt, key)
 	if err != nil {

@@ -312,6 +312,16 @@ func (a *app) waitRollout(ctx context.Context, cmd *cobra.Command, cli *clientv3
 	return nil
 }
 
+// rolloutClient connects to the spec's cluster as the rollout commands do.
+func (a *app) rolloutClient(cmd *cobra.Command, endpoints []string) (*spec.Cluster, *clientv3.Client, error) {
+	c, err := a.load(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	cli, err := a.rolloutTarget(cmd, c, endpoints).client()
+	return c, cli, err
+}
+
 func (a *app) rolloutStatusCmd(endpoints *[]string) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
@@ -319,11 +329,7 @@ func (a *app) rolloutStatusCmd(endpoints *[]string) *cobra.Command {
 		Short: "Show the desired release, any halt, the reboot lock and each node's slot, release and rollout state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.load(cmd)
-			if err != nil {
-				return err
-			}
-			cli, err := a.rolloutTarget(cmd, c, *endpoints).client()
+			c, cli, err := a.rolloutClient(cmd, *endpoints)
 			if err != nil {
 				return err
 			}
@@ -417,11 +423,7 @@ func (a *app) rolloutResumeCmd(endpoints *[]string) *cobra.Command {
 		Short: "End a halted rollout (delete the halt a node set when its new slot failed): the other nodes go on",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.load(cmd)
-			if err != nil {
-				return err
-			}
-			cli, err := a.rolloutTarget(cmd, c, *endpoints).client()
+			_, cli, err := a.rolloutClient(cmd, *endpoints)
 			if err != nil {
 				return err
 			}

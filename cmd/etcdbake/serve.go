@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/etcdbake/etcdbake/bake"
 	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pki"
@@ -363,21 +364,12 @@ func (a *app) releaseServer(cmd *cobra.Command, c *spec.Cluster, ln net.Listener
 	if err != nil {
 		return nil, fmt.Errorf("release server certificate: %w", err)
 	}
-	crt, key := pki.ServeCertPath(a.pkiDir())
-	ca, _ := pki.CAPath(a.pkiDir(), pki.CAName)
-	conf, err := pxe.ReleaseTLSConfig(ca, crt, key)
+	hs, err := bake.ReleaseServer(c, a.pkiDir(), a.releasesDir(), func(acc pxe.Access) { fmt.Fprintln(cmd.ErrOrStderr(), acc) })
 	if err != nil {
 		return nil, err
 	}
-	nodes := make([]string, len(c.Nodes))
-	for i, n := range c.Nodes {
-		nodes[i] = n.Name
-	}
-	h, err := pxe.NewReleaseHandler(pxe.ReleaseOptions{Cluster: c.Name, Dir: a.releasesDir(), Nodes: nodes,
-		Log: func(acc pxe.Access) { fmt.Fprintln(cmd.ErrOrStderr(), acc) }})
-	if err != nil {
-		return nil, err
-	}
+	// Failed handshakes (no or a wrong certificate) are logged.
+	hs.ErrorLog = log.New(cmd.ErrOrStderr(), "release server: ", 0)
 	host, _, _ := net.SplitHostPort(ln.Addr().String())
 	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
 		host = sans[0]
@@ -386,8 +378,7 @@ func (a *app) releaseServer(cmd *cobra.Command, c *spec.Cluster, ln net.Listener
 	return &releaseServer{
 		ln: ln, cluster: c.Name, sans: sans, cert: act,
 		url: "https://" + net.JoinHostPort(host, port) + strings.TrimSuffix(pxe.ReleasePrefix, "/"),
-		hs: &http.Server{Handler: h, TLSConfig: conf, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-			ErrorLog: log.New(cmd.ErrOrStderr(), "release server: ", 0)}, // failed handshakes: no or a wrong certificate
+		hs:  hs,
 	}, nil
 }
 
