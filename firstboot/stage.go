@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/spec"
@@ -26,8 +27,9 @@ import (
 //  1. an entry of the target slot that was armed and never tried is removed (it would be
 //     the next boot); nothing else on the ESP changes while the partitions are written,
 //     so a power loss during the long download finds the ESP as it was;
-//  2. the root and node images are downloaded straight into the slot's partitions, with
-//     their sha256 checked over the stream and again by reading the partitions back;
+//  2. the root and node images are downloaded straight into the slot's partitions (their
+//     all-zero ranges written as zeros, not downloaded), and their sha256 checked by
+//     reading the partitions back;
 //  3. every other entry of the target slot and its old kernel and initrd are removed,
 //     then the new kernel and initrd go to the ESP as .tmp files, checked, renamed;
 //  4. the staged release is recorded in the state directory (staged.json).
@@ -236,11 +238,20 @@ func clearSlotOnESP(esp, slot string, pendingOnly bool) error {
 	return nil
 }
 
-// stagePartition writes one image into a partition and reads it back.
+// stageBlock is how much of a partition image one range request fetches.
+const stageBlock = 4 << 20
+
+// stagePartition writes one image into a partition and reads it back. The image's
+// data ranges are fetched in stageBlock range requests (a broken one is asked again), its
+// all-zero ranges (want.Zeros) are written as zeros here without a download. The
+// partition is written and read past the page cache (O_DIRECT) where the device allows
+// it: the image would otherwise push etcd's pages out of a small VM's memory. The sha256
+// is computed once, over what the partition holds after the write: it covers the
+// transfer and the disk together.
 func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, dev string, want spec.ReleaseFile, progress func(string, int64, int64)) error {
 	// O_EXCL on a block device fails while it is mounted: the running slot is refused
 	// here even if the command line were wrong.
-	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_EXCL, 0)
+	f, err := openPartition(dev, want.Size)
 	if err != nil {
 		return err
 	}
@@ -252,9 +263,30 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, dev st
 	if size < want.Size {
 		return fmt.Errorf("the partition has %d bytes, the image %d: this disk's slots are too small for the release; re-image it", size, want.Size)
 	}
+	extents, err := imageExtents(want)
+	if err != nil {
+		return fmt.Errorf("%s: %w", url, err)
+	}
+	buf := alignedBuffer(stageBlock)
 	t0 := a.now()
-	if err := a.fetch(ctx, hc, url, f, want, progress); err != nil {
-		return err
+	var done, zeroed int64
+	for _, e := range extents {
+		for off := e.Off; off < e.Off+e.Len; off += stageBlock {
+			n := min(stageBlock, e.Off+e.Len-off)
+			if e.zero {
+				err = zeroRange(f, off, n, buf)
+				zeroed += n
+			} else if err = a.fetchRange(ctx, hc, url, off, buf[:n], want.Size); err == nil {
+				_, err = f.WriteAt(buf[:n], off)
+			}
+			if err != nil {
+				return err
+			}
+			done += n
+			if progress != nil {
+				progress(url, done, want.Size)
+			}
+		}
 	}
 	if err := f.Sync(); err != nil {
 		return err
@@ -262,13 +294,143 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, dev st
 	t1 := a.now()
 	// Read back what the partition holds.
 	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, want.Size)); err != nil {
-		return err
+	for off := int64(0); off < want.Size; off += stageBlock {
+		n := min(stageBlock, want.Size-off)
+		if _, err := f.ReadAt(buf[:n], off); err != nil {
+			return fmt.Errorf("reading back at byte %d: %w", off, err)
+		}
+		h.Write(buf[:n])
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
-		return fmt.Errorf("read back sha256 %s, the release says %s: the disk did not keep what was written", got, want.SHA256)
+		return fmt.Errorf("read back sha256 %s, the release says %s: the transfer or the disk did not keep the image", got, want.SHA256)
 	}
-	a.logf("stage: %s: %d MiB downloaded and written in %s, read back and checked in %s", dev, want.Size>>20, t1.Sub(t0).Round(time.Second), a.now().Sub(t1).Round(time.Second))
+	a.logf("stage: %s: %d MiB (%d MiB of them zeros, not downloaded) written in %s, read back and checked in %s", dev, want.Size>>20, zeroed>>20, t1.Sub(t0).Round(time.Second), a.now().Sub(t1).Round(time.Second))
+	return nil
+}
+
+// imageExtent is a range of an image: data to download, or zeros.
+type imageExtent struct {
+	spec.Extent
+	zero bool
+}
+
+// imageExtents splits an image into its data and zero ranges, in order; Zeros that are
+// out of order, out of the image or not whole ZeroChunks are refused.
+func imageExtents(want spec.ReleaseFile) ([]imageExtent, error) {
+	var out []imageExtent
+	var at int64
+	for _, z := range want.Zeros {
+		if z.Off < at || z.Len <= 0 || z.Off+z.Len > want.Size || z.Off%spec.ZeroChunk != 0 || z.Len%spec.ZeroChunk != 0 && z.Off+z.Len != want.Size {
+			return nil, fmt.Errorf("the release's zero ranges are out of order, out of the file or not whole chunks (%d+%d in %d bytes)", z.Off, z.Len, want.Size)
+		}
+		if z.Off > at {
+			out = append(out, imageExtent{Extent: spec.Extent{Off: at, Len: z.Off - at}})
+		}
+		out = append(out, imageExtent{Extent: z, zero: true})
+		at = z.Off + z.Len
+	}
+	if at < want.Size {
+		out = append(out, imageExtent{Extent: spec.Extent{Off: at, Len: want.Size - at}})
+	}
+	return out, nil
+}
+
+// directAlign is the alignment O_DIRECT needs of offsets, lengths and buffers here.
+const directAlign = 4096
+
+// openPartition opens a slot's partition (or a file standing for it) for writing,
+// exclusively, with O_DIRECT when the image's size allows aligned I/O and the file
+// system takes it.
+func openPartition(dev string, size int64) (*os.File, error) {
+	if size%directAlign == 0 {
+		f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_EXCL|syscall.O_DIRECT, 0)
+		if !errors.Is(err, syscall.EINVAL) {
+			return f, err
+		}
+	}
+	return os.OpenFile(dev, os.O_RDWR|syscall.O_EXCL, 0)
+}
+
+// alignedBuffer is a buffer of n bytes at a directAlign boundary.
+func alignedBuffer(n int) []byte {
+	b := make([]byte, n+directAlign)
+	skip := (directAlign - int(uintptr(unsafe.Pointer(&b[0]))%directAlign)) % directAlign
+	return b[skip : skip+n : skip+n]
+}
+
+// blkZeroOut is Linux's BLKZEROOUT ioctl, _IO(0x12, 127): zero a byte range of a
+// block device (a virtio disk passes it on as WRITE ZEROES).
+const blkZeroOut = 0x127f
+
+// zeroRange writes n zero bytes at off: with BLKZEROOUT on a block device, else by
+// writing zeros from buf.
+func zeroRange(f *os.File, off, n int64, buf []byte) error {
+	if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeDevice != 0 {
+		r := [2]uint64{uint64(off), uint64(n)}
+		if _, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), blkZeroOut, uintptr(unsafe.Pointer(&r[0]))); errno == 0 {
+			return nil
+		}
+	}
+	clear(buf[:n])
+	_, err := f.WriteAt(buf[:n], off)
+	return err
+}
+
+// fetchRange reads bytes [off, off+len(buf)) of url (a file of total bytes) into buf
+// with a range request, asking again up to stageRetries times when a transfer breaks.
+func (a *Agent) fetchRange(ctx context.Context, hc *http.Client, url string, off int64, buf []byte, total int64) error {
+	var last error
+	for attempt := 0; attempt <= stageRetries; attempt++ {
+		if attempt > 0 {
+			a.logf("stage: %s: asking again for bytes %d-%d after: %v", url, off, off+int64(len(buf))-1, last)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(attempt) * a.retryEvery()):
+			}
+		}
+		last = fetchRangeOnce(ctx, hc, url, off, buf, total)
+		if last == nil || ctx.Err() != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: bytes %d-%d: %w (after %d attempts)", url, off, off+int64(len(buf))-1, last, stageRetries+1)
+}
+
+func fetchRangeOnce(ctx context.Context, hc *http.Client, url string, off int64, buf []byte, total int64) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	end := off + int64(len(buf)) - 1
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, end))
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusPartialContent:
+		if cr, want := resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-%d/%d", off, end, total); cr != want {
+			return fmt.Errorf("the server answered range %q, asked for %q", cr, want)
+		}
+	case resp.StatusCode == http.StatusOK && off == 0 && int64(len(buf)) == total:
+	case resp.StatusCode == http.StatusOK:
+		return fmt.Errorf("the server sent the whole file where bytes %d-%d were asked for", off, end)
+	default:
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	if _, err := io.ReadFull(resp.Body, buf); err != nil {
+		return err
+	}
+	// Read to the end, so that the connection is used again.
+	if k, _ := resp.Body.Read(make([]byte, 1)); k > 0 {
+		return fmt.Errorf("more than the %d bytes asked for", len(buf))
+	}
 	return nil
 }
 

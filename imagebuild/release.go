@@ -1,10 +1,13 @@
 package imagebuild
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -98,11 +101,7 @@ func writeRelease(ctx context.Context, dir string, p releaseParts) (string, erro
 		} else if err := os.WriteFile(to, data, 0o644); err != nil {
 			return ReleaseFile{}, err
 		}
-		sum, n, err := fileutil.Digest(to, sha256.New())
-		if err != nil {
-			return ReleaseFile{}, err
-		}
-		return ReleaseFile{Path: rel, Size: n, SHA256: sum}, nil
+		return digestRelease(rel, to)
 	}
 	if m.Root, err = place(ReleaseRoot, p.rootImg, nil); err != nil {
 		return "", err
@@ -155,6 +154,41 @@ func writeRelease(ctx context.Context, dir string, p releaseParts) (string, erro
 	}
 	fileutil.SyncDir(dir)
 	return final, nil
+}
+
+// digestRelease reads a release file once for its size, sha256 and all-zero ranges.
+func digestRelease(rel, path string) (ReleaseFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return ReleaseFile{}, err
+	}
+	defer f.Close()
+	rf := ReleaseFile{Path: rel}
+	h := sha256.New()
+	buf := make([]byte, spec.ZeroChunk)
+	zero := make([]byte, spec.ZeroChunk)
+	for {
+		k, err := io.ReadFull(f, buf)
+		if k > 0 {
+			h.Write(buf[:k])
+			if bytes.Equal(buf[:k], zero[:k]) {
+				if z := len(rf.Zeros); z > 0 && rf.Zeros[z-1].Off+rf.Zeros[z-1].Len == rf.Size {
+					rf.Zeros[z-1].Len += int64(k)
+				} else {
+					rf.Zeros = append(rf.Zeros, spec.Extent{Off: rf.Size, Len: int64(k)})
+				}
+			}
+			rf.Size += int64(k)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return ReleaseFile{}, fmt.Errorf("reading %s: %w", path, err)
+		}
+	}
+	rf.SHA256 = hex.EncodeToString(h.Sum(nil))
+	return rf, nil
 }
 
 // ReadReleaseManifest reads a release's manifest from its directory.

@@ -153,6 +153,9 @@ Requires=etcd-ready.service
 ExecStart=` + o.Firstboot + ` rollout --config ` + o.NodeConfig + ` --timeout ` + fmt.Sprint(secs) + `s
 Restart=on-failure
 RestartSec=10s
+# Staging a release (TLS, hashing, hundreds of MiB of disk I/O) yields to etcd.
+CPUWeight=20
+IOWeight=20
 # The agent asks for the reboot itself; it stops with everything else.
 KillMode=mixed
 TimeoutStopSec=20s

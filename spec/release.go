@@ -28,6 +28,20 @@ type ReleaseFile struct {
 	Path   string `json:"path"` // relative to the release directory
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
+	// Zeros are the file's all-zero ranges (whole ZeroChunk's; the last may end at
+	// the file's end), in order: a node staging a partition image writes them as zeros
+	// instead of downloading them (a quarter of a root is free space). The sha256 still
+	// covers the whole file.
+	Zeros []Extent `json:"zeros,omitempty"`
+}
+
+// ZeroChunk is the granularity of a release file's Zeros.
+const ZeroChunk = 1 << 20
+
+// Extent is a range of bytes.
+type Extent struct {
+	Off int64 `json:"off"`
+	Len int64 `json:"len"`
 }
 
 // ReleaseNode is what a release holds for one node.

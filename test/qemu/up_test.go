@@ -135,6 +135,18 @@ func TestUpDown(t *testing.T) {
 	if stdout, _, err := run(time.Minute, "exec", "etcd-1", "--", "/usr/local/bin/etcdctl", "--command-timeout=30s", "get", "--print-value-only", "/etcdbake-test/kept"); err != nil || strings.TrimSpace(stdout) != "across down and up" {
 		t.Errorf("key after down and up: %q %v", stdout, err)
 	}
+	if st, err = vmcluster.ReadRunState(filepath.Join(out, "run")); err != nil {
+		t.Fatal(err)
+	}
+	// U1 and U3: a rolling upgrade of this cluster (its disks now have data); then U2: a
+	// release on which etcd cannot start.
+	u := upCluster{run: run, specPath: specPath, out: out, st: st}
+	if t.Run("Rollout", func(t *testing.T) { checkRollout(t, u) }) {
+		if st, err := vmcluster.ReadRunState(filepath.Join(out, "run")); err == nil {
+			u.st = st
+		}
+		t.Run("BadRollout", func(t *testing.T) { checkBadRollout(t, u) })
+	}
 	if stdout, _, err := run(2*time.Minute, "down", "--purge"); err != nil || !strings.Contains(stdout, "discarded 3 VM disks") {
 		t.Errorf("down --purge: %v", err)
 	}
