@@ -43,6 +43,9 @@ func memberEndpoint(m interface{ GetClientURLs() []string }) string {
 	return ""
 }
 
+// statusPatience is how many dial timeouts the reboot gate waits for each member's Status.
+const statusPatience = 3
+
 // RebootGate checks that the cluster can do without this member for a reboot: every
 // member of the spec is a started voting member, answers Status without errors, agrees on
 // one leader, and has applied a write made just now (so nobody is behind), and no alarm
@@ -103,17 +106,22 @@ func (a *Agent) RebootGate(ctx context.Context, cli *clientv3.Client) (*GateRepo
 		if name == "" {
 			continue
 		}
+		// A member gets statusPatience dial timeouts to answer and catch up: a busy one
+		// (three emulated VMs on two cores) can take longer than one dial timeout to
+		// answer Status without being down.
 		var st *clientv3.StatusResponse
-		deadline := time.Now().Add(5 * time.Second)
+		sctx, scancel := context.WithTimeout(ctx, max(5*time.Second, statusPatience*a.dialTimeout()))
 		for {
-			sctx, scancel := context.WithTimeout(ctx, a.dialTimeout())
 			st, err = cli.Status(sctx, ep)
-			scancel()
-			if err != nil || st.Header.Revision >= rep.Revision || time.Now().After(deadline) {
+			if err == nil && st.Header.Revision >= rep.Revision || sctx.Err() != nil {
 				break
 			}
-			time.Sleep(100 * time.Millisecond)
+			select {
+			case <-sctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
+		scancel()
 		switch {
 		case err != nil:
 			problems = append(problems, fmt.Sprintf("%s (%s) does not answer: %v", name, ep, err))

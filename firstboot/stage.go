@@ -68,6 +68,8 @@ type Staged struct {
 	Slot    string    `json:"slot"`
 	URL     string    `json:"url"`
 	Entry   string    `json:"entry"` // the entry file's text (from the release manifest)
+	// RootSHA256 is the sha256 of the root written into the slot (read back).
+	RootSHA256 string `json:"rootSHA256,omitempty"`
 	Took    string    `json:"took"`
 	Staged  time.Time `json:"staged"`
 }
@@ -110,6 +112,14 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 		return "/dev/disk/by-partlabel/" + label
 	}
 	a.logf("stage: release %s into slot %s (running slot %s, release %s)", m.ID, target, bi.Slot, bi.Release)
+	// A running slot this node staged holds a root of known sha256: when the release has
+	// the same root (it changes only the nodes' partitions, as a certificate renewal
+	// does), the root is copied from the running slot's partition instead of downloaded.
+	var prev Staged
+	sameRoot := false
+	if ok, _ := readJSON(a.StagedPath(), &prev); ok && prev.Slot == bi.Slot && prev.Release == bi.Release && prev.RootSHA256 == m.Root.SHA256 {
+		sameRoot = true
+	}
 
 	// 1. Nothing may boot the target slot next while it is being written.
 	esp := a.BootPaths.withDefaults().ESP
@@ -123,7 +133,18 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 		label, file string
 		want        spec.ReleaseFile
 	}{{spec.RootLabel(target), "root", m.Root}, {spec.NodeLabel(target), "node", node.Node}} {
-		if err := a.stagePartition(ctx, hc, base+p.file, dev(p.label), p.want, o.Progress); err != nil {
+		if p.file == "root" && sameRoot {
+			from := dev(spec.RootLabel(bi.Slot))
+			err := a.stagePartition(ctx, hc, base+p.file, from, dev(p.label), p.want, o.Progress)
+			if err == nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("stage: %s into %s: %w", p.file, dev(p.label), err)
+			}
+			a.logf("stage: copying the root from the running slot (%s) failed, downloading it: %v", from, err)
+		}
+		if err := a.stagePartition(ctx, hc, base+p.file, "", dev(p.label), p.want, o.Progress); err != nil {
 			return nil, fmt.Errorf("stage: %s into %s: %w", p.file, dev(p.label), err)
 		}
 	}
@@ -149,7 +170,7 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 	}
 	fileutil.SyncDir(kdir)
 	// 4. The record.
-	st := &Staged{Release: m.ID, Slot: target, URL: o.URL, Entry: entry, Took: a.now().Sub(start).Round(time.Second).String(), Staged: a.now().UTC()}
+	st := &Staged{Release: m.ID, Slot: target, URL: o.URL, Entry: entry, RootSHA256: m.Root.SHA256, Took: a.now().Sub(start).Round(time.Second).String(), Staged: a.now().UTC()}
 	if err := writeJSON(a.StagedPath(), st, 0o644); err != nil {
 		return nil, err
 	}
@@ -248,7 +269,7 @@ const stageBlock = 4 << 20
 // it: the image would otherwise push etcd's pages out of a small VM's memory. The sha256
 // is computed once, over what the partition holds after the write: it covers the
 // transfer and the disk together.
-func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, dev string, want spec.ReleaseFile, progress func(string, int64, int64)) error {
+func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, from, dev string, want spec.ReleaseFile, progress func(string, int64, int64)) error {
 	// O_EXCL on a block device fails while it is mounted: the running slot is refused
 	// here even if the command line were wrong.
 	f, err := openPartition(dev, want.Size)
@@ -267,6 +288,13 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, dev st
 	if err != nil {
 		return fmt.Errorf("%s: %w", url, err)
 	}
+	var src *os.File // with from, the data ranges are read from there (same offsets)
+	if from != "" {
+		if src, err = openSource(from, want.Size); err != nil {
+			return err
+		}
+		defer src.Close()
+	}
 	buf := alignedBuffer(stageBlock)
 	t0 := a.now()
 	var done, zeroed int64
@@ -276,8 +304,15 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, dev st
 			if e.zero {
 				err = zeroRange(f, off, n, buf)
 				zeroed += n
+			} else if src != nil {
+				if _, err = src.ReadAt(buf[:n], off); err == nil {
+					_, err = f.WriteAt(buf[:n], off)
+				}
 			} else if err = a.fetchRange(ctx, hc, url, off, buf[:n], want.Size); err == nil {
 				_, err = f.WriteAt(buf[:n], off)
+			}
+			if err == nil {
+				err = ctx.Err()
 			}
 			if err != nil {
 				return err
@@ -304,7 +339,11 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, dev st
 	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
 		return fmt.Errorf("read back sha256 %s, the release says %s: the transfer or the disk did not keep the image", got, want.SHA256)
 	}
-	a.logf("stage: %s: %d MiB (%d MiB of them zeros, not downloaded) written in %s, read back and checked in %s", dev, want.Size>>20, zeroed>>20, t1.Sub(t0).Round(time.Second), a.now().Sub(t1).Round(time.Second))
+	how := "downloaded"
+	if from != "" {
+		how = "copied from " + from
+	}
+	a.logf("stage: %s: %d MiB %s (%d MiB of them zeros, written here) in %s, read back and checked in %s", dev, want.Size>>20, how, zeroed>>20, t1.Sub(t0).Round(time.Second), a.now().Sub(t1).Round(time.Second))
 	return nil
 }
 
@@ -349,6 +388,18 @@ func openPartition(dev string, size int64) (*os.File, error) {
 		}
 	}
 	return os.OpenFile(dev, os.O_RDWR|syscall.O_EXCL, 0)
+}
+
+// openSource opens the running slot's partition for reading, with O_DIRECT as
+// openPartition.
+func openSource(path string, size int64) (*os.File, error) {
+	if size%directAlign == 0 {
+		f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
+		if !errors.Is(err, syscall.EINVAL) {
+			return f, err
+		}
+	}
+	return os.Open(path)
 }
 
 // alignedBuffer is a buffer of n bytes at a directAlign boundary.

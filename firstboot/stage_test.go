@@ -297,3 +297,72 @@ func TestStageRefusals(t *testing.T) {
 	_, err = a.Stage(ctx, o)
 	check("unknown release", err, "404")
 }
+
+// TestStageCopiesAnUnchangedRoot: a node running a slot it staged takes a release with
+// the same root (only the nodes' partitions changed, as in a certificate renewal) by
+// copying the root from its running slot, without downloading it; if the running slot
+// does not hold what its record says, the copy fails its read-back and the root is
+// downloaded.
+func TestStageCopiesAnUnchangedRoot(t *testing.T) {
+	fc := newFBClusterN(t, "stgc", 1, 81)
+	a := fc.agents["m1"]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Release 1 (its ID is the one the test command lines boot) staged into slot b.
+	rs1 := newReleaseServerID(t, fc, "m1", 9<<20, testRelease)
+	o1 := stageEnv(t, a, "a", 12<<20)
+	o1.URL = rs1.url
+	if _, err := a.Stage(ctx, o1); err != nil {
+		t.Fatal(err)
+	}
+	// Release 2: the same root, a new node partition.
+	sameRoot := func(id string) *releaseServer {
+		rs := newReleaseServerID(t, fc, "m1", 9<<20, id)
+		rs.files["root"], rs.manifest.Root = rs1.files["root"], rs1.manifest.Root
+		rs.files[spec.ReleaseManifestName], _ = json.Marshal(rs.manifest)
+		return rs
+	}
+	rootRequests := func(rs *releaseServer) (n int) {
+		for _, r := range rs.ranges {
+			if strings.HasPrefix(r, "root ") {
+				n++
+			}
+		}
+		return n
+	}
+	for _, tc := range []struct {
+		name      string
+		corrupt   bool // the running slot's root no longer holds release 1's
+		downloads bool
+	}{{"copied", false, false}, {"running slot changed", true, true}} {
+		rs2 := sameRoot("2222222222" + fmt.Sprint(len(tc.name)))
+		o2 := stageEnv(t, a, "b", 12<<20) // now running slot b, release 1
+		o2.URL = rs2.url
+		o2.Devices["root-b"] = o1.Devices["root-b"]
+		if tc.corrupt {
+			f, _ := os.OpenFile(o1.Devices["root-b"], os.O_RDWR, 0)
+			f.WriteAt([]byte("changed"), 5<<20)
+			f.Close()
+		}
+		// The stage of release 1 wrote its record; put it back for the second case.
+		writeJSON(a.StagedPath(), &Staged{Release: testRelease, Slot: "b", RootSHA256: rs1.manifest.Root.SHA256}, 0o644)
+		st, err := a.Stage(ctx, o2)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if st.Slot != "a" || st.RootSHA256 != rs1.manifest.Root.SHA256 {
+			t.Errorf("%s: staged %+v", tc.name, st)
+		}
+		if got := rootRequests(rs2); tc.downloads != (got > 0) {
+			t.Errorf("%s: %d range requests for the root (%v)", tc.name, got, rs2.ranges)
+		}
+		b, _ := os.ReadFile(o2.Devices["root-a"])
+		if !bytes.Equal(b[:len(rs1.files["root"])], rs1.files["root"]) {
+			t.Errorf("%s: root-a does not hold the release's root", tc.name)
+		}
+		b, _ = os.ReadFile(o2.Devices["node-a"])
+		if !bytes.Equal(b[:len(rs2.files["node"])], rs2.files["node"]) {
+			t.Errorf("%s: node-a does not hold release 2's node partition", tc.name)
+		}
+	}
+}

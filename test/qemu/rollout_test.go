@@ -432,9 +432,10 @@ func checkRollout(t *testing.T, u upCluster) {
 }
 
 // startWorkload starts test/workload's clients under prefix; stop ends them and returns
-// the history. The pace (an operation per client every 100 ms, ~30 a second) keeps the
-// three TCG guests able to stage a release meanwhile: at 20 ms (~150 a second), staging
-// 678 MiB into three nodes at once took 14 min (one node alone, no workload: 2 min).
+// the history. The pace (an operation per client every 200 ms, ~15 a second) keeps the
+// three TCG guests on two cores able to stage a release meanwhile: at 20 ms (~150 a
+// second) staging took three times as long, and members often took more than 3 s to
+// answer Status.
 func startWorkload(ctx context.Context, t *testing.T, eps []string, tlsCfg *tls.Config, prefix string) (stop func() *workload.History) {
 	t.Helper()
 	wctx, wcancel := context.WithCancel(ctx)
@@ -446,7 +447,7 @@ func startWorkload(ctx context.Context, t *testing.T, eps []string, tlsCfg *tls.
 	ready := make(chan struct{})
 	go func() {
 		h, err := workload.Run(wctx, workload.Options{Endpoints: eps, TLS: tlsCfg, Prefix: prefix,
-			Registers: 2, Keys: 5, Set: true, Interval: 100 * time.Millisecond, OpTimeout: 3 * time.Second, Ready: ready})
+			Registers: 2, Keys: 5, Set: true, Interval: 200 * time.Millisecond, OpTimeout: 3 * time.Second, Ready: ready})
 		wdone <- result{h, err}
 	}()
 	select {
