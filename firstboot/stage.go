@@ -28,8 +28,8 @@ import (
 //     the next boot); nothing else on the ESP changes while the partitions are written,
 //     so a power loss during the long download finds the ESP as it was;
 //  2. the root and node images are downloaded straight into the slot's partitions (their
-//     all-zero ranges written as zeros, not downloaded), and their sha256 checked by
-//     reading the partitions back;
+//     all-zero ranges written as zeros, not downloaded; a root the running slot holds
+//     copied from it), and their sha256 checked by reading the partitions back;
 //  3. every other entry of the target slot and its old kernel and initrd are removed,
 //     then the new kernel and initrd go to the ESP as .tmp files, checked, renamed;
 //  4. the staged release is recorded in the state directory (staged.json).

@@ -8,12 +8,10 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -341,19 +339,11 @@ func checkRollout(t *testing.T, u upCluster) {
 		case <-time.After(time.Second):
 		}
 	}
-	if err := syscall.Kill(u.st.Nodes[victim].QEMU, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	// The kill, status and the supervisor noticing it, up bringing the VM back from its
+	// disk, its own data (TestUpDown's checks of a VM that dies).
 	killed := time.Now()
-	if _, _, err := u.run(20*time.Minute, "up"); err != nil {
-		sup, _ := os.ReadFile(filepath.Join(u.out, "run", vmcluster.SupervisorLog))
-		ps, _ := exec.Command("ps", "-eo", "pid,ppid,etime,args").CombinedOutput()
-		t.Fatalf("U3: up after killing %s while staging: %v\nsupervisor log:\n%s\nprocesses:\n%s", victim, err, sup, ps)
-	}
+	u.st = killAndBringBack(t, u.run, filepath.Join(u.out, "run"), u.st, victim)
 	t.Logf("U3: %s back and healthy %s after the kill", victim, time.Since(killed).Round(time.Second))
-	if st, err := vmcluster.ReadRunState(filepath.Join(u.out, "run")); err == nil {
-		u.st = st
-	}
 	var rec spec.NodeRecord
 	if r, err := cli.Get(ctx, spec.NodeRecordKey(victim)); err != nil || len(r.Kvs) != 1 || json.Unmarshal(r.Kvs[0].Value, &rec) != nil {
 		t.Errorf("U3: %s's record: %v", victim, err)
