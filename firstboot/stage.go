@@ -28,8 +28,9 @@ import (
 //     the next boot); nothing else on the ESP changes while the partitions are written,
 //     so a power loss during the long download finds the ESP as it was;
 //  2. the root and node images are downloaded straight into the slot's partitions (their
-//     all-zero ranges written as zeros, not downloaded; a root the running slot holds
-//     copied from it), and their sha256 checked by reading the partitions back;
+//     all-zero ranges written as zeros, not downloaded; the root's pieces the running
+//     slot holds copied from it), and their sha256 checked by reading the partitions
+//     back;
 //  3. every other entry of the target slot and its old kernel and initrd are removed,
 //     then the new kernel and initrd go to the ESP as .tmp files, checked, renamed;
 //  4. the staged release is recorded in the state directory (staged.json).
@@ -68,8 +69,9 @@ type Staged struct {
 	Slot    string    `json:"slot"`
 	URL     string    `json:"url"`
 	Entry   string    `json:"entry"` // the entry file's text (from the release manifest)
-	// RootSHA256 is the sha256 of the root written into the slot (read back).
-	RootSHA256 string `json:"rootSHA256,omitempty"`
+	// RootChunks are the piece digests of the root written into the slot (read back):
+	// what a later staging may copy from it once it runs.
+	RootChunks []string `json:"rootChunks,omitempty"`
 	Took    string    `json:"took"`
 	Staged  time.Time `json:"staged"`
 }
@@ -112,13 +114,14 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 		return "/dev/disk/by-partlabel/" + label
 	}
 	a.logf("stage: release %s into slot %s (running slot %s, release %s)", m.ID, target, bi.Slot, bi.Release)
-	// A running slot this node staged holds a root of known sha256: when the release has
-	// the same root (it changes only the nodes' partitions, as a certificate renewal
-	// does), the root is copied from the running slot's partition instead of downloaded.
+	// A running slot this node staged holds a root of known pieces: the release's root
+	// pieces that are the same (all of them when the release changes only the nodes'
+	// partitions, as a certificate renewal does) are copied from the running slot's
+	// partition instead of downloaded.
 	var prev Staged
-	sameRoot := false
-	if ok, _ := readJSON(a.StagedPath(), &prev); ok && prev.Slot == bi.Slot && prev.Release == bi.Release && prev.RootSHA256 == m.Root.SHA256 {
-		sameRoot = true
+	var running *runningRoot
+	if ok, _ := readJSON(a.StagedPath(), &prev); ok && prev.Slot == bi.Slot && prev.Release == bi.Release && len(prev.RootChunks) > 0 {
+		running = &runningRoot{path: dev(spec.RootLabel(bi.Slot)), chunks: prev.RootChunks}
 	}
 
 	// 1. Nothing may boot the target slot next while it is being written.
@@ -133,18 +136,17 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 		label, file string
 		want        spec.ReleaseFile
 	}{{spec.RootLabel(target), "root", m.Root}, {spec.NodeLabel(target), "node", node.Node}} {
-		if p.file == "root" && sameRoot {
-			from := dev(spec.RootLabel(bi.Slot))
-			err := a.stagePartition(ctx, hc, base+p.file, from, dev(p.label), p.want, o.Progress)
+		if p.file == "root" && running != nil {
+			err := a.stagePartition(ctx, hc, base+p.file, running, dev(p.label), p.want, o.Progress)
 			if err == nil {
 				continue
 			}
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("stage: %s into %s: %w", p.file, dev(p.label), err)
 			}
-			a.logf("stage: copying the root from the running slot (%s) failed, downloading it: %v", from, err)
+			a.logf("stage: the root with pieces copied from the running slot (%s) failed, downloading all of it: %v", running.path, err)
 		}
-		if err := a.stagePartition(ctx, hc, base+p.file, "", dev(p.label), p.want, o.Progress); err != nil {
+		if err := a.stagePartition(ctx, hc, base+p.file, nil, dev(p.label), p.want, o.Progress); err != nil {
 			return nil, fmt.Errorf("stage: %s into %s: %w", p.file, dev(p.label), err)
 		}
 	}
@@ -170,7 +172,7 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 	}
 	fileutil.SyncDir(kdir)
 	// 4. The record.
-	st := &Staged{Release: m.ID, Slot: target, URL: o.URL, Entry: entry, RootSHA256: m.Root.SHA256, Took: a.now().Sub(start).Round(time.Second).String(), Staged: a.now().UTC()}
+	st := &Staged{Release: m.ID, Slot: target, URL: o.URL, Entry: entry, RootChunks: m.Root.Chunks, Took: a.now().Sub(start).Round(time.Second).String(), Staged: a.now().UTC()}
 	if err := writeJSON(a.StagedPath(), st, 0o644); err != nil {
 		return nil, err
 	}
@@ -269,7 +271,7 @@ const stageBlock = 4 << 20
 // it: the image would otherwise push etcd's pages out of a small VM's memory. The sha256
 // is computed once, over what the partition holds after the write: it covers the
 // transfer and the disk together.
-func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, from, dev string, want spec.ReleaseFile, progress func(string, int64, int64)) error {
+func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string, running *runningRoot, dev string, want spec.ReleaseFile, progress func(string, int64, int64)) error {
 	// O_EXCL on a block device fails while it is mounted: the running slot is refused
 	// here even if the command line were wrong.
 	f, err := openPartition(dev, want.Size)
@@ -288,28 +290,47 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, from, 
 	if err != nil {
 		return fmt.Errorf("%s: %w", url, err)
 	}
-	var src *os.File // with from, the data ranges are read from there (same offsets)
-	if from != "" {
-		if src, err = openSource(from, want.Size); err != nil {
+	var src *os.File // the running slot's partition, read at the same offsets
+	if running != nil {
+		if src, err = openSource(running.path, want.Size); err != nil {
 			return err
 		}
 		defer src.Close()
 	}
+	// local says whether the piece at off can be copied from the running slot.
+	local := func(off int64) bool {
+		i := off / spec.ZeroChunk
+		return src != nil && i < int64(len(want.Chunks)) && i < int64(len(running.chunks)) && want.Chunks[i] == running.chunks[i]
+	}
 	buf := alignedBuffer(stageBlock)
 	t0 := a.now()
-	var done, zeroed int64
+	var done, zeroed, copied int64
 	for _, e := range extents {
-		for off := e.Off; off < e.Off+e.Len; off += stageBlock {
-			n := min(stageBlock, e.Off+e.Len-off)
-			if e.zero {
+		end := e.Off + e.Len
+		for off := e.Off; off < end; {
+			// The next run: up to stageBlock of zeros, or of data pieces that all come
+			// from the same place (the running slot or the server).
+			n := min(stageBlock, end-off)
+			copying := !e.zero && local(off)
+			if !e.zero {
+				n = min(spec.ZeroChunk, end-off)
+				for off+n < end && n < stageBlock && local(off+n) == copying {
+					n += min(spec.ZeroChunk, end-off-n)
+				}
+			}
+			switch {
+			case e.zero:
 				err = zeroRange(f, off, n, buf)
 				zeroed += n
-			} else if src != nil {
+			case copying:
 				if _, err = src.ReadAt(buf[:n], off); err == nil {
 					_, err = f.WriteAt(buf[:n], off)
 				}
-			} else if err = a.fetchRange(ctx, hc, url, off, buf[:n], want.Size); err == nil {
-				_, err = f.WriteAt(buf[:n], off)
+				copied += n
+			default:
+				if err = a.fetchRange(ctx, hc, url, off, buf[:n], want.Size); err == nil {
+					_, err = f.WriteAt(buf[:n], off)
+				}
 			}
 			if err == nil {
 				err = ctx.Err()
@@ -317,6 +338,7 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, from, 
 			if err != nil {
 				return err
 			}
+			off += n
 			done += n
 			if progress != nil {
 				progress(url, done, want.Size)
@@ -339,11 +361,8 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url, from, 
 	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
 		return fmt.Errorf("read back sha256 %s, the release says %s: the transfer or the disk did not keep the image", got, want.SHA256)
 	}
-	how := "downloaded"
-	if from != "" {
-		how = "copied from " + from
-	}
-	a.logf("stage: %s: %d MiB %s (%d MiB of them zeros, written here) in %s, read back and checked in %s", dev, want.Size>>20, how, zeroed>>20, t1.Sub(t0).Round(time.Second), a.now().Sub(t1).Round(time.Second))
+	a.logf("stage: %s: %d MiB written in %s (%d MiB downloaded, %d MiB copied from the running slot, %d MiB of zeros), read back and checked in %s",
+		dev, want.Size>>20, t1.Sub(t0).Round(time.Second), (want.Size-zeroed-copied)>>20, copied>>20, zeroed>>20, a.now().Sub(t1).Round(time.Second))
 	return nil
 }
 
@@ -388,6 +407,12 @@ func openPartition(dev string, size int64) (*os.File, error) {
 		}
 	}
 	return os.OpenFile(dev, os.O_RDWR|syscall.O_EXCL, 0)
+}
+
+// runningRoot is the running slot's root partition and the piece digests it holds.
+type runningRoot struct {
+	path   string
+	chunks []string
 }
 
 // openSource opens the running slot's partition for reading, with O_DIRECT as

@@ -56,8 +56,7 @@ func newReleaseServerID(t *testing.T, fc *fbCluster, node string, rootSize int, 
 	// the root's is (written with O_DIRECT on this file system).
 	rs.files["root"], rs.files["node"], rs.files["linux"], rs.files["initrd"] = rnd(rootSize), rnd(1<<20+123), rnd(300<<10), rnd(500<<10)
 	file := func(name string) spec.ReleaseFile {
-		s := sha256.Sum256(rs.files[name])
-		return spec.ReleaseFile{Path: name, Size: int64(len(rs.files[name])), SHA256: hex.EncodeToString(s[:])}
+		return releaseFile(name, rs.files[name])
 	}
 	root := file("root")
 	if rootSize >= 4<<20 { // MiB 1 and 2 are zeros, listed in the manifest
@@ -127,6 +126,16 @@ func newReleaseServerID(t *testing.T, fc *fbCluster, node string, rootSize int, 
 	t.Cleanup(func() { srv.Close() })
 	rs.url = "https://" + ln.Addr().String() + "/v1/releases/" + id
 	return rs
+}
+
+// releaseFile describes data as the image build does (without Zeros).
+func releaseFile(name string, data []byte) spec.ReleaseFile {
+	s := sha256.Sum256(data)
+	f := spec.ReleaseFile{Path: name, Size: int64(len(data)), SHA256: hex.EncodeToString(s[:])}
+	for off := 0; off < len(data); off += spec.ZeroChunk {
+		f.Chunks = append(f.Chunks, spec.ChunkDigest(data[off:min(off+spec.ZeroChunk, len(data))]))
+	}
+	return f
 }
 
 // stageEnv is a node running slot a: its devices for slot b are files, its ESP a
@@ -298,12 +307,11 @@ func TestStageRefusals(t *testing.T) {
 	check("unknown release", err, "404")
 }
 
-// TestStageCopiesAnUnchangedRoot: a node running a slot it staged takes a release with
-// the same root (only the nodes' partitions changed, as in a certificate renewal) by
-// copying the root from its running slot, without downloading it; if the running slot
-// does not hold what its record says, the copy fails its read-back and the root is
-// downloaded.
-func TestStageCopiesAnUnchangedRoot(t *testing.T) {
+// TestStageCopiesPiecesOfTheRunningRoot: a node running a slot it staged takes a release
+// whose root differs in one MiB by copying every other piece from its running slot and
+// downloading that one; if the running slot does not hold what its record says, the
+// result fails its read-back and the whole root is downloaded.
+func TestStageCopiesPiecesOfTheRunningRoot(t *testing.T) {
 	fc := newFBClusterN(t, "stgc", 1, 81)
 	a := fc.agents["m1"]
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -315,50 +323,57 @@ func TestStageCopiesAnUnchangedRoot(t *testing.T) {
 	if _, err := a.Stage(ctx, o1); err != nil {
 		t.Fatal(err)
 	}
-	// Release 2: the same root, a new node partition.
-	sameRoot := func(id string) *releaseServer {
-		rs := newReleaseServerID(t, fc, "m1", 9<<20, id)
-		rs.files["root"], rs.manifest.Root = rs1.files["root"], rs1.manifest.Root
-		rs.files[spec.ReleaseManifestName], _ = json.Marshal(rs.manifest)
-		return rs
+	var st1 Staged
+	if ok, err := readJSON(a.StagedPath(), &st1); !ok || err != nil || !slices.Equal(st1.RootChunks, rs1.manifest.Root.Chunks) {
+		t.Fatalf("staged record %+v (%v): want the root's %d piece digests", st1, err, len(rs1.manifest.Root.Chunks))
 	}
-	rootRequests := func(rs *releaseServer) (n int) {
+	// Release 2: release 1's root with MiB 5 changed, a new node partition.
+	root2 := bytes.Clone(rs1.files["root"])
+	copy(root2[5<<20:], "release 2")
+	rootRanges := func(rs *releaseServer) (out []string) {
 		for _, r := range rs.ranges {
-			if strings.HasPrefix(r, "root ") {
-				n++
+			if name, rg, _ := strings.Cut(r, " "); name == "root" {
+				out = append(out, rg)
 			}
 		}
-		return n
+		return out
 	}
 	for _, tc := range []struct {
-		name      string
-		corrupt   bool // the running slot's root no longer holds release 1's
-		downloads bool
-	}{{"copied", false, false}, {"running slot changed", true, true}} {
-		rs2 := sameRoot("2222222222" + fmt.Sprint(len(tc.name)))
+		name    string
+		corrupt bool // the running slot's root no longer holds release 1's MiB 7
+		want    []string
+	}{
+		{"pieces copied", false, []string{"bytes=5242880-6291455"}},
+		{"running slot changed", true, []string{"bytes=5242880-6291455", "bytes=0-1048575", "bytes=3145728-7340031", "bytes=7340032-9437183"}},
+	} {
+		rs2 := newReleaseServerID(t, fc, "m1", 9<<20, "2222222222"+fmt.Sprint(len(tc.name)))
+		rs2.files["root"] = root2
+		rs2.manifest.Root = releaseFile("root", root2)
+		rs2.manifest.Root.Zeros = rs1.manifest.Root.Zeros
+		rs2.files[spec.ReleaseManifestName], _ = json.Marshal(rs2.manifest)
 		o2 := stageEnv(t, a, "b", 12<<20) // now running slot b, release 1
 		o2.URL = rs2.url
 		o2.Devices["root-b"] = o1.Devices["root-b"]
 		if tc.corrupt {
 			f, _ := os.OpenFile(o1.Devices["root-b"], os.O_RDWR, 0)
-			f.WriteAt([]byte("changed"), 5<<20)
+			f.WriteAt([]byte("changed"), 7<<20)
 			f.Close()
 		}
-		// The stage of release 1 wrote its record; put it back for the second case.
-		writeJSON(a.StagedPath(), &Staged{Release: testRelease, Slot: "b", RootSHA256: rs1.manifest.Root.SHA256}, 0o644)
+		// Each case starts from release 1's record (the stage before wrote release 2's).
+		writeJSON(a.StagedPath(), &st1, 0o644)
 		st, err := a.Stage(ctx, o2)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		if st.Slot != "a" || st.RootSHA256 != rs1.manifest.Root.SHA256 {
+		if st.Slot != "a" || !slices.Equal(st.RootChunks, rs2.manifest.Root.Chunks) {
 			t.Errorf("%s: staged %+v", tc.name, st)
 		}
-		if got := rootRequests(rs2); tc.downloads != (got > 0) {
-			t.Errorf("%s: %d range requests for the root (%v)", tc.name, got, rs2.ranges)
+		if got := rootRanges(rs2); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: root fetched as %v, want %v", tc.name, got, tc.want)
 		}
 		b, _ := os.ReadFile(o2.Devices["root-a"])
-		if !bytes.Equal(b[:len(rs1.files["root"])], rs1.files["root"]) {
-			t.Errorf("%s: root-a does not hold the release's root", tc.name)
+		if !bytes.Equal(b[:len(root2)], root2) {
+			t.Errorf("%s: root-a does not hold release 2's root", tc.name)
 		}
 		b, _ = os.ReadFile(o2.Devices["node-a"])
 		if !bytes.Equal(b[:len(rs2.files["node"])], rs2.files["node"]) {

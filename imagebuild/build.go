@@ -277,9 +277,15 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	if rootSize > o.SlotSize {
 		return nil, fmt.Errorf("the shared root needs %d MiB, more than the slot size (%d MiB): give a larger slot size", rootSize>>20, o.SlotSize>>20)
 	}
-	// The file system's UUID is the release's: both slots may hold a root, and the two
-	// differ when they hold different releases.
-	if _, err := disk.WriteExt4(ctx, rootImg, rootSize, root, disk.Ext4Options{Label: "root", UUID: disk.DeriveGUID(o.Cluster, "root-fs", release), Time: when, Meter: o.meter("shared root")}); err != nil {
+	// The file system's UUID derives from the root's contents, not the release: a
+	// release that changes only the nodes' partitions (a certificate renewal) has the
+	// same root image, byte for byte, and a node copies it from its running slot
+	// instead of downloading it. Two slots holding different roots differ in UUID.
+	rootDigest, err := root.Digest()
+	if err != nil {
+		return nil, fmt.Errorf("the shared root: %w", err)
+	}
+	if _, err := disk.WriteExt4(ctx, rootImg, rootSize, root, disk.Ext4Options{Label: "root", UUID: disk.DeriveGUID(o.Cluster, "root-fs", rootDigest), Time: when, Meter: o.meter("shared root")}); err != nil {
 		return nil, fmt.Errorf("writing the shared root: %w", err)
 	}
 	progress("shared root: %d MiB ext4 in %s", rootSize>>20, time.Since(t0).Round(time.Millisecond))

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -312,6 +313,41 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 				t.Logf("%s: sha256 %s in both builds", f, a)
 			}
 		}
+	}
+	// A release that changes one node's own files only (its resolver, which differs
+	// between the nodes already) has another release ID but the same root image, byte for
+	// byte: nodes copy it from their running slot instead of downloading it.
+	rootOf := func(node string) string {
+		var m Manifest
+		mb, _ := os.ReadFile(filepath.Join(o.OutDir, node+".manifest.json"))
+		json.Unmarshal(mb, &m)
+		return sha256File(t, partition(t, filepath.Join(o.OutDir, node+".raw"), m, RootLabel(SlotA)))
+	}
+	o.Nodes = slices.Clone(o.Nodes)
+	for i := range o.Nodes {
+		o.Nodes[i].DNS = []string{fmt.Sprintf("10.88.0.%d", 101+i)}
+	}
+	roots := map[string]string{}
+	ids := map[string]bool{}
+	for round := range 2 {
+		if round == 1 {
+			o.Nodes[0].DNS = []string{"10.88.0.200"}
+		}
+		o.OutDir = filepath.Join(t.TempDir(), "images")
+		if _, err := Build(context.Background(), o); err != nil {
+			t.Fatal(err)
+		}
+		ids[ReleaseID(o)] = true
+		for _, im := range imgs {
+			if r := rootOf(im.Node); round == 0 {
+				roots[im.Node] = r
+			} else if r != roots[im.Node] {
+				t.Errorf("%s: the root differs between releases that change only a node's own files: %s vs %s", im.Node, roots[im.Node], r)
+			}
+		}
+	}
+	if len(ids) != 2 {
+		t.Errorf("the release ID did not change with a node's resolver")
 	}
 }
 

@@ -156,7 +156,8 @@ func writeRelease(ctx context.Context, dir string, p releaseParts) (string, erro
 	return final, nil
 }
 
-// digestRelease reads a release file once for its size, sha256 and all-zero ranges.
+// digestRelease reads a release file once for its size, sha256, all-zero ranges and
+// piece digests.
 func digestRelease(rel, path string) (ReleaseFile, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -171,6 +172,7 @@ func digestRelease(rel, path string) (ReleaseFile, error) {
 		k, err := io.ReadFull(f, buf)
 		if k > 0 {
 			h.Write(buf[:k])
+			rf.Chunks = append(rf.Chunks, spec.ChunkDigest(buf[:k]))
 			if bytes.Equal(buf[:k], zero[:k]) {
 				if z := len(rf.Zeros); z > 0 && rf.Zeros[z-1].Off+rf.Zeros[z-1].Len == rf.Size {
 					rf.Zeros[z-1].Len += int64(k)

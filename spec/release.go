@@ -1,6 +1,10 @@
 package spec
 
-import "time"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+)
 
 // A release is what one image build puts into an A/B slot (see imagebuild): the shared
 // root, each node's partition, the kernel and initrd, and this manifest. The operator's
@@ -33,6 +37,17 @@ type ReleaseFile struct {
 	// instead of downloading them (a quarter of a root is free space). The sha256 still
 	// covers the whole file.
 	Zeros []Extent `json:"zeros,omitempty"`
+	// Chunks are the digests of the file's ZeroChunk-sized pieces (ChunkDigest), in
+	// order: a node copies the pieces its running slot already holds from there and
+	// downloads only the others.
+	Chunks []string `json:"chunks,omitempty"`
+}
+
+// ChunkDigest is a piece's digest in ReleaseFile.Chunks: the first 16 bytes of its
+// sha256, hex. It only picks what to copy: the whole file's sha256 checks the result.
+func ChunkDigest(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:16])
 }
 
 // ZeroChunk is the granularity of a release file's Zeros.

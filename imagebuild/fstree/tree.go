@@ -4,6 +4,8 @@
 package fstree
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"io/fs"
@@ -247,4 +249,37 @@ func (t *Tree) Contents(e *Entry) ([]byte, error) {
 		return io.ReadAll(f)
 	}
 	return e.Data, nil
+}
+
+// Digest is the sha256 (hex) of everything a file system writer takes from the tree:
+// every entry's path, type and permission bits, owner, link target and contents, in
+// path order. Two trees with the same digest make the same file system.
+func (t *Tree) Digest() (string, error) {
+	h := sha256.New()
+	for _, p := range t.Paths() {
+		e := t.entries[p]
+		fmt.Fprintf(h, "%q %o %d %d %q %q\n", e.Path, uint32(e.Mode), e.UID, e.GID, e.Target, e.Hardlink)
+		if !e.IsRegular() || e.Hardlink != "" {
+			continue
+		}
+		if e.Source == "" {
+			fmt.Fprintf(h, "%d\n", len(e.Data))
+			h.Write(e.Data)
+			continue
+		}
+		f, err := os.Open(e.Source)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", e.Path, err)
+		}
+		st, err := f.Stat()
+		if err == nil {
+			fmt.Fprintf(h, "%d\n", st.Size()) // the length first, as for Data
+			_, err = io.Copy(h, f)
+		}
+		f.Close()
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", e.Path, err)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -2,6 +2,8 @@ package fstree
 
 import (
 	"io/fs"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -50,5 +52,55 @@ func TestTreeResolveAndClone(t *testing.T) {
 	}
 	if c.Len() != tr.Len()-1 {
 		t.Errorf("clone has %d entries, original %d", c.Len(), tr.Len())
+	}
+}
+
+// TestDigest: the digest is the same for equal trees built in another order and changes
+// with a file's contents (in memory or from a source file), mode, owner or a link target.
+func TestDigest(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "big")
+	os.WriteFile(src, []byte("large binary"), 0o644)
+	build := func(change func(t *Tree)) string {
+		tr := NewTree()
+		for _, e := range []*Entry{
+			{Path: "etc", Mode: fs.ModeDir | 0o755},
+			{Path: "etc/hostname", Mode: 0o644, Data: []byte("n1\n")},
+			{Path: "usr", Mode: fs.ModeDir | 0o755},
+			{Path: "usr/bin", Mode: fs.ModeDir | 0o755},
+			{Path: "usr/bin/etcd", Mode: 0o755, Source: src},
+			{Path: "usr/bin/e", Mode: fs.ModeSymlink | 0o777, Target: "etcd"},
+		} {
+			if err := tr.Put(e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if change != nil {
+			change(tr)
+		}
+		d, err := tr.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	base := build(nil)
+	if again := build(nil); again != base {
+		t.Errorf("two equal trees: %s and %s", base, again)
+	}
+	for name, change := range map[string]func(*Tree){
+		"contents": func(tr *Tree) { tr.Set(&Entry{Path: "etc/hostname", Mode: 0o644, Data: []byte("n2\n")}) },
+		"mode":     func(tr *Tree) { tr.Set(&Entry{Path: "etc/hostname", Mode: 0o600, Data: []byte("n1\n")}) },
+		"owner":    func(tr *Tree) { tr.Set(&Entry{Path: "etc/hostname", Mode: 0o644, UID: 1, Data: []byte("n1\n")}) },
+		"target":   func(tr *Tree) { tr.Set(&Entry{Path: "usr/bin/e", Mode: fs.ModeSymlink | 0o777, Target: "etcdctl"}) },
+		"source": func(tr *Tree) {
+			other := filepath.Join(t.TempDir(), "big")
+			os.WriteFile(other, []byte("large binarY"), 0o644)
+			tr.Set(&Entry{Path: "usr/bin/etcd", Mode: 0o755, Source: other})
+		},
+		"new file": func(tr *Tree) { tr.Put(&Entry{Path: "etc/x", Mode: 0o644}) },
+	} {
+		if d := build(change); d == base {
+			t.Errorf("%s changed: the digest did not", name)
+		}
 	}
 }
