@@ -65,15 +65,15 @@ type StageOptions struct {
 
 // Staged records a staged slot.
 type Staged struct {
-	Release string    `json:"release"`
-	Slot    string    `json:"slot"`
-	URL     string    `json:"url"`
-	Entry   string    `json:"entry"` // the entry file's text (from the release manifest)
+	Release string `json:"release"`
+	Slot    string `json:"slot"`
+	URL     string `json:"url"`
+	Entry   string `json:"entry"` // the entry file's text (from the release manifest)
 	// RootChunks are the piece digests of the root written into the slot (read back):
 	// what a later staging may copy from it once it runs.
-	RootChunks []string `json:"rootChunks,omitempty"`
-	Took    string    `json:"took"`
-	Staged  time.Time `json:"staged"`
+	RootChunks []string  `json:"rootChunks,omitempty"`
+	Took       string    `json:"took"`
+	Staged     time.Time `json:"staged"`
 }
 
 // StagedPath is where the staged slot is recorded.
