@@ -265,8 +265,9 @@ func clearSlotOnESP(esp, slot string, pendingOnly bool) error {
 const stageBlock = 4 << 20
 
 // stagePartition writes one image into a partition and reads it back. The image's
-// data ranges are fetched in stageBlock range requests (a broken one is asked again), its
-// all-zero ranges (want.Zeros) are written as zeros here without a download. The
+// all-zero ranges (want.Zeros) are written as zeros here without a download, the pieces
+// the running root holds (running, if set) are copied from it, and the rest is fetched
+// in range requests of up to stageBlock (a broken one is asked again). The
 // partition is written and read past the page cache (O_DIRECT) where the device allows
 // it: the image would otherwise push etcd's pages out of a small VM's memory. The sha256
 // is computed once, over what the partition holds after the write: it covers the
