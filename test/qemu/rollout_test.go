@@ -419,6 +419,22 @@ func checkRollout(t *testing.T, u upCluster) {
 		before.versions[nodes[0]], rolloutTarget, len(nodes), total.Round(time.Second), time.Since(unlocked).Round(time.Second), strings.Join(figures, "; "),
 		res.Acknowledged(), v.Lost, res.Linearizable, res.GapSeconds, minUp, len(samples))
 	t.Logf("U1: rollout --wait:\n%s", r.stdout)
+	u.logStaging(t, "U1", nodes)
+}
+
+// logStaging logs each node's last staging of a root, from its agent's journal (how much
+// was downloaded, copied from the running slot, written as zeros; how long it took).
+func (u upCluster) logStaging(t *testing.T, name string, nodes []string) {
+	t.Helper()
+	for _, n := range nodes {
+		stdout, _, err := u.run(2*time.Minute, "exec", n, "--", "sh", "-c", "journalctl -q --no-pager -u etcdbake-rollout | grep 'root-.: .* MiB written' | tail -1")
+		if err != nil {
+			t.Errorf("%s: %s's journal: %v", name, n, err)
+			continue
+		}
+		_, line, _ := strings.Cut(strings.TrimSpace(stdout), "stage: ")
+		t.Logf("%s: %s staged %s", name, n, line)
+	}
 }
 
 // startWorkload starts test/workload's clients under prefix; stop ends them and returns
@@ -627,4 +643,5 @@ func checkBadRollout(t *testing.T, u upCluster) {
 	}
 	t.Logf("U2: %s tried the bad release and fell back in %s (rollout halted); %s; acknowledged %d, lost %d, porcupine %s, longest write gap %.1fs, fewest healthy voters %d",
 		halt.Node, took.Round(time.Second), strings.Join(figures, "; "), res.Acknowledged(), v.Lost, res.Linearizable, res.GapSeconds, minUp)
+	u.logStaging(t, "U2", nodes)
 }
