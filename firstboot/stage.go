@@ -275,7 +275,7 @@ const stageBlock = 4 << 20
 func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string, running *runningRoot, dev string, want spec.ReleaseFile, progress func(string, int64, int64)) error {
 	// O_EXCL on a block device fails while it is mounted: the running slot is refused
 	// here even if the command line were wrong.
-	f, err := openPartition(dev, want.Size)
+	f, err := openDirect(dev, os.O_RDWR|syscall.O_EXCL, want.Size)
 	if err != nil {
 		return err
 	}
@@ -293,7 +293,7 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string,
 	}
 	var src *os.File // the running slot's partition, read at the same offsets
 	if running != nil {
-		if src, err = openSource(running.path, want.Size); err != nil {
+		if src, err = openDirect(running.path, os.O_RDONLY, want.Size); err != nil {
 			return err
 		}
 		defer src.Close()
@@ -397,35 +397,22 @@ func imageExtents(want spec.ReleaseFile) ([]imageExtent, error) {
 // directAlign is the alignment O_DIRECT needs of offsets, lengths and buffers here.
 const directAlign = 4096
 
-// openPartition opens a slot's partition (or a file standing for it) for writing,
-// exclusively, with O_DIRECT when the image's size allows aligned I/O and the file
-// system takes it.
-func openPartition(dev string, size int64) (*os.File, error) {
+// openDirect opens path with flag, adding O_DIRECT (past the page cache) when an image
+// of size allows aligned I/O and the file system takes it.
+func openDirect(path string, flag int, size int64) (*os.File, error) {
 	if size%directAlign == 0 {
-		f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_EXCL|syscall.O_DIRECT, 0)
+		f, err := os.OpenFile(path, flag|syscall.O_DIRECT, 0)
 		if !errors.Is(err, syscall.EINVAL) {
 			return f, err
 		}
 	}
-	return os.OpenFile(dev, os.O_RDWR|syscall.O_EXCL, 0)
+	return os.OpenFile(path, flag, 0)
 }
 
 // runningRoot is the running slot's root partition and the piece digests it holds.
 type runningRoot struct {
 	path   string
 	chunks []string
-}
-
-// openSource opens the running slot's partition for reading, with O_DIRECT as
-// openPartition.
-func openSource(path string, size int64) (*os.File, error) {
-	if size%directAlign == 0 {
-		f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
-		if !errors.Is(err, syscall.EINVAL) {
-			return f, err
-		}
-	}
-	return os.Open(path)
 }
 
 // alignedBuffer is a buffer of n bytes at a directAlign boundary.

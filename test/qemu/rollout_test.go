@@ -226,6 +226,16 @@ func downWindows(samples []sample, nodes []string) []downWindow {
 	return out
 }
 
+// bootCounts is bootCount of every node.
+func (u upCluster) bootCounts(t *testing.T, nodes []string) map[string]int {
+	t.Helper()
+	boots := map[string]int{}
+	for _, n := range nodes {
+		boots[n] = u.bootCount(t, n)
+	}
+	return boots
+}
+
 // bootCount is how many boots the node's persistent journal knows.
 func (u upCluster) bootCount(t *testing.T, node string) int {
 	t.Helper()
@@ -255,10 +265,7 @@ func checkRollout(t *testing.T, u upCluster) {
 	nodes := nodeNames(u.st)
 	eps := u.endpoints()
 	before := u.facts(t, tlsCfg)
-	boots := map[string]int{}
-	for _, n := range nodes {
-		boots[n] = u.bootCount(t, n)
-	}
+	boots := u.bootCounts(t, nodes)
 	t.Logf("U1: before: versions %v, cluster %v, IDs %v, subnets %v", before.versions, before.cluster, before.ids, before.subnets)
 
 	// The new release: renewed leaves, etcd rolloutTarget.
@@ -570,10 +577,7 @@ func checkBadRollout(t *testing.T, u upCluster) {
 	nodes := nodeNames(u.st)
 	eps := u.endpoints()
 	before := u.facts(t, tlsCfg)
-	boots := map[string]int{}
-	for _, n := range nodes {
-		boots[n] = u.bootCount(t, n)
-	}
+	boots := u.bootCounts(t, nodes)
 	if err := os.WriteFile(filepath.Join(filepath.Dir(u.specPath), "u2-broken.bu"), []byte(u2Fragment), 0o644); err != nil {
 		t.Fatal(err)
 	}
