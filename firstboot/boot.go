@@ -39,6 +39,7 @@ const (
 	DefaultCmdlinePath = "/proc/cmdline"
 	DefaultEFIVarsDir  = "/sys/firmware/efi/efivars"
 	DefaultESPDir      = "/efi"
+	DefaultNodeDir     = "/node"
 )
 
 // BootPaths are where the boot information is read; empty fields take the defaults
@@ -47,6 +48,7 @@ type BootPaths struct {
 	Cmdline string // kernel command line (default /proc/cmdline)
 	EFIVars string // efivarfs (default /sys/firmware/efi/efivars)
 	ESP     string // the ESP's mount point (default /efi, an automount on etcdbake images)
+	Node    string // the running slot's node partition (default /node)
 }
 
 func (p BootPaths) withDefaults() BootPaths {
@@ -58,6 +60,9 @@ func (p BootPaths) withDefaults() BootPaths {
 	}
 	if p.ESP == "" {
 		p.ESP = DefaultESPDir
+	}
+	if p.Node == "" {
+		p.Node = DefaultNodeDir
 	}
 	return p
 }

@@ -65,15 +65,12 @@ type StageOptions struct {
 
 // Staged records a staged slot.
 type Staged struct {
-	Release string `json:"release"`
-	Slot    string `json:"slot"`
-	URL     string `json:"url"`
-	Entry   string `json:"entry"` // the entry file's text (from the release manifest)
-	// RootChunks are the piece digests of the root written into the slot (read back):
-	// what a later staging may copy from it once it runs.
-	RootChunks []string  `json:"rootChunks,omitempty"`
-	Took       string    `json:"took"`
-	Staged     time.Time `json:"staged"`
+	Release string    `json:"release"`
+	Slot    string    `json:"slot"`
+	URL     string    `json:"url"`
+	Entry   string    `json:"entry"` // the entry file's text (from the release manifest)
+	Took    string    `json:"took"`
+	Staged  time.Time `json:"staged"`
 }
 
 // StagedPath is where the staged slot is recorded.
@@ -114,14 +111,14 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 		return "/dev/disk/by-partlabel/" + label
 	}
 	a.logf("stage: release %s into slot %s (running slot %s, release %s)", m.ID, target, bi.Slot, bi.Release)
-	// A running slot this node staged holds a root of known pieces: the release's root
+	// The running slot's node partition describes its root's pieces: the release's root
 	// pieces that are the same (all of them when the release changes only the nodes'
 	// partitions, as a certificate renewal does) are copied from the running slot's
 	// partition instead of downloaded.
-	var prev Staged
 	var running *runningRoot
-	if ok, _ := readJSON(a.StagedPath(), &prev); ok && prev.Slot == bi.Slot && prev.Release == bi.Release && len(prev.RootChunks) > 0 {
-		running = &runningRoot{path: dev(spec.RootLabel(bi.Slot)), chunks: prev.RootChunks}
+	var have spec.ReleaseFile
+	if ok, _ := readJSON(filepath.Join(a.BootPaths.withDefaults().Node, spec.RootPiecesName), &have); ok && len(have.Chunks) > 0 {
+		running = &runningRoot{path: dev(spec.RootLabel(bi.Slot)), chunks: have.Chunks}
 	}
 
 	// 1. Nothing may boot the target slot next while it is being written.
@@ -172,7 +169,7 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 	}
 	fileutil.SyncDir(kdir)
 	// 4. The record.
-	st := &Staged{Release: m.ID, Slot: target, URL: o.URL, Entry: entry, RootChunks: m.Root.Chunks, Took: a.now().Sub(start).Round(time.Second).String(), Staged: a.now().UTC()}
+	st := &Staged{Release: m.ID, Slot: target, URL: o.URL, Entry: entry, Took: a.now().Sub(start).Round(time.Second).String(), Staged: a.now().UTC()}
 	if err := writeJSON(a.StagedPath(), st, 0o644); err != nil {
 		return nil, err
 	}

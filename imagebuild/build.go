@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -289,6 +290,25 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 		return nil, fmt.Errorf("writing the shared root: %w", err)
 	}
 	progress("shared root: %d MiB ext4 in %s", rootSize>>20, time.Since(t0).Round(time.Millisecond))
+	// Every node partition says what the slot's root holds (its pieces): a node that
+	// stages a later release copies the pieces it already has.
+	rootFile, err := digestRelease(ReleaseRoot, rootImg)
+	if err != nil {
+		return nil, err
+	}
+	pieces, err := json.Marshal(rootFile)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range o.Nodes {
+		t := own[n.Name]
+		if err := t.MkdirAll(path.Dir(spec.RootPiecesName)); err != nil {
+			return nil, err
+		}
+		if err := t.Put(&fstree.Entry{Path: spec.RootPiecesName, Mode: 0o644, Data: pieces}); err != nil {
+			return nil, err
+		}
+	}
 
 	var images []Image
 	for _, n := range o.Nodes {

@@ -242,6 +242,14 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 		if got := dbg(node, "cat /etc/etcd/etcd.env"); !strings.Contains(got, "ETCD_NAME="+im.Node) {
 			t.Errorf("%s: node partition's etcd.env: %s", im.Node, got)
 		}
+		// The node partition says what the slot's root holds, piece by piece.
+		var pieces spec.ReleaseFile
+		got := dbg(node, "cat /"+spec.RootPiecesName)
+		rootBytes, _ := os.ReadFile(root) // the partition: the image, then the slot's free space
+		_, js, _ := strings.Cut(got, "\n")
+		if json.Unmarshal([]byte(js), &pieces) != nil || pieces.Size > int64(len(rootBytes)) || fmt.Sprintf("%x", sha256.Sum256(rootBytes[:pieces.Size])) != pieces.SHA256 || int64(len(pieces.Chunks)) != (pieces.Size+spec.ZeroChunk-1)/spec.ZeroChunk {
+			t.Errorf("%s: %s does not describe the root (sha256 %s, %d pieces): %.200s", im.Node, spec.RootPiecesName, pieces.SHA256, len(pieces.Chunks), got)
+		}
 		if got := dbg(node, "stat /etc/etcd/pki/server.key"); !strings.Contains(got, "Mode:  0600") {
 			t.Errorf("%s: server.key: %s", im.Node, got)
 		}

@@ -50,6 +50,11 @@ func ChunkDigest(b []byte) string {
 	return hex.EncodeToString(s[:16])
 }
 
+// RootPiecesName is where every node partition of an A/B image or release holds its
+// slot's root as a ReleaseFile (size, sha256, zeros, piece digests), relative to the
+// partition: a node staging a release copies the pieces its running root already holds.
+const RootPiecesName = "etcdbake/root-pieces.json"
+
 // ZeroChunk is the granularity of a release file's Zeros.
 const ZeroChunk = 1 << 20
 
