@@ -202,6 +202,9 @@ type ImageOptions struct {
 	Formats     []string
 	// DataSize is the size in bytes of the /var data partition in the image.
 	DataSize int64
+	// EtcdData maps nodes to restored etcd data directories (RestoreData) that their
+	// images' data partitions hold (imagebuild.NodeInput.EtcdData).
+	EtcdData map[string]string
 	// Meter follows the long steps (see imagebuild.BuildOptions.Meter).
 	Meter func(step string, done, total int64)
 }
@@ -241,7 +244,7 @@ func Images(ctx context.Context, s Sources, o ImageOptions) (*Configs, []imagebu
 	}
 	var nodes []imagebuild.NodeInput
 	for _, n := range s.Cluster.Nodes {
-		nodes = append(nodes, imagebuild.NodeInput{Name: n.Name, Config: cfg.Configs[n.Name], DNS: n.DNS})
+		nodes = append(nodes, imagebuild.NodeInput{Name: n.Name, Config: cfg.Configs[n.Name], DNS: n.DNS, EtcdData: o.EtcdData[n.Name]})
 	}
 	progress := s.Progress
 	if progress == nil {

@@ -35,7 +35,11 @@ type QEMUOptions struct {
 	RunDir string
 	// ReleasesDir, if set, keeps each build as a release (ImageOptions.ReleasesDir).
 	ReleasesDir string
-	Meter       func(step string, done, total int64)
+	// EtcdData, if set, makes images whose data partitions hold these restored etcd data
+	// directories (RestoreData), always new, into OutDir (not the usual images' dir):
+	// RunDir must keep no disks.
+	EtcdData map[string]string
+	Meter    func(step string, done, total int64)
 }
 
 // QEMUBuild is what QEMUImages made or found.
@@ -77,7 +81,10 @@ func QEMUImages(ctx context.Context, s Sources, o QEMUOptions) (*QEMUBuild, erro
 		b.Images[n.Name] = filepath.Join(o.OutDir, n.Name+".raw")
 	}
 	stampPath := filepath.Join(o.OutDir, stampFile)
-	if old, err := os.ReadFile(stampPath); err == nil && string(old) == stamp && allExist(b.Images) {
+	if kept := vmcluster.KeptDisks(o.RunDir); len(o.EtcdData) > 0 && len(kept) > 0 {
+		return nil, fmt.Errorf("%s keeps the disks of %v with their etcd data: a restore boots new disks, and etcdbake never discards data by itself: `etcdbake down --purge` discards them, then restore", o.RunDir, kept)
+	}
+	if old, err := os.ReadFile(stampPath); err == nil && string(old) == stamp && allExist(b.Images) && len(o.EtcdData) == 0 {
 		b.Reused = true
 		return b, nil
 	}
@@ -94,9 +101,12 @@ func QEMUImages(ctx context.Context, s Sources, o QEMUOptions) (*QEMUBuild, erro
 	_ = os.Remove(stampPath)
 	if _, _, err := Images(ctx, qemuSources(s, timeServer), ImageOptions{
 		Base: base, BaseCacheDir: o.BaseCacheDir, OutDir: o.OutDir, ReleasesDir: o.ReleasesDir, Formats: []string{"raw"}, DataSize: 1 << 30,
-		Meter: o.Meter,
+		EtcdData: o.EtcdData, Meter: o.Meter,
 	}); err != nil {
 		return nil, err
+	}
+	if len(o.EtcdData) > 0 {
+		return b, nil // restored images are never reused
 	}
 	if err := fileutil.WriteAtomic(stampPath, []byte(stamp), 0o644); err != nil {
 		return nil, err

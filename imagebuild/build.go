@@ -77,6 +77,10 @@ type NodeInput struct {
 	Name   string
 	Config []byte
 	DNS    []string
+	// EtcdData, if set, is a restored etcd data directory (made by backup.Restore for
+	// this node) that the image's data partition holds at /var/lib/etcd, with the rest
+	// of the image's /var; empty: the data partition is blank and formatted at first boot.
+	EtcdData string
 }
 
 // BinaryRecord is one baked program in the SBOM (spec's release binary).
@@ -313,7 +317,23 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	var images []Image
 	for _, n := range o.Nodes {
 		t1 := time.Now()
-		im, err := buildNode(ctx, o, release, n, tmp, rootImg, own[n.Name], root, kernel, initrd, bootEFI, perNode, when)
+		var dataImg string
+		if n.EtcdData != "" {
+			dt, err := restoredData(trees[n.Name], n.EtcdData)
+			if err != nil {
+				return nil, fmt.Errorf("node %s: %w", n.Name, err)
+			}
+			// The file system is as small as its content: x-systemd.growfs grows it
+			// to the data partition at the first boot.
+			dataImg = filepath.Join(tmp, n.Name+".data.ext4")
+			if _, err := disk.WriteExt4(ctx, dataImg, ext4Size(dt), dt, disk.Ext4Options{Label: LabelData, UUID: disk.DeriveGUID(o.Cluster, n.Name, "data-fs"), Time: when}); err != nil {
+				return nil, fmt.Errorf("node %s: the restored data partition: %w", n.Name, err)
+			}
+		}
+		im, err := buildNode(ctx, o, release, n, tmp, rootImg, own[n.Name], root, kernel, initrd, bootEFI, perNode, when, dataImg)
+		if dataImg != "" {
+			os.Remove(dataImg)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
@@ -396,7 +416,7 @@ func ext4Size(t *fstree.Tree) int64 {
 	return (size + mib - 1) &^ (mib - 1)
 }
 
-func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput, tmp, rootImg string, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time) (Image, error) {
+func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput, tmp, rootImg string, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time, dataImg string) (Image, error) {
 	nodeImg := filepath.Join(tmp, n.Name+".node.ext4")
 	if _, err := disk.WriteExt4(ctx, nodeImg, nodeSize, own, disk.Ext4Options{Label: "node", UUID: disk.DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
 		return Image{}, fmt.Errorf("node partition: %w", err)
@@ -446,7 +466,18 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 		}
 		parts = append(parts, rootPart, nodePart)
 	}
-	parts = append(parts, disk.Partition{Name: LabelData, Type: disk.TypeLinuxVar, GUID: guid("data"), Size: dataSize})
+	data := disk.Partition{Name: LabelData, Type: disk.TypeLinuxVar, GUID: guid("data"), Size: dataSize}
+	if dataImg != "" {
+		st, err := os.Stat(dataImg)
+		if err != nil {
+			return Image{}, err
+		}
+		if st.Size() > dataSize {
+			return Image{}, fmt.Errorf("the restored data needs a %d MiB file system, more than the %d MiB data partition: give a larger data size (--data-size)", st.Size()/mib, dataSize/mib)
+		}
+		data.Content = disk.FileContent(dataImg)
+	}
+	parts = append(parts, data)
 	total := int64(mib) // GPT at the start
 	for _, p := range parts {
 		total += p.Size

@@ -66,6 +66,21 @@ etcdbake rollout status -o json`,
 # After a node fell back and halted the rollout, let the other nodes go on
 etcdbake rollout resume`,
 
+	"etcdbake snapshot save": `
+# To out/snapshots/CLUSTER-TIME.snapshot.tar
+etcdbake snapshot save
+etcdbake snapshot save /backups/etcd-demo.snapshot.tar -o json`,
+
+	"etcdbake snapshot verify": `
+etcdbake snapshot verify out/snapshots/etcd-demo-20261203T211500Z.snapshot.tar
+etcdbake snapshot verify /backups/etcd-demo.snapshot.tar -f lab/cluster.yaml --out lab/out -o json`,
+
+	"etcdbake restore": `
+# Images with every member's data restored, to out/restore/images; install them with
+# etcdbake serve --listen 10.88.0.1:8080 --images out/restore/images
+etcdbake restore out/snapshots/etcd-demo-20261203T211500Z.snapshot.tar
+etcdbake restore /backups/etcd-demo.snapshot.tar --format qcow2 --images-out /srv/restored`,
+
 	"etcdbake fetch": `
 etcdbake fetch
 etcdbake fetch lab/cluster.yaml --cache /srv/etcdbake-cache`,
@@ -86,7 +101,9 @@ etcdbake build lab/cluster.yaml --inline-binaries --format raw --data-size 4GiB`
 	"etcdbake up": `
 etcdbake up
 etcdbake up lab/cluster.yaml --out lab/out --memory 1024 --timeout 20m
-etcdbake up --no-wait --accel kvm`,
+etcdbake up --no-wait --accel kvm
+# After losing the disks (and etcdbake down --purge): new disks with every member's data from a snapshot
+etcdbake up --restore out/snapshots/etcd-demo-20261203T211500Z.snapshot.tar`,
 
 	"etcdbake down": `
 etcdbake down

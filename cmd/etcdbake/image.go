@@ -10,6 +10,7 @@ import (
 	"github.com/etcdbake/etcdbake/bake"
 	"github.com/etcdbake/etcdbake/ignition"
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 func (a *app) baseCmd() *cobra.Command {
@@ -103,14 +104,20 @@ func (a *app) runImage(cmd *cobra.Command, o imageFlags) error {
 	if err != nil {
 		return err
 	}
+	return a.writeImages(cmd, c, o, filepath.Join(a.outDir, "images"), nil, "image")
+}
+
+// writeImages builds every node's image into outDir (etcdData: restored data for the
+// nodes' data partitions, see bake.ImageOptions) and prints where each went.
+func (a *app) writeImages(cmd *cobra.Command, c *spec.Cluster, o imageFlags, outDir string, etcdData map[string]string, who string) error {
 	src, err := a.sources(cmd, c, o.firstboot)
 	if err != nil {
 		return err
 	}
-	src.Progress = func(f string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "image: "+f+"\n", args...) }
+	src.Progress = func(f string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), who+": "+f+"\n", args...) }
 	cfg, imgs, err := bake.Images(cmd.Context(), src, bake.ImageOptions{
-		Base: o.base, OutDir: filepath.Join(a.outDir, "images"), ReleasesDir: filepath.Join(a.outDir, "releases"), Formats: o.formats, DataSize: o.dataSize,
-		Meter: newMeter(cmd.ErrOrStderr()),
+		Base: o.base, OutDir: outDir, ReleasesDir: a.releasesDir(), Formats: o.formats, DataSize: o.dataSize,
+		EtcdData: etcdData, Meter: newMeter(cmd.ErrOrStderr()),
 	})
 	if cfg != nil {
 		a.reportPKI(cmd, cfg.PKI, false)

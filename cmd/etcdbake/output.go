@@ -52,18 +52,21 @@ func checkOutput(cmd *cobra.Command) error {
 }
 
 // checkOutputFlags makes every command under root that has an -o flag check its value
-// first.
+// first, before its arguments.
 func checkOutputFlags(root *cobra.Command) {
 	walk(root, func(c *cobra.Command) {
 		if c.Flags().Lookup("output") == nil || c.RunE == nil {
 			return
 		}
-		run := c.RunE
-		c.RunE = func(cmd *cobra.Command, args []string) error {
+		check := c.Args
+		if check == nil {
+			check = cobra.ArbitraryArgs
+		}
+		c.Args = func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(cmd); err != nil {
 				return err
 			}
-			return run(cmd, args)
+			return check(cmd, args)
 		}
 	})
 }

@@ -13,73 +13,18 @@ import (
 
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/etcdbake/etcdbake/bake"
 	imgbase "github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/internal/fileutil"
-	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/pxe"
 	"github.com/etcdbake/etcdbake/rollout"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/status"
-	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
-// rolloutRequestTimeout bounds each request to etcd of the rollout commands.
-const rolloutRequestTimeout = 5 * time.Second
-
-// rolloutTarget is how the rollout commands reach the cluster: the status options (admin
-// certificate, endpoints, up's forwards) and whether it is `up`'s QEMU cluster.
-type rolloutTarget struct {
-	opts status.Options
-	up   bool
-}
-
-// rolloutTarget finds the cluster as `etcdbake status` does: --endpoints, else the
-// cluster started by `up` when it runs, else the spec's client URLs.
-func (a *app) rolloutTarget(cmd *cobra.Command, c *spec.Cluster, endpoints []string) rolloutTarget {
-	ca, _ := pki.CAPath(a.pkiDir(), "ca")
-	crt, key := pki.ClientCertPath(a.pkiDir(), "admin")
-	t := rolloutTarget{opts: status.Options{Endpoints: endpoints, CAFile: ca, CertFile: crt, KeyFile: key,
-		PKIDir: a.pkiDir(), Timeout: rolloutRequestTimeout, Now: a.now()}}
-	if st, err := vmcluster.ReadRunState(a.runDir()); err == nil && st.Running() {
-		t.up = true
-		if len(endpoints) == 0 {
-			fmt.Fprintf(cmd.ErrOrStderr(), "rollout: the QEMU cluster started by up (%s)\n", filepath.Join(a.runDir(), vmcluster.RunStateFile))
-			a.upOptions(st, &t.opts)
-		}
-	}
-	if len(t.opts.Endpoints) == 0 {
-		t.opts.Endpoints = c.ClientEndpoints()
-	}
-	return t
-}
-
-// client connects to the endpoints of members not known to be down.
-func (t rolloutTarget) client() (*clientv3.Client, error) {
-	tlsCfg, err := status.TLSConfig(t.opts.CAFile, t.opts.CertFile, t.opts.KeyFile)
-	if err != nil {
-		return nil, err
-	}
-	var eps []string
-	for _, ep := range t.opts.Endpoints {
-		down := false
-		for n := range t.opts.NotRunning {
-			down = down || t.opts.NodeEndpoints[n] == ep
-		}
-		if !down {
-			eps = append(eps, ep)
-		}
-	}
-	if len(eps) == 0 {
-		return nil, errors.New("no member of the cluster runs: start it (`etcdbake up`) first")
-	}
-	return clientv3.New(clientv3.Config{Endpoints: eps, TLS: tlsCfg, DialTimeout: rolloutRequestTimeout, Logger: zap.NewNop()})
-}
-
 // releasesDir is where the releases of this cluster are: up's when it runs.
-func (a *app) rolloutReleasesDir(t rolloutTarget) string {
+func (a *app) rolloutReleasesDir(t clusterTarget) string {
 	if t.up {
 		return a.qemuReleasesDir()
 	}
@@ -88,7 +33,7 @@ func (a *app) rolloutReleasesDir(t rolloutTarget) string {
 
 // readView reads the rollout keys with a bound.
 func readView(ctx context.Context, cli *clientv3.Client) (*rollout.View, error) {
-	vctx, cancel := context.WithTimeout(ctx, rolloutRequestTimeout)
+	vctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	v, err := rollout.ReadView(vctx, cli)
 	if err != nil {
@@ -163,7 +108,7 @@ func (a *app) runRollout(cmd *cobra.Command, f *rolloutFlags) error {
 	if err != nil {
 		return err
 	}
-	t := a.rolloutTarget(cmd, c, f.endpoints)
+	t := a.clusterTarget(cmd, c, f.endpoints)
 	dir := a.rolloutReleasesDir(t)
 	if f.release == "" && t.up {
 		// The cluster of up takes a release of the spec as it is now, built for QEMU.
@@ -193,7 +138,7 @@ func (a *app) runRollout(cmd *cobra.Command, f *rolloutFlags) error {
 	// asked again before the release is refused for it.
 	var versions map[string]string
 	for attempt := 1; ; attempt++ {
-		cctx, cancel := context.WithTimeout(ctx, 4*rolloutRequestTimeout)
+		cctx, cancel := context.WithTimeout(ctx, 4*requestTimeout)
 		st, err := status.Collect(cctx, c, t.opts)
 		cancel()
 		if err != nil { // *status.UnreachableError says why each endpoint did not answer
@@ -233,7 +178,7 @@ func (a *app) runRollout(cmd *cobra.Command, f *rolloutFlags) error {
 		fmt.Fprintf(w, "every node runs release %s already: nothing published\n", f.release)
 		return nil
 	}
-	pctx, cancel := context.WithTimeout(ctx, rolloutRequestTimeout)
+	pctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	err = rollout.Publish(pctx, cli, plan)
 	cancel()
 	if err != nil {
@@ -318,7 +263,7 @@ func (a *app) rolloutClient(cmd *cobra.Command, endpoints []string) (*spec.Clust
 	if err != nil {
 		return nil, nil, err
 	}
-	cli, err := a.rolloutTarget(cmd, c, endpoints).client()
+	cli, err := a.clusterTarget(cmd, c, endpoints).client()
 	return c, cli, err
 }
 
@@ -428,7 +373,7 @@ func (a *app) rolloutResumeCmd(endpoints *[]string) *cobra.Command {
 				return err
 			}
 			defer cli.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), rolloutRequestTimeout)
+			ctx, cancel := context.WithTimeout(cmd.Context(), requestTimeout)
 			defer cancel()
 			h, err := rollout.Resume(ctx, cli)
 			if err != nil {

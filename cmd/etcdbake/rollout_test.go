@@ -25,20 +25,7 @@ import (
 // members carry the example spec's names, with the admin certificate from OUT/pki.
 func TestRolloutCommands(t *testing.T) {
 	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
-	c := testcluster.Spec(t, "demo", 3, 141)
-	for i := range c.Nodes {
-		c.Nodes[i].Name = fmt.Sprintf("etcd-%d", i+1)
-	}
-	tc := testcluster.StartAll(t, c)
-	out := filepath.Dir(tc.PKIDir)
-	specPath := filepath.Join(t.TempDir(), "cluster.yaml")
-	if _, _, err := run(t, now, "init", "-f", specPath); err != nil {
-		t.Fatal(err)
-	}
-	ex, _, err := spec.Load(specPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, tc, out, specPath, ex := demoCluster(t, now, 141)
 	rels := filepath.Join(out, "releases")
 	t0 := now.Add(-24 * time.Hour)
 	testcluster.WriteRelease(t, rels, "rel1", ex, "v3.6.16", t0)
@@ -240,4 +227,26 @@ func TestRolloutCommands(t *testing.T) {
 	if err == nil || errors.As(err, &ee) || !strings.Contains(err.Error(), "halted: node etcd-1 (release rel2, generation 3): flannel lease lost") {
 		t.Errorf("rollout --wait on a halt: %v", err)
 	}
+}
+
+// demoCluster starts a real 3-member etcd with TLS (embedded, on loopback) whose members
+// carry the example spec's names, with its PKI in OUT/pki, and writes the example spec:
+// the commands reach it with --endpoints and the admin certificate from OUT/pki.
+func demoCluster(t *testing.T, now time.Time, base int) (c *spec.Cluster, tc *testcluster.Cluster, out, specPath string, ex *spec.Cluster) {
+	t.Helper()
+	c = testcluster.Spec(t, "demo", 3, base)
+	for i := range c.Nodes {
+		c.Nodes[i].Name = fmt.Sprintf("etcd-%d", i+1)
+	}
+	tc = testcluster.StartAll(t, c)
+	out = filepath.Dir(tc.PKIDir)
+	specPath = filepath.Join(t.TempDir(), "cluster.yaml")
+	if _, _, err := run(t, now, "init", "-f", specPath); err != nil {
+		t.Fatal(err)
+	}
+	ex, _, err := spec.Load(specPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, tc, out, specPath, ex
 }

@@ -51,6 +51,8 @@ Start with:  etcdbake init && etcdbake validate && etcdbake ignition --binaries-
 		a.kubeadmCmd(),
 		a.statusCmd(),
 		a.rolloutCmd(),
+		a.snapshotCmd(),
+		a.restoreCmd(),
 		a.fetchCmd(),
 		a.baseCmd(),
 		a.imageCmd(),

@@ -33,6 +33,9 @@ import (
 func (a *app) runDir() string       { return filepath.Join(a.outDir, "run") }
 func (a *app) qemuImageDir() string { return filepath.Join(a.outDir, "qemu", "images") }
 
+// qemuRestoredDir holds the images of `up --restore` (the VMs' disks are made over them).
+func (a *app) qemuRestoredDir() string { return filepath.Join(a.outDir, "qemu", "restored") }
+
 // qemuReleasesDir keeps the releases of `up`'s images (their configs have the QEMU
 // fragment, so they are releases of their own).
 func (a *app) qemuReleasesDir() string { return filepath.Join(a.outDir, "qemu", "releases") }
@@ -44,6 +47,7 @@ func (a *app) upCmd() *cobra.Command {
 		noWait    bool
 		firstboot string
 		accel     string
+		restore   string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -65,6 +69,9 @@ booted again from its kept disk, with its data, and up waits until the cluster i
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ew := cmd.ErrOrStderr()
 			if st, err := vmcluster.ReadRunState(a.runDir()); err == nil {
+				if st.Running() && restore != "" {
+					return usageErrorf("up --restore: the cluster runs; a restore boots every node from new disks: `etcdbake down --purge` first (it discards the disks and their etcd data)")
+				}
 				if st.Running() {
 					return a.upRunning(cmd, st, timeout)
 				}
@@ -102,9 +109,19 @@ booted again from its kept disk, with its data, and up waits until the cluster i
 			if err != nil {
 				return err
 			}
-			built, err := bake.QEMUImages(cmd.Context(), src, bake.QEMUOptions{
-				BaseCacheDir: baseDir, OutDir: a.qemuImageDir(), ReleasesDir: a.qemuReleasesDir(), RunDir: a.runDir(), Meter: newMeter(ew),
-			})
+			qo := bake.QEMUOptions{BaseCacheDir: baseDir, OutDir: a.qemuImageDir(), ReleasesDir: a.qemuReleasesDir(), RunDir: a.runDir(), Meter: newMeter(ew)}
+			if restore != "" {
+				if kept := vmcluster.KeptDisks(a.runDir()); len(kept) > 0 {
+					return usageErrorf("up --restore: %s keeps the disks of %v with their etcd data; a restore boots new disks: `etcdbake down --purge` first (it discards them)", a.runDir(), kept)
+				}
+				dirs, cleanup, err := a.upRestore(cmd, c, restore)
+				if err != nil {
+					return err
+				}
+				defer cleanup()
+				qo.EtcdData, qo.OutDir = dirs, a.qemuRestoredDir()
+			}
+			built, err := bake.QEMUImages(cmd.Context(), src, qo)
 			if err != nil {
 				return err
 			}
@@ -152,6 +169,7 @@ booted again from its kept disk, with its data, and up waits until the cluster i
 	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Minute, "how long to wait for a healthy cluster")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the VMs are launched")
 	cmd.Flags().StringVar(&firstboot, "firstboot", "", firstbootFlagHelp)
+	cmd.Flags().StringVar(&restore, "restore", "", "boot every node with its etcd data restored from this snapshot file (etcdbake snapshot save; after `etcdbake down --purge`)")
 	cmd.Flags().StringVar(&accel, "accel", "auto", "tcg, kvm, or auto (KVM only if a test boot under it works; the result is kept until the host reboots)")
 	return cmd
 }

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/etcdbake/etcdbake/spec"
+)
+
+// TestSnapshotCommands runs `snapshot save` and `snapshot verify` against a real
+// 3-member etcd with TLS (embedded, on loopback: --endpoints) with the admin certificate
+// from OUT/pki.
+func TestSnapshotCommands(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	c, _, out, specPath, ex := demoCluster(t, now, 151)
+	eps := strings.Join(c.ClientEndpoints(), ",")
+
+	stdout, stderr, err := run(t, now, "snapshot", "save", "-f", specPath, "--out", out, "--endpoints", eps)
+	if err != nil {
+		t.Fatalf("snapshot save: %v\n%s", err, stderr)
+	}
+	file := strings.TrimSpace(stdout)
+	if want := filepath.Join(out, "snapshots", ex.Name+"-20261203T120000Z"+spec.SnapshotExt); file != want {
+		t.Errorf("saved to %q, want %q", file, want)
+	}
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the snapshot file: %v (mode %v), want mode 0600", err, fi)
+	}
+	for _, w := range []string{"saved and verified", "cluster " + ex.Name, "members: [etcd-1 etcd-2 etcd-3]", "taken 2026-12-03T12:00:00Z"} {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("save's report lacks %q:\n%s", w, stderr)
+		}
+	}
+	// A snapshot never replaces a file.
+	_, _, err = run(t, now, "snapshot", "save", file, "-f", specPath, "--out", out, "--endpoints", eps)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(ee.msg, "exists") {
+		t.Errorf("save over an existing file: %v", err)
+	}
+
+	stdout, _, err = run(t, now, "snapshot", "verify", file, "-f", specPath, "--out", out, "-o", "json")
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	var m spec.SnapshotManifest
+	if err := json.Unmarshal([]byte(stdout), &m); err != nil || m.Cluster != ex.Name || m.Revision == 0 || len(m.Members) != 3 || m.SpecSHA256 == "" {
+		t.Errorf("verify -o json: %v, %+v", err, m)
+	}
+
+	// Damaged: exit 1 naming the file.
+	b, _ := os.ReadFile(file)
+	cut := filepath.Join(t.TempDir(), "cut"+spec.SnapshotExt)
+	os.WriteFile(cut, b[:len(b)-4096], 0o600)
+	_, _, err = run(t, now, "snapshot", "verify", cut, "-f", specPath, "--out", out)
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, cut) || !strings.Contains(ee.msg, "corrupt") {
+		t.Errorf("verify of a cut file: %v", err)
+	}
+	// Another cluster's PKI: refused.
+	other := filepath.Join(t.TempDir(), "other")
+	if _, _, err := run(t, now, "pki", "-f", specPath, "--out", other); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = run(t, now, "snapshot", "verify", file, "-f", specPath, "--out", other)
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "belongs to another cluster") {
+		t.Errorf("verify with another CA: %v", err)
+	}
+
+	// restore verifies first: a damaged or foreign snapshot writes nothing (no images, no
+	// restored data left under OUT).
+	before, _ := os.ReadDir(out)
+	for _, tt := range []struct{ file, pkiOut, says string }{
+		{cut, out, "corrupt"},
+		{file, other, "belongs to another cluster"},
+	} {
+		_, _, err = run(t, now, "restore", tt.file, "-f", specPath, "--out", tt.pkiOut, "--format", "raw")
+		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, tt.says) {
+			t.Errorf("restore %s: %v, want exit 1 saying %q", tt.file, err, tt.says)
+		}
+	}
+	after, _ := os.ReadDir(out)
+	if len(after) != len(before) {
+		t.Errorf("a refused restore left entries in OUT: %v -> %v", before, after)
+	}
+	for _, d := range []string{out, other} {
+		if m, _ := filepath.Glob(filepath.Join(d, ".restore-*")); len(m) > 0 {
+			t.Errorf("a refused restore left %v", m)
+		}
+		if _, err := os.Stat(filepath.Join(d, "restore")); !os.IsNotExist(err) {
+			t.Errorf("a refused restore made %s/restore", d)
+		}
+	}
+}
