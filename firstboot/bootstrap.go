@@ -134,7 +134,7 @@ func (a *Agent) staticInitialCluster() string {
 // restoreHint ends the refusals that only an operator can end.
 const restoreHint = "If a majority of the members lost their data, the cluster cannot heal by itself: " +
 	"restore it as the README's \"Restoring after losing a majority\" describes " +
-	"(etcd --force-new-cluster once on a member that kept its data, or etcdutl snapshot restore on every member)"
+	"(etcd --force-new-cluster once on a member that kept its data, or images from a snapshot: etcdbake restore SNAPSHOT)"
 
 func (a *Agent) decide(ctx context.Context) (BootstrapResult, error) {
 	nc := a.Cfg

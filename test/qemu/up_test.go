@@ -21,11 +21,12 @@ import (
 // TestUpDown drives the CLI as a user would: `etcdbake up` on the built-in example builds
 // the images, boots three VMs under a supervisor that outlives it and waits for the
 // healthy status table; `status` and `exec` reach the running nodes; `up` again says the
-// cluster runs; `down` stops every QEMU process and keeps the disks, so the next `up`
-// comes back with the same cluster and its data. On that cluster, the rolling upgrade
-// (U1), with a VM killed while it stages (U3: reported at once, brought back by `up`
-// with its data, killAndBringBack), then a bad release (U2); `down --purge` discards the
-// disks.
+// cluster runs; `snapshot save` (R1); `down` stops every QEMU process and keeps the
+// disks, which `up --restore` refuses to discard; `down --purge` discards them; `up
+// --restore` refuses a corrupted snapshot (R2) and brings the same cluster back from the
+// good one (R1). On that cluster, the rolling upgrade (U1), with a VM killed while it
+// stages (U3: reported at once, brought back by `up` from its kept disk with its data,
+// killAndBringBack), then a bad release (U2); `down --purge` discards the disks.
 func TestUpDown(t *testing.T) {
 	requireQEMU(t)
 	dir := t.TempDir()
@@ -113,6 +114,10 @@ func TestUpDown(t *testing.T) {
 	// supervisor, reported by status at once, and brought back by up from its kept disk:
 	// U3 below (killAndBringBack while the VM stages a release).
 
+	// R1, first half: keys, a snapshot, more keys.
+	u := upCluster{run: run, specPath: specPath, out: out, st: st}
+	r1 := snapshotForRestore(t, u)
+
 	// down stops every QEMU process and keeps the disks.
 	if stdout, _, err := run(2*time.Minute, "down"); err != nil || !strings.Contains(stdout, "stopped 3 VMs") || !strings.Contains(stdout, "kept 3 VM disks") {
 		t.Fatalf("down: %v", err)
@@ -125,24 +130,26 @@ func TestUpDown(t *testing.T) {
 	if vmcluster.ProcessIs(st.Supervisor, "") {
 		t.Errorf("supervisor %d still runs after down", st.Supervisor)
 	}
-	// The next up boots the same disks: same cluster, the key is still there.
-	stdout, _, err = run(20*time.Minute, "up")
-	if err != nil {
-		t.Fatalf("up after down: %v", err)
+	// A restore never discards kept disks (their etcd data) by itself.
+	if _, stderr, err := run(2*time.Minute, "up", "--restore", r1.file); err == nil || !strings.Contains(stderr, "down --purge") {
+		t.Errorf("up --restore with kept disks: %v, want a refusal naming down --purge", err)
 	}
-	healthyTable(stdout)
+	if stdout, _, err := run(2*time.Minute, "down", "--purge"); err != nil || !strings.Contains(stdout, "discarded 3 VM disks") {
+		t.Fatalf("down --purge: %v", err)
+	}
+	// R2 and R1: every disk is gone; up --restore brings the cluster back from the
+	// snapshot (its kept key too). A VM brought back from its kept disk with its data is
+	// U3's killAndBringBack.
+	st, stdout = checkRestore(t, u, r1, healthyTable)
 	if again := regexp.MustCompile(`cluster (\S+), leader`).FindStringSubmatch(stdout); clusterID == nil || again == nil || again[1] != clusterID[1] {
-		t.Errorf("cluster ID before down %v, after up %v", clusterID, again)
+		t.Errorf("cluster ID before the loss %v, after the restore %v", clusterID, again)
 	}
 	if stdout, _, err := run(time.Minute, "exec", "etcd-1", "--", "/usr/local/bin/etcdctl", "--command-timeout=30s", "get", "--print-value-only", "/etcdbake-test/kept"); err != nil || strings.TrimSpace(stdout) != "across down and up" {
-		t.Errorf("key after down and up: %q %v", stdout, err)
+		t.Errorf("key after the restore: %q %v", stdout, err)
 	}
-	if st, err = vmcluster.ReadRunState(filepath.Join(out, "run")); err != nil {
-		t.Fatal(err)
-	}
+	u.st = st
 	// U1 and U3: a rolling upgrade of this cluster (its disks now have data); then U2: a
 	// release on which etcd cannot start.
-	u := upCluster{run: run, specPath: specPath, out: out, st: st}
 	if t.Run("Rollout", func(t *testing.T) { checkRollout(t, u) }) {
 		if st, err := vmcluster.ReadRunState(filepath.Join(out, "run")); err == nil {
 			u.st = st

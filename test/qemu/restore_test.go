@@ -1,0 +1,183 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/etcdbake/etcdbake/spec"
+	"github.com/etcdbake/etcdbake/vmcluster"
+)
+
+// r1Snapshot is what R1 wrote around its snapshot: what a restore must bring back and
+// what it must not.
+type r1Snapshot struct {
+	file     string
+	m        spec.SnapshotManifest
+	want     map[string]string // key -> value, written before the snapshot
+	after    []string          // keys written after it
+	lastSeen int64             // the newest revision a client saw before the loss
+	ids      map[string]string // node -> member ID
+	saved    time.Duration
+}
+
+func (u upCluster) client(t *testing.T) *clientv3.Client {
+	t.Helper()
+	var eps []string
+	for _, ep := range u.endpoints() {
+		eps = append(eps, ep)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, TLS: adminTLS(t, u.pkiDir()), DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cli
+}
+
+// snapshotForRestore (R1, first half): keys, `etcdbake snapshot save`, more keys.
+func snapshotForRestore(t *testing.T, u upCluster) *r1Snapshot {
+	t.Helper()
+	cli := u.client(t)
+	defer cli.Close()
+	r := &r1Snapshot{want: map[string]string{}, ids: map[string]string{}}
+	put := func(k, v string) int64 {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		resp, err := cli.Put(ctx, k, v)
+		if err != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+		return resp.Header.Revision
+	}
+	for i := 0; i < 40; i++ {
+		k, v := fmt.Sprintf("/r1/before/%02d", i), fmt.Sprintf("value %d, %s", i, strings.Repeat("r", i))
+		put(k, v)
+		r.want[k] = v
+	}
+	start := time.Now()
+	stdout, stderr, err := u.run(5*time.Minute, "snapshot", "save")
+	r.saved = time.Since(start)
+	if err != nil {
+		t.Fatalf("snapshot save: %v\n%s", err, stderr)
+	}
+	r.file = strings.TrimSpace(stdout)
+	stdout, _, err = u.run(2*time.Minute, "snapshot", "verify", r.file, "-o", "json")
+	if err != nil || json.Unmarshal([]byte(stdout), &r.m) != nil {
+		t.Fatalf("snapshot verify -o json: %v\n%s", err, stdout)
+	}
+	fi, _ := os.Stat(r.file)
+	t.Logf("R1 snapshot: revision %d, %d keys, %d bytes (file %d) from %s, saved and verified in %s", r.m.Revision, r.m.Keys, r.m.Size, fi.Size(), r.m.From, r.saved.Round(100*time.Millisecond))
+	if r.m.Revision < put("/r1/probe-after", "x")-1 {
+		t.Errorf("the snapshot's revision %d is older than the writes acknowledged before it", r.m.Revision)
+	}
+	r.after = append(r.after, "/r1/probe-after")
+	for i := 0; i < 10; i++ {
+		k := fmt.Sprintf("/r1/after/%02d", i)
+		r.lastSeen = put(k, "written after the snapshot")
+		r.after = append(r.after, k)
+	}
+	for _, m := range u.status(t).Members {
+		r.ids[m.Name] = m.ID
+	}
+	return r
+}
+
+// checkRestore (R2 and R1's second half), on a cluster whose disks were all discarded:
+// a corrupted snapshot is refused with nothing written; `up --restore` boots the three
+// nodes from the snapshot: every key before it with its value, none after, the same
+// member IDs, three healthy voters with flannel leases, and a watch from before the loss
+// told it was compacted instead of rewound.
+func checkRestore(t *testing.T, u upCluster, r *r1Snapshot, healthyTable func(string)) (*vmcluster.RunState, string) {
+	t.Helper()
+	// R2: a byte changed in the database.
+	b, err := os.ReadFile(r.file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x01
+	bad := filepath.Join(filepath.Dir(r.file), "corrupted"+spec.SnapshotExt)
+	if err := os.WriteFile(bad, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := u.run(5*time.Minute, "up", "--restore", bad)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr, "corrupt") {
+		t.Errorf("R2: up --restore of a corrupted snapshot: %v, want exit 1 saying corrupt", err)
+	}
+	for _, p := range []string{filepath.Join(u.out, "qemu", "restored"), filepath.Join(u.out, "run", vmcluster.RunStateFile)} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("R2: a refused restore left %s", p)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(u.out, ".restore-*")); len(m) > 0 {
+		t.Errorf("R2: a refused restore left %v", m)
+	}
+
+	// R1: the restore.
+	start := time.Now()
+	stdout, stderr, err := u.run(25*time.Minute, "up", "--restore", r.file)
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("R1: up --restore: %v", err)
+	}
+	healthyTable(stdout)
+	t.Logf("R1: up --restore -> healthy with 3 flannel leases in %s (restore, images, boot)", took.Round(time.Second))
+	if !strings.Contains(stderr, "verified and restored for 3 members") {
+		t.Errorf("R1: up --restore does not say it verified and restored the snapshot")
+	}
+	st, err := vmcluster.ReadRunState(filepath.Join(u.out, "run"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.st = st
+	for _, m := range u.status(t).Members {
+		if r.ids[m.Name] != m.ID || m.Learner || !m.Healthy {
+			t.Errorf("R1: %s is member %s (learner %v, healthy %v) after the restore; it was %s", m.Name, m.ID, m.Learner, m.Healthy, r.ids[m.Name])
+		}
+	}
+	cli := u.client(t)
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	got, err := cli.Get(ctx, "/r1/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatalf("R1: reading the restored keys: %v", err)
+	}
+	have := map[string]string{}
+	for _, kv := range got.Kvs {
+		have[string(kv.Key)] = string(kv.Value)
+	}
+	for k, v := range r.want {
+		if have[k] != v {
+			t.Errorf("R1: %s = %q after the restore, want %q", k, have[k], v)
+		}
+	}
+	for _, k := range r.after {
+		if _, ok := have[k]; ok {
+			t.Errorf("R1: %s, written after the snapshot, is there after the restore", k)
+		}
+	}
+	if got.Header.Revision <= r.lastSeen {
+		t.Errorf("R1: the restored revision %d is not past the last one seen before the loss (%d)", got.Header.Revision, r.lastSeen)
+	}
+	t.Logf("R1: %d keys of %d back, none of the %d written after; revision %d (snapshot %d, last seen %d)", len(have), len(r.want), len(r.after), got.Header.Revision, r.m.Revision, r.lastSeen)
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	wr := <-cli.Watch(wctx, "/r1/", clientv3.WithPrefix(), clientv3.WithRev(r.lastSeen+1))
+	if wr.CompactRevision == 0 || !errors.Is(wr.Err(), rpctypes.ErrCompacted) {
+		t.Errorf("R1: a watch resuming at revision %d: compact revision %d, %v; want a compaction error", r.lastSeen+1, wr.CompactRevision, wr.Err())
+	}
+	return st, stdout
+}
