@@ -113,7 +113,7 @@ func TestCheckChangeAllows(t *testing.T) {
 		"election timeout":    func(c *spec.Cluster) { c.Etcd.ElectionTimeout = dur(3 * time.Second) },
 		"snapshot count":      func(c *spec.Cluster) { c.Etcd.SnapshotCount = 50000 },
 		"quota":               func(c *spec.Cluster) { c.Etcd.QuotaBackendBytes = 4 << 30 },
-		"compaction":          func(c *spec.Cluster) { c.Etcd.AutoCompactionRetention = dur(time.Hour) },
+		"compaction":          func(c *spec.Cluster) { c.Etcd.AutoCompactionRetention = dur(2 * time.Hour) },
 		"metrics port":        func(c *spec.Cluster) { c.Etcd.MetricsPort = 9381 },
 		"extra SANs":          func(c *spec.Cluster) { c.Etcd.ExtraSANs = []string{"etcd.example.internal"} },
 		"node extra SANs":     func(c *spec.Cluster) { c.Nodes[0].ExtraSANs = []string{"etcd-1.example.internal"} },

@@ -11,19 +11,23 @@ const (
 	DefaultElection          = 1000 * time.Millisecond
 	DefaultSnapshotCount     = 10000
 	DefaultQuotaBackendBytes = 2 << 30 // etcd's default, 2 GiB
-	DefaultSubnetLen         = 24
-	DefaultBackend           = "vxlan"
-	DefaultVNI               = 1
-	DefaultPrefix            = "/coreos.com/network"
-	DefaultMaxSkew           = 500 * time.Millisecond
-	DefaultSyncTimeout       = 2 * time.Minute
-	DefaultAlgorithm         = "ecdsa-p256"
-	DefaultCALifetime        = 10 * 365 * 24 * time.Hour
-	DefaultLeafLifetime      = 365 * 24 * time.Hour
-	DefaultBackdate          = time.Hour
-	DefaultRenewBefore       = 30 * 24 * time.Hour
-	DefaultSSHUser           = "core"
-	DefaultRolloutTimeout    = 10 * time.Minute
+	// DefaultAutoCompactionRetention turns etcd's periodic compaction on (etcd's own
+	// default is off; with no kube-apiserver compacting, the history would grow until
+	// NOSPACE): an hour of history stays for watchers to resume from.
+	DefaultAutoCompactionRetention = time.Hour
+	DefaultSubnetLen               = 24
+	DefaultBackend                 = "vxlan"
+	DefaultVNI                     = 1
+	DefaultPrefix                  = "/coreos.com/network"
+	DefaultMaxSkew                 = 500 * time.Millisecond
+	DefaultSyncTimeout             = 2 * time.Minute
+	DefaultAlgorithm               = "ecdsa-p256"
+	DefaultCALifetime              = 10 * 365 * 24 * time.Hour
+	DefaultLeafLifetime            = 365 * 24 * time.Hour
+	DefaultBackdate                = time.Hour
+	DefaultRenewBefore             = 30 * 24 * time.Hour
+	DefaultSSHUser                 = "core"
+	DefaultRolloutTimeout          = 10 * time.Minute
 	// MinRolloutTimeout is the shortest verification bound: a node under emulation needs
 	// about a minute from boot to a verified member.
 	MinRolloutTimeout = 30 * time.Second
@@ -59,6 +63,7 @@ func (c *Cluster) ApplyDefaults() {
 	if e.QuotaBackendBytes == 0 {
 		e.QuotaBackendBytes = DefaultQuotaBackendBytes
 	}
+	setDur(&e.AutoCompactionRetention, DefaultAutoCompactionRetention)
 
 	f := &c.Flannel
 	setInt(&f.SubnetLen, DefaultSubnetLen)
