@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -57,7 +58,12 @@ type Member struct {
 	RaftTerm  uint64 `json:"raftTerm"`
 	RaftIndex uint64 `json:"raftIndex"`
 	Version   string `json:"version"`
-	DBSize    int64  `json:"dbSize"`
+	// DBSize is the database file's size; DBSizeInUse what its data takes (the rest is
+	// free pages that defragmentation returns); QuotaPercent is DBSize of the spec's
+	// etcd.quotaBackendBytes (etcd stops taking writes at 100%: NOSPACE).
+	DBSize       int64   `json:"dbSize"`
+	DBSizeInUse  int64   `json:"dbSizeInUse"`
+	QuotaPercent float64 `json:"quotaPercent"`
 	// CertDaysLeft is the fewest days left on the node's server and peer certificates
 	// (nil when the PKI directory has none for this member).
 	CertDaysLeft *int `json:"certDaysLeft,omitempty"`
@@ -79,7 +85,24 @@ type Cluster struct {
 	Flannel []Lease `json:"flannelLeases"`
 	// Unreachable holds the diagnosis of each endpoint that did not answer.
 	Unreachable []Diagnosis `json:"unreachable,omitempty"`
+	// Alarms are the cluster's raised alarms (NOSPACE, CORRUPT), per member.
+	Alarms []Alarm `json:"alarms,omitempty"`
+	// Warnings say what needs the operator before it stops the cluster.
+	Warnings []string `json:"warnings,omitempty"`
 }
+
+// Alarm is one raised alarm.
+type Alarm struct {
+	Member string `json:"member"`
+	Alarm  string `json:"alarm"`
+}
+
+// Thresholds of the warnings: etcd's own alerts (quota, fragmentation).
+const (
+	QuotaWarnPercent  = 80
+	FragmentedInUse   = 0.5       // in use / total below this ...
+	FragmentedMinFree = 100 << 20 // ... with more than this reclaimable
+)
 
 // CauseNotRunning marks a member named in Options.NotRunning.
 const CauseNotRunning Cause = "notRunning"
@@ -198,7 +221,7 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 			continue
 		}
 		m.Endpoint = ep
-		fill(m, st, out)
+		fill(m, st, out, c.Etcd.QuotaBackendBytes)
 	}
 	// Members that did not answer: say why, from what is known or the endpoint's
 	// diagnosis; members reached by no given endpoint are tried at their advertised URL.
@@ -222,7 +245,7 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 				st, err := cli.Status(sctx, m.Endpoint)
 				cancel()
 				if err == nil {
-					fill(m, st, out)
+					fill(m, st, out, c.Etcd.QuotaBackendBytes)
 					continue
 				}
 				m.Error, m.Cause = explain(err).Error(), CauseOther
@@ -248,6 +271,23 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 	}
 	out.Quorum = voters > 0 && healthyVoters > voters/2 && out.Leader != ""
 	if out.Quorum {
+		actx, cancel := context.WithTimeout(ctx, o.Timeout)
+		al, err := cli.AlarmList(actx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("listing alarms: %w", explain(err))
+		}
+		names := map[uint64]string{}
+		for _, m := range ml.Members {
+			names[m.ID] = m.Name
+		}
+		for _, a := range al.Alarms {
+			who := names[a.MemberID]
+			if who == "" {
+				who = fmt.Sprintf("%x", a.MemberID)
+			}
+			out.Alarms = append(out.Alarms, Alarm{Member: who, Alarm: a.Alarm.String()})
+		}
 		leases, err := flannelLeases(ctx, cli, c, o.Timeout)
 		if err != nil {
 			return nil, fmt.Errorf("reading flannel leases: %w", explain(err))
@@ -264,7 +304,45 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 		}
 	}
 	sort.SliceStable(out.Members, func(i, j int) bool { return out.Members[i].Name < out.Members[j].Name })
+	out.Warnings = warnings(c, out)
 	return out, nil
+}
+
+// warnings names what will stop the cluster unless the operator acts: alarms, a database
+// near its quota or fragmented, certificates within spec.pki.renewBefore of expiry.
+func warnings(c *spec.Cluster, out *Cluster) []string {
+	var w []string
+	for _, a := range out.Alarms {
+		w = append(w, fmt.Sprintf("%s: alarm %s raised", a.Member, a.Alarm)+alarmHint(a.Alarm))
+	}
+	for i := range out.Members {
+		m := &out.Members[i]
+		if m.DBSize == 0 {
+			continue
+		}
+		if m.QuotaPercent >= QuotaWarnPercent {
+			w = append(w, fmt.Sprintf("%s: the database is %.0f%% of the quota (%s of etcd.quotaBackendBytes %s): at 100%% etcd raises NOSPACE and takes no writes; compact and defragment, or raise the quota",
+				m.Name, m.QuotaPercent, humanize.IBytes(uint64(m.DBSize)), humanize.IBytes(uint64(c.Etcd.QuotaBackendBytes))))
+		}
+		if free := m.DBSize - m.DBSizeInUse; m.DBSizeInUse > 0 && float64(m.DBSizeInUse) < FragmentedInUse*float64(m.DBSize) && free > FragmentedMinFree {
+			w = append(w, fmt.Sprintf("%s: the database is fragmented: %s in use of %s, %s reclaimable by defragmentation", m.Name,
+				humanize.IBytes(uint64(m.DBSizeInUse)), humanize.IBytes(uint64(m.DBSize)), humanize.IBytes(uint64(free))))
+		}
+		if d := m.CertDaysLeft; d != nil && c.PKI.RenewBefore.D > 0 && time.Duration(*d)*24*time.Hour < c.PKI.RenewBefore.D {
+			w = append(w, fmt.Sprintf("%s: its certificates expire in %d days (pki.renewBefore %s): etcdbake pki --renew, etcdbake image, etcdbake rollout", m.Name, *d, c.PKI.RenewBefore.Raw))
+		}
+	}
+	return w
+}
+
+func alarmHint(alarm string) string {
+	switch alarm {
+	case "NOSPACE":
+		return ": the cluster takes no writes until the database is compacted, defragmented and the alarm disarmed"
+	case "CORRUPT":
+		return ": a member's data differs from the others'; see etcd's log on each node"
+	}
+	return ""
 }
 
 // flannelLeases lists <prefix>/subnets/: keys like 10.244.7.0-24, values with PublicIP.
@@ -315,14 +393,24 @@ func nodeRecords(ctx context.Context, cli *clientv3.Client, timeout time.Duratio
 	return out, nil
 }
 
-// fill copies one member's answer into its row.
-func fill(m *Member, st *clientv3.StatusResponse, out *Cluster) {
-	m.Healthy, m.Error = len(st.Errors) == 0, ""
-	if len(st.Errors) > 0 {
-		m.Error = fmt.Sprint(st.Errors)
+// fill copies one member's answer into its row. Raised alarms, which every member lists
+// among its errors, do not make a member unhealthy: Cluster.Alarms reports them.
+func fill(m *Member, st *clientv3.StatusResponse, out *Cluster, quota int64) {
+	var errs []string
+	for _, e := range st.Errors {
+		if !strings.HasPrefix(e, "memberID:") { // an AlarmMember, as etcd formats it
+			errs = append(errs, e)
+		}
+	}
+	m.Healthy, m.Error = len(errs) == 0, ""
+	if len(errs) > 0 {
+		m.Error = strings.Join(errs, "; ")
 	}
 	m.Leader, m.RaftTerm, m.RaftIndex = st.Leader == st.Header.MemberId, st.RaftTerm, st.RaftIndex
-	m.Version, m.DBSize, m.Learner = st.Version, st.DbSize, st.IsLearner
+	m.Version, m.DBSize, m.DBSizeInUse, m.Learner = st.Version, st.DbSize, st.DbSizeInUse, st.IsLearner
+	if q := quota; q > 0 {
+		m.QuotaPercent = 100 * float64(st.DbSize) / float64(q)
+	}
 	if m.Leader {
 		out.Leader = m.Name
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -81,6 +82,60 @@ func TestStatusAgainstRealCluster(t *testing.T) {
 	}
 	if leaders != 1 {
 		t.Errorf("%d leaders", leaders)
+	}
+	for _, m := range st.Members {
+		if m.DBSizeInUse <= 0 || m.DBSizeInUse > m.DBSize || m.QuotaPercent <= 0 || m.QuotaPercent > 1 {
+			t.Errorf("member %s: in use %d of %d, %.3f%% of the 2 GiB quota", m.Name, m.DBSizeInUse, m.DBSize, m.QuotaPercent)
+		}
+	}
+	if len(st.Alarms) != 0 || len(st.Warnings) != 0 {
+		t.Errorf("a fresh cluster has alarms %v or warnings %v", st.Alarms, st.Warnings)
+	}
+
+	// A NOSPACE alarm raised on m2 (through etcd's own alarm API: etcd then refuses
+	// writes), a quota the databases are near, certificates within renewBefore: each is
+	// a warning; disarmed, the alarm is gone.
+	ml, err := cli.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m2 uint64
+	for _, m := range ml.Members {
+		if m.Name == "m2" {
+			m2 = m.ID
+		}
+	}
+	if _, err := pb.NewMaintenanceClient(cli.ActiveConnection()).Alarm(ctx, &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: m2, Alarm: pb.AlarmType_NOSPACE}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "/refused", "x"); err == nil {
+		t.Fatal("etcd took a write under NOSPACE: the alarm was not raised")
+	}
+	near := *c
+	near.Etcd.QuotaBackendBytes = st.Members[0].DBSize * 100 / 85
+	near.PKI.RenewBefore = spec.Dur(400 * 24 * time.Hour)
+	near.PKI.RenewBefore.Raw = "400d"
+	st, err = Collect(ctx, &near, Options{CAFile: ca, CertFile: crt, KeyFile: key, PKIDir: tc.PKIDir, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Quorum {
+		t.Errorf("under an alarm the members still answer with a leader: quorum %v", st.Quorum)
+	}
+	if len(st.Alarms) != 1 || st.Alarms[0] != (Alarm{Member: "m2", Alarm: "NOSPACE"}) {
+		t.Errorf("alarms %+v, want m2's NOSPACE", st.Alarms)
+	}
+	all := strings.Join(st.Warnings, "\n")
+	for _, w := range []string{"m2: alarm NOSPACE raised: the cluster takes no writes", "m1: the database is 8", "% of the quota", "m3: its certificates expire in 36", "(pki.renewBefore 400d): etcdbake pki --renew"} {
+		if !strings.Contains(all, w) {
+			t.Errorf("warnings lack %q:\n%s", w, all)
+		}
+	}
+	if _, err := cli.AlarmDisarm(ctx, &clientv3.AlarmMember{MemberID: m2, Alarm: pb.AlarmType_NOSPACE}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = Collect(ctx, c, Options{CAFile: ca, CertFile: crt, KeyFile: key, Timeout: 5 * time.Second}); err != nil || len(st.Alarms) != 0 || len(st.Warnings) != 0 {
+		t.Errorf("after disarming: %v, alarms %v, warnings %v", err, st.Alarms, st.Warnings)
 	}
 
 	// With one member down, the others still report quorum and the stopped one is unhealthy.

@@ -24,7 +24,7 @@ func (a *app) statusCmd() *cobra.Command {
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show each member's health, leader, raft term/index, version, DB size, learner flag and certificate days left",
+		Short: "Show each member's health, leader, raft term/index, version, database use and quota, certificate days left, alarms and warnings",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := a.load(cmd)
@@ -74,6 +74,13 @@ func (a *app) statusCmd() *cobra.Command {
 			if !st.Quorum {
 				return &exitError{code: 1, msg: "the cluster has no quorum or no leader"}
 			}
+			if len(st.Alarms) > 0 {
+				var as []string
+				for _, al := range st.Alarms {
+					as = append(as, al.Member+" "+al.Alarm)
+				}
+				return &exitError{code: 1, msg: "alarms raised (" + strings.Join(as, ", ") + "): the cluster answers but does not serve as it should; see the warnings"}
+			}
 			return nil
 		},
 	}
@@ -85,7 +92,7 @@ func (a *app) statusCmd() *cobra.Command {
 
 func printStatus(out interface{ Write([]byte) (int, error) }, st *status.Cluster) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "MEMBER\tENDPOINT\tHEALTH\tLEADER\tLEARNER\tTERM\tINDEX\tVERSION\tDB SIZE\tCERT DAYS")
+	fmt.Fprintln(w, "MEMBER\tENDPOINT\tHEALTH\tLEADER\tLEARNER\tTERM\tINDEX\tVERSION\tDB IN USE/SIZE (QUOTA)\tCERT DAYS")
 	for _, m := range st.Members {
 		health := "healthy"
 		if !m.Healthy {
@@ -95,8 +102,12 @@ func printStatus(out interface{ Write([]byte) (int, error) }, st *status.Cluster
 		if m.CertDaysLeft != nil {
 			days = fmt.Sprint(*m.CertDaysLeft)
 		}
+		db := "-"
+		if m.DBSize > 0 {
+			db = fmt.Sprintf("%s/%s (%.0f%%)", humanBytes(m.DBSizeInUse), humanBytes(m.DBSize), m.QuotaPercent)
+		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%v\t%d\t%d\t%s\t%s\t%s\n", m.Name, m.Endpoint, health, m.Leader, m.Learner,
-			m.RaftTerm, m.RaftIndex, m.Version, humanBytes(m.DBSize), days)
+			m.RaftTerm, m.RaftIndex, m.Version, db, days)
 	}
 	w.Flush()
 	// The whole cause of each member that did not answer, below the table.
@@ -110,6 +121,9 @@ func printStatus(out interface{ Write([]byte) (int, error) }, st *status.Cluster
 		leader = "(none)"
 	}
 	fmt.Fprintf(out, "cluster %s, leader %s, quorum %v\n", st.ClusterID, leader, st.Quorum)
+	for _, wn := range st.Warnings {
+		fmt.Fprintf(out, "WARNING: %s\n", wn)
+	}
 	if len(st.Flannel) > 0 {
 		var ls []string
 		for _, l := range st.Flannel {
