@@ -64,6 +64,39 @@ func writeArchive(path string, m *spec.SnapshotManifest, db string) error {
 	return nil
 }
 
+// ReadManifest reads a snapshot file's manifest only (nothing is verified: see Verify).
+func ReadManifest(path string) (*spec.SnapshotManifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readManifest(path, tar.NewReader(f))
+}
+
+func readManifest(path string, tr *tar.Reader) (*spec.SnapshotManifest, error) {
+	h, err := tr.Next()
+	if err != nil || h.Name != spec.SnapshotManifestName {
+		return nil, corruptf(path, "not an etcdbake snapshot (a tar archive starting with %s): %v", spec.SnapshotManifestName, describe(h, err))
+	}
+	mb, err := io.ReadAll(io.LimitReader(tr, maxManifest))
+	if err != nil {
+		return nil, corruptf(path, "reading %s: %v", spec.SnapshotManifestName, err)
+	}
+	var m spec.SnapshotManifest
+	if err := json.Unmarshal(mb, &m); err != nil {
+		return nil, corruptf(path, "%s is not a snapshot manifest: %v", spec.SnapshotManifestName, err)
+	}
+	if m.Format != spec.SnapshotFormat {
+		return nil, corruptf(path, "manifest format %d; this etcdbake reads format %d", m.Format, spec.SnapshotFormat)
+	}
+	return &m, nil
+}
+
+func corruptf(path, format string, a ...any) error {
+	return fmt.Errorf("%w: %s: %s", errCorrupt, path, fmt.Sprintf(format, a...))
+}
+
 // readArchive reads a snapshot file's manifest and writes its database to db, checking
 // the database's size and sha256 against the manifest.
 func readArchive(path, db string) (*spec.SnapshotManifest, error) {
@@ -72,28 +105,14 @@ func readArchive(path, db string) (*spec.SnapshotManifest, error) {
 		return nil, err
 	}
 	defer f.Close()
-	corrupt := func(format string, a ...any) error {
-		return fmt.Errorf("%w: %s: %s", errCorrupt, path, fmt.Sprintf(format, a...))
-	}
 	tr := tar.NewReader(f)
-	h, err := tr.Next()
-	if err != nil || h.Name != spec.SnapshotManifestName {
-		return nil, corrupt("not an etcdbake snapshot (a tar archive starting with %s): %v", spec.SnapshotManifestName, describe(h, err))
-	}
-	mb, err := io.ReadAll(io.LimitReader(tr, maxManifest))
+	m, err := readManifest(path, tr)
 	if err != nil {
-		return nil, corrupt("reading %s: %v", spec.SnapshotManifestName, err)
+		return nil, err
 	}
-	var m spec.SnapshotManifest
-	if err := json.Unmarshal(mb, &m); err != nil {
-		return nil, corrupt("%s is not a snapshot manifest: %v", spec.SnapshotManifestName, err)
-	}
-	if m.Format != spec.SnapshotFormat {
-		return nil, corrupt("manifest format %d; this etcdbake reads format %d", m.Format, spec.SnapshotFormat)
-	}
-	h, err = tr.Next()
+	h, err := tr.Next()
 	if err != nil || h.Name != spec.SnapshotDBName {
-		return nil, corrupt("no %s entry after the manifest: %v", spec.SnapshotDBName, describe(h, err))
+		return nil, corruptf(path, "no %s entry after the manifest: %v", spec.SnapshotDBName, describe(h, err))
 	}
 	out, err := os.OpenFile(db, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -105,15 +124,15 @@ func readArchive(path, db string) (*spec.SnapshotManifest, error) {
 		err = cerr
 	}
 	if err != nil {
-		return nil, corrupt("reading the database: %v (the file is cut short?)", err)
+		return nil, corruptf(path, "reading the database: %v (the file is cut short?)", err)
 	}
 	if n != m.Size {
-		return nil, corrupt("the database has %d bytes, the manifest says %d", n, m.Size)
+		return nil, corruptf(path, "the database has %d bytes, the manifest says %d", n, m.Size)
 	}
 	if got := hex.EncodeToString(sum.Sum(nil)); got != m.SHA256 {
-		return nil, corrupt("the database's sha256 is %s, the manifest says %s", got, m.SHA256)
+		return nil, corruptf(path, "the database's sha256 is %s, the manifest says %s", got, m.SHA256)
 	}
-	return &m, nil
+	return m, nil
 }
 
 func describe(h *tar.Header, err error) string {

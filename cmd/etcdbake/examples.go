@@ -75,6 +75,10 @@ etcdbake snapshot save /backups/etcd-demo.snapshot.tar -o json`,
 etcdbake snapshot verify out/snapshots/etcd-demo-20261203T211500Z.snapshot.tar
 etcdbake snapshot verify /backups/etcd-demo.snapshot.tar -f lab/cluster.yaml --out lab/out -o json`,
 
+	"etcdbake snapshot list": `
+etcdbake snapshot list
+etcdbake snapshot list --out lab/out -o json`,
+
 	"etcdbake restore": `
 # Images with every member's data restored, to out/restore/images; install them with
 # etcdbake serve --listen 10.88.0.1:8080 --images out/restore/images

@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,7 +29,7 @@ HashKV at that revision, etcd version, sha256, size, time, spec hash) and the da
 etcd's Snapshot API sends it. It restores with nothing from the old cluster but the spec
 and the PKI; ` + "`tar xf FILE db`" + ` gives what etcdutl snapshot restore takes.`,
 	}
-	cmd.AddCommand(a.snapshotSaveCmd(), a.snapshotVerifyCmd())
+	cmd.AddCommand(a.snapshotSaveCmd(), a.snapshotVerifyCmd(), a.snapshotListCmd())
 	return cmd
 }
 
@@ -132,6 +134,61 @@ the same name and the CA in OUT/pki. Exit 0 when all hold, 1 otherwise.`,
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json (the manifest)")
+	return cmd
+}
+
+func (a *app) snapshotListCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the snapshot files in OUT/snapshots, newest first, from their manifests",
+		Long: `list reads each file's manifest (it does not verify the files: snapshot verify does). A
+file that is not a snapshot is listed with why.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			type row struct {
+				File     string                 `json:"file"`
+				Manifest *spec.SnapshotManifest `json:"manifest,omitempty"`
+				Error    string                 `json:"error,omitempty"`
+			}
+			files, err := filepath.Glob(filepath.Join(a.snapshotsDir(), "*"+spec.SnapshotExt))
+			if err != nil {
+				return err
+			}
+			var rows []row
+			for _, f := range files {
+				m, err := backup.ReadManifest(f)
+				r := row{File: f, Manifest: m}
+				if err != nil {
+					r.Error = err.Error()
+				}
+				rows = append(rows, r)
+			}
+			sort.SliceStable(rows, func(i, j int) bool {
+				mi, mj := rows[i].Manifest, rows[j].Manifest
+				return mi != nil && (mj == nil || mi.Taken.After(mj.Taken))
+			})
+			if output == "json" {
+				return writeJSON(cmd.OutOrStdout(), rows)
+			}
+			if len(rows) == 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "no snapshots in %s (etcdbake snapshot save)\n", a.snapshotsDir())
+				return nil
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "TAKEN\tAGE\tCLUSTER\tREVISION\tKEYS\tSIZE\tFROM\tFILE")
+			for _, r := range rows {
+				if m := r.Manifest; m != nil {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.Taken.Format(time.RFC3339), a.now().Sub(m.Taken).Round(time.Minute),
+						m.Cluster, m.Revision, m.Keys, humanBytes(m.Size), m.From, r.File)
+				} else {
+					fmt.Fprintf(w, "-\t-\t-\t-\t-\t-\t-\t%s: %s\n", r.File, r.Error)
+				}
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	return cmd
 }
 

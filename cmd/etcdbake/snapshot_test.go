@@ -36,6 +36,12 @@ func TestSnapshotCommands(t *testing.T) {
 			t.Errorf("save's report lacks %q:\n%s", w, stderr)
 		}
 	}
+	// list shows it from its manifest; a file that is not a snapshot, with why.
+	os.WriteFile(filepath.Join(out, "snapshots", "junk"+spec.SnapshotExt), []byte("junk"), 0o600)
+	stdout, _, err = run(t, now.Add(2*time.Hour), "snapshot", "list", "-f", specPath, "--out", out)
+	if err != nil || !strings.Contains(stdout, "2026-12-03T12:00:00Z  2h0m0s  "+ex.Name) || !strings.Contains(stdout, file) || !strings.Contains(stdout, "junk"+spec.SnapshotExt+": corrupt snapshot") {
+		t.Errorf("snapshot list: %v\n%s", err, stdout)
+	}
 	// A snapshot never replaces a file.
 	_, _, err = run(t, now, "snapshot", "save", file, "-f", specPath, "--out", out, "--endpoints", eps)
 	var ee *exitError
