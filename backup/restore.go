@@ -36,7 +36,21 @@ func Restore(ctx context.Context, path string, c *spec.Cluster, want Expect, dat
 			return nil, err
 		}
 	}
-	scratch, err := os.MkdirTemp("", "etcdbake-restore-")
+	// The working copies (the database, a copy for hashing) go near the first data
+	// directory, on the file system that will hold the restored data, in its nearest
+	// existing parent: nothing is created for a restore that is refused.
+	parent := filepath.Dir(dataDirs[c.Nodes[0].Name])
+	for {
+		if fi, err := os.Stat(parent); err == nil && fi.IsDir() {
+			break
+		}
+		up := filepath.Dir(parent)
+		if up == parent {
+			break
+		}
+		parent = up
+	}
+	scratch, err := os.MkdirTemp(parent, ".restore-work-")
 	if err != nil {
 		return nil, err
 	}
