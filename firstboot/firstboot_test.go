@@ -13,6 +13,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
 	"github.com/etcdbake/etcdbake/internal/testcluster"
@@ -28,6 +29,8 @@ type fbCluster struct {
 	tc     *testcluster.Cluster
 	agents map[string]*Agent
 	dir    string
+	// configure, if set, changes each member's etcd config before it starts.
+	configure func(*embed.Config)
 }
 
 func newFBCluster(t *testing.T, name string, base int) *fbCluster {
@@ -78,6 +81,9 @@ func (fc *fbCluster) bootEtcd(name string) error {
 	}
 	if ic := env["ETCD_INITIAL_CLUSTER"]; ic != "" {
 		cfg.InitialCluster = ic
+	}
+	if fc.configure != nil {
+		fc.configure(cfg)
 	}
 	return fc.tc.StartConfig(name, cfg)
 }

@@ -58,6 +58,15 @@ type NodeConfig struct {
 	Flannel  NodeFlannel  `json:"flannel"`
 	Time     NodeTime     `json:"time"`
 	Timeouts NodeTimeouts `json:"timeouts"`
+	// Maintenance tunes `etcd-firstboot maintain`.
+	Maintenance NodeMaintenance `json:"maintenance"`
+}
+
+// NodeMaintenance tunes the maintenance passes; zero values take etcd-firstboot's
+// defaults (etcd's alert thresholds).
+type NodeMaintenance struct {
+	// QuotaBytes is etcd's quota (etcd.quotaBackendBytes).
+	QuotaBytes int64 `json:"quotaBytes"`
 }
 
 // NodeTimeouts bound etcd-firstboot's waits. Zero values take the defaults below.
@@ -135,7 +144,8 @@ func (c *Cluster) NodeConfigFor(n Node) NodeConfig {
 			MaxSkew:     c.Time.MaxSkew,
 			SyncTimeout: c.Time.SyncTimeout,
 		},
-		Timeouts: NodeTimeouts{Dial: Dur(DefaultDialTimeout), Ready: Dur(DefaultReadyTimeout), Retry: Dur(DefaultRetryEvery)},
+		Timeouts:    NodeTimeouts{Dial: Dur(DefaultDialTimeout), Ready: Dur(DefaultReadyTimeout), Retry: Dur(DefaultRetryEvery)},
+		Maintenance: NodeMaintenance{QuotaBytes: c.Etcd.QuotaBackendBytes},
 	}
 }
 

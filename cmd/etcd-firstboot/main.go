@@ -22,6 +22,11 @@
 //	                        gate): finishes the last boot's step, then follows the release
 //	                        `etcdbake rollout` publishes: stages it, waits for the reboot lock
 //	                        and the gates, hands leadership off, arms the slot and reboots
+//	etcd-firstboot maintain [--json]
+//	                        one maintenance pass: a NOSPACE alarm repaired (by the leader's
+//	                        node), this member defragmented when fragmented (under the
+//	                        cluster's lock, one member at a time, the leader's last), a
+//	                        warning near the quota
 //
 // A refusal exits non-zero with the reason on stderr; the systemd units retry.
 package main
@@ -57,14 +62,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 // runWith is run reading the boot slot from the given paths (tests point them at a fake
 // ESP; zero fields are the real /proc/cmdline, efivarfs and /efi).
 func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) int {
-	if len(args) < 1 || !slices.Contains([]string{"prepare", "ready", "status", "verify-boot", "stage", "arm", "rollout"}, args[0]) {
-		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status|verify-boot|stage URL|arm GENERATION|rollout [--config FILE] [--json] [--timeout D]")
+	if len(args) < 1 || !slices.Contains([]string{"prepare", "ready", "status", "verify-boot", "stage", "arm", "rollout", "maintain"}, args[0]) {
+		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status|verify-boot|stage URL|arm GENERATION|rollout|maintain [--config FILE] [--json] [--timeout D]")
 		return 2
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", spec.NodeConfigPath, "node settings written by etcdbake")
-	asJSON := fs.Bool("json", false, "status: print JSON")
+	asJSON := fs.Bool("json", false, "status, maintain: print JSON")
 	timeout := fs.Duration("timeout", spec.DefaultRolloutTimeout, "rollout: the bound on a new slot's verification (spec rollout.timeout)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
@@ -119,6 +124,18 @@ func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) 
 		}})
 		if errors.Is(err, context.Canceled) {
 			err = nil // stopped by systemd
+		}
+	case "maintain":
+		var rep firstboot.MaintainReport
+		rep, err = a.Maintain(ctx, firstboot.MaintainOptions{QuotaBytes: nc.Maintenance.QuotaBytes})
+		for _, w := range rep.Warnings {
+			a.Logf("maintain: WARNING: %s", w)
+		}
+		if rep.Skipped != "" {
+			a.Logf("maintain: %s", rep.Skipped)
+		}
+		if *asJSON && err == nil {
+			err = json.NewEncoder(stdout).Encode(rep)
 		}
 	case "arm":
 		var gen int
