@@ -346,6 +346,9 @@ func checkRollout(t *testing.T, u upCluster) {
 		case <-time.After(time.Second):
 		}
 	}
+	// The VM that dies is a follower: a leader killed costs an election (seconds without
+	// a leader under TCG), which is the fault suite's B4, not this check.
+	ensureFollower(ctx, t, u.endpoints(), tlsCfg, victim)
 	// The kill, status and the supervisor noticing it, up bringing the VM back from its
 	// disk, its own data (TestUpDown's checks of a VM that dies).
 	killed := time.Now()
@@ -540,6 +543,40 @@ func checkSamples(t *testing.T, name string, samples []sample, nodes []string) (
 		figures = append(figures, fmt.Sprintf("%s down %s-%s (%.0fs)", w.node, w.from.Format(time.TimeOnly), w.to.Format(time.TimeOnly), w.to.Sub(w.from).Seconds()+1))
 	}
 	return perNode, figures, minUp
+}
+
+// ensureFollower moves leadership away from node if it leads, and waits until it does not.
+func ensureFollower(ctx context.Context, t *testing.T, eps map[string]string, tlsCfg *tls.Config, node string) {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{eps[node]}, TLS: tlsCfg, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		st, err := cli.Status(sctx, eps[node])
+		if err != nil || st.Leader == 0 {
+			cancel()
+			continue
+		}
+		if st.Leader != st.Header.MemberId {
+			cancel()
+			return
+		}
+		ml, err := cli.MemberList(sctx)
+		if err == nil {
+			for _, m := range ml.Members {
+				if m.ID != st.Header.MemberId && !m.IsLearner {
+					_, err = cli.MoveLeader(sctx, m.ID)
+					t.Logf("U3: %s led: leadership moved to %s (%v)", node, m.Name, err)
+					break
+				}
+			}
+		}
+		cancel()
+	}
+	t.Fatalf("U3: %s still leads after a minute of moving leadership away", node)
 }
 
 func nodeNames(st *vmcluster.RunState) []string {
