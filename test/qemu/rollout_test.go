@@ -654,9 +654,17 @@ func checkBadRollout(t *testing.T, u upCluster) {
 	if !strings.Contains(halt.Reason, "not verified") && !strings.Contains(halt.Reason, "never reached verify-boot") || !strings.Contains(stdout+stderr, halt.Node) {
 		t.Errorf("U2: the halt's reason %q does not say the slot was not verified, or rollout --wait does not name %s", halt.Reason, halt.Node)
 	}
-	status, _, err := u.run(time.Minute, "rollout", "status")
-	if err != nil || !strings.Contains(status, "HALTED") || !strings.Contains(status, spec.RolloutRolledBack) {
-		t.Errorf("U2: rollout status does not show the halt and the rolled-back node: %v", err)
+	// The node reports the halt, then its own state (rolled back) a few seconds later.
+	var status string
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Second) {
+		status, _, err = u.run(time.Minute, "rollout", "status")
+		if err == nil && strings.Contains(status, "HALTED") && strings.Contains(status, spec.RolloutRolledBack) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("U2: rollout status does not show the halt and the rolled-back node within a minute of the halt: %v", err)
+			break
+		}
 	}
 	res, v := checkHistory(ctx, t, "U2", h, cli)
 	perNode, figures, minUp := checkSamples(t, "U2", samples, nodes)
