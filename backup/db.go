@@ -91,16 +91,6 @@ func inspect(path, scratch string) (info dbInfo, err error) {
 	return info, err
 }
 
-// hashAt is the HashKV of the database at rev and its compact revision, computed as a
-// member computes it.
-func hashAt(path, scratch string, rev int64) (h mvcc.KeyValueHash, err error) {
-	err = withHashes(path, scratch, func(hs mvcc.HashStorage) error {
-		h, _, err = hs.HashByRev(rev)
-		return err
-	})
-	return h, err
-}
-
 // withHashes opens a working copy of a database (without etcd's trailing checksum: the
 // MVCC store writes to the file it opens) in scratch with etcd's MVCC store and hands its
 // hash storage to fn.

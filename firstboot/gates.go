@@ -281,6 +281,21 @@ func (a *Agent) AcquireRolloutLock(ctx context.Context, cli *clientv3.Client, tt
 	return &RolloutLock{Lease: s.Lease(), session: s, mutex: m}, nil
 }
 
+// TryRolloutLock takes the reboot lock only if nobody holds or waits for it
+// (concurrency.ErrLocked otherwise), for work that can wait for its next pass.
+func (a *Agent) TryRolloutLock(ctx context.Context, cli *clientv3.Client, ttl time.Duration) (*RolloutLock, error) {
+	s, err := concurrency.NewSession(cli, concurrency.WithTTL(int(ttl/time.Second)), concurrency.WithContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	m := concurrency.NewMutex(s, rolloutLock)
+	if err := m.TryLock(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return &RolloutLock{Lease: s.Lease(), session: s, mutex: m}, nil
+}
+
 // ReattachRolloutLock takes back the lock held under lease (after this node's reboot):
 // an error when the lease expired meanwhile or another holder is first.
 func (a *Agent) ReattachRolloutLock(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID) (*RolloutLock, error) {

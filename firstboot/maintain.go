@@ -204,19 +204,14 @@ func (a *Agent) defragment(ctx context.Context, cli *clientv3.Client, ep string)
 
 // defragSelf defragments this node's member under the cluster's lock.
 func (a *Agent) defragSelf(ctx context.Context, cli *clientv3.Client, self *clientv3.StatusResponse, o MaintainOptions) (*spec.DefragRecord, string, error) {
-	s, err := concurrency.NewSession(cli, concurrency.WithTTL(int(lockTTL(10*time.Minute)/time.Second)), concurrency.WithContext(ctx))
+	lock, err := a.TryRolloutLock(ctx, cli, lockTTL(10*time.Minute))
+	if errors.Is(err, concurrency.ErrLocked) {
+		return nil, "fragmented, but another node holds the cluster's lock (a rollout or a defragmentation): next pass", nil
+	}
 	if err != nil {
 		return nil, "", err
 	}
-	defer s.Close()
-	m := concurrency.NewMutex(s, rolloutLock)
-	if err := m.TryLock(ctx); err != nil {
-		if errors.Is(err, concurrency.ErrLocked) {
-			return nil, "fragmented, but another node holds the cluster's lock (a rollout or a defragmentation): next pass", nil
-		}
-		return nil, "", err
-	}
-	defer m.Unlock(context.WithoutCancel(ctx))
+	defer lock.Release(context.WithoutCancel(ctx))
 	var last spec.DefragRecord
 	if resp, err := cli.Get(ctx, spec.DefragRecordKey); err != nil {
 		return nil, "", err
