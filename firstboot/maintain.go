@@ -17,16 +17,8 @@ import (
 	"github.com/etcdbake/etcdbake/spec"
 )
 
-// Maintenance defaults: etcd's own alerts (fragmentation: in use / total < 0.5 with more
-// than 100 MiB reclaimable; quota) and etcd-druid's pause between members.
-const (
-	DefaultDefragRatio   = 0.5
-	DefaultDefragMinFree = 100 << 20
-	DefaultDefragBetween = time.Minute
-	DefaultQuotaWarn     = 0.8
-)
-
-// MaintainOptions tune one maintenance pass; zero values take the defaults above.
+// MaintainOptions tune one maintenance pass; zero values take the spec's defaults (etcd's
+// own alerts, etcd-druid's pause between members).
 type MaintainOptions struct {
 	// Defragment this node's member when in use / total < DefragRatio and total - in use
 	// > DefragMinFree; at least DefragBetween after the last member's defragmentation.
@@ -41,16 +33,16 @@ type MaintainOptions struct {
 
 func (o MaintainOptions) withDefaults() MaintainOptions {
 	if o.DefragRatio == 0 {
-		o.DefragRatio = DefaultDefragRatio
+		o.DefragRatio = spec.DefaultDefragRatio
 	}
 	if o.DefragMinFree == 0 {
-		o.DefragMinFree = DefaultDefragMinFree
+		o.DefragMinFree = spec.DefaultDefragMinFreeBytes
 	}
 	if o.DefragBetween == 0 {
-		o.DefragBetween = DefaultDefragBetween
+		o.DefragBetween = spec.DefaultDefragBetween
 	}
 	if o.QuotaWarn == 0 {
-		o.QuotaWarn = DefaultQuotaWarn
+		o.QuotaWarn = spec.QuotaWarnRatio
 	}
 	return o
 }

@@ -35,6 +35,8 @@ const (
 	FirstbootUnit = "etcd-firstboot.service"
 	ReadyUnit     = "etcd-ready.service"
 	FlannelUnit   = "flanneld.service"
+	MaintainUnit  = "etcdbake-maintain.service"
+	MaintainTimer = "etcdbake-maintain.timer"
 )
 
 func bin(name string) string { return spec.BinDir + "/" + name }
@@ -374,5 +376,51 @@ LockPersonality=yes
 
 [Install]
 WantedBy=multi-user.target
+`)
+}
+
+// MaintainService is one maintenance pass (`etcd-firstboot maintain`): NOSPACE repair,
+// defragmentation of this node's member under the cluster's lock, the quota warning.
+// Started by MaintainTimer only once this node passed its health gate (Requisite: a timer
+// never starts the gate itself). A pass that fails (a peer down) leaves the unit failed
+// until the next pass succeeds: `systemctl --failed` shows it.
+func MaintainService(c *spec.Cluster) []byte {
+	return []byte(`[Unit]
+Description=etcdbake: maintenance pass (NOSPACE repair, defragmentation one member at a time, quota warning)
+Documentation=file://` + spec.NodeConfigPath + `
+Requisite=` + ReadyUnit + `
+After=` + ReadyUnit + `
+
+[Service]
+Type=oneshot
+ExecStart=` + bin("etcd-firstboot") + ` maintain --config ` + spec.NodeConfigPath + `
+# Defragmentation copies the database: it yields to etcd's own work.
+CPUWeight=20
+IOWeight=20
+TimeoutStartSec=30min
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+`)
+}
+
+// MaintainTimerUnit runs MaintainService every maintenance.interval on every node, the
+// first pass 5 min after boot; the random delay keeps the nodes from all asking at once
+// (the cluster's lock serializes what they do anyway).
+func MaintainTimerUnit(c *spec.Cluster) []byte {
+	iv := c.Maintenance.Interval.D
+	return []byte(`[Unit]
+Description=etcdbake: maintenance pass every ` + spec.FormatDuration(iv) + ` (spec maintenance.interval)
+
+[Timer]
+OnBootSec=5min
+OnUnitActiveSec=` + fmt.Sprint(int(iv/time.Second)) + `s
+RandomizedDelaySec=` + fmt.Sprint(int(iv/time.Second/5)) + `s
+
+[Install]
+WantedBy=timers.target
 `)
 }

@@ -300,6 +300,10 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 	b.unit(EtcdUnit, EtcdService(c), true)
 	b.unit(ReadyUnit, ReadyService(c), true)
 	b.unit(FlannelUnit, FlannelService(c), true)
+	if c.Maintenance.Interval.D > 0 {
+		b.unit(MaintainUnit, MaintainService(c), false)
+		b.unit(MaintainTimer, MaintainTimerUnit(c), true)
+	}
 	return b.cfg, nil
 }
 

@@ -85,6 +85,8 @@ func TestGoldenFiles(t *testing.T) {
 		"etcd-firstboot.service": FirstbootService(c),
 		"etcd-ready.service":     ReadyService(c),
 		"flanneld.service":       FlannelService(c),
+		MaintainUnit:             MaintainService(c),
+		MaintainTimer:            MaintainTimerUnit(c),
 	}
 	for name, got := range files {
 		path := filepath.Join("testdata", "golden", n.Name, name)
@@ -286,7 +288,7 @@ func TestRenderedConfigsPassIgnitionAndCarryTheNode(t *testing.T) {
 		for _, u := range cfg.Systemd.Units {
 			enabled[u.Name] = u.Enabled != nil && *u.Enabled
 		}
-		for _, u := range []string{EtcdUnit, FirstbootUnit, ReadyUnit, FlannelUnit} {
+		for _, u := range []string{EtcdUnit, FirstbootUnit, ReadyUnit, FlannelUnit, MaintainTimer} {
 			if !enabled[u] {
 				t.Errorf("%s: unit %s not enabled", n.Name, u)
 			}

@@ -31,6 +31,15 @@ const (
 	// MinRolloutTimeout is the shortest verification bound: a node under emulation needs
 	// about a minute from boot to a verified member.
 	MinRolloutTimeout = 30 * time.Second
+	// Maintenance: a pass every 10 min on each node; defragmentation at etcd's alert
+	// thresholds (in use below half the file and more than 100 MiB reclaimable), at
+	// least a minute between members; the quota warning at 80%.
+	DefaultMaintenanceInterval = 10 * time.Minute
+	MinMaintenanceInterval     = time.Minute
+	DefaultDefragRatio         = 0.5
+	DefaultDefragMinFreeBytes  = 100 << 20
+	DefaultDefragBetween       = time.Minute
+	QuotaWarnRatio             = 0.8
 )
 
 // DefaultSources is the order binaries are looked for when the spec names none: the
@@ -84,6 +93,16 @@ func (c *Cluster) ApplyDefaults() {
 	setDur(&c.Time.MaxSkew, DefaultMaxSkew)
 	setDur(&c.Time.SyncTimeout, DefaultSyncTimeout)
 	setDur(&c.Rollout.Timeout, DefaultRolloutTimeout)
+
+	m := &c.Maintenance
+	setDur(&m.Interval, DefaultMaintenanceInterval)
+	if m.DefragRatio == 0 {
+		m.DefragRatio = DefaultDefragRatio
+	}
+	if m.DefragMinFreeBytes == 0 {
+		m.DefragMinFreeBytes = DefaultDefragMinFreeBytes
+	}
+	setDur(&m.DefragBetween, DefaultDefragBetween)
 
 	p := &c.PKI
 	if p.Algorithm == "" {

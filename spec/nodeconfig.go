@@ -67,6 +67,10 @@ type NodeConfig struct {
 type NodeMaintenance struct {
 	// QuotaBytes is etcd's quota (etcd.quotaBackendBytes).
 	QuotaBytes int64 `json:"quotaBytes"`
+	// The spec's maintenance.defragRatio, defragMinFreeBytes and defragBetween.
+	DefragRatio   float64  `json:"defragRatio,omitempty"`
+	DefragMinFree int64    `json:"defragMinFree,omitempty"`
+	DefragBetween Duration `json:"defragBetween,omitempty"`
 }
 
 // NodeTimeouts bound etcd-firstboot's waits. Zero values take the defaults below.
@@ -144,8 +148,13 @@ func (c *Cluster) NodeConfigFor(n Node) NodeConfig {
 			MaxSkew:     c.Time.MaxSkew,
 			SyncTimeout: c.Time.SyncTimeout,
 		},
-		Timeouts:    NodeTimeouts{Dial: Dur(DefaultDialTimeout), Ready: Dur(DefaultReadyTimeout), Retry: Dur(DefaultRetryEvery)},
-		Maintenance: NodeMaintenance{QuotaBytes: c.Etcd.QuotaBackendBytes},
+		Timeouts: NodeTimeouts{Dial: Dur(DefaultDialTimeout), Ready: Dur(DefaultReadyTimeout), Retry: Dur(DefaultRetryEvery)},
+		Maintenance: NodeMaintenance{
+			QuotaBytes:    c.Etcd.QuotaBackendBytes,
+			DefragRatio:   c.Maintenance.DefragRatio,
+			DefragMinFree: c.Maintenance.DefragMinFreeBytes,
+			DefragBetween: c.Maintenance.DefragBetween,
+		},
 	}
 }
 

@@ -26,6 +26,9 @@ type Cluster struct {
 	SSH     SSH      `yaml:"ssh" json:"ssh"`
 	Binary  Binaries `yaml:"binaries" json:"binaries"`
 	Rollout Rollout  `yaml:"rollout,omitempty" json:"rollout,omitempty"`
+	// Maintenance is what every node does by itself to keep etcd healthy for years:
+	// NOSPACE repair, defragmentation one member at a time, the quota warning.
+	Maintenance Maintenance `yaml:"maintenance,omitempty" json:"maintenance,omitempty"`
 	// Butane is the path of a Butane fragment (variant fcos or flatcar) merged into every
 	// node's Ignition config. Relative paths are relative to the spec file.
 	Butane string `yaml:"butane,omitempty" json:"butane,omitempty"`
@@ -103,6 +106,19 @@ type Rollout struct {
 	// time is not blessed: the node reboots and boot counting brings back the previous
 	// slot. Default 10m.
 	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+}
+
+// Maintenance tunes the maintenance pass every node runs (etcdbake-maintain.timer runs
+// `etcd-firstboot maintain`). Compaction is etcd's own (etcd.autoCompactionRetention).
+type Maintenance struct {
+	// Interval is how often each node runs a pass; "0" turns the timer off. Default 10m.
+	Interval Duration `yaml:"interval,omitempty" json:"interval,omitempty"`
+	// A member is defragmented when in use / total is below DefragRatio and more than
+	// DefragMinFreeBytes would be reclaimed (etcd's own alert thresholds: 0.5, 100 MiB).
+	DefragRatio        float64 `yaml:"defragRatio,omitempty" json:"defragRatio,omitempty"`
+	DefragMinFreeBytes int64   `yaml:"defragMinFreeBytes,omitempty" json:"defragMinFreeBytes,omitempty"`
+	// DefragBetween is the least time between two members' defragmentations. Default 1m.
+	DefragBetween Duration `yaml:"defragBetween,omitempty" json:"defragBetween,omitempty"`
 }
 
 // PKI sets key algorithm and certificate lifetimes.

@@ -36,6 +36,7 @@ func Validate(c *Cluster) Report {
 	validateFlannel(c, &r)
 	validateTime(c, &r)
 	validateRollout(c, &r)
+	validateMaintenance(c, &r)
 	validatePKI(c, &r)
 	validateBinaries(c, &r)
 	for i, k := range c.SSH.AuthorizedKeys {
@@ -345,6 +346,24 @@ func validateTime(c *Cluster, r *Report) {
 func validateRollout(c *Cluster, r *Report) {
 	if d, ok := durationOK(c.Rollout.Timeout, "rollout.timeout", r); ok && d < MinRolloutTimeout {
 		r.Errorf("rollout.timeout", "%s is too short to boot and verify a node: use at least %s (default %s)", d, MinRolloutTimeout, DefaultRolloutTimeout)
+	}
+}
+
+func validateMaintenance(c *Cluster, r *Report) {
+	m := c.Maintenance
+	if d, ok := durationOK(m.Interval, "maintenance.interval", r); ok && d != 0 && d < MinMaintenanceInterval {
+		r.Errorf("maintenance.interval", "%s is shorter than a pass may take: use at least %s, or \"0\" to turn the timer off (default %s)", d, MinMaintenanceInterval, DefaultMaintenanceInterval)
+	} else if ok && d == 0 {
+		r.Warnf("maintenance.interval", "0 turns self-maintenance off: nothing repairs NOSPACE or defragments the members; run etcd-firstboot maintain yourself")
+	}
+	if m.DefragRatio <= 0 || m.DefragRatio >= 1 {
+		r.Errorf("maintenance.defragRatio", "%g is not a ratio of in use to total between 0 and 1 (default %g)", m.DefragRatio, DefaultDefragRatio)
+	}
+	if m.DefragMinFreeBytes < 0 {
+		r.Errorf("maintenance.defragMinFreeBytes", "%d is below 0 (default %d, 100 MiB)", m.DefragMinFreeBytes, DefaultDefragMinFreeBytes)
+	}
+	if d, ok := durationOK(m.DefragBetween, "maintenance.defragBetween", r); ok && d < 0 {
+		r.Errorf("maintenance.defragBetween", "%s is below 0 (default %s)", d, DefaultDefragBetween)
 	}
 }
 

@@ -97,13 +97,6 @@ type Alarm struct {
 	Alarm  string `json:"alarm"`
 }
 
-// Thresholds of the warnings: etcd's own alerts (quota, fragmentation).
-const (
-	QuotaWarnPercent  = 80
-	FragmentedInUse   = 0.5       // in use / total below this ...
-	FragmentedMinFree = 100 << 20 // ... with more than this reclaimable
-)
-
 // CauseNotRunning marks a member named in Options.NotRunning.
 const CauseNotRunning Cause = "notRunning"
 
@@ -320,11 +313,12 @@ func warnings(c *spec.Cluster, out *Cluster) []string {
 		if m.DBSize == 0 {
 			continue
 		}
-		if m.QuotaPercent >= QuotaWarnPercent {
+		if m.QuotaPercent >= 100*spec.QuotaWarnRatio {
 			w = append(w, fmt.Sprintf("%s: the database is %.0f%% of the quota (%s of etcd.quotaBackendBytes %s): at 100%% etcd raises NOSPACE and takes no writes; compact and defragment, or raise the quota",
 				m.Name, m.QuotaPercent, humanize.IBytes(uint64(m.DBSize)), humanize.IBytes(uint64(c.Etcd.QuotaBackendBytes))))
 		}
-		if free := m.DBSize - m.DBSizeInUse; m.DBSizeInUse > 0 && float64(m.DBSizeInUse) < FragmentedInUse*float64(m.DBSize) && free > FragmentedMinFree {
+		// The thresholds the nodes' maintenance pass defragments at (spec.maintenance).
+		if free := m.DBSize - m.DBSizeInUse; m.DBSizeInUse > 0 && float64(m.DBSizeInUse) < c.Maintenance.DefragRatio*float64(m.DBSize) && free > c.Maintenance.DefragMinFreeBytes {
 			w = append(w, fmt.Sprintf("%s: the database is fragmented: %s in use of %s, %s reclaimable by defragmentation", m.Name,
 				humanize.IBytes(uint64(m.DBSizeInUse)), humanize.IBytes(uint64(m.DBSize)), humanize.IBytes(uint64(free))))
 		}

@@ -27,7 +27,20 @@ func fakeVM(t *testing.T, name, bin string) *VM {
 	vm := &VM{Name: name, cmd: cmd, done: make(chan error, 1)}
 	go func() { vm.done <- cmd.Wait() }()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	waitExec(t, cmd.Process.Pid)
 	return vm
+}
+
+// waitExec waits until the process has exec'd the fake QEMU: between fork and exec its
+// name is still the test binary's, and a VM whose process is not named qemu-system is
+// taken for gone (on a loaded machine the test could look in that gap).
+func waitExec(t *testing.T, pid int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !ProcessIs(pid, "qemu-system"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d did not exec the fake QEMU within 10 s", pid)
+		}
+	}
 }
 
 // TestExitWatch: the supervisor's watch reports a VM that was killed (kill -9) once, with
@@ -129,6 +142,7 @@ func TestGoneRightAfterAKill(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	waitExec(t, cmd.Process.Pid)
 	slow := &VM{Name: "n2", cmd: cmd, done: make(chan error, 1)}
 	go func() {
 		err := cmd.Wait()

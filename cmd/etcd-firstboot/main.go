@@ -127,7 +127,9 @@ func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) 
 		}
 	case "maintain":
 		var rep firstboot.MaintainReport
-		rep, err = a.Maintain(ctx, firstboot.MaintainOptions{QuotaBytes: nc.Maintenance.QuotaBytes})
+		m := nc.Maintenance
+		rep, err = a.Maintain(ctx, firstboot.MaintainOptions{QuotaBytes: m.QuotaBytes,
+			DefragRatio: m.DefragRatio, DefragMinFree: m.DefragMinFree, DefragBetween: m.DefragBetween.D})
 		for _, w := range rep.Warnings {
 			a.Logf("maintain: WARNING: %s", w)
 		}

@@ -76,6 +76,8 @@ func TestValidationRules(t *testing.T) {
 		{"unparsable duration", "maxSkew: 500ms", "maxSkew: 5 parsecs", "time.maxSkew", "not a duration"},
 		{"duration without unit", "syncTimeout: 2m", "syncTimeout: 120", "time.syncTimeout", "has no unit"},
 		{"rollout timeout too short", "# rollout:\n#   timeout: 10m", "rollout:\n  timeout: 10s", "rollout.timeout", "too short to boot and verify a node"},
+		{"maintenance interval too short", "#   interval: 10m ", "maintenance:\n  interval: 10s\n# ", "maintenance.interval", "shorter than a pass may take"},
+		{"defrag ratio not a ratio", "#   interval: 10m ", "maintenance:\n  defragRatio: 2\n# ", "maintenance.defragRatio", "not a ratio"},
 		{"unknown key", "etcd:\n", "etcd:\n  colour: blue\n", "etcd.colour", "unknown field"},
 		{"misspelt key", "subnetLen: 24", "subnetlen: 24", "flannel.subnetlen", `did you mean "subnetLen"`},
 		{"wrong type", "subnetLen: 24", "subnetLen: big", "flannel.subnetLen", "not a whole number"},

@@ -3,6 +3,7 @@ package ignapply
 import (
 	"crypto/sha256"
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -46,22 +47,27 @@ func TestApplyIgnitionMatchesIgnitionApply(t *testing.T) {
 		}
 	}
 	var enabled []string
-	extras := map[string]string{"etc/systemd/system/multi-user.target.wants": "dir drwxr-xr-x 0:0"}
+	extras := map[string]string{}
 	for _, u := range cfg.Systemd.Units {
 		if e, ok := mine.Get("etc/systemd/system/" + u.Name); !ok || string(e.Data) != *u.Contents {
 			t.Errorf("unit %s not written", u.Name)
 		}
 		if u.Enabled != nil && *u.Enabled {
 			enabled = append(enabled, u.Name)
-			extras["etc/systemd/system/multi-user.target.wants/"+u.Name] = "symlink -> /etc/systemd/system/" + u.Name + " 0:0"
+			target := "multi-user.target" // timers: timers.target
+			if m := regexp.MustCompile(`(?m)^WantedBy=(\S+)`).FindStringSubmatch(*u.Contents); m != nil {
+				target = m[1]
+			}
+			extras["etc/systemd/system/"+target+".wants"] = "dir drwxr-xr-x 0:0"
+			extras["etc/systemd/system/"+target+".wants/"+u.Name] = "symlink -> /etc/systemd/system/" + u.Name + " 0:0"
 		}
 	}
 	sort.Strings(enabled)
-	if want := []string{"etcd-firstboot.service", "etcd-ready.service", "etcd.service", "flanneld.service"}; strings.Join(enabled, " ") != strings.Join(want, " ") {
+	if want := []string{"etcd-firstboot.service", "etcd-ready.service", "etcd.service", "etcdbake-maintain.timer", "flanneld.service"}; strings.Join(enabled, " ") != strings.Join(want, " ") {
 		t.Fatalf("enabled units %v, want %v", enabled, want)
 	}
 	preset, _ := mine.Get(ignPresetPath)
-	if want := "enable etcd-firstboot.service\nenable etcd-ready.service\nenable etcd.service\nenable flanneld.service\n"; preset == nil || string(preset.Data) != want {
+	if want := "enable etcd-firstboot.service\nenable etcd-ready.service\nenable etcd.service\nenable etcdbake-maintain.timer\nenable flanneld.service\n"; preset == nil || string(preset.Data) != want {
 		t.Errorf("preset file:\n%v\nwant:\n%s", preset, want)
 	}
 

@@ -232,16 +232,17 @@ func (bc builtCluster) bakeImages(ctx context.Context, t testing.TB, c *spec.Clu
 	return imgs
 }
 
-// TestClusterBootstrapB0 boots the example's 3-node cluster (issue B0): three VMs on a
-// private L2 segment, each reached from the host only through a forward to its etcd. It
-// measures the time from launching the VMs until all three members vote and answer
-// /readyz and flanneld holds three distinct leases, and checks that the flannel network
-// config was written once. B1-B3, B9 and the harness checks run as subtests on the same
-// cluster (b0_subtests_test.go). The function is long because its phases measure one boot
-// in order (readiness, voting members, leases, multi-user) and share their timings.
-func TestClusterBootstrapB0(t *testing.T) {
+// TestCluster boots the example's 3-node cluster (issue B0): three VMs on a private L2
+// segment, each reached from the host only through a forward to its etcd. It measures the
+// time from launching the VMs until all three members vote and answer /readyz and flanneld
+// holds three distinct leases, and checks that the flannel network config was written once.
+// B1-B3, B9 and the harness checks run as subtests on the same cluster
+// (b0_subtests_test.go), then the fault suite B4-B10 (faults_test.go): one boot for all of
+// them. The function is long because its phases measure one boot in order (readiness,
+// voting members, leases, multi-user) and share their timings.
+func TestCluster(t *testing.T) {
 	requireQEMU(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 70*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	bc := buildClusterImages(ctx, t, dir, exampleSpecForQEMU(t), true, reportFragment())
@@ -466,7 +467,11 @@ func TestClusterBootstrapB0(t *testing.T) {
 
 	t.Run("B1-stability", func(t *testing.T) { e.b1Stability(t) })
 
+	t.Run("maintenance", func(t *testing.T) { e.maintenance(t) })
+
 	t.Run("harness", func(t *testing.T) { e.harness(t) })
+
+	t.Run("faults", func(t *testing.T) { e.faultSuite(t) })
 }
 
 // expiredClientCert issues, with the cluster's real CA key, a client certificate that

@@ -26,43 +26,30 @@ import (
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
-// TestFaults is the fault suite (issue 6) on the booted 3-node cluster: clients on the host
-// run the workload (register clients checked for linearizability by porcupine, a set client
-// whose acknowledged keys must all survive) while a fault is injected; then the cluster
-// must come back to 3 healthy voting members by itself (or, for B10, by the README's
-// restore procedure), with nothing acknowledged lost and HashKV equal on every member.
-// Each fault logs one figures line; the last log line is the table of all of them.
+// faultSuite is the fault suite (issue 6), run by TestCluster on the cluster B0-B3 booted
+// (one boot for both): clients on the host run the workload (register clients checked for
+// linearizability by porcupine, a set client whose acknowledged keys must all survive)
+// while a fault is injected; then the cluster must come back to 3 healthy voting members by
+// itself (or, for B10, by the README's restore procedure), with nothing acknowledged lost
+// and HashKV equal on every member. Each fault logs one figures line; the last log line is
+// the table of all of them.
 //
 // Failed checks save the history, the results and porcupine's visualisation under
 // $ETCDBAKE_FAULT_ARTIFACTS (default: the system temp dir/etcdbake-faults).
-func TestFaults(t *testing.T) {
-	requireQEMU(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	bc := buildClusterImages(ctx, t, dir, exampleSpecForQEMU(t), true)
-	tlsCfg := adminTLS(t, bc.pkiDir)
-	cl, err := vmcluster.StartCluster(ctx, bc.options(filepath.Join(dir, "run"), qemuTimeServer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Stop()
+func (e *b0Env) faultSuite(t *testing.T) {
+	ctx, cl := e.ctx, e.cl
 	artifacts := os.Getenv("ETCDBAKE_FAULT_ARTIFACTS")
 	if artifacts == "" {
 		artifacts = filepath.Join(os.TempDir(), "etcdbake-faults")
 	}
-	f := &faultEnv{ctx: ctx, c: bc.c, cl: cl, tls: tlsCfg, artifacts: artifacts,
-		hc: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}}
-	d, _ := f.waitHealthy(t, "bootstrap", 10*time.Minute, nil)
-	leases := f.waitLeases(t, 5*time.Minute)
-	t.Logf("cluster healthy %s after launch; flannel leases %v", time.Since(cl.Started).Round(time.Second), leases)
-	_ = d
+	f := &faultEnv{ctx: ctx, c: e.c, cl: cl, tls: e.tlsCfg, artifacts: artifacts, hc: e.hc}
 	defer func() { t.Logf("fault suite figures (TCG, 3 VMs x 768 MiB):\n%s", strings.Join(f.table, "\n")) }()
 
 	// B4: kill -9 the leader's VM during the workload; restart it after 20 s.
 	t.Run("B4-kill-leader", func(t *testing.T) {
 		_, h0 := f.waitHealthy(t, "B4 precondition", 5*time.Minute, nil)
 		leader := h0.leader
+		ep, peer := cl.Endpoint(leader), cl.PeerEndpoint(leader)
 		stop := f.workload(t, "B4")
 		time.Sleep(10 * time.Second)
 		killAt := time.Now()
@@ -78,6 +65,14 @@ func TestFaults(t *testing.T) {
 		d, h1 := f.waitHealthy(t, "B4 recovery", 10*time.Minute, nil)
 		if h1.ids[leader] != h0.ids[leader] {
 			t.Errorf("%s came back as member %x, was %x (its disk was kept)", leader, h1.ids[leader], h0.ids[leader])
+		}
+		// The forwarded ports stay the same across Restart (the README says so), and
+		// endpoints.json names them.
+		if now, nowPeer := cl.Endpoint(leader), cl.PeerEndpoint(leader); now != ep || nowPeer != peer {
+			t.Errorf("%s's forwarded endpoints changed across Restart: client %s -> %s, peer %s -> %s", leader, ep, now, peer, nowPeer)
+		}
+		if b, err := os.ReadFile(filepath.Join(e.runDir, "endpoints.json")); err != nil || !strings.Contains(string(b), ep) {
+			t.Errorf("endpoints.json lacks %s's endpoint %s after the restart: %v %s", leader, ep, err, b)
 		}
 		time.Sleep(5 * time.Second)
 		h := stop()
@@ -174,6 +169,7 @@ func TestFaults(t *testing.T) {
 	t.Run("B7-wipe-follower", func(t *testing.T) {
 		_, h0 := f.waitHealthy(t, "B7 precondition", 5*time.Minute, nil)
 		victim := h0.follower()
+		ep, peer := cl.Endpoint(victim), cl.PeerEndpoint(victim)
 		before := f.waitLeases(t, 5*time.Minute)
 		stop := f.workload(t, "B7")
 		time.Sleep(10 * time.Second)
@@ -191,6 +187,9 @@ func TestFaults(t *testing.T) {
 		after := f.waitLeases(t, 5*time.Minute)
 		if after[victim] != before[victim] {
 			t.Errorf("%s's flannel subnet changed after its disk was wiped: %s -> %s", victim, before[victim], after[victim])
+		}
+		if now, nowPeer := cl.Endpoint(victim), cl.PeerEndpoint(victim); now != ep || nowPeer != peer {
+			t.Errorf("%s's forwarded endpoints changed across RestartWith: client %s -> %s, peer %s -> %s", victim, ep, now, peer, nowPeer)
 		}
 		st := f.exec(t, victim, "/opt/etcdbake/bin/etcd-firstboot status")
 		if !strings.Contains(st, "bootstrap:  replace") {
@@ -427,7 +426,7 @@ func tail(b []byte, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// faultEnv is the running cluster of TestFaults and what its checks need.
+// faultEnv is the running cluster of the fault suite and what its checks need.
 type faultEnv struct {
 	ctx       context.Context
 	c         *spec.Cluster
