@@ -304,6 +304,10 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 		b.unit(MaintainUnit, MaintainService(c), false)
 		b.unit(MaintainTimer, MaintainTimerUnit(c), true)
 	}
+	if c.Backup.Schedule != spec.BackupOff {
+		b.unit(SnapshotUnit, SnapshotService(c), false)
+		b.unit(SnapshotTimer, SnapshotTimerUnit(c), true)
+	}
 	return b.cfg, nil
 }
 

@@ -87,6 +87,8 @@ func TestGoldenFiles(t *testing.T) {
 		"flanneld.service":       FlannelService(c),
 		MaintainUnit:             MaintainService(c),
 		MaintainTimer:            MaintainTimerUnit(c),
+		SnapshotUnit:             SnapshotService(c),
+		SnapshotTimer:            SnapshotTimerUnit(c),
 	}
 	for name, got := range files {
 		path := filepath.Join("testdata", "golden", n.Name, name)
@@ -288,7 +290,7 @@ func TestRenderedConfigsPassIgnitionAndCarryTheNode(t *testing.T) {
 		for _, u := range cfg.Systemd.Units {
 			enabled[u.Name] = u.Enabled != nil && *u.Enabled
 		}
-		for _, u := range []string{EtcdUnit, FirstbootUnit, ReadyUnit, FlannelUnit, MaintainTimer} {
+		for _, u := range []string{EtcdUnit, FirstbootUnit, ReadyUnit, FlannelUnit, MaintainTimer, SnapshotTimer} {
 			if !enabled[u] {
 				t.Errorf("%s: unit %s not enabled", n.Name, u)
 			}

@@ -60,6 +60,14 @@ type NodeConfig struct {
 	Timeouts NodeTimeouts `json:"timeouts"`
 	// Maintenance tunes `etcd-firstboot maintain`.
 	Maintenance NodeMaintenance `json:"maintenance"`
+	// Backup is where and how many scheduled snapshots this node keeps.
+	Backup NodeBackup `json:"backup"`
+}
+
+// NodeBackup configures `etcd-firstboot snapshot`.
+type NodeBackup struct {
+	Dir  string `json:"dir"`
+	Keep int    `json:"keep"`
 }
 
 // NodeMaintenance tunes the maintenance passes; zero values take etcd-firstboot's
@@ -155,6 +163,7 @@ func (c *Cluster) NodeConfigFor(n Node) NodeConfig {
 			DefragMinFree: c.Maintenance.DefragMinFreeBytes,
 			DefragBetween: c.Maintenance.DefragBetween,
 		},
+		Backup: NodeBackup{Dir: NodeSnapshotDir, Keep: c.Backup.Keep},
 	}
 }
 

@@ -29,6 +29,8 @@ type Cluster struct {
 	// Maintenance is what every node does by itself to keep etcd healthy for years:
 	// NOSPACE repair, defragmentation one member at a time, the quota warning.
 	Maintenance Maintenance `yaml:"maintenance,omitempty" json:"maintenance,omitempty"`
+	// Backup schedules the cluster's snapshots on the nodes.
+	Backup Backup `yaml:"backup,omitempty" json:"backup,omitempty"`
 	// Butane is the path of a Butane fragment (variant fcos or flatcar) merged into every
 	// node's Ignition config. Relative paths are relative to the spec file.
 	Butane string `yaml:"butane,omitempty" json:"butane,omitempty"`
@@ -119,6 +121,15 @@ type Maintenance struct {
 	DefragMinFreeBytes int64   `yaml:"defragMinFreeBytes,omitempty" json:"defragMinFreeBytes,omitempty"`
 	// DefragBetween is the least time between two members' defragmentations. Default 1m.
 	DefragBetween Duration `yaml:"defragBetween,omitempty" json:"defragBetween,omitempty"`
+}
+
+// Backup schedules snapshots taken on the nodes: one per period for the cluster, by one
+// node under the cluster's lock, verified, kept on that node's data partition.
+type Backup struct {
+	// Schedule is when (systemd OnCalendar syntax; default every 6 h); "off" turns it off.
+	Schedule string `yaml:"schedule,omitempty" json:"schedule,omitempty"`
+	// Keep is how many snapshots each node keeps (default 5); older ones are removed.
+	Keep int `yaml:"keep,omitempty" json:"keep,omitempty"`
 }
 
 // PKI sets key algorithm and certificate lifetimes.

@@ -37,6 +37,7 @@ func Validate(c *Cluster) Report {
 	validateTime(c, &r)
 	validateRollout(c, &r)
 	validateMaintenance(c, &r)
+	validateBackup(c, &r)
 	validatePKI(c, &r)
 	validateBinaries(c, &r)
 	for i, k := range c.SSH.AuthorizedKeys {
@@ -364,6 +365,16 @@ func validateMaintenance(c *Cluster, r *Report) {
 	}
 	if d, ok := durationOK(m.DefragBetween, "maintenance.defragBetween", r); ok && d < 0 {
 		r.Errorf("maintenance.defragBetween", "%s is below 0 (default %s)", d, DefaultDefragBetween)
+	}
+}
+
+func validateBackup(c *Cluster, r *Report) {
+	b := c.Backup
+	if strings.ContainsAny(b.Schedule, "\n\r\\%") || strings.TrimSpace(b.Schedule) != b.Schedule {
+		r.Errorf("backup.schedule", "%q is not a systemd calendar expression on one line (e.g. %q, \"daily\"; %q turns snapshots off)", b.Schedule, DefaultBackupSchedule, BackupOff)
+	}
+	if b.Keep < 1 {
+		r.Errorf("backup.keep", "%d: keep at least 1 snapshot (default %d)", b.Keep, DefaultBackupKeep)
 	}
 }
 

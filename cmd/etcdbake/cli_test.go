@@ -78,6 +78,8 @@ func TestValidationRules(t *testing.T) {
 		{"rollout timeout too short", "# rollout:\n#   timeout: 10m", "rollout:\n  timeout: 10s", "rollout.timeout", "too short to boot and verify a node"},
 		{"maintenance interval too short", "#   interval: 10m ", "maintenance:\n  interval: 10s\n# ", "maintenance.interval", "shorter than a pass may take"},
 		{"defrag ratio not a ratio", "#   interval: 10m ", "maintenance:\n  defragRatio: 2\n# ", "maintenance.defragRatio", "not a ratio"},
+		{"backup schedule on two lines", "#   keep: 5 ", "backup:\n  schedule: \"daily\\nOnBootSec=1\"\n# ", "backup.schedule", "not a systemd calendar expression on one line"},
+		{"backup keep negative", "#   keep: 5 ", "backup:\n  keep: -1\n# ", "backup.keep", "keep at least 1 snapshot"},
 		{"unknown key", "etcd:\n", "etcd:\n  colour: blue\n", "etcd.colour", "unknown field"},
 		{"misspelt key", "subnetLen: 24", "subnetlen: 24", "flannel.subnetlen", `did you mean "subnetLen"`},
 		{"wrong type", "subnetLen: 24", "subnetLen: big", "flannel.subnetLen", "not a whole number"},

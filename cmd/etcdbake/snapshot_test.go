@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -17,7 +18,7 @@ import (
 // from OUT/pki.
 func TestSnapshotCommands(t *testing.T) {
 	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
-	c, _, out, specPath, ex := demoCluster(t, now, 151)
+	c, tc, out, specPath, ex := demoCluster(t, now, 151)
 	eps := strings.Join(c.ClientEndpoints(), ",")
 
 	stdout, stderr, err := run(t, now, "snapshot", "save", "-f", specPath, "--out", out, "--endpoints", eps)
@@ -38,9 +39,24 @@ func TestSnapshotCommands(t *testing.T) {
 	}
 	// list shows it from its manifest; a file that is not a snapshot, with why.
 	os.WriteFile(filepath.Join(out, "snapshots", "junk"+spec.SnapshotExt), []byte("junk"), 0o600)
-	stdout, _, err = run(t, now.Add(2*time.Hour), "snapshot", "list", "-f", specPath, "--out", out)
-	if err != nil || !strings.Contains(stdout, "2026-12-03T12:00:00Z  2h0m0s  "+ex.Name) || !strings.Contains(stdout, file) || !strings.Contains(stdout, "junk"+spec.SnapshotExt+": corrupt snapshot") {
-		t.Errorf("snapshot list: %v\n%s", err, stdout)
+	// The nodes' scheduled snapshots come from what each node lists in etcd.
+	nodeFile := spec.NodeSnapshotDir + "/" + spec.SnapshotFileName(ex.Name, now.Add(time.Hour))
+	rec, _ := json.Marshal(spec.NodeSnapshots{Node: "etcd-2", Snapshots: []spec.SnapshotRecord{{Node: "etcd-2", File: nodeFile, Taken: now.Add(time.Hour), Revision: 42, Size: 3 << 20}}})
+	cli := adminClient(t, tc)
+	if _, err := cli.Put(context.Background(), spec.SnapshotNodeKey("etcd-2"), string(rec)); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, err = run(t, now.Add(2*time.Hour), "snapshot", "list", "-f", specPath, "--out", out, "--endpoints", eps)
+	lines := strings.Split(stdout, "\n")
+	if err != nil || len(lines) < 4 || strings.Join(strings.Fields(lines[1]), " ") != "2026-12-03T13:00:00Z 1h0m0s 42 3.0 MiB node etcd-2 "+nodeFile ||
+		!strings.HasPrefix(lines[2], "2026-12-03T12:00:00Z  2h0m0s") || !strings.HasSuffix(lines[2], file) || !strings.Contains(lines[2], "here (from etcd-") ||
+		!strings.Contains(lines[3], "junk"+spec.SnapshotExt+": corrupt snapshot") {
+		t.Errorf("snapshot list: %v\n%s%s", err, stdout, stderr)
+	}
+	// Without the cluster: the files here, and a note.
+	stdout, stderr, err = run(t, now.Add(2*time.Hour), "snapshot", "list", "-f", specPath, "--out", out, "--endpoints", "https://127.0.0.1:1")
+	if err != nil || !strings.Contains(stdout, file) || strings.Contains(stdout, "node etcd-2") || !strings.Contains(stderr, "the nodes' snapshots are not listed") {
+		t.Errorf("snapshot list without the cluster: %v\n%s%s", err, stdout, stderr)
 	}
 	// A snapshot never replaces a file.
 	_, _, err = run(t, now, "snapshot", "save", file, "-f", specPath, "--out", out, "--endpoints", eps)
