@@ -17,9 +17,8 @@ import (
 	"github.com/etcdbake/etcdbake/spec"
 )
 
-// DefaultFresh is how recent another node's snapshot must be to count for this run of the
-// schedule: every node's timer fires at the same calendar time (within systemd's
-// accuracy of a minute), and the first to take the lock takes the snapshot.
+// DefaultFresh is how recent a snapshot must be to count for this run of the schedule when
+// its record does not say when the schedule runs next (taken by hand, no timer).
 const DefaultFresh = 15 * time.Minute
 
 // ScheduledOptions configure one run of the snapshot schedule on a node.
@@ -39,7 +38,8 @@ type ScheduledOptions struct {
 	Lock func(ctx context.Context, cli *clientv3.Client) (release func(), err error)
 	// LockWait bounds the wait for the lock (default 15 min: a reboot under the lock).
 	LockWait time.Duration
-	// Fresh: a snapshot taken less than this ago counts for this run (DefaultFresh).
+	// Fresh: when the newest snapshot's record has no NextDue, one taken less than this ago
+	// counts for this run (DefaultFresh).
 	Fresh time.Duration
 	// NextDue is when the schedule runs next, recorded with the snapshot (zero: unknown).
 	NextDue time.Time
@@ -56,10 +56,11 @@ type ScheduledReport struct {
 }
 
 // Scheduled is one run of the snapshot schedule on a node (`etcd-firstboot snapshot`,
-// started by a timer on every node at the same times): under the cluster's lock, unless a
-// snapshot younger than Fresh exists (another node took this period's), it saves a
-// verified snapshot (Save) into Dir, records it at spec.SnapshotRecordKey, removes this
-// node's oldest beyond Keep and lists what the node keeps at spec.SnapshotNodeKey.
+// started by a timer on every node at the same calendar times): under the cluster's lock,
+// unless this period's snapshot exists (the newest one's record says the schedule runs
+// next after now: another node took it), it saves a verified snapshot (Save) into Dir,
+// records it at spec.SnapshotRecordKey with NextDue, removes this node's oldest beyond
+// Keep and lists what the node keeps at spec.SnapshotNodeKey.
 func Scheduled(ctx context.Context, o ScheduledOptions) (*ScheduledReport, error) {
 	if o.Timeout == 0 {
 		o.Timeout = 5 * time.Second
@@ -87,11 +88,14 @@ func Scheduled(ctx context.Context, o ScheduledOptions) (*ScheduledReport, error
 		if err != nil || last == nil {
 			return false, err
 		}
-		if age := o.Now().Sub(last.Taken); age < o.Fresh {
-			rep.Skipped = fmt.Sprintf("%s took this period's snapshot %s ago (%s, revision %d)", last.Node, age.Round(time.Second), filepath.Base(last.File), last.Revision)
-			return true, nil
+		now := o.Now()
+		// The timers fire at the next run's time or after it, never before: a record
+		// whose next run is still ahead is this period's.
+		this := now.Before(last.NextDue) || last.NextDue.IsZero() && now.Sub(last.Taken) < o.Fresh
+		if this {
+			rep.Skipped = fmt.Sprintf("%s took this period's snapshot %s ago (%s, revision %d)", last.Node, now.Sub(last.Taken).Round(time.Second), filepath.Base(last.File), last.Revision)
 		}
-		return false, nil
+		return this, nil
 	}
 	if done, err := fresh(); err != nil || done {
 		return rep, err

@@ -123,8 +123,9 @@ func TestScheduledRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC()
+	const period = 6 * time.Hour
 	o := ScheduledOptions{Endpoints: f.opts.Endpoints, TLS: f.opts.TLS, Node: "m1", Cluster: f.tc.Spec.Name, CA: ca,
-		Dir: dir, Keep: 2, Lock: testLock, Now: func() time.Time { return now }}
+		Dir: dir, Keep: 2, Lock: testLock, Now: func() time.Time { return now }, NextDue: now.Add(period)}
 	var files []string
 	for i := 0; i < 4; i++ {
 		f.write(t, "/run"+string(rune('a'+i)), 5)
@@ -139,11 +140,14 @@ func TestScheduledRetention(t *testing.T) {
 		if i >= 2 && (len(rep.Removed) != 1 || rep.Removed[0] != files[i-2]) {
 			t.Errorf("period %d removed %v, want [%s]", i, rep.Removed, files[i-2])
 		}
-		// The same period again: skipped, nothing written.
-		if rep, err := Scheduled(context.Background(), o); err != nil || rep.Taken != nil || !strings.Contains(rep.Skipped, "m1 took this period's snapshot 0s ago") {
+		// The same period again, an hour later: skipped, nothing written.
+		now = now.Add(time.Hour)
+		if rep, err := Scheduled(context.Background(), o); err != nil || rep.Taken != nil || !strings.Contains(rep.Skipped, "m1 took this period's snapshot 1h0m0s ago") {
 			t.Errorf("period %d again: %+v, %v; want skipped", i, rep, err)
 		}
-		now = now.Add(DefaultFresh + time.Minute)
+		// The next period: the timer fires at NextDue.
+		now = o.NextDue
+		o.NextDue = now.Add(period)
 	}
 	entries, _ := os.ReadDir(dir)
 	var names []string

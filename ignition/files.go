@@ -455,14 +455,15 @@ UMask=0077
 }
 
 // SnapshotTimerUnit runs SnapshotService at backup.schedule on every node at the same
-// times (no random delay): the first node to take the lock takes the period's snapshot.
+// times (no random delay, within a second): the first node to take the lock takes the
+// period's snapshot and records when the timer runs next; the others see that and skip.
 func SnapshotTimerUnit(c *spec.Cluster) []byte {
 	return []byte(`[Unit]
 Description=etcdbake: scheduled snapshots (spec backup.schedule)
 
 [Timer]
 OnCalendar=` + c.Backup.Schedule + `
-AccuracySec=1min
+AccuracySec=1s
 
 [Install]
 WantedBy=timers.target
