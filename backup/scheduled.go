@@ -43,6 +43,8 @@ type ScheduledOptions struct {
 	Fresh time.Duration
 	// NextDue is when the schedule runs next, recorded with the snapshot (zero: unknown).
 	NextDue time.Time
+	// Target, when set, gets every snapshot uploaded and keeps Keep of them.
+	Target  *Target
 	Timeout time.Duration
 	Now     func() time.Time
 }
@@ -51,8 +53,10 @@ type ScheduledOptions struct {
 type ScheduledReport struct {
 	Taken   *spec.SnapshotRecord `json:"taken,omitempty"`
 	Skipped string               `json:"skipped,omitempty"`
-	// Removed are the files retention removed (this node's oldest beyond Keep).
-	Removed []string `json:"removed,omitempty"`
+	// Removed are the files retention removed (this node's oldest beyond Keep), and
+	// RemovedFromTarget the target's objects beyond Keep.
+	Removed           []string `json:"removed,omitempty"`
+	RemovedFromTarget []string `json:"removedFromTarget,omitempty"`
 }
 
 // Scheduled is one run of the snapshot schedule on a node (`etcd-firstboot snapshot`,
@@ -125,6 +129,14 @@ func Scheduled(ctx context.Context, o ScheduledOptions) (*ScheduledReport, error
 	}
 	rec := spec.SnapshotRecord{Node: o.Node, File: path, Taken: m.Taken, Revision: m.Revision, Size: m.Size, SHA256: m.SHA256, NextDue: o.NextDue}
 	rep.Taken = &rec
+	var uploadErr error
+	if o.Target != nil {
+		// A failed upload keeps the local snapshot and is recorded (status warns) and
+		// returned (the unit fails); the next period uploads its own.
+		if rec.Object, uploadErr = Upload(ctx, *o.Target, path); uploadErr != nil {
+			rec.UploadError = uploadErr.Error()
+		}
+	}
 	if err := putJSON(ctx, cli, o.Timeout, spec.SnapshotRecordKey, rec); err != nil {
 		return rep, fmt.Errorf("recording the snapshot %s: %w", path, err)
 	}
@@ -132,6 +144,11 @@ func Scheduled(ctx context.Context, o ScheduledOptions) (*ScheduledReport, error
 	rep.Removed = removed
 	if err != nil {
 		return rep, fmt.Errorf("removing snapshots beyond the %d kept: %w", o.Keep, err)
+	}
+	if o.Target != nil && uploadErr == nil {
+		if rep.RemovedFromTarget, err = PruneTarget(ctx, *o.Target, o.Cluster, o.Keep); err != nil {
+			return rep, fmt.Errorf("removing the target's snapshots beyond the %d kept: %w", o.Keep, err)
+		}
 	}
 	list := spec.NodeSnapshots{Node: o.Node, Updated: o.Now().UTC()}
 	for _, f := range kept {
@@ -148,7 +165,7 @@ func Scheduled(ctx context.Context, o ScheduledOptions) (*ScheduledReport, error
 	if err := putJSON(ctx, cli, o.Timeout, spec.SnapshotNodeKey(o.Node), list); err != nil {
 		return rep, fmt.Errorf("listing %s's snapshots: %w", o.Node, err)
 	}
-	return rep, nil
+	return rep, uploadErr
 }
 
 // prune keeps the keep newest snapshot files of cluster in dir (their names sort by time)

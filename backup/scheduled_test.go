@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/etcdbake/etcdbake/spec"
+	"github.com/minio/minio-go/v7"
 )
 
 // testLock is the cluster's lock as firstboot takes it (an etcd mutex on a lease) on a key
@@ -176,5 +177,57 @@ func TestScheduledRetention(t *testing.T) {
 	}
 	if after, _ := os.ReadDir(dir); len(after) != len(entries) {
 		t.Errorf("a run that did not get the lock changed %s: %d entries, was %d", dir, len(after), len(entries))
+	}
+}
+
+// TestScheduledUploads: with a target (a real S3 server), each period's snapshot is
+// uploaded and recorded with its key, and the target keeps backup.keep; a failed upload
+// keeps the local snapshot, records why and fails the run.
+func TestScheduledUploads(t *testing.T) {
+	f := start(t, "up", 110)
+	tg, cli := s3Target(t, "")
+	ca, _, _ := f.tc.ClientFiles("admin")
+	now := time.Now().UTC()
+	o := ScheduledOptions{Endpoints: f.opts.Endpoints, TLS: f.opts.TLS, Node: "m2", Cluster: f.tc.Spec.Name, CA: ca,
+		Dir: filepath.Join(t.TempDir(), "snapshots"), Keep: 2, Lock: testLock, Now: func() time.Time { return now }, Target: &tg}
+	var objects []string
+	for i := 0; i < 3; i++ {
+		o.NextDue = now.Add(time.Hour)
+		rep, err := Scheduled(context.Background(), o)
+		if err != nil || rep.Taken == nil || rep.Taken.Object != filepath.Base(rep.Taken.File) {
+			t.Fatalf("period %d: %+v, %v", i, rep, err)
+		}
+		objects = append(objects, rep.Taken.Object)
+		if i == 2 && (len(rep.RemovedFromTarget) != 1 || rep.RemovedFromTarget[0] != objects[0]) {
+			t.Errorf("period 2 removed %v from the target, want [%s]", rep.RemovedFromTarget, objects[0])
+		}
+		now = o.NextDue
+	}
+	var left []string
+	for obj := range cli.ListObjects(context.Background(), tg.Bucket, minio.ListObjectsOptions{Recursive: true}) {
+		left = append(left, obj.Key)
+	}
+	if strings.Join(left, " ") != strings.Join(objects[1:], " ") {
+		t.Errorf("the target holds %v, want %v", left, objects[1:])
+	}
+	last, err := LastScheduled(context.Background(), f.cli, 5*time.Second)
+	if err != nil || last.Object != objects[2] || last.UploadError != "" {
+		t.Errorf("the record: %+v, %v", last, err)
+	}
+
+	// Wrong keys: the snapshot is taken and kept here, the record says why it is not on
+	// the target, and the run fails.
+	bad := tg
+	bad.SecretKey = "wrong"
+	o.Target, o.NextDue = &bad, now.Add(time.Hour)
+	rep, err := Scheduled(context.Background(), o)
+	if err == nil || rep.Taken == nil || !strings.Contains(err.Error(), "uploading") {
+		t.Fatalf("upload with wrong keys: %+v, %v", rep, err)
+	}
+	if _, serr := os.Stat(rep.Taken.File); serr != nil {
+		t.Errorf("the snapshot whose upload failed is not kept: %v", serr)
+	}
+	if last, err := LastScheduled(context.Background(), f.cli, 5*time.Second); err != nil || last.File != rep.Taken.File || last.Object != "" || !strings.Contains(last.UploadError, "uploading") {
+		t.Errorf("the record after a failed upload: %+v, %v", last, err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"path"
 	"sort"
 	"strings"
 	"sync"
@@ -285,6 +286,27 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 	b.file(NMKeyfilePath, 0o600, "", NMKeyfile(n))
 	b.file(SysctlPath, 0o644, "", Sysctl())
 	b.file(ModulesPath, 0o644, "", Modules(c))
+
+	if t := c.Backup.Target; t != nil {
+		// The backup target's keys: root's only, in this node's config (its own partition
+		// on disk images).
+		creds, err := os.ReadFile(t.CredentialsFile)
+		if err != nil {
+			return types.Config{}, fmt.Errorf("backup.target.credentialsFile: %w", err)
+		}
+		if _, _, err := spec.ParseS3Credentials(t.CredentialsFile, creds); err != nil {
+			return types.Config{}, fmt.Errorf("backup.target.credentialsFile: %w", err)
+		}
+		b.dir(path.Dir(spec.S3CredentialsPath), 0o700, "")
+		b.file(spec.S3CredentialsPath, 0o600, "", creds)
+		if t.CA != "" {
+			ca, err := os.ReadFile(t.CA)
+			if err != nil {
+				return types.Config{}, fmt.Errorf("backup.target.ca: %w", err)
+			}
+			b.file(spec.S3CAPath, 0o644, "", ca)
+		}
+	}
 
 	names := append([]string(nil), BinaryNames...)
 	sort.Strings(names)

@@ -85,6 +85,9 @@ type SnapshotRecord struct {
 	// NextDue is when the schedule runs next (the node's timer; zero when unknown): a
 	// newest snapshot a whole period past it is overdue.
 	NextDue time.Time `json:"nextDue,omitzero"`
+	// Object is the snapshot's key in the backup target; UploadError why the upload failed.
+	Object      string `json:"object,omitempty"`
+	UploadError string `json:"uploadError,omitempty"`
 }
 
 // NodeSnapshots lists the snapshots a node keeps, newest first.

@@ -316,6 +316,9 @@ func warnings(c *spec.Cluster, out *Cluster, now time.Time) []string {
 	}
 	// The schedule's period is what the node's timer said: from the snapshot to its next
 	// run. Overdue by a whole period past that is two periods without a snapshot.
+	if s := out.Snapshot; s != nil && s.UploadError != "" {
+		w = append(w, fmt.Sprintf("the newest scheduled snapshot (by %s) was kept on the node but not uploaded to backup.target: %s", s.Node, s.UploadError))
+	}
 	if s := out.Snapshot; s != nil && !s.NextDue.IsZero() && s.NextDue.After(s.Taken) {
 		if period := s.NextDue.Sub(s.Taken); now.Sub(s.Taken) > 2*period {
 			w = append(w, fmt.Sprintf("the newest scheduled snapshot is %s old (taken by %s, the schedule runs about every %s): the nodes' snapshot timers are not taking them; see journalctl -u etcdbake-snapshot.service on the nodes",

@@ -154,10 +154,13 @@ func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) 
 			switch {
 			case rep.Taken != nil:
 				a.Logf("snapshot: took %s (revision %d, %d bytes), verified", rep.Taken.File, rep.Taken.Revision, rep.Taken.Size)
+				if rep.Taken.Object != "" {
+					a.Logf("snapshot: uploaded as %s", rep.Taken.Object)
+				}
 			case rep.Skipped != "":
 				a.Logf("snapshot: skipped: %s", rep.Skipped)
 			}
-			for _, f := range rep.Removed {
+			for _, f := range append(rep.Removed, rep.RemovedFromTarget...) {
 				a.Logf("snapshot: removed %s (backup.keep %d)", f, nc.Backup.Keep)
 			}
 			if *asJSON && err == nil {
@@ -263,9 +266,13 @@ func scheduledSnapshot(ctx context.Context, a *firstboot.Agent) (*backup.Schedul
 		return nil, err
 	}
 	nc := a.Cfg
+	target, err := backup.NodeTarget(nc.Backup.Target)
+	if err != nil {
+		return nil, err
+	}
 	return backup.Scheduled(ctx, backup.ScheduledOptions{
 		Endpoints: a.Endpoints(), TLS: tc, Node: nc.Name, Cluster: nc.Cluster, CA: nc.CA,
-		Dir: nc.Backup.Dir, Keep: nc.Backup.Keep, NextDue: nextElapse(ctx, snapshotTimer),
+		Dir: nc.Backup.Dir, Keep: nc.Backup.Keep, NextDue: nextElapse(ctx, snapshotTimer), Target: target,
 		Lock: func(ctx context.Context, cli *clientv3.Client) (func(), error) {
 			l, err := a.AcquireRolloutLock(ctx, cli, 5*time.Minute)
 			if err != nil {

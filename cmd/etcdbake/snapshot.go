@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -142,16 +145,18 @@ func (a *app) snapshotListCmd() *cobra.Command {
 	var endpoints []string
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List the snapshots in OUT/snapshots and those the nodes keep (backup.schedule), newest first",
+		Short: "List the snapshots in OUT/snapshots, those the nodes keep (backup.schedule) and the backup target's, newest first",
 		Long: `list reads each file's manifest in OUT/snapshots (it does not verify the files: snapshot
 verify does; a file that is not a snapshot is listed with why), then asks the cluster for
-what each node keeps from the schedule (backup.schedule, backup.keep) on its data partition.
-When the cluster does not answer, the nodes' part is left out with a note.`,
+what each node keeps from the schedule (backup.schedule, backup.keep) on its data partition,
+and lists the backup target (backup.target, with backup.target.credentialsFile). What does
+not answer is left out with a note.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			type row struct {
 				File     string                 `json:"file"`
 				Node     string                 `json:"node,omitempty"` // "": in OUT/snapshots
+				Target   string                 `json:"target,omitempty"`
 				Taken    time.Time              `json:"taken"`
 				Manifest *spec.SnapshotManifest `json:"manifest,omitempty"`
 				Record   *spec.SnapshotRecord   `json:"record,omitempty"`
@@ -181,6 +186,16 @@ When the cluster does not answer, the nodes' part is left out with a note.`,
 					}
 				}
 			}
+			if c, err := a.load(cmd); err == nil && c.Backup.Target != nil {
+				objs, err := targetSnapshots(cmd, c)
+				if err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "snapshot: the target's snapshots are not listed: %v\n", err)
+				}
+				for _, o := range objs {
+					taken, _ := time.Parse("20060102T150405Z", strings.TrimSuffix(strings.TrimPrefix(path.Base(o.Key), c.Name+"-"), spec.SnapshotExt))
+					rows = append(rows, row{File: o.Key, Target: c.Backup.Target.Bucket, Taken: taken, Record: &spec.SnapshotRecord{File: o.Key, Size: o.Size, Taken: taken}})
+				}
+			}
 			sort.SliceStable(rows, func(i, j int) bool {
 				return rows[i].Error == "" && (rows[j].Error != "" || rows[i].Taken.After(rows[j].Taken))
 			})
@@ -199,6 +214,9 @@ When the cluster does not answer, the nodes' part is left out with a note.`,
 					m := r.Manifest
 					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", m.Taken.Format(time.RFC3339), a.now().Sub(m.Taken).Round(time.Minute),
 						m.Revision, humanBytes(m.Size), "here (from "+m.From+")", r.File)
+				case r.Record != nil && r.Target != "":
+					fmt.Fprintf(w, "%s\t%s\t-\t%s\t%s\t%s\n", r.Taken.Format(time.RFC3339), a.now().Sub(r.Taken).Round(time.Minute),
+						humanBytes(r.Record.Size), "s3 "+r.Target, r.File)
 				case r.Record != nil:
 					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", r.Taken.Format(time.RFC3339), a.now().Sub(r.Taken).Round(time.Minute),
 						r.Record.Revision, humanBytes(r.Record.Size), "node "+r.Node, r.File)
@@ -212,6 +230,18 @@ When the cluster does not answer, the nodes' part is left out with a note.`,
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	cmd.Flags().StringSliceVar(&endpoints, "endpoints", nil, "client URLs to use instead of the spec's (e.g. forwarded ports)")
 	return cmd
+}
+
+// targetSnapshots lists the spec's backup target (backup.target), with the credentials
+// from backup.target.credentialsFile.
+func targetSnapshots(cmd *cobra.Command, c *spec.Cluster) ([]backup.TargetObject, error) {
+	t, err := backup.SpecTarget(c.Backup.Target)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+	defer cancel()
+	return backup.ListTarget(ctx, *t, c.Name)
 }
 
 // nodeSnapshots asks the cluster what each node keeps from the snapshot schedule.

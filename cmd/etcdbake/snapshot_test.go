@@ -4,13 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/etcdbake/etcdbake/internal/testtools"
 	"github.com/etcdbake/etcdbake/spec"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 // TestSnapshotCommands runs `snapshot save` and `snapshot verify` against a real
@@ -115,5 +119,46 @@ func TestSnapshotCommands(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(d, "restore")); !os.IsNotExist(err) {
 			t.Errorf("a refused restore made %s/restore", d)
 		}
+	}
+}
+
+// TestSnapshotListTarget: `snapshot list` lists the backup target's snapshots (a real S3
+// server) with the credentials file the spec names, and says so when it cannot.
+func TestSnapshotListTarget(t *testing.T) {
+	now := time.Date(2026, 12, 3, 18, 0, 0, 0, time.UTC)
+	dir := t.TempDir()
+	specPath, out := filepath.Join(dir, "cluster.yaml"), filepath.Join(dir, "out")
+	if _, _, err := run(t, now, "init", "-f", specPath); err != nil {
+		t.Fatal(err)
+	}
+	ex, _, err := spec.Load(specPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3 := testtools.StartS3(t)
+	mc, err := minio.New(strings.TrimPrefix(s3.Endpoint, "http://"), &minio.Options{Creds: credentials.NewStaticV4(s3.AccessKey, s3.SecretKey, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := mc.MakeBucket(ctx, "etcd-backups", minio.MakeBucketOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	key := "prod/" + spec.SnapshotFileName(ex.Name, now.Add(-6*time.Hour))
+	if _, err := mc.PutObject(ctx, "etcd-backups", key, strings.NewReader("snapshot"), 8, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "s3.env"), []byte("AWS_ACCESS_KEY_ID="+s3.AccessKey+"\nAWS_SECRET_ACCESS_KEY="+s3.SecretKey+"\n"), 0o600)
+	f, _ := os.OpenFile(specPath, os.O_APPEND|os.O_WRONLY, 0)
+	fmt.Fprintf(f, "\nbackup:\n  target:\n    endpoint: %s\n    bucket: etcd-backups\n    prefix: prod/\n    credentialsFile: s3.env\n", s3.Endpoint)
+	f.Close()
+	stdout, stderr, err := run(t, now, "snapshot", "list", "-f", specPath, "--out", out, "--endpoints", "https://127.0.0.1:1")
+	if err != nil || !strings.Contains(strings.Join(strings.Fields(stdout), " "), "2026-12-03T12:00:00Z 6h0m0s - 8 B s3 etcd-backups "+key) {
+		t.Errorf("snapshot list with a target: %v\n%s%s", err, stdout, stderr)
+	}
+	os.WriteFile(filepath.Join(dir, "s3.env"), []byte("AWS_ACCESS_KEY_ID="+s3.AccessKey+"\nAWS_SECRET_ACCESS_KEY=wrong\n"), 0o600)
+	stdout, stderr, err = run(t, now, "snapshot", "list", "-f", specPath, "--out", out, "--endpoints", "https://127.0.0.1:1")
+	if err != nil || strings.Contains(stdout, key) || !strings.Contains(stderr, "the target's snapshots are not listed: listing s3 bucket etcd-backups/prod at "+s3.Endpoint) {
+		t.Errorf("snapshot list with wrong keys: %v\n%s%s", err, stdout, stderr)
 	}
 }
