@@ -22,7 +22,6 @@ import (
 
 	"github.com/etcdbake/etcdbake/internal/testcluster"
 	"github.com/etcdbake/etcdbake/spec"
-	"github.com/etcdbake/etcdbake/status"
 )
 
 type fixture struct {
@@ -34,11 +33,8 @@ type fixture struct {
 func start(t *testing.T, name string, base int) *fixture {
 	t.Helper()
 	tc := testcluster.StartAll(t, testcluster.Spec(t, name, 3, base))
-	ca, crt, key := tc.ClientFiles("admin")
-	tlsCfg, err := status.TLSConfig(ca, crt, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, _, _ := tc.ClientFiles("admin")
+	tlsCfg := tc.ClientTLS(t, "admin")
 	fp, err := CAFingerprint(ca)
 	if err != nil {
 		t.Fatal(err)

@@ -104,6 +104,15 @@ func (a *Agent) tlsConfig() (*tls.Config, error) {
 	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
 }
 
+// TLSConfig is this node's client side of mutual TLS (its etcd-firstboot certificate),
+// for the work of other packages that etcd-firstboot runs (the scheduled snapshot).
+func (a *Agent) TLSConfig() (*tls.Config, error) { return a.tlsConfig() }
+
+// Endpoints are this member's client URL (loopback) and then the other members'.
+func (a *Agent) Endpoints() []string {
+	return append([]string{a.Cfg.LocalClientURL}, a.peerClientURLs()...)
+}
+
 // client connects to the given endpoints without blocking; calls fail fast when nobody
 // answers.
 func (a *Agent) client(endpoints []string) (*clientv3.Client, error) {

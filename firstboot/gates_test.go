@@ -15,7 +15,7 @@ import (
 // member's endpoint).
 func agentClient(t *testing.T, a *Agent) *clientv3.Client {
 	t.Helper()
-	cli, err := a.client(append([]string{a.Cfg.LocalClientURL}, a.peerClientURLs()...))
+	cli, err := a.client(a.Endpoints())
 	if err != nil {
 		t.Fatal(err)
 	}

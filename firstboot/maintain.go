@@ -75,7 +75,7 @@ type MaintainReport struct {
 func (a *Agent) Maintain(ctx context.Context, o MaintainOptions) (MaintainReport, error) {
 	o = o.withDefaults()
 	var rep MaintainReport
-	cli, err := a.client(append([]string{a.Cfg.LocalClientURL}, a.peerClientURLs()...))
+	cli, err := a.client(a.Endpoints())
 	if err != nil {
 		return rep, err
 	}

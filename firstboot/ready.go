@@ -97,7 +97,7 @@ func (a *Agent) Ready(ctx context.Context) (ReadyResult, FlannelResult, error) {
 		res.Message = err.Error()
 		return res, fl, err
 	}
-	cli, err := a.client(append([]string{a.Cfg.LocalClientURL}, a.peerClientURLs()...))
+	cli, err := a.client(a.Endpoints())
 	if err != nil {
 		return res, fl, err
 	}

@@ -37,6 +37,8 @@ const (
 	FlannelUnit   = "flanneld.service"
 	MaintainUnit  = "etcdbake-maintain.service"
 	MaintainTimer = "etcdbake-maintain.timer"
+	SnapshotUnit  = "etcdbake-snapshot.service"
+	SnapshotTimer = "etcdbake-snapshot.timer"
 )
 
 func bin(name string) string { return spec.BinDir + "/" + name }
@@ -419,6 +421,49 @@ Description=etcdbake: maintenance pass every ` + spec.FormatDuration(iv) + ` (sp
 OnBootSec=5min
 OnUnitActiveSec=` + fmt.Sprint(int(iv/time.Second)) + `s
 RandomizedDelaySec=` + fmt.Sprint(int(iv/time.Second/5)) + `s
+
+[Install]
+WantedBy=timers.target
+`)
+}
+
+// SnapshotService is one run of the snapshot schedule (`etcd-firstboot snapshot`): unless
+// another node took this period's, a verified snapshot under the cluster's lock into the
+// data partition, recorded in etcd, backup.keep kept. Only once the health gate passed.
+func SnapshotService(c *spec.Cluster) []byte {
+	return []byte(`[Unit]
+Description=etcdbake: scheduled snapshot of cluster ` + c.Name + ` (one node per period, under the cluster's lock)
+Documentation=file://` + spec.NodeConfigPath + `
+Requisite=` + ReadyUnit + `
+After=` + ReadyUnit + `
+
+[Service]
+Type=oneshot
+ExecStart=` + bin("etcd-firstboot") + ` snapshot --config ` + spec.NodeConfigPath + `
+CPUWeight=20
+IOWeight=20
+TimeoutStartSec=1h
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths=` + spec.StateDir + `
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+UMask=0077
+`)
+}
+
+// SnapshotTimerUnit runs SnapshotService at backup.schedule on every node at the same
+// times (no random delay, within a second): the first node to take the lock takes the
+// period's snapshot and records when the timer runs next; the others see that and skip.
+func SnapshotTimerUnit(c *spec.Cluster) []byte {
+	return []byte(`[Unit]
+Description=etcdbake: scheduled snapshots (spec backup.schedule)
+
+[Timer]
+OnCalendar=` + c.Backup.Schedule + `
+AccuracySec=1s
 
 [Install]
 WantedBy=timers.target

@@ -18,6 +18,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"path"
 	"sort"
 	"strings"
 	"sync"
@@ -286,6 +287,27 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 	b.file(SysctlPath, 0o644, "", Sysctl())
 	b.file(ModulesPath, 0o644, "", Modules(c))
 
+	if t := c.Backup.Target; t != nil {
+		// The backup target's keys: root's only, in this node's config (its own partition
+		// on disk images).
+		creds, err := os.ReadFile(t.CredentialsFile)
+		if err != nil {
+			return types.Config{}, fmt.Errorf("backup.target.credentialsFile: %w", err)
+		}
+		if _, _, err := spec.ParseS3Credentials(t.CredentialsFile, creds); err != nil {
+			return types.Config{}, fmt.Errorf("backup.target.credentialsFile: %w", err)
+		}
+		b.dir(path.Dir(spec.S3CredentialsPath), 0o700, "")
+		b.file(spec.S3CredentialsPath, 0o600, "", creds)
+		if t.CA != "" {
+			ca, err := os.ReadFile(t.CA)
+			if err != nil {
+				return types.Config{}, fmt.Errorf("backup.target.ca: %w", err)
+			}
+			b.file(spec.S3CAPath, 0o644, "", ca)
+		}
+	}
+
 	names := append([]string(nil), BinaryNames...)
 	sort.Strings(names)
 	for _, name := range names {
@@ -303,6 +325,10 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 	if c.Maintenance.Interval.D > 0 {
 		b.unit(MaintainUnit, MaintainService(c), false)
 		b.unit(MaintainTimer, MaintainTimerUnit(c), true)
+	}
+	if c.Backup.Schedule != spec.BackupOff {
+		b.unit(SnapshotUnit, SnapshotService(c), false)
+		b.unit(SnapshotTimer, SnapshotTimerUnit(c), true)
 	}
 	return b.cfg, nil
 }

@@ -87,6 +87,8 @@ func TestGoldenFiles(t *testing.T) {
 		"flanneld.service":       FlannelService(c),
 		MaintainUnit:             MaintainService(c),
 		MaintainTimer:            MaintainTimerUnit(c),
+		SnapshotUnit:             SnapshotService(c),
+		SnapshotTimer:            SnapshotTimerUnit(c),
 	}
 	for name, got := range files {
 		path := filepath.Join("testdata", "golden", n.Name, name)
@@ -288,7 +290,7 @@ func TestRenderedConfigsPassIgnitionAndCarryTheNode(t *testing.T) {
 		for _, u := range cfg.Systemd.Units {
 			enabled[u.Name] = u.Enabled != nil && *u.Enabled
 		}
-		for _, u := range []string{EtcdUnit, FirstbootUnit, ReadyUnit, FlannelUnit, MaintainTimer} {
+		for _, u := range []string{EtcdUnit, FirstbootUnit, ReadyUnit, FlannelUnit, MaintainTimer, SnapshotTimer} {
 			if !enabled[u] {
 				t.Errorf("%s: unit %s not enabled", n.Name, u)
 			}
@@ -561,5 +563,45 @@ func TestWriteReplacesAtomically(t *testing.T) {
 	st, _ := os.Stat(filepath.Join(dir, "a.ign"))
 	if st.Mode().Perm() != 0o600 {
 		t.Fatalf("config mode %v: configs hold keys", st.Mode())
+	}
+}
+
+// TestBackupTargetFiles: a backup target's credentials go into every node's config, root's
+// and 0600, read from the operator's file; a missing or keyless file is an error naming
+// the field, before anything is written.
+func TestBackupTargetFiles(t *testing.T) {
+	c := exampleCluster(t)
+	in, _ := testInputDir(t, c)
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "s3.env")
+	os.WriteFile(creds, []byte("AWS_ACCESS_KEY_ID=AKIA\nAWS_SECRET_ACCESS_KEY=secret\n"), 0o600)
+	c.Backup.Target = &spec.BackupTarget{Endpoint: "https://s3.example.com", Bucket: "etcd-backups", CredentialsFile: creds}
+	configs, err := Render(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for node, raw := range configs {
+		cfg := parseRendered(t, raw)
+		files := map[string]types.File{}
+		for _, f := range cfg.Storage.Files {
+			files[f.Path] = f
+		}
+		if f, ok := files[spec.S3CredentialsPath]; !ok || *f.Mode != 0o600 || f.User.Name != nil || !strings.Contains(string(fileContents(t, f)), "AWS_SECRET_ACCESS_KEY=secret") {
+			t.Errorf("%s: no %s, 0600 root, with the secret", node, spec.S3CredentialsPath)
+		}
+		nc, err := spec.LoadNodeConfigBytes(fileContents(t, files[spec.NodeConfigPath]))
+		if err != nil || nc.Backup.Target == nil || nc.Backup.Target.CredentialsFile != spec.S3CredentialsPath || nc.Backup.Target.Bucket != "etcd-backups" {
+			t.Errorf("%s: node.json's backup target: %+v", node, nc.Backup.Target)
+		}
+	}
+	for name, content := range map[string]string{"missing": "", "keyless": "AWS_ACCESS_KEY_ID=AKIA\n"} {
+		p := filepath.Join(dir, name)
+		if content != "" {
+			os.WriteFile(p, []byte(content), 0o600)
+		}
+		c.Backup.Target.CredentialsFile = p
+		if _, err := Render(in); err == nil || !strings.Contains(err.Error(), "backup.target.credentialsFile") {
+			t.Errorf("%s credentials file: %v", name, err)
+		}
 	}
 }

@@ -83,6 +83,9 @@ func exampleBuild(t testing.TB, out string) BuildOptions {
 }
 
 // exampleBuildPKI is exampleBuild, also returning the PKI directory it made.
+// testS3Secret is the backup target's secret key in exampleBuildPKI's spec.
+const testS3Secret = "etcdbake-test-secret-0123456789abcdef"
+
 func exampleBuildPKI(t testing.TB, out string) (BuildOptions, string) {
 	t.Helper()
 	c, rep := spec.Parse(spec.Example)
@@ -90,6 +93,11 @@ func exampleBuildPKI(t testing.TB, out string) (BuildOptions, string) {
 		t.Fatal(rep.String())
 	}
 	dir := t.TempDir()
+	// A backup target: its keys, the same for every node, must still land in each node's
+	// own partition only.
+	creds := filepath.Join(dir, "s3.env")
+	os.WriteFile(creds, []byte("AWS_ACCESS_KEY_ID=AKIAEXAMPLE\nAWS_SECRET_ACCESS_KEY="+testS3Secret+"\n"), 0o600)
+	c.Backup.Target = &spec.BackupTarget{Endpoint: "https://s3.etcdbake.invalid", Bucket: "etcd-backups", CredentialsFile: creds}
 	if _, err := pki.Ensure(c, filepath.Join(dir, "pki"), time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)); err != nil {
 		t.Fatal(err)
 	}
@@ -297,6 +305,17 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 		}
 		if _, key := pki.NodeCertPath(pkiDir, im.Node, "server"); !found(key) {
 			t.Errorf("%s: the control failed: its own server key %s is not found on its disk", im.Node, key)
+		}
+		// The backup target's keys: in the node partition (0600), never in the shared root.
+		if got := dbg(root, "stat "+spec.S3CredentialsPath); !strings.Contains(got, `Fast link dest: "/node`+spec.S3CredentialsPath+`"`) {
+			t.Errorf("%s: the root's %s is not a link to /node: %s", im.Node, spec.S3CredentialsPath, got)
+		}
+		if got := dbg(node, "stat "+spec.S3CredentialsPath); !strings.Contains(got, "Mode:  0600") {
+			t.Errorf("%s: the node partition's %s: %s", im.Node, spec.S3CredentialsPath, got)
+		}
+		if !bytes.Contains(parts[1], []byte(testS3Secret)) || bytes.Contains(parts[0], []byte(testS3Secret)) {
+			t.Errorf("%s: the backup target's secret key: in the node partition %v (want true), in the root %v (want false)", im.Node,
+				bytes.Contains(parts[1], []byte(testS3Secret)), bytes.Contains(parts[0], []byte(testS3Secret)))
 		}
 		for _, ca := range []string{"ca", "peer-ca"} {
 			if _, key := pki.CAPath(pkiDir, ca); found(key) {

@@ -9,10 +9,15 @@ import (
 	"strings"
 
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 // NodeMount is where each node's own partition is mounted (read-only).
 const NodeMount = "node"
+
+// nodeOnly are paths that Split keeps in each node's own tree even when every node has
+// the same file.
+var nodeOnly = map[string]bool{strings.TrimPrefix(spec.S3CredentialsPath, "/"): true}
 
 // fingerprint identifies an entry's type, metadata and content.
 func fingerprint(t *fstree.Tree, e *fstree.Entry) (string, error) {
@@ -43,6 +48,9 @@ func sharesContent(a, b *fstree.Entry) bool {
 // (or exists on some nodes only) moves to the node's own tree, and the root gets a
 // symlink to it under /node. Directories always stay in the root. Nothing is listed by
 // hand: the split is computed from the node trees.
+//
+// Secrets the spec gives every node alike (the backup target's keys, nodeOnly) still go to
+// each node's own tree: the shared root is in every release any node can fetch.
 //
 // systemd loads units before local file systems are mounted, so a unit or drop-in that
 // differs between nodes cannot be reached through /node; that is an error.
@@ -114,6 +122,9 @@ func Split(nodes map[string]*fstree.Tree) (*fstree.Tree, map[string]*fstree.Tree
 		}
 		if p == "" {
 			continue
+		}
+		if nodeOnly[p] && !isDir {
+			same = false
 		}
 		if same || isDir {
 			// Directories are kept whole in the root (with the first node's metadata).

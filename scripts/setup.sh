@@ -32,3 +32,22 @@ if [ ! -x "$tools/ignition-$ign_version/internal" ]; then
 fi
 ln -sfn "ignition-$ign_version/internal" "$tools/ignition-apply"
 echo "setup: ignition-apply at $tools/ignition-apply"
+
+# weed: SeaweedFS, a real S3-compatible server for the backup target tests. `go install`
+# refuses it (its go.mod has replace directives), so it is built inside a writable copy of
+# the module (about 4.5 min on 2 cores with a cold module cache; cached after that).
+weed_version=v0.0.0-20261109003541-7506e5f91cd6
+if [ ! -x "$tools/weed-$weed_version/weed" ]; then
+  echo "setup: building SeaweedFS weed $weed_version (a few minutes, once)"
+  src=$(go mod download -json "github.com/seaweedfs/seaweedfs@$weed_version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  rm -rf "$tools"/.weed-build.*   # a build cut short
+  work=$(mktemp -d "$tools/.weed-build.XXXXXX")
+  cp -r "$src/." "$work/"
+  chmod -R u+w "$work"
+  (cd "$work" && go build -trimpath -o "$work/weed.bin" ./weed)
+  mkdir -p "$tools/weed-$weed_version"
+  mv "$work/weed.bin" "$tools/weed-$weed_version/weed"
+  rm -rf "$work"
+fi
+ln -sfn "weed-$weed_version/weed" "$tools/weed"
+echo "setup: weed at $tools/weed"

@@ -40,6 +40,11 @@ const (
 	DefaultDefragMinFreeBytes  = 100 << 20
 	DefaultDefragBetween       = time.Minute
 	QuotaWarnRatio             = 0.8
+	// Scheduled snapshots: every 6 h at a fixed time of day (the same on every node, so
+	// one takes it), 5 kept; "off" turns them off.
+	DefaultBackupSchedule = "*-*-* 00/6:00:00"
+	BackupOff             = "off"
+	DefaultBackupKeep     = 5
 )
 
 // DefaultSources is the order binaries are looked for when the spec names none: the
@@ -103,6 +108,11 @@ func (c *Cluster) ApplyDefaults() {
 		m.DefragMinFreeBytes = DefaultDefragMinFreeBytes
 	}
 	setDur(&m.DefragBetween, DefaultDefragBetween)
+
+	if c.Backup.Schedule == "" {
+		c.Backup.Schedule = DefaultBackupSchedule
+	}
+	setInt(&c.Backup.Keep, DefaultBackupKeep)
 
 	p := &c.PKI
 	if p.Algorithm == "" {

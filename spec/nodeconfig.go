@@ -60,7 +60,35 @@ type NodeConfig struct {
 	Timeouts NodeTimeouts `json:"timeouts"`
 	// Maintenance tunes `etcd-firstboot maintain`.
 	Maintenance NodeMaintenance `json:"maintenance"`
+	// Backup is where and how many scheduled snapshots this node keeps.
+	Backup NodeBackup `json:"backup"`
 }
+
+// NodeBackup configures `etcd-firstboot snapshot`.
+type NodeBackup struct {
+	Dir  string `json:"dir"`
+	Keep int    `json:"keep"`
+	// Target is the S3-compatible bucket snapshots are uploaded to (nil: none).
+	Target *NodeBackupTarget `json:"target,omitempty"`
+}
+
+// NodeBackupTarget is spec backup.target on the node: the credentials and the CA are
+// files on the node (S3CredentialsPath, S3CAPath).
+type NodeBackupTarget struct {
+	Endpoint        string `json:"endpoint"`
+	Bucket          string `json:"bucket"`
+	Prefix          string `json:"prefix,omitempty"`
+	Region          string `json:"region,omitempty"`
+	CredentialsFile string `json:"credentialsFile"`
+	CAFile          string `json:"caFile,omitempty"`
+}
+
+// Paths of the backup target's files on a node. The credentials are in each node's own
+// partition on disk images (imagebuild.Split keeps them out of the shared root).
+const (
+	S3CredentialsPath = "/etc/etcdbake/backup/s3-credentials"
+	S3CAPath          = "/etc/etcdbake/backup/s3-ca.crt"
+)
 
 // NodeMaintenance tunes the maintenance passes; zero values take etcd-firstboot's
 // defaults (etcd's alert thresholds).
@@ -155,6 +183,7 @@ func (c *Cluster) NodeConfigFor(n Node) NodeConfig {
 			DefragMinFree: c.Maintenance.DefragMinFreeBytes,
 			DefragBetween: c.Maintenance.DefragBetween,
 		},
+		Backup: NodeBackup{Dir: NodeSnapshotDir, Keep: c.Backup.Keep, Target: c.Backup.nodeTarget()},
 	}
 }
 
@@ -183,4 +212,16 @@ func LoadNodeConfigBytes(b []byte) (*NodeConfig, error) {
 		return nil, fmt.Errorf("no node name or no peers: rebuild it with etcdbake")
 	}
 	return &nc, nil
+}
+
+func (b Backup) nodeTarget() *NodeBackupTarget {
+	t := b.Target
+	if t == nil {
+		return nil
+	}
+	nt := &NodeBackupTarget{Endpoint: t.Endpoint, Bucket: t.Bucket, Prefix: t.Prefix, Region: t.Region, CredentialsFile: S3CredentialsPath}
+	if t.CA != "" {
+		nt.CAFile = S3CAPath
+	}
+	return nt
 }

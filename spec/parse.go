@@ -48,6 +48,9 @@ func (c *Cluster) resolvePaths(dir string) {
 		f.Path = abs(f.Path)
 		c.Binary.Files[k] = f
 	}
+	if t := c.Backup.Target; t != nil {
+		t.CredentialsFile, t.CA = abs(t.CredentialsFile), abs(t.CA)
+	}
 }
 
 // Parse decodes data strictly, applies defaults and validates. The cluster is nil when

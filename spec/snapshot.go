@@ -55,3 +55,44 @@ type SnapshotMember struct {
 	PeerURLs []string `json:"peerURLs"`
 	Learner  bool     `json:"learner,omitempty"`
 }
+
+// SnapshotFileName is the name etcdbake gives a snapshot of cluster taken at t, on the
+// workstation and on the nodes: names sort by time.
+func SnapshotFileName(cluster string, t time.Time) string {
+	return cluster + "-" + t.UTC().Format("20060102T150405Z") + SnapshotExt
+}
+
+// Scheduled snapshots (spec backup): one node takes each, writes it to its
+// NodeSnapshotDir and records it at SnapshotRecordKey; every node that takes snapshots
+// lists what it keeps at SnapshotNodeKey(node).
+const (
+	NodeSnapshotDir       = StateDir + "/snapshots"
+	SnapshotRecordKey     = "/etcdbake/snapshots/last"
+	snapshotNodeKeyPrefix = "/etcdbake/snapshots/nodes/"
+)
+
+// SnapshotNodeKey holds the NodeSnapshots of node.
+func SnapshotNodeKey(node string) string { return snapshotNodeKeyPrefix + node }
+
+// SnapshotRecord is one snapshot a node keeps.
+type SnapshotRecord struct {
+	Node     string    `json:"node"`
+	File     string    `json:"file"` // the path on Node
+	Taken    time.Time `json:"taken"`
+	Revision int64     `json:"revision"`
+	Size     int64     `json:"size"`
+	SHA256   string    `json:"sha256"`
+	// NextDue is when the schedule runs next (the node's timer; zero when unknown): a
+	// newest snapshot a whole period past it is overdue.
+	NextDue time.Time `json:"nextDue,omitzero"`
+	// Object is the snapshot's key in the backup target; UploadError why the upload failed.
+	Object      string `json:"object,omitempty"`
+	UploadError string `json:"uploadError,omitempty"`
+}
+
+// NodeSnapshots lists the snapshots a node keeps, newest first.
+type NodeSnapshots struct {
+	Node      string           `json:"node"`
+	Updated   time.Time        `json:"updated"`
+	Snapshots []SnapshotRecord `json:"snapshots"`
+}

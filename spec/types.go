@@ -29,6 +29,8 @@ type Cluster struct {
 	// Maintenance is what every node does by itself to keep etcd healthy for years:
 	// NOSPACE repair, defragmentation one member at a time, the quota warning.
 	Maintenance Maintenance `yaml:"maintenance,omitempty" json:"maintenance,omitempty"`
+	// Backup schedules the cluster's snapshots on the nodes.
+	Backup Backup `yaml:"backup,omitempty" json:"backup,omitempty"`
 	// Butane is the path of a Butane fragment (variant fcos or flatcar) merged into every
 	// node's Ignition config. Relative paths are relative to the spec file.
 	Butane string `yaml:"butane,omitempty" json:"butane,omitempty"`
@@ -119,6 +121,35 @@ type Maintenance struct {
 	DefragMinFreeBytes int64   `yaml:"defragMinFreeBytes,omitempty" json:"defragMinFreeBytes,omitempty"`
 	// DefragBetween is the least time between two members' defragmentations. Default 1m.
 	DefragBetween Duration `yaml:"defragBetween,omitempty" json:"defragBetween,omitempty"`
+}
+
+// Backup schedules snapshots taken on the nodes: one per period for the cluster, by one
+// node under the cluster's lock, verified, kept on that node's data partition.
+type Backup struct {
+	// Schedule is when (systemd OnCalendar syntax; default every 6 h); "off" turns it off.
+	Schedule string `yaml:"schedule,omitempty" json:"schedule,omitempty"`
+	// Keep is how many snapshots each node keeps (default 5), and the target too; older
+	// ones are removed.
+	Keep int `yaml:"keep,omitempty" json:"keep,omitempty"`
+	// Target, when set, is an S3-compatible bucket every scheduled snapshot is uploaded to.
+	Target *BackupTarget `yaml:"target,omitempty" json:"target,omitempty"`
+}
+
+// BackupTarget is an S3-compatible bucket for the scheduled snapshots.
+type BackupTarget struct {
+	// Endpoint is the service's URL, https://HOST[:PORT].
+	Endpoint string `yaml:"endpoint" json:"endpoint"`
+	Bucket   string `yaml:"bucket" json:"bucket"`
+	// Prefix goes before each object's name, e.g. "prod/".
+	Prefix string `yaml:"prefix,omitempty" json:"prefix,omitempty"`
+	Region string `yaml:"region,omitempty" json:"region,omitempty"`
+	// CredentialsFile is a file on the operator's machine (relative: to the spec file)
+	// with AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY= lines. It is baked, mode 0600,
+	// into each node's own partition (never the shared root).
+	CredentialsFile string `yaml:"credentialsFile" json:"credentialsFile"`
+	// CA is the PEM file (relative: to the spec file) of a private CA that signed the
+	// endpoint's certificate.
+	CA string `yaml:"ca,omitempty" json:"ca,omitempty"`
 }
 
 // PKI sets key algorithm and certificate lifetimes.

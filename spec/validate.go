@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -37,6 +38,7 @@ func Validate(c *Cluster) Report {
 	validateTime(c, &r)
 	validateRollout(c, &r)
 	validateMaintenance(c, &r)
+	validateBackup(c, &r)
 	validatePKI(c, &r)
 	validateBinaries(c, &r)
 	for i, k := range c.SSH.AuthorizedKeys {
@@ -365,6 +367,73 @@ func validateMaintenance(c *Cluster, r *Report) {
 	if d, ok := durationOK(m.DefragBetween, "maintenance.defragBetween", r); ok && d < 0 {
 		r.Errorf("maintenance.defragBetween", "%s is below 0 (default %s)", d, DefaultDefragBetween)
 	}
+}
+
+func validateBackup(c *Cluster, r *Report) {
+	b := c.Backup
+	if strings.ContainsAny(b.Schedule, "\n\r\\%") || strings.TrimSpace(b.Schedule) != b.Schedule {
+		r.Errorf("backup.schedule", "%q is not a systemd calendar expression on one line (e.g. %q, \"daily\"; %q turns snapshots off)", b.Schedule, DefaultBackupSchedule, BackupOff)
+	}
+	if b.Keep < 1 {
+		r.Errorf("backup.keep", "%d: keep at least 1 snapshot (default %d)", b.Keep, DefaultBackupKeep)
+	}
+	t := b.Target
+	if t == nil {
+		return
+	}
+	if b.Schedule == BackupOff {
+		r.Warnf("backup.target", "backup.schedule is off, so nothing is uploaded to the target")
+	}
+	if u, err := url.Parse(t.Endpoint); err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		r.Errorf("backup.target.endpoint", "%q is not https://HOST[:PORT]", t.Endpoint)
+	} else if u.Scheme == "http" {
+		r.Warnf("backup.target.endpoint", "plain http: the snapshots (every key of the cluster) and the request signatures cross the network unencrypted; use https")
+	} else if u.Scheme != "https" {
+		r.Errorf("backup.target.endpoint", "%q is not https://HOST[:PORT]", t.Endpoint)
+	}
+	if !bucketRe.MatchString(t.Bucket) {
+		r.Errorf("backup.target.bucket", "%q is not an S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)", t.Bucket)
+	}
+	if strings.HasPrefix(t.Prefix, "/") || strings.Contains(t.Prefix, "//") {
+		r.Errorf("backup.target.prefix", "%q: no leading slash and no empty path segment (e.g. \"prod/\")", t.Prefix)
+	}
+	if t.CredentialsFile == "" {
+		r.Errorf("backup.target.credentialsFile", "required: a file with AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY= lines (its content is baked into each node's own partition)")
+	}
+}
+
+var bucketRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+
+// S3 credentials file: KEY=value lines (the AWS tools' environment), # comments.
+const (
+	S3AccessKeyVar = "AWS_ACCESS_KEY_ID"
+	S3SecretKeyVar = "AWS_SECRET_ACCESS_KEY"
+)
+
+// ParseS3Credentials reads the access and secret key from an S3 credentials file's
+// content (backup.target.credentialsFile); name is the file's name, for the errors.
+func ParseS3Credentials(name string, b []byte) (access, secret string, err error) {
+	for n, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return "", "", fmt.Errorf("%s:%d: not KEY=value", name, n+1)
+		}
+		v = strings.Trim(strings.TrimSpace(v), `"'`)
+		switch strings.TrimSpace(k) {
+		case S3AccessKeyVar:
+			access = v
+		case S3SecretKeyVar:
+			secret = v
+		}
+	}
+	if access == "" || secret == "" {
+		return "", "", fmt.Errorf("%s: needs %s=... and %s=... lines", name, S3AccessKeyVar, S3SecretKeyVar)
+	}
+	return access, secret, nil
 }
 
 func validatePKI(c *Cluster, r *Report) {

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/etcdbake/etcdbake/backup"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -87,6 +88,8 @@ type Cluster struct {
 	Unreachable []Diagnosis `json:"unreachable,omitempty"`
 	// Alarms are the cluster's raised alarms (NOSPACE, CORRUPT), per member.
 	Alarms []Alarm `json:"alarms,omitempty"`
+	// Snapshot is the cluster's newest scheduled snapshot (spec backup; nil: none yet).
+	Snapshot *spec.SnapshotRecord `json:"snapshot,omitempty"`
 	// Warnings say what needs the operator before it stops the cluster.
 	Warnings []string `json:"warnings,omitempty"`
 }
@@ -295,18 +298,32 @@ func Collect(ctx context.Context, c *spec.Cluster, o Options) (*Cluster, error) 
 				out.Members[i].Boot = &r
 			}
 		}
+		if out.Snapshot, err = backup.LastScheduled(ctx, cli, o.Timeout); err != nil {
+			return nil, fmt.Errorf("reading the newest scheduled snapshot: %w", explain(err))
+		}
 	}
 	sort.SliceStable(out.Members, func(i, j int) bool { return out.Members[i].Name < out.Members[j].Name })
-	out.Warnings = warnings(c, out)
+	out.Warnings = warnings(c, out, o.Now)
 	return out, nil
 }
 
 // warnings names what will stop the cluster unless the operator acts: alarms, a database
 // near its quota or fragmented, certificates within spec.pki.renewBefore of expiry.
-func warnings(c *spec.Cluster, out *Cluster) []string {
+func warnings(c *spec.Cluster, out *Cluster, now time.Time) []string {
 	var w []string
 	for _, a := range out.Alarms {
 		w = append(w, fmt.Sprintf("%s: alarm %s raised", a.Member, a.Alarm)+alarmHint(a.Alarm))
+	}
+	// The schedule's period is what the node's timer said: from the snapshot to its next
+	// run. Overdue by a whole period past that is two periods without a snapshot.
+	if s := out.Snapshot; s != nil && s.UploadError != "" {
+		w = append(w, fmt.Sprintf("the newest scheduled snapshot (by %s) was kept on the node but not uploaded to backup.target: %s", s.Node, s.UploadError))
+	}
+	if s := out.Snapshot; s != nil && !s.NextDue.IsZero() && s.NextDue.After(s.Taken) {
+		if period := s.NextDue.Sub(s.Taken); now.Sub(s.Taken) > 2*period {
+			w = append(w, fmt.Sprintf("the newest scheduled snapshot is %s old (taken by %s, the schedule runs about every %s): the nodes' snapshot timers are not taking them; see journalctl -u etcdbake-snapshot.service on the nodes",
+				now.Sub(s.Taken).Round(time.Minute), s.Node, period.Round(time.Minute)))
+		}
 	}
 	for i := range out.Members {
 		m := &out.Members[i]

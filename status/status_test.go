@@ -138,6 +138,30 @@ func TestStatusAgainstRealCluster(t *testing.T) {
 		t.Errorf("after disarming: %v, alarms %v, warnings %v", err, st.Alarms, st.Warnings)
 	}
 
+	// The newest scheduled snapshot: shown; two periods old (the period from the node's
+	// timer: taken -> next due), a warning.
+	now := time.Now().UTC().Truncate(time.Second)
+	for _, tcase := range []struct {
+		taken, due time.Duration
+		warn       string
+	}{
+		{-time.Hour, 5 * time.Hour, ""},
+		{-13 * time.Hour, -7 * time.Hour, "the newest scheduled snapshot is 13h0m0s old (taken by m1, the schedule runs about every 6h0m0s)"},
+	} {
+		rec := spec.SnapshotRecord{Node: "m1", File: "/var/lib/etcdbake/snapshots/x.snapshot.tar", Taken: now.Add(tcase.taken), NextDue: now.Add(tcase.due), Revision: 7}
+		b, _ := json.Marshal(rec)
+		if _, err := cli.Put(ctx, spec.SnapshotRecordKey, string(b)); err != nil {
+			t.Fatal(err)
+		}
+		st, err = Collect(ctx, c, Options{CAFile: ca, CertFile: crt, KeyFile: key, Timeout: 5 * time.Second, Now: now})
+		if err != nil || st.Snapshot == nil || !st.Snapshot.Taken.Equal(rec.Taken) || st.Snapshot.Node != "m1" {
+			t.Fatalf("the newest snapshot: %v, %+v", err, st.Snapshot)
+		}
+		if all := strings.Join(st.Warnings, "\n"); tcase.warn == "" && all != "" || tcase.warn != "" && !strings.Contains(all, tcase.warn) {
+			t.Errorf("snapshot taken %s, due %s: warnings %q, want %q", tcase.taken, tcase.due, all, tcase.warn)
+		}
+	}
+
 	// With one member down, the others still report quorum and the stopped one is unhealthy.
 	tc.Stop("m3")
 	st, err = Collect(ctx, c, Options{CAFile: ca, CertFile: crt, KeyFile: key, Timeout: 2 * time.Second})

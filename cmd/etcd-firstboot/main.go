@@ -27,6 +27,11 @@
 //	                        node), this member defragmented when fragmented (under the
 //	                        cluster's lock, one member at a time, the leader's last), a
 //	                        warning near the quota
+//	etcd-firstboot snapshot [--json]
+//	                        one run of the snapshot schedule (etcdbake-snapshot.timer, the
+//	                        same calendar times on every node): unless another node took
+//	                        this period's, takes a verified snapshot under the cluster's lock
+//	                        into the data partition, records it in etcd, keeps backup.keep
 //
 // A refusal exits non-zero with the reason on stderr; the systemd units retry.
 package main
@@ -45,9 +50,13 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdbake/etcdbake/backup"
 	"github.com/etcdbake/etcdbake/firstboot"
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -62,14 +71,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 // runWith is run reading the boot slot from the given paths (tests point them at a fake
 // ESP; zero fields are the real /proc/cmdline, efivarfs and /efi).
 func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) int {
-	if len(args) < 1 || !slices.Contains([]string{"prepare", "ready", "status", "verify-boot", "stage", "arm", "rollout", "maintain"}, args[0]) {
-		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status|verify-boot|stage URL|arm GENERATION|rollout|maintain [--config FILE] [--json] [--timeout D]")
+	if len(args) < 1 || !slices.Contains([]string{"prepare", "ready", "status", "verify-boot", "stage", "arm", "rollout", "maintain", "snapshot"}, args[0]) {
+		fmt.Fprintln(stderr, "usage: etcd-firstboot prepare|ready|status|verify-boot|stage URL|arm GENERATION|rollout|maintain|snapshot [--config FILE] [--json] [--timeout D]")
 		return 2
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", spec.NodeConfigPath, "node settings written by etcdbake")
-	asJSON := fs.Bool("json", false, "status, maintain: print JSON")
+	asJSON := fs.Bool("json", false, "status, maintain, snapshot: print JSON")
 	timeout := fs.Duration("timeout", spec.DefaultRolloutTimeout, "rollout: the bound on a new slot's verification (spec rollout.timeout)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
@@ -138,6 +147,25 @@ func runWith(args []string, stdout, stderr io.Writer, boot firstboot.BootPaths) 
 		}
 		if *asJSON && err == nil {
 			err = json.NewEncoder(stdout).Encode(rep)
+		}
+	case "snapshot":
+		var rep *backup.ScheduledReport
+		if rep, err = scheduledSnapshot(ctx, a); rep != nil {
+			switch {
+			case rep.Taken != nil:
+				a.Logf("snapshot: took %s (revision %d, %d bytes), verified", rep.Taken.File, rep.Taken.Revision, rep.Taken.Size)
+				if rep.Taken.Object != "" {
+					a.Logf("snapshot: uploaded as %s", rep.Taken.Object)
+				}
+			case rep.Skipped != "":
+				a.Logf("snapshot: skipped: %s", rep.Skipped)
+			}
+			for _, f := range append(rep.Removed, rep.RemovedFromTarget...) {
+				a.Logf("snapshot: removed %s (backup.keep %d)", f, nc.Backup.Keep)
+			}
+			if *asJSON && err == nil {
+				err = json.NewEncoder(stdout).Encode(rep)
+			}
 		}
 	case "arm":
 		var gen int
@@ -225,4 +253,46 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
+}
+
+// snapshotTimer is the unit that runs `etcd-firstboot snapshot` (ignition.SnapshotTimer).
+const snapshotTimer = "etcdbake-snapshot.timer"
+
+// scheduledSnapshot is one run of the snapshot schedule: the lock is the cluster's
+// (firstboot's), the snapshot and its files are package backup's.
+func scheduledSnapshot(ctx context.Context, a *firstboot.Agent) (*backup.ScheduledReport, error) {
+	tc, err := a.TLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	nc := a.Cfg
+	target, err := backup.NodeTarget(nc.Backup.Target)
+	if err != nil {
+		return nil, err
+	}
+	return backup.Scheduled(ctx, backup.ScheduledOptions{
+		Endpoints: a.Endpoints(), TLS: tc, Node: nc.Name, Cluster: nc.Cluster, CA: nc.CA,
+		Dir: nc.Backup.Dir, Keep: nc.Backup.Keep, NextDue: nextElapse(ctx, snapshotTimer), Target: target,
+		Lock: func(ctx context.Context, cli *clientv3.Client) (func(), error) {
+			l, err := a.AcquireRolloutLock(ctx, cli, 5*time.Minute)
+			if err != nil {
+				return nil, err
+			}
+			return func() { _ = l.Release(context.Background()) }, nil
+		},
+	})
+}
+
+// nextElapse is when systemd runs timer next (zero when it cannot tell: run by hand, or
+// no systemd).
+func nextElapse(ctx context.Context, timer string) time.Time {
+	out, err := exec.CommandContext(ctx, "systemctl", "show", "--timestamp=unix", "-p", "NextElapseUSecRealtime", "--value", timer).Output()
+	if err != nil {
+		return time.Time{}
+	}
+	sec, err := strconv.ParseInt(strings.TrimPrefix(strings.TrimSpace(string(out)), "@"), 10, 64)
+	if err != nil || sec <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, 0).UTC()
 }

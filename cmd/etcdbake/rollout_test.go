@@ -17,7 +17,6 @@ import (
 	"github.com/etcdbake/etcdbake/internal/testcluster"
 	"github.com/etcdbake/etcdbake/rollout"
 	"github.com/etcdbake/etcdbake/spec"
-	"github.com/etcdbake/etcdbake/status"
 )
 
 // TestRolloutCommands runs `etcdbake rollout`, `rollout status` and `rollout resume`
@@ -36,13 +35,7 @@ func TestRolloutCommands(t *testing.T) {
 	testcluster.WriteRelease(t, rels, "reldown", ex, "v3.6.9", t0.Add(2*time.Hour))
 	testcluster.WriteRelease(t, rels, "rel2", ex, "v3.6.16", t0.Add(3*time.Hour))
 
-	ca, crt, key := tc.ClientFiles("admin")
-	tlsCfg, _ := status.TLSConfig(ca, crt, key)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.ClientEndpoints(), TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := adminClient(t, tc)
 	ctx := context.Background()
 	put := func(key string, v any) {
 		t.Helper()
@@ -249,4 +242,16 @@ func demoCluster(t *testing.T, now time.Time, base int) (c *spec.Cluster, tc *te
 		t.Fatal(err)
 	}
 	return c, tc, out, specPath, ex
+}
+
+// adminClient is a client of demoCluster's cluster with the admin certificate, closed at
+// the end of the test.
+func adminClient(t *testing.T, tc *testcluster.Cluster) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: tc.Spec.ClientEndpoints(), TLS: tc.ClientTLS(t, "admin"), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -68,7 +71,7 @@ what every answering member computes for that revision. Nothing is left at FILE 
 				return err
 			}
 			now := a.now().UTC()
-			file := filepath.Join(a.snapshotsDir(), fmt.Sprintf("%s-%s%s", c.Name, now.Format("20060102T150405Z"), spec.SnapshotExt))
+			file := filepath.Join(a.snapshotsDir(), spec.SnapshotFileName(c.Name, now))
 			if len(args) == 1 {
 				file = args[0]
 			} else if err := os.MkdirAll(a.snapshotsDir(), 0o700); err != nil {
@@ -139,16 +142,24 @@ the same name and the CA in OUT/pki. Exit 0 when all hold, 1 otherwise.`,
 
 func (a *app) snapshotListCmd() *cobra.Command {
 	var output string
+	var endpoints []string
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List the snapshot files in OUT/snapshots, newest first, from their manifests",
-		Long: `list reads each file's manifest (it does not verify the files: snapshot verify does). A
-file that is not a snapshot is listed with why.`,
+		Short: "List the snapshots in OUT/snapshots, those the nodes keep (backup.schedule) and the backup target's, newest first",
+		Long: `list reads each file's manifest in OUT/snapshots (it does not verify the files: snapshot
+verify does; a file that is not a snapshot is listed with why), then asks the cluster for
+what each node keeps from the schedule (backup.schedule, backup.keep) on its data partition,
+and lists the backup target (backup.target, with backup.target.credentialsFile). What does
+not answer is left out with a note.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			type row struct {
 				File     string                 `json:"file"`
+				Node     string                 `json:"node,omitempty"` // "": in OUT/snapshots
+				Target   string                 `json:"target,omitempty"`
+				Taken    time.Time              `json:"taken"`
 				Manifest *spec.SnapshotManifest `json:"manifest,omitempty"`
+				Record   *spec.SnapshotRecord   `json:"record,omitempty"`
 				Error    string                 `json:"error,omitempty"`
 			}
 			files, err := filepath.Glob(filepath.Join(a.snapshotsDir(), "*"+spec.SnapshotExt))
@@ -161,35 +172,104 @@ file that is not a snapshot is listed with why.`,
 				r := row{File: f, Manifest: m}
 				if err != nil {
 					r.Error = err.Error()
+				} else {
+					r.Taken = m.Taken
 				}
 				rows = append(rows, r)
 			}
+			if nodes, err := a.nodeSnapshots(cmd, endpoints); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "snapshot: the nodes' snapshots are not listed: %v\n", err)
+			} else {
+				for _, l := range nodes {
+					for _, rec := range l.Snapshots {
+						rows = append(rows, row{File: rec.File, Node: l.Node, Taken: rec.Taken, Record: &rec})
+					}
+				}
+			}
+			if c, err := a.load(cmd); err == nil && c.Backup.Target != nil {
+				objs, err := targetSnapshots(cmd, c)
+				if err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "snapshot: the target's snapshots are not listed: %v\n", err)
+				}
+				for _, o := range objs {
+					taken, _ := time.Parse("20060102T150405Z", strings.TrimSuffix(strings.TrimPrefix(path.Base(o.Key), c.Name+"-"), spec.SnapshotExt))
+					rows = append(rows, row{File: o.Key, Target: c.Backup.Target.Bucket, Taken: taken, Record: &spec.SnapshotRecord{File: o.Key, Size: o.Size, Taken: taken}})
+				}
+			}
 			sort.SliceStable(rows, func(i, j int) bool {
-				mi, mj := rows[i].Manifest, rows[j].Manifest
-				return mi != nil && (mj == nil || mi.Taken.After(mj.Taken))
+				return rows[i].Error == "" && (rows[j].Error != "" || rows[i].Taken.After(rows[j].Taken))
 			})
 			if output == "json" {
 				return writeJSON(cmd.OutOrStdout(), rows)
 			}
 			if len(rows) == 0 {
-				fmt.Fprintf(cmd.ErrOrStderr(), "no snapshots in %s (etcdbake snapshot save)\n", a.snapshotsDir())
+				fmt.Fprintf(cmd.ErrOrStderr(), "no snapshots in %s (etcdbake snapshot save) nor on the nodes\n", a.snapshotsDir())
 				return nil
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "TAKEN\tAGE\tCLUSTER\tREVISION\tKEYS\tSIZE\tFROM\tFILE")
+			fmt.Fprintln(w, "TAKEN\tAGE\tREVISION\tSIZE\tWHERE\tFILE")
 			for _, r := range rows {
-				if m := r.Manifest; m != nil {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.Taken.Format(time.RFC3339), a.now().Sub(m.Taken).Round(time.Minute),
-						m.Cluster, m.Revision, m.Keys, humanBytes(m.Size), m.From, r.File)
-				} else {
-					fmt.Fprintf(w, "-\t-\t-\t-\t-\t-\t-\t%s: %s\n", r.File, r.Error)
+				switch {
+				case r.Manifest != nil:
+					m := r.Manifest
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", m.Taken.Format(time.RFC3339), a.now().Sub(m.Taken).Round(time.Minute),
+						m.Revision, humanBytes(m.Size), "here (from "+m.From+")", r.File)
+				case r.Record != nil && r.Target != "":
+					fmt.Fprintf(w, "%s\t%s\t-\t%s\t%s\t%s\n", r.Taken.Format(time.RFC3339), a.now().Sub(r.Taken).Round(time.Minute),
+						humanBytes(r.Record.Size), "s3 "+r.Target, r.File)
+				case r.Record != nil:
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", r.Taken.Format(time.RFC3339), a.now().Sub(r.Taken).Round(time.Minute),
+						r.Record.Revision, humanBytes(r.Record.Size), "node "+r.Node, r.File)
+				default:
+					fmt.Fprintf(w, "-\t-\t-\t-\there\t%s: %s\n", r.File, r.Error)
 				}
 			}
 			return w.Flush()
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.Flags().StringSliceVar(&endpoints, "endpoints", nil, "client URLs to use instead of the spec's (e.g. forwarded ports)")
 	return cmd
+}
+
+// targetSnapshots lists the spec's backup target (backup.target), with the credentials
+// from backup.target.credentialsFile.
+func targetSnapshots(cmd *cobra.Command, c *spec.Cluster) ([]backup.TargetObject, error) {
+	t, err := backup.SpecTarget(c.Backup.Target)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+	defer cancel()
+	return backup.ListTarget(ctx, *t, c.Name)
+}
+
+// nodeSnapshots asks the cluster what each node keeps from the snapshot schedule.
+func (a *app) nodeSnapshots(cmd *cobra.Command, endpoints []string) ([]spec.NodeSnapshots, error) {
+	c, err := a.load(cmd)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := a.clusterTarget(cmd, c, endpoints).client()
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	var names []string
+	for _, n := range c.Nodes {
+		names = append(names, n.Name)
+	}
+	lists, err := backup.NodeSnapshots(cmd.Context(), cli, requestTimeout, names)
+	if err != nil {
+		return nil, err
+	}
+	var out []spec.NodeSnapshots
+	for _, n := range names {
+		if l, ok := lists[n]; ok {
+			out = append(out, l)
+		}
+	}
+	return out, nil
 }
 
 func printManifest(w io.Writer, m *spec.SnapshotManifest) {

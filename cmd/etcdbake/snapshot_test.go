@@ -1,15 +1,20 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/etcdbake/etcdbake/internal/testtools"
 	"github.com/etcdbake/etcdbake/spec"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 // TestSnapshotCommands runs `snapshot save` and `snapshot verify` against a real
@@ -17,7 +22,7 @@ import (
 // from OUT/pki.
 func TestSnapshotCommands(t *testing.T) {
 	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
-	c, _, out, specPath, ex := demoCluster(t, now, 151)
+	c, tc, out, specPath, ex := demoCluster(t, now, 151)
 	eps := strings.Join(c.ClientEndpoints(), ",")
 
 	stdout, stderr, err := run(t, now, "snapshot", "save", "-f", specPath, "--out", out, "--endpoints", eps)
@@ -38,9 +43,24 @@ func TestSnapshotCommands(t *testing.T) {
 	}
 	// list shows it from its manifest; a file that is not a snapshot, with why.
 	os.WriteFile(filepath.Join(out, "snapshots", "junk"+spec.SnapshotExt), []byte("junk"), 0o600)
-	stdout, _, err = run(t, now.Add(2*time.Hour), "snapshot", "list", "-f", specPath, "--out", out)
-	if err != nil || !strings.Contains(stdout, "2026-12-03T12:00:00Z  2h0m0s  "+ex.Name) || !strings.Contains(stdout, file) || !strings.Contains(stdout, "junk"+spec.SnapshotExt+": corrupt snapshot") {
-		t.Errorf("snapshot list: %v\n%s", err, stdout)
+	// The nodes' scheduled snapshots come from what each node lists in etcd.
+	nodeFile := spec.NodeSnapshotDir + "/" + spec.SnapshotFileName(ex.Name, now.Add(time.Hour))
+	rec, _ := json.Marshal(spec.NodeSnapshots{Node: "etcd-2", Snapshots: []spec.SnapshotRecord{{Node: "etcd-2", File: nodeFile, Taken: now.Add(time.Hour), Revision: 42, Size: 3 << 20}}})
+	cli := adminClient(t, tc)
+	if _, err := cli.Put(context.Background(), spec.SnapshotNodeKey("etcd-2"), string(rec)); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, err = run(t, now.Add(2*time.Hour), "snapshot", "list", "-f", specPath, "--out", out, "--endpoints", eps)
+	lines := strings.Split(stdout, "\n")
+	if err != nil || len(lines) < 4 || strings.Join(strings.Fields(lines[1]), " ") != "2026-12-03T13:00:00Z 1h0m0s 42 3.0 MiB node etcd-2 "+nodeFile ||
+		!strings.HasPrefix(lines[2], "2026-12-03T12:00:00Z  2h0m0s") || !strings.HasSuffix(lines[2], file) || !strings.Contains(lines[2], "here (from etcd-") ||
+		!strings.Contains(lines[3], "junk"+spec.SnapshotExt+": corrupt snapshot") {
+		t.Errorf("snapshot list: %v\n%s%s", err, stdout, stderr)
+	}
+	// Without the cluster: the files here, and a note.
+	stdout, stderr, err = run(t, now.Add(2*time.Hour), "snapshot", "list", "-f", specPath, "--out", out, "--endpoints", "https://127.0.0.1:1")
+	if err != nil || !strings.Contains(stdout, file) || strings.Contains(stdout, "node etcd-2") || !strings.Contains(stderr, "the nodes' snapshots are not listed") {
+		t.Errorf("snapshot list without the cluster: %v\n%s%s", err, stdout, stderr)
 	}
 	// A snapshot never replaces a file.
 	_, _, err = run(t, now, "snapshot", "save", file, "-f", specPath, "--out", out, "--endpoints", eps)
@@ -99,5 +119,46 @@ func TestSnapshotCommands(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(d, "restore")); !os.IsNotExist(err) {
 			t.Errorf("a refused restore made %s/restore", d)
 		}
+	}
+}
+
+// TestSnapshotListTarget: `snapshot list` lists the backup target's snapshots (a real S3
+// server) with the credentials file the spec names, and says so when it cannot.
+func TestSnapshotListTarget(t *testing.T) {
+	now := time.Date(2026, 12, 3, 18, 0, 0, 0, time.UTC)
+	dir := t.TempDir()
+	specPath, out := filepath.Join(dir, "cluster.yaml"), filepath.Join(dir, "out")
+	if _, _, err := run(t, now, "init", "-f", specPath); err != nil {
+		t.Fatal(err)
+	}
+	ex, _, err := spec.Load(specPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3 := testtools.StartS3(t)
+	mc, err := minio.New(strings.TrimPrefix(s3.Endpoint, "http://"), &minio.Options{Creds: credentials.NewStaticV4(s3.AccessKey, s3.SecretKey, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := mc.MakeBucket(ctx, "etcd-backups", minio.MakeBucketOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	key := "prod/" + spec.SnapshotFileName(ex.Name, now.Add(-6*time.Hour))
+	if _, err := mc.PutObject(ctx, "etcd-backups", key, strings.NewReader("snapshot"), 8, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "s3.env"), []byte("AWS_ACCESS_KEY_ID="+s3.AccessKey+"\nAWS_SECRET_ACCESS_KEY="+s3.SecretKey+"\n"), 0o600)
+	f, _ := os.OpenFile(specPath, os.O_APPEND|os.O_WRONLY, 0)
+	fmt.Fprintf(f, "\nbackup:\n  target:\n    endpoint: %s\n    bucket: etcd-backups\n    prefix: prod/\n    credentialsFile: s3.env\n", s3.Endpoint)
+	f.Close()
+	stdout, stderr, err := run(t, now, "snapshot", "list", "-f", specPath, "--out", out, "--endpoints", "https://127.0.0.1:1")
+	if err != nil || !strings.Contains(strings.Join(strings.Fields(stdout), " "), "2026-12-03T12:00:00Z 6h0m0s - 8 B s3 etcd-backups "+key) {
+		t.Errorf("snapshot list with a target: %v\n%s%s", err, stdout, stderr)
+	}
+	os.WriteFile(filepath.Join(dir, "s3.env"), []byte("AWS_ACCESS_KEY_ID="+s3.AccessKey+"\nAWS_SECRET_ACCESS_KEY=wrong\n"), 0o600)
+	stdout, stderr, err = run(t, now, "snapshot", "list", "-f", specPath, "--out", out, "--endpoints", "https://127.0.0.1:1")
+	if err != nil || strings.Contains(stdout, key) || !strings.Contains(stderr, "the target's snapshots are not listed: listing s3 bucket etcd-backups/prod at "+s3.Endpoint) {
+		t.Errorf("snapshot list with wrong keys: %v\n%s%s", err, stdout, stderr)
 	}
 }

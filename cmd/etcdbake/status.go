@@ -121,6 +121,17 @@ func printStatus(out interface{ Write([]byte) (int, error) }, st *status.Cluster
 		leader = "(none)"
 	}
 	fmt.Fprintf(out, "cluster %s, leader %s, quorum %v\n", st.ClusterID, leader, st.Quorum)
+	if s := st.Snapshot; s != nil {
+		next := ""
+		if !s.NextDue.IsZero() {
+			next = ", next due " + s.NextDue.Format(time.RFC3339)
+		}
+		up := ""
+		if s.Object != "" {
+			up = ", uploaded as " + s.Object
+		}
+		fmt.Fprintf(out, "newest scheduled snapshot: %s on %s (revision %d, %s, taken %s%s%s)\n", s.File, s.Node, s.Revision, humanBytes(s.Size), s.Taken.Format(time.RFC3339), up, next)
+	}
 	for _, wn := range st.Warnings {
 		fmt.Fprintf(out, "WARNING: %s\n", wn)
 	}

@@ -7,6 +7,7 @@
 package testcluster
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -201,6 +202,18 @@ func (tc *Cluster) ClientFiles(client string) (ca, crt, key string) {
 	ca, _ = pki.CAPath(tc.PKIDir, "ca")
 	crt, key = pki.ClientCertPath(tc.PKIDir, client)
 	return ca, crt, key
+}
+
+// ClientTLS is the client side of mutual TLS with a cluster-wide client certificate (etcd's
+// own transport package builds it, as etcdctl does).
+func (tc *Cluster) ClientTLS(t testing.TB, client string) *tls.Config {
+	t.Helper()
+	ca, crt, key := tc.ClientFiles(client)
+	cfg, err := transport.TLSInfo{CertFile: crt, KeyFile: key, TrustedCAFile: ca}.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
 
 // WriteRelease writes a release under dir/<id> as imagebuild lays it out, as far as a

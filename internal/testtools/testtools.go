@@ -25,6 +25,20 @@ func Missing(t testing.TB, what string) {
 	t.Skip(msg)
 }
 
+// cachedTool is a program `make setup` put into the cache's tools directory, or "" .
+func cachedTool(name string) string {
+	cache := os.Getenv("XDG_CACHE_HOME")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache")
+	}
+	p := filepath.Join(cache, "etcdbake", "tools", name)
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
+}
+
 // IgnitionApply returns Ignition's own ignition-apply (v2.25.0): $ETCDBAKE_IGNITION_APPLY,
 // or the one `make setup` builds into the cache (see Missing when it is absent). It needs
 // root (ignition-apply sets owners with chown).
@@ -36,16 +50,10 @@ func IgnitionApply(t testing.TB) string {
 	if p := os.Getenv("ETCDBAKE_IGNITION_APPLY"); p != "" {
 		return p
 	}
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache")
-	}
-	p := filepath.Join(cache, "etcdbake", "tools", "ignition-apply")
-	if _, err := os.Stat(p); err == nil {
+	if p := cachedTool("ignition-apply"); p != "" {
 		return p
 	}
-	Missing(t, "ignition-apply ("+p+")")
+	Missing(t, "ignition-apply (the etcdbake tools cache)")
 	return ""
 }
 

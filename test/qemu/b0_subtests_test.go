@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcdbake/etcdbake/backup"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/vmcluster"
@@ -215,30 +217,87 @@ func (e *b0Env) b3b9Report(t *testing.T) {
 	}
 }
 
-// maintenance: every node's maintenance timer is enabled and waiting, and a pass of its
-// service, started by hand, runs etcd-firstboot maintain against the live cluster and
-// succeeds (the host-level tests make it defragment and repair NOSPACE).
+// maintenance: every node's maintenance and snapshot timers are enabled and scheduled; a
+// maintenance pass started by hand succeeds against the live cluster (the host-level tests
+// make it defragment and repair NOSPACE); the snapshot service started on each node in
+// turn takes exactly one snapshot (the first node), the others skip naming it, and the
+// file, copied out of the node, verifies as this cluster's.
 func (e *b0Env) maintenance(t *testing.T) {
 	for _, n := range e.cl.Nodes() {
-		res, err := e.cl.Exec(e.ctx, n, "/bin/sh", "-c", `systemctl is-enabled etcdbake-maintain.timer; systemctl is-active etcdbake-maintain.timer
-systemctl show -p NextElapseUSecMonotonic etcdbake-maintain.timer
-systemctl start etcdbake-maintain.service; echo "start rc=$?"
+		res, err := e.cl.Exec(e.ctx, n, "/bin/sh", "-c", `for u in etcdbake-maintain.timer etcdbake-snapshot.timer; do
+  echo "$u $(systemctl is-enabled $u) $(systemctl is-active $u) $(systemctl show -p NextElapseUSecMonotonic -p NextElapseUSecRealtime --value $u | tr '\n' ' ')"
+done
+systemctl start etcdbake-maintain.service; echo "maintain rc=$?"
 systemctl show -p Result etcdbake-maintain.service
 journalctl -b --no-pager -o cat -u etcdbake-maintain.service | tail -n 5`)
 		if err != nil {
 			t.Fatalf("%s: %v", n, err)
 		}
 		out := res.Stdout
-		for _, want := range []string{"enabled\nactive\n", "start rc=0", "Result=success", "etcd-firstboot: maintain done in"} {
+		for _, want := range []string{"etcdbake-maintain.timer enabled active", "etcdbake-snapshot.timer enabled active", "maintain rc=0", "Result=success", "etcd-firstboot: maintain done in"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%s: the maintenance timer and pass: want %q in:\n%s%s", n, want, out, res.Stderr)
 			}
 		}
-		if m := regexp.MustCompile(`NextElapseUSecMonotonic=(\S+)`).FindStringSubmatch(out); m == nil || m[1] == "infinity" || m[1] == "0" {
-			t.Errorf("%s: the maintenance timer is not scheduled:\n%s", n, out)
+		for _, timer := range []string{"etcdbake-maintain.timer", "etcdbake-snapshot.timer"} {
+			if m := regexp.MustCompile(regexp.QuoteMeta(timer) + ` enabled active (\S+) (\S+)`).FindStringSubmatch(out); m == nil || m[1]+m[2] == "00" || strings.Contains(m[1]+m[2], "infinity") {
+				t.Errorf("%s: %s is not scheduled:\n%s", n, timer, out)
+			}
 		}
-		t.Logf("%s: maintenance timer and a pass by hand:\n%s", n, strings.TrimSpace(out))
+		t.Logf("%s: timers and a maintenance pass by hand:\n%s", n, strings.TrimSpace(out))
 	}
+
+	// The snapshot schedule, run on each node in turn (as the timers would at once).
+	var taker, file string
+	for i, n := range e.cl.Nodes() {
+		res, err := e.cl.Exec(e.ctx, n, "/bin/sh", "-c", `systemctl start etcdbake-snapshot.service; echo "snapshot rc=$?"
+journalctl -b --no-pager -o cat -u etcdbake-snapshot.service | grep 'etcd-firstboot: snapshot'`)
+		if err != nil {
+			t.Fatalf("%s: %v", n, err)
+		}
+		t.Logf("%s: the snapshot service:\n%s", n, strings.TrimSpace(res.Stdout))
+		took := regexp.MustCompile(`snapshot: took (\S+) \(revision`).FindStringSubmatch(res.Stdout)
+		switch {
+		case !strings.Contains(res.Stdout, "snapshot rc=0"):
+			t.Errorf("%s: the snapshot service failed:\n%s%s", n, res.Stdout, res.Stderr)
+		case i == 0 && took == nil:
+			t.Errorf("%s, the first to run, took no snapshot:\n%s", n, res.Stdout)
+		case i == 0:
+			taker, file = n, took[1]
+		case took != nil || !strings.Contains(res.Stdout, "skipped: "+taker+" took this period's snapshot"):
+			t.Errorf("%s, after %s took this period's snapshot, did not skip naming it:\n%s", n, taker, res.Stdout)
+		}
+	}
+	if file == "" {
+		return
+	}
+	res, err := e.cl.Exec(e.ctx, taker, "/bin/sh", "-c", "stat -c '%a %U' "+file+"; findmnt -n -o TARGET -T "+file+"; base64 -w0 "+file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitN(res.Stdout, "\n", 3)
+	if len(lines) < 3 || lines[0] != "600 root" || lines[1] == "/" {
+		t.Errorf("%s on %s: mode and owner %q (want 600 root), on the mount %q (want the data partition, not /)", file, taker, lines[0], lines[1])
+	}
+	db, err := base64.StdEncoding.DecodeString(strings.TrimSpace(lines[len(lines)-1]))
+	if err != nil {
+		t.Fatalf("copying %s out of %s: %v", file, taker, err)
+	}
+	local := filepath.Join(t.TempDir(), filepath.Base(file))
+	if err := os.WriteFile(local, db, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := pki.CAPath(e.bc.pkiDir, pki.CAName)
+	fp, err := backup.CAFingerprint(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := backup.Verify(local, backup.Expect{Cluster: e.c.Name, CAFingerprint: fp})
+	if err != nil {
+		t.Fatalf("the scheduled snapshot %s from %s: %v", file, taker, err)
+	}
+	t.Logf("scheduled snapshot: %s took %s (%d bytes, revision %d, %d keys, from %s, by %q); copied out, it verifies as cluster %s",
+		taker, file, m.Size, m.Revision, m.Keys, m.From, m.By, e.c.Name)
 }
 
 // b1Stability (B1): no leader change while idle, then sequential puts with their
