@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -150,7 +151,11 @@ func FlannelEnv(c *spec.Cluster, n spec.Node) []byte {
 }
 
 // ChronyConf points chrony at the spec's servers. It steps the clock during the first
-// updates only; afterwards it slews, so a running etcd never sees time jump.
+// updates only; afterwards it slews, so a running etcd never sees time jump. The step
+// threshold is a fifth of time.maxSkew (100 ms by default): a boot clock that is off by
+// less than a second (a real-time clock keeps whole seconds) is stepped at the first
+// update, so etcd-firstboot's time gate passes then instead of waiting while chrony slews
+// (with "makestep 1.0" a -0.94 s offset kept the gate waiting 7 s of a TCG boot).
 func ChronyConf(c *spec.Cluster) []byte {
 	var b bytes.Buffer
 	b.WriteString(header("chrony: time.servers from the spec"))
@@ -161,7 +166,9 @@ func ChronyConf(c *spec.Cluster) []byte {
 			fmt.Fprintf(&b, "server %s iburst\n", s)
 		}
 	}
-	b.WriteString("driftfile /var/lib/chrony/chrony.drift\nmakestep 1.0 3\nrtcsync\nlogdir /var/log/chrony\n")
+	step := c.Time.MaxSkew.D / 5
+	fmt.Fprintf(&b, "driftfile /var/lib/chrony/chrony.drift\nmakestep %s 3\nrtcsync\nlogdir /var/log/chrony\n",
+		strconv.FormatFloat(step.Seconds(), 'f', -1, 64))
 	return b.Bytes()
 }
 
