@@ -262,6 +262,12 @@ var imageOnly = map[string]string{
 	"etc/systemd/system/multi-user.target.wants/etcdbake-rollout.service":           "the rollout agent runs after the health gate",
 }
 
+func init() {
+	for _, u := range MaskedUnits {
+		imageOnly["etc/systemd/system/"+u] = "masked: a unit of the base the appliance never runs (MaskedUnits)"
+	}
+}
+
 // shadowBackups are shadow-utils' backup and lock files.
 var shadowBackups = []string{"etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-", "etc/.pwd.lock"}
 

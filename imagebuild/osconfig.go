@@ -17,6 +17,18 @@ const (
 	LabelData = "data"
 )
 
+// MaskedUnits are the base's units that the Debian images mask: apt's and dpkg's timers
+// (the root is read-only; updates are releases), e2scrub (LVM snapshots: there is no LVM)
+// and the modprobe@ units for modules nothing on a node uses (DRM for logind's seats,
+// FUSE, configfs, loop, device mapper). The console's getty, systemd-pstore and fstrim
+// stay.
+var MaskedUnits = []string{
+	"apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
+	"e2scrub_all.timer", "e2scrub_reap.service",
+	"modprobe@drm.service", "modprobe@fuse.service", "modprobe@configfs.service",
+	"modprobe@loop.service", "modprobe@dm_mod.service",
+}
+
 // factoryVar keeps the base's /var content in the read-only root; systemd-tmpfiles copies
 // what is missing onto the data partition mounted at /var.
 const factoryVar = "usr/share/factory/var"
@@ -63,6 +75,14 @@ func ReadOnlyRoot(t *fstree.Tree, dns []string) error {
 		"etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service": "/lib/systemd/system/systemd-networkd-wait-online.service",
 	} {
 		if err := t.Put(&fstree.Entry{Path: link, Mode: fs.ModeSymlink | 0o777, Target: target}); err != nil {
+			return err
+		}
+	}
+	// Units of the Debian base that an appliance with a read-only root never needs and
+	// that cost a TCG boot CPU time while etcd's chain waits: masked (a link to
+	// /dev/null), so neither their wants links nor another unit's Wants= start them.
+	for _, u := range MaskedUnits {
+		if err := t.Put(&fstree.Entry{Path: "etc/systemd/system/" + u, Mode: fs.ModeSymlink | 0o777, Target: "/dev/null"}); err != nil {
 			return err
 		}
 	}

@@ -310,3 +310,18 @@ func TestReadOnlyRootTmpfilesMasked(t *testing.T) {
 		}
 	}
 }
+
+// TestReadOnlyRootMasksUnits: the units the appliance never needs are links to /dev/null
+// (systemd's mask) in /etc/systemd/system.
+func TestReadOnlyRootMasksUnits(t *testing.T) {
+	tr, _, _ := varFixture(t)
+	if len(MaskedUnits) == 0 {
+		t.Fatal("no masked units")
+	}
+	for _, u := range append([]string{"e2scrub_reap.service", "apt-daily.timer"}, MaskedUnits...) {
+		e, ok := tr.Get("etc/systemd/system/" + u)
+		if !ok || e.Mode&fs.ModeSymlink == 0 || e.Target != "/dev/null" {
+			t.Errorf("%s: %+v, want a link to /dev/null", u, e)
+		}
+	}
+}

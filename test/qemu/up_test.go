@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/binaries"
+	"github.com/etcdbake/etcdbake/imagebuild"
 	"github.com/etcdbake/etcdbake/internal/testtools"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
@@ -103,6 +104,10 @@ func TestUpDown(t *testing.T) {
 	}
 	if stdout, _, err := run(time.Minute, "exec", "etcd-1", "--", "findmnt", "-no", "OPTIONS", "/"); err != nil || !strings.HasPrefix(stdout, "ro") {
 		t.Errorf("root mount options %q (%v)", stdout, err)
+	}
+	// The units the image masks (imagebuild.MaskedUnits) never ran.
+	if stdout, _, err := run(time.Minute, "exec", "etcd-2", "--", "sh", "-c", "systemctl is-enabled "+strings.Join(imagebuild.MaskedUnits, " ")+"; true"); err != nil || strings.Count(stdout, "masked") != len(imagebuild.MaskedUnits) {
+		t.Errorf("masked units: %q %v, want %d times masked", stdout, err, len(imagebuild.MaskedUnits))
 	}
 	// etcdctl's default 5 s command timeout is too short inside a TCG guest: starting the
 	// binary alone takes 0.1-2 s there while the VM is ~50% busy with an idle cluster.
