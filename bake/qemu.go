@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -119,6 +121,11 @@ func QEMUImages(ctx context.Context, s Sources, o QEMUOptions) (*QEMUBuild, erro
 func qemuSources(s Sources, timeServer netip.Addr) Sources {
 	vc := *s.Cluster
 	vc.Time.Servers = []string{timeServer.String()}
+	if f, ok := QEMUTargetForward(s.Cluster); ok {
+		t := *vc.Backup.Target
+		t.Endpoint = f.GuestURL
+		vc.Backup.Target = &t
+	}
 	vs := s
 	vs.Cluster = &vc
 	vs.Fragments = append(append([]ignition.Fragment(nil), s.Fragments...), QEMUFragment(s.Cluster))
@@ -277,6 +284,42 @@ func allExist(m map[string]string) bool {
 // user-mode guestfwd relays it to `up`'s supervisor (ClusterOptions.GuestForwards), whose
 // server certificate from the cluster CA names this address.
 const QEMUReleaseAddr = "10.0.2.100:8443"
+
+// QEMUBackupTargetHost is where the VMs of `etcdbake up` reach a backup target that runs
+// on this machine's loopback (backup.target.endpoint http[s]://127.0.0.1:PORT, e.g. a
+// local MinIO or SeaweedFS): a guest forward relays 10.0.2.101:PORT to 127.0.0.1:PORT and
+// the nodes' configs name 10.0.2.101 (with https, the server's certificate must name
+// that address too).
+const QEMUBackupTargetHost = "10.0.2.101"
+
+// TargetForward is a backup target on this machine's loopback as the VMs reach it.
+type TargetForward struct {
+	Guest    string // 10.0.2.101:PORT, the guest forward's address
+	Host     string // 127.0.0.1:PORT, where it relays to
+	GuestURL string // the endpoint in the nodes' configs
+}
+
+// QEMUTargetForward says whether the spec's backup target is on this machine's loopback
+// (127.0.0.0/8, ::1 or localhost), and if so how the VMs of `up` reach it.
+func QEMUTargetForward(c *spec.Cluster) (TargetForward, bool) {
+	if c.Backup.Target == nil {
+		return TargetForward{}, false
+	}
+	u, err := url.Parse(c.Backup.Target.Endpoint)
+	if err != nil || u.Port() == "" {
+		return TargetForward{}, false
+	}
+	host := u.Hostname()
+	if host == "localhost" {
+		host = "127.0.0.1"
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.IsLoopback() {
+		return TargetForward{}, false
+	}
+	guest := net.JoinHostPort(QEMUBackupTargetHost, u.Port())
+	return TargetForward{Guest: guest, Host: net.JoinHostPort(ip.String(), u.Port()), GuestURL: u.Scheme + "://" + guest}, true
+}
 
 // QEMUReleaseURL is the URL a VM of `etcdbake up` stages release id from.
 func QEMUReleaseURL(id string) string {

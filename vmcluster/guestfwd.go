@@ -39,10 +39,21 @@ func (g GuestForward) netdevOption() (string, error) {
 }
 
 // Relay copies between a guest connection (in, out: a relay command's standard input
-// and output) and the unix socket at path, until both directions end or ctx does.
-func Relay(ctx context.Context, path string, in io.Reader, out io.Writer) error {
+// and output) and the service at dest, until both directions end or ctx does. dest is a
+// unix socket's path, or "tcp:ADDR:PORT" for a TCP service on this machine's loopback
+// (any other address is refused: a forward reaches this machine's services, nothing
+// beyond it).
+func Relay(ctx context.Context, dest string, in io.Reader, out io.Writer) error {
+	network, addr := "unix", dest
+	if a, ok := strings.CutPrefix(dest, "tcp:"); ok {
+		host, _, err := net.SplitHostPort(a)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("relay destination %q: want tcp:LOOPBACK-ADDRESS:PORT", dest)
+		}
+		network, addr = "tcp", a
+	}
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", path)
+	conn, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return err
 	}
@@ -52,8 +63,8 @@ func Relay(ctx context.Context, path string, in io.Reader, out io.Writer) error 
 	done := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(conn, in)
-		if uc, ok := conn.(*net.UnixConn); ok {
-			uc.CloseWrite() // the guest is done sending: let the service see EOF
+		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite() // the guest is done sending: let the service see EOF
 		}
 		done <- err
 	}()

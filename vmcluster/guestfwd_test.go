@@ -45,43 +45,57 @@ func TestGuestForwardOption(t *testing.T) {
 	}
 }
 
-// TestRelay: what the guest sends reaches the unix socket's service, its answer comes
-// back, and the relay ends when the service closes the connection.
+// TestRelay: what the guest sends reaches the service (a unix socket, or a TCP port on
+// loopback), its answer comes back, and the relay ends when the service closes the
+// connection. A destination off loopback is refused.
 func TestRelay(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "svc.sock")
-	ln, err := net.Listen("unix", sock)
+	unixLn, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		line, _ := bufio.NewReader(conn).ReadString('\n')
-		io.WriteString(conn, "echo: "+line)
-		conn.Close()
-	}()
-	inR, inW := io.Pipe()
-	var out strings.Builder
-	done := make(chan error, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	go func() { done <- Relay(ctx, sock, inR, &out) }()
-	io.WriteString(inW, "hello\n")
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-ctx.Done():
-		t.Fatal("the relay did not end when the service closed")
+	defer unixLn.Close()
+	tcpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if out.String() != "echo: hello\n" {
-		t.Errorf("relayed answer %q", out.String())
+	defer tcpLn.Close()
+	for dest, ln := range map[string]net.Listener{sock: unixLn, "tcp:" + tcpLn.Addr().String(): tcpLn} {
+		go func() {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			line, _ := bufio.NewReader(conn).ReadString('\n')
+			io.WriteString(conn, "echo: "+line)
+			conn.Close()
+		}()
+		inR, inW := io.Pipe()
+		var out strings.Builder
+		done := make(chan error, 1)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		go func() { done <- Relay(ctx, dest, inR, &out) }()
+		io.WriteString(inW, "hello\n")
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", dest, err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s: the relay did not end when the service closed", dest)
+		}
+		if out.String() != "echo: hello\n" {
+			t.Errorf("%s: relayed answer %q", dest, out.String())
+		}
 	}
+	ctx := context.Background()
 	if err := Relay(ctx, filepath.Join(t.TempDir(), "none.sock"), strings.NewReader(""), io.Discard); err == nil {
 		t.Error("a relay to a missing socket succeeded")
+	}
+	for _, bad := range []string{"tcp:192.0.2.1:80", "tcp:example.com:80", "tcp:127.0.0.1"} {
+		if err := Relay(ctx, bad, strings.NewReader(""), io.Discard); err == nil || !strings.Contains(err.Error(), "LOOPBACK") {
+			t.Errorf("relay to %s: %v, want a refusal", bad, err)
+		}
 	}
 }

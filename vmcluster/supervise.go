@@ -1,6 +1,7 @@
 package vmcluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -246,6 +247,7 @@ func Supervise(ctx context.Context, o ClusterOptions, h SuperviseHooks) error {
 		h.Ready(st)
 	}
 	var watch exitWatch
+	stall := stallWatch{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -253,6 +255,17 @@ func Supervise(ctx context.Context, o ClusterOptions, h SuperviseHooks) error {
 		for _, e := range exits {
 			exited[e.Node] = e.String()
 			logf("%s: %s; %d of %d VMs running", e.Node, e, alive, len(c.Nodes()))
+		}
+		for _, n := range stall.check(c, time.Now()) {
+			logf("%s: no console output for %s since the guest reset itself: its firmware stalled; power-cycling the VM (a new QEMU process on the same disks)", n, ResetStallAfter)
+			if err := c.Restart(ctx, n); err != nil {
+				logf("%s: power-cycling its VM failed: %v", n, err)
+				continue
+			}
+			logf("%s: VM running again (QEMU pid %d, etcd %s)", n, c.VM(n).PID(), c.Endpoint(n))
+			if _, err := record(); err != nil {
+				logf("writing the record: %v", err)
+			}
 		}
 		if len(exits) > 0 {
 			if _, err := record(); err != nil {
@@ -286,6 +299,73 @@ func Supervise(ctx context.Context, o ClusterOptions, h SuperviseHooks) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// ResetStallAfter is how long a VM may print nothing on its console after its guest
+// reset itself (a reboot) before the supervisor power-cycles it. A reboot's firmware
+// prints within seconds; once, after a guest reboot, OVMF spun in its DXE phase for
+// 20 minutes without a line (a QMP system_reset did not help; a new QEMU process on the
+// same disks and variable store booted at once).
+const ResetStallAfter = 3 * time.Minute
+
+// resetMarks end a console whose guest reset itself (the Linux kernel's last lines).
+var resetMarks = [][]byte{[]byte("reboot: Restarting system"), []byte("reboot: machine restart")}
+
+// stallWatch finds VMs whose console has been silent for ResetStallAfter right after a
+// guest reset.
+type stallWatch struct {
+	size  map[string]int64
+	since map[string]time.Time
+}
+
+// check returns the nodes whose console ends with a reset and has not grown for
+// ResetStallAfter; each is reported once per silence.
+func (w *stallWatch) check(c *Cluster, now time.Time) []string {
+	if w.size == nil {
+		w.size, w.since = map[string]int64{}, map[string]time.Time{}
+	}
+	var out []string
+	for _, n := range c.Nodes() {
+		if vm := c.VM(n); vm == nil || vm.gone() {
+			continue
+		}
+		fi, err := os.Stat(c.Console(n))
+		if err != nil {
+			continue
+		}
+		if fi.Size() != w.size[n] || w.since[n].IsZero() {
+			w.size[n], w.since[n] = fi.Size(), now
+			continue
+		}
+		if now.Sub(w.since[n]) < ResetStallAfter {
+			continue
+		}
+		w.since[n] = now // once per silence
+		if endsWithReset(c.Console(n), fi.Size()) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// endsWithReset says whether the last lines of the console file at path (size bytes)
+// are a guest reset's.
+func endsWithReset(path string, size int64) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	buf := make([]byte, 512)
+	off := max(size-int64(len(buf)), 0)
+	n, _ := f.ReadAt(buf, off)
+	tail := bytes.TrimRight(buf[:n], "\r\n ")
+	for _, m := range resetMarks {
+		if bytes.HasSuffix(tail, m) {
+			return true
+		}
+	}
+	return false
 }
 
 // StartStopped asks the supervisor recorded in dir to boot again, from their kept disks,

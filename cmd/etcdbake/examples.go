@@ -79,6 +79,12 @@ etcdbake snapshot verify /backups/etcd-demo.snapshot.tar -f lab/cluster.yaml --o
 etcdbake snapshot list
 etcdbake snapshot list --out lab/out -o json`,
 
+	"etcdbake snapshot fetch": `
+# The newest snapshot of the cluster in backup.target, verified, to out/snapshots
+etcdbake snapshot fetch
+# A named object, written somewhere else (then: etcdbake restore FILE)
+etcdbake snapshot fetch prod/etcd-demo-20261203T180000Z.snapshot.tar --file /backups/etcd-demo.snapshot.tar`,
+
 	"etcdbake restore": `
 # Images with every member's data restored, to out/restore/images; install them with
 # etcdbake serve --listen 10.88.0.1:8080 --images out/restore/images

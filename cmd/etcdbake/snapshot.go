@@ -32,7 +32,7 @@ HashKV at that revision, etcd version, sha256, size, time, spec hash) and the da
 etcd's Snapshot API sends it. It restores with nothing from the old cluster but the spec
 and the PKI; ` + "`tar xf FILE db`" + ` gives what etcdutl snapshot restore takes.`,
 	}
-	cmd.AddCommand(a.snapshotSaveCmd(), a.snapshotVerifyCmd(), a.snapshotListCmd())
+	cmd.AddCommand(a.snapshotSaveCmd(), a.snapshotVerifyCmd(), a.snapshotListCmd(), a.snapshotFetchCmd())
 	return cmd
 }
 
@@ -115,14 +115,9 @@ the same name and the CA in OUT/pki. Exit 0 when all hold, 1 otherwise.`,
 			if err != nil {
 				return err
 			}
-			want := backup.Expect{Cluster: c.Name}
-			ca, _ := pki.CAPath(a.pkiDir(), pki.CAName)
-			if fp, err := backup.CAFingerprint(ca); err == nil {
-				want.CAFingerprint = fp
-			} else if !errors.Is(err, os.ErrNotExist) {
+			want, err := a.snapshotExpect(cmd, c)
+			if err != nil {
 				return err
-			} else {
-				fmt.Fprintf(cmd.ErrOrStderr(), "snapshot: no CA at %s: the snapshot's CA is not checked\n", ca)
 			}
 			m, err := backup.Verify(args[0], want)
 			if err != nil {
@@ -137,6 +132,103 @@ the same name and the CA in OUT/pki. Exit 0 when all hold, 1 otherwise.`,
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json (the manifest)")
+	return cmd
+}
+
+// snapshotExpect is what a snapshot of the spec's cluster must say: its name and the CA
+// in OUT/pki (not checked, with a note, when there is no CA yet).
+func (a *app) snapshotExpect(cmd *cobra.Command, c *spec.Cluster) (backup.Expect, error) {
+	want := backup.Expect{Cluster: c.Name}
+	ca, _ := pki.CAPath(a.pkiDir(), pki.CAName)
+	if fp, err := backup.CAFingerprint(ca); err == nil {
+		want.CAFingerprint = fp
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return want, err
+	} else {
+		fmt.Fprintf(cmd.ErrOrStderr(), "snapshot: no CA at %s: the snapshot's CA is not checked\n", ca)
+	}
+	return want, nil
+}
+
+func (a *app) snapshotFetchCmd() *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "fetch [OBJECT]",
+		Short: "Download a snapshot from the backup target (default: the newest of the cluster), verify it and write it to OUT/snapshots",
+		Long: `fetch downloads one snapshot object from backup.target (with the credentials in
+backup.target.credentialsFile), verifies it as snapshot verify does (whole, and of the
+spec's cluster) and only then writes it, by default to OUT/snapshots under the object's
+name; its path is printed. That file is what ` + "`etcdbake restore`" + ` and ` + "`etcdbake up --restore`" + ` take
+after a majority of the members lost their data. Exit 1 when the object does not verify;
+nothing is written then.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.load(cmd)
+			if err != nil {
+				return err
+			}
+			if c.Backup.Target == nil {
+				return usageErrorf("snapshot fetch: the spec has no backup.target to fetch from")
+			}
+			t, err := backup.SpecTarget(c.Backup.Target)
+			if err != nil {
+				return err
+			}
+			want, err := a.snapshotExpect(cmd, c)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Minute)
+			defer cancel()
+			key := ""
+			if len(args) == 1 {
+				key = args[0]
+			} else {
+				objs, err := backup.ListTarget(ctx, *t, c.Name)
+				if err != nil {
+					return err
+				}
+				if len(objs) == 0 {
+					return fmt.Errorf("snapshot fetch: no snapshot of cluster %s in %s", c.Name, t)
+				}
+				key = objs[0].Key
+			}
+			if file == "" {
+				if err := os.MkdirAll(a.snapshotsDir(), 0o700); err != nil {
+					return err
+				}
+				file = filepath.Join(a.snapshotsDir(), path.Base(key))
+			}
+			if _, err := os.Stat(file); err == nil {
+				return usageErrorf("%s exists: a snapshot never replaces a file; give another --file", file)
+			}
+			// Downloaded next to FILE under a temporary name, verified, then renamed: FILE
+			// exists only as a verified snapshot.
+			tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".fetch-")
+			if err != nil {
+				return err
+			}
+			tmp.Close()
+			os.Remove(tmp.Name())
+			defer os.Remove(tmp.Name())
+			start := time.Now()
+			if err := backup.Download(ctx, *t, key, tmp.Name()); err != nil {
+				return err
+			}
+			m, err := backup.Verify(tmp.Name(), want)
+			if err != nil {
+				return &exitError{code: 1, msg: fmt.Sprintf("snapshot fetch: %s from %s does not verify, nothing was written: %v", key, t, err)}
+			}
+			if err := os.Rename(tmp.Name(), file); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\n", file)
+			fmt.Fprintf(cmd.ErrOrStderr(), "snapshot: %s fetched from %s and verified in %s\n", key, t, time.Since(start).Round(time.Millisecond))
+			printManifest(cmd.ErrOrStderr(), m)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&file, "file", "", "where to write it (default OUT/snapshots/OBJECT-NAME)")
 	return cmd
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -160,5 +161,61 @@ func TestSnapshotListTarget(t *testing.T) {
 	stdout, stderr, err = run(t, now, "snapshot", "list", "-f", specPath, "--out", out, "--endpoints", "https://127.0.0.1:1")
 	if err != nil || strings.Contains(stdout, key) || !strings.Contains(stderr, "the target's snapshots are not listed: listing s3 bucket etcd-backups/prod at "+s3.Endpoint) {
 		t.Errorf("snapshot list with wrong keys: %v\n%s%s", err, stdout, stderr)
+	}
+}
+
+// TestSnapshotFetch: `snapshot fetch` takes the newest snapshot of the cluster from the
+// backup target (a real S3 server), verifies it and writes it to OUT/snapshots, the same
+// bytes as uploaded; an object that does not verify is refused with exit 1 and nothing
+// written; a file is never replaced.
+func TestSnapshotFetch(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	c, _, out, specPath, ex := demoCluster(t, now, 161)
+	stdout, stderr, err := run(t, now, "snapshot", "save", filepath.Join(t.TempDir(), "saved"+spec.SnapshotExt), "-f", specPath, "--out", out, "--endpoints", strings.Join(c.ClientEndpoints(), ","))
+	if err != nil {
+		t.Fatalf("snapshot save: %v\n%s", err, stderr)
+	}
+	saved, _ := os.ReadFile(strings.TrimSpace(stdout))
+
+	s3 := testtools.StartS3(t)
+	mc, err := minio.New(strings.TrimPrefix(s3.Endpoint, "http://"), &minio.Options{Creds: credentials.NewStaticV4(s3.AccessKey, s3.SecretKey, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := mc.MakeBucket(ctx, "etcd-backups", minio.MakeBucketOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	good := spec.SnapshotFileName(ex.Name, now)
+	bad := spec.SnapshotFileName(ex.Name, now.Add(-time.Hour))
+	for key, b := range map[string][]byte{good: saved, bad: saved[:len(saved)/2]} {
+		if _, err := mc.PutObject(ctx, "etcd-backups", key, bytes.NewReader(b), int64(len(b)), minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(filepath.Dir(specPath), "s3.env"), []byte("AWS_ACCESS_KEY_ID="+s3.AccessKey+"\nAWS_SECRET_ACCESS_KEY="+s3.SecretKey+"\n"), 0o600)
+	f, _ := os.OpenFile(specPath, os.O_APPEND|os.O_WRONLY, 0)
+	fmt.Fprintf(f, "\nbackup:\n  target:\n    endpoint: %s\n    bucket: etcd-backups\n    credentialsFile: s3.env\n", s3.Endpoint)
+	f.Close()
+
+	stdout, stderr, err = run(t, now, "snapshot", "fetch", "-f", specPath, "--out", out)
+	want := filepath.Join(out, "snapshots", good)
+	if err != nil || strings.TrimSpace(stdout) != want || !strings.Contains(stderr, "verified") {
+		t.Fatalf("snapshot fetch: %v %q, want %s\n%s", err, stdout, want, stderr)
+	}
+	if b, err := os.ReadFile(want); err != nil || !bytes.Equal(b, saved) {
+		t.Errorf("the fetched file differs from the uploaded snapshot (%v)", err)
+	}
+	var ee *exitError
+	if _, _, err := run(t, now, "snapshot", "fetch", "-f", specPath, "--out", out); !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(ee.msg, "exists") {
+		t.Errorf("fetch over an existing file: %v", err)
+	}
+	before, _ := os.ReadDir(filepath.Join(out, "snapshots"))
+	_, _, err = run(t, now, "snapshot", "fetch", bad, "-f", specPath, "--out", out)
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, bad) || !strings.Contains(ee.msg, "nothing was written") {
+		t.Errorf("fetch of a cut object: %v, want exit 1 naming it", err)
+	}
+	if after, _ := os.ReadDir(filepath.Join(out, "snapshots")); len(after) != len(before) {
+		t.Errorf("a refused fetch left files: %v -> %v", before, after)
 	}
 }

@@ -148,6 +148,12 @@ booted again from its kept disk, with its data, and up waits until the cluster i
 				return err
 			}
 			plan.GuestForwards = []vmcluster.GuestForward{{Guest: bake.QEMUReleaseAddr, Relay: []string{self, "qemu-relay", sock}}}
+			// A backup target on this machine's loopback (a local MinIO or SeaweedFS) is
+			// reached by the VMs through a forward of their own (bake.QEMUTargetForward).
+			if f, ok := bake.QEMUTargetForward(c); ok {
+				plan.GuestForwards = append(plan.GuestForwards, vmcluster.GuestForward{Guest: f.Guest, Relay: []string{self, "qemu-relay", "tcp:" + f.Host}})
+				fmt.Fprintf(ew, "up: the nodes reach the backup target %s at %s\n", c.Backup.Target.Endpoint, f.GuestURL)
+			}
 			specAbs, _ := filepath.Abs(a.specPath)
 			outAbs, _ := filepath.Abs(a.outDir)
 			st, err := vmcluster.Launch(cmd.Context(), plan, []string{self, "qemu-supervise", "--run-dir", plan.Dir,
@@ -497,11 +503,11 @@ func (a *app) serveQEMUReleases(cmd *cobra.Command, sock string, logf func(strin
 
 // relayCmd is what QEMU runs for each guest connection to a guest forward
 // (vmcluster.GuestForward): it joins the connection, on its standard input and output,
-// to a unix socket.
+// to a unix socket or a TCP port on loopback.
 func (a *app) relayCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:    "qemu-relay SOCKET",
-		Short:  "Join standard input and output to a unix socket (run by QEMU for a guest forward)",
+		Use:    "qemu-relay SOCKET|tcp:LOOPBACK-ADDRESS:PORT",
+		Short:  "Join standard input and output to a unix socket or a port on loopback (run by QEMU for a guest forward)",
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -1,6 +1,7 @@
 package testtools
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -9,9 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 // S3Server is a real S3-compatible server (SeaweedFS's weed, built by `make setup`) on
@@ -128,4 +133,16 @@ func tailLines(b []byte, n int) string {
 		}
 	}
 	return string(b)
+}
+
+// MakeBucket creates the bucket name with the server's keys.
+func (s *S3Server) MakeBucket(t testing.TB, name string) {
+	t.Helper()
+	cli, err := minio.New(strings.TrimPrefix(s.Endpoint, "http://"), &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.MakeBucket(context.Background(), name, minio.MakeBucketOptions{}); err != nil {
+		t.Fatalf("creating bucket %s: %v", name, err)
+	}
 }

@@ -84,6 +84,9 @@ func benchImagesAndBoot(ctx context.Context, b *testing.B) {
 	b.ReportMetric(plain["etcd-1"].Seconds(), "plain-base-multi-user-s")
 	b.ReportMetric(mu["etcd-1"].Seconds(), "image-multi-user-s")
 	b.ReportMetric(ready.Seconds(), "image-readyz-s")
+	// Issue 17's goals: /readyz within half the plain base's multi-user time (<= 0.5).
+	b.ReportMetric(ready.Seconds()/plain["etcd-1"].Seconds(), "readyz/plain-multi-user")
+	b.ReportMetric(mu["etcd-1"].Seconds()/plain["etcd-1"].Seconds(), "multi-user/plain-multi-user")
 }
 
 // timeRawBuild times building a spec's raw images (end to end: PKI, etcd-firstboot,

@@ -67,11 +67,37 @@ func snapshotForRestore(t *testing.T, u upCluster) *r1Snapshot {
 		acked = put(k, v)
 		r.want[k] = v
 	}
+	// A snapshot from the workstation (etcdbake snapshot save).
 	start := time.Now()
 	stdout, stderr, err := u.run(5*time.Minute, "snapshot", "save")
 	r.saved = time.Since(start)
 	if err != nil {
 		t.Fatalf("snapshot save: %v\n%s", err, stderr)
+	}
+	var saved spec.SnapshotManifest
+	stdout, _, err = u.run(2*time.Minute, "snapshot", "verify", strings.TrimSpace(stdout), "-o", "json")
+	if err != nil || json.Unmarshal([]byte(stdout), &saved) != nil {
+		t.Fatalf("snapshot verify -o json: %v\n%s", err, stdout)
+	}
+	t.Logf("R1 snapshot save: revision %d, %d keys, %d bytes from %s, saved and verified in %s", saved.Revision, saved.Keys, saved.Size, saved.From, r.saved.Round(100*time.Millisecond))
+	if saved.Revision < acked {
+		t.Errorf("snapshot save: revision %d is older than the last write acknowledged before it (%d)", saved.Revision, acked)
+	}
+
+	// The one R1 restores from: the nodes' next scheduled snapshot (every 2 minutes here),
+	// uploaded to the S3 target and fetched from there, as after losing every disk.
+	rec := waitScheduledSnapshot(t, cli, acked, 2*r1Period+3*time.Minute)
+	if rec.Object == "" || rec.UploadError != "" {
+		t.Fatalf("R1: the scheduled snapshot %s on %s was not uploaded: object %q, error %q", rec.File, rec.Node, rec.Object, rec.UploadError)
+	}
+	stdout, _, err = u.run(2*time.Minute, "snapshot", "list")
+	if err != nil || !strings.Contains(stdout, "node "+rec.Node+" ") || !strings.Contains(stdout, "s3 etcd-backups") || !strings.Contains(stdout, rec.Object) {
+		t.Errorf("R1: snapshot list does not show %s on %s and %s on the target: %v\n%s", rec.File, rec.Node, rec.Object, err, stdout)
+	}
+	start = time.Now()
+	stdout, stderr, err = u.run(5*time.Minute, "snapshot", "fetch")
+	if err != nil {
+		t.Fatalf("R1: snapshot fetch: %v\n%s", err, stderr)
 	}
 	r.file = strings.TrimSpace(stdout)
 	stdout, _, err = u.run(2*time.Minute, "snapshot", "verify", r.file, "-o", "json")
@@ -79,9 +105,10 @@ func snapshotForRestore(t *testing.T, u upCluster) *r1Snapshot {
 		t.Fatalf("snapshot verify -o json: %v\n%s", err, stdout)
 	}
 	fi, _ := os.Stat(r.file)
-	t.Logf("R1 snapshot: revision %d, %d keys, %d bytes (file %d) from %s, saved and verified in %s", r.m.Revision, r.m.Keys, r.m.Size, fi.Size(), r.m.From, r.saved.Round(100*time.Millisecond))
-	if r.m.Revision < acked {
-		t.Errorf("the snapshot's revision %d is older than the last write acknowledged before it (%d)", r.m.Revision, acked)
+	t.Logf("R1 scheduled snapshot: taken by %s at %s, revision %d, %d keys, %d bytes (file %d), uploaded as %s; fetched and verified in %s",
+		rec.Node, rec.Taken.Format(time.TimeOnly), r.m.Revision, r.m.Keys, r.m.Size, fi.Size(), rec.Object, time.Since(start).Round(100*time.Millisecond))
+	if r.m.Revision != rec.Revision || r.m.SHA256 != rec.SHA256 || r.m.By != "schedule on "+rec.Node {
+		t.Errorf("R1: the fetched snapshot (revision %d, sha256 %s, by %q) is not the one the node recorded (revision %d, sha256 %s)", r.m.Revision, r.m.SHA256, r.m.By, rec.Revision, rec.SHA256)
 	}
 	for i := 0; i < 10; i++ {
 		k := fmt.Sprintf("/r1/after/%02d", i)
@@ -92,6 +119,42 @@ func snapshotForRestore(t *testing.T, u upCluster) *r1Snapshot {
 		r.ids[m.Name] = m.ID
 	}
 	return r
+}
+
+// r1Schedule is TestUpDown's backup.schedule (every 2 minutes, r1Period).
+const (
+	r1Schedule = "*:0/2"
+	r1Period   = 2 * time.Minute
+)
+
+// waitScheduledSnapshot waits until the cluster's record of its newest scheduled snapshot
+// (spec.SnapshotRecordKey) is of a revision at least rev, and returns it.
+func waitScheduledSnapshot(t *testing.T, cli *clientv3.Client, rev int64, within time.Duration) spec.SnapshotRecord {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var last string
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		resp, err := cli.Get(ctx, spec.SnapshotRecordKey)
+		cancel()
+		var rec spec.SnapshotRecord
+		switch {
+		case err != nil:
+			last = err.Error()
+		case len(resp.Kvs) == 0:
+			last = "no record yet"
+		case json.Unmarshal(resp.Kvs[0].Value, &rec) != nil:
+			last = "record " + string(resp.Kvs[0].Value)
+		case rec.Revision >= rev:
+			return rec
+		default:
+			last = fmt.Sprintf("newest scheduled snapshot at revision %d (by %s at %s)", rec.Revision, rec.Node, rec.Taken.Format(time.TimeOnly))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no scheduled snapshot of revision >= %d within %s: %s", rev, within, last)
+		}
+		time.Sleep(5 * time.Second)
+	}
 }
 
 // checkRestore (R2 and R1's second half), on a cluster whose disks were all discarded:

@@ -449,6 +449,11 @@ func (u upCluster) logStaging(t *testing.T, name string, nodes []string) {
 		}
 		_, line, _ := strings.Cut(strings.TrimSpace(stdout), "stage: ")
 		t.Logf("%s: %s staged %s", name, n, line)
+		// What the verification of this boot waited for, and how long it took.
+		stdout, _, err = u.run(2*time.Minute, "exec", n, "--", "sh", "-c", "journalctl -q --no-pager -b -u etcdbake-verify-boot -o short-monotonic | grep -E 'verify-boot: (waiting|boot of)' | cut -c1-400 | tail -8")
+		if err == nil {
+			t.Logf("%s: %s's verify-boot on this boot:\n%s", name, n, stdout)
+		}
 	}
 }
 

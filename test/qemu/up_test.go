@@ -56,6 +56,14 @@ func TestUpDown(t *testing.T) {
 	b, _ := os.ReadFile(specPath)
 	// The release downloads need github.com; the cached Go builds do not.
 	b = bytes.Replace(b, []byte("sources: [release, go]"), []byte("sources: [go]"), 1)
+	// R1's scheduled snapshots: every 2 minutes (shortened for the test), uploaded to a
+	// real S3 server on this machine's loopback, which up forwards to the VMs.
+	s3 := testtools.StartS3(t)
+	s3.MakeBucket(t, "etcd-backups")
+	if err := os.WriteFile(filepath.Join(dir, "s3.env"), []byte("AWS_ACCESS_KEY_ID="+s3.AccessKey+"\nAWS_SECRET_ACCESS_KEY="+s3.SecretKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b = fmt.Appendf(b, "\nbackup:\n  schedule: \"%s\"\n  keep: 3\n  target:\n    endpoint: %s\n    bucket: etcd-backups\n    prefix: demo/\n    credentialsFile: s3.env\n", r1Schedule, s3.Endpoint)
 	os.WriteFile(specPath, b, 0o644)
 
 	stdout, stderr, err := run(20*time.Minute, "up")
@@ -122,6 +130,14 @@ func TestUpDown(t *testing.T) {
 	// R1, first half: keys, a snapshot, more keys.
 	u := upCluster{run: run, specPath: specPath, out: out, st: st}
 	r1 := snapshotForRestore(t, u)
+	// The restored cluster, and the rollouts on it, snapshot on the default schedule
+	// (every 6 h): every 2 minutes was for R1.
+	b, _ = os.ReadFile(specPath)
+	line := []byte(fmt.Sprintf("  schedule: %q\n", r1Schedule))
+	if !bytes.Contains(b, line) {
+		t.Fatalf("no %q in the spec", line)
+	}
+	os.WriteFile(specPath, bytes.Replace(b, line, nil, 1), 0o644)
 
 	// down stops every QEMU process and keeps the disks.
 	if stdout, _, err := run(2*time.Minute, "down"); err != nil || !strings.Contains(stdout, "stopped 3 VMs") || !strings.Contains(stdout, "kept 3 VM disks") {
