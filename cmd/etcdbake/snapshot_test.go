@@ -15,7 +15,6 @@ import (
 	"github.com/etcdbake/etcdbake/internal/testtools"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 // TestSnapshotCommands runs `snapshot save` and `snapshot verify` against a real
@@ -137,14 +136,8 @@ func TestSnapshotListTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	s3 := testtools.StartS3(t)
-	mc, err := minio.New(strings.TrimPrefix(s3.Endpoint, "http://"), &minio.Options{Creds: credentials.NewStaticV4(s3.AccessKey, s3.SecretKey, "")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := mc.MakeBucket(ctx, "etcd-backups", minio.MakeBucketOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	s3.MakeBucket(t, "etcd-backups")
+	mc, ctx := s3.Client(t), context.Background()
 	key := "prod/" + spec.SnapshotFileName(ex.Name, now.Add(-6*time.Hour))
 	if _, err := mc.PutObject(ctx, "etcd-backups", key, strings.NewReader("snapshot"), 8, minio.PutObjectOptions{}); err != nil {
 		t.Fatal(err)
@@ -178,14 +171,8 @@ func TestSnapshotFetch(t *testing.T) {
 	saved, _ := os.ReadFile(strings.TrimSpace(stdout))
 
 	s3 := testtools.StartS3(t)
-	mc, err := minio.New(strings.TrimPrefix(s3.Endpoint, "http://"), &minio.Options{Creds: credentials.NewStaticV4(s3.AccessKey, s3.SecretKey, "")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := mc.MakeBucket(ctx, "etcd-backups", minio.MakeBucketOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	s3.MakeBucket(t, "etcd-backups")
+	mc, ctx := s3.Client(t), context.Background()
 	good := spec.SnapshotFileName(ex.Name, now)
 	bad := spec.SnapshotFileName(ex.Name, now.Add(-time.Hour))
 	for key, b := range map[string][]byte{good: saved, bad: saved[:len(saved)/2]} {

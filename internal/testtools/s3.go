@@ -135,14 +135,20 @@ func tailLines(b []byte, n int) string {
 	return string(b)
 }
 
-// MakeBucket creates the bucket name with the server's keys.
-func (s *S3Server) MakeBucket(t testing.TB, name string) {
+// Client is an S3 client of the server with its keys.
+func (s *S3Server) Client(t testing.TB) *minio.Client {
 	t.Helper()
 	cli, err := minio.New(strings.TrimPrefix(s.Endpoint, "http://"), &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cli.MakeBucket(context.Background(), name, minio.MakeBucketOptions{}); err != nil {
+	return cli
+}
+
+// MakeBucket creates the bucket name with the server's keys.
+func (s *S3Server) MakeBucket(t testing.TB, name string) {
+	t.Helper()
+	if err := s.Client(t).MakeBucket(context.Background(), name, minio.MakeBucketOptions{}); err != nil {
 		t.Fatalf("creating bucket %s: %v", name, err)
 	}
 }

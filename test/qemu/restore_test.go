@@ -90,9 +90,16 @@ func snapshotForRestore(t *testing.T, u upCluster) *r1Snapshot {
 	if rec.Object == "" || rec.UploadError != "" {
 		t.Fatalf("R1: the scheduled snapshot %s on %s was not uploaded: object %q, error %q", rec.File, rec.Node, rec.Object, rec.UploadError)
 	}
-	stdout, _, err = u.run(2*time.Minute, "snapshot", "list")
-	if err != nil || !strings.Contains(stdout, "node "+rec.Node+" ") || !strings.Contains(stdout, "s3 etcd-backups") || !strings.Contains(stdout, rec.Object) {
-		t.Errorf("R1: snapshot list does not show %s on %s and %s on the target: %v\n%s", rec.File, rec.Node, rec.Object, err, stdout)
+	// The node lists what it keeps last (after the record and the retention): a minute.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Second) {
+		stdout, _, err = u.run(2*time.Minute, "snapshot", "list")
+		if err == nil && strings.Contains(stdout, "node "+rec.Node+" ") && strings.Contains(stdout, rec.File) && strings.Contains(stdout, "s3 etcd-backups") && strings.Contains(stdout, rec.Object) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("R1: snapshot list does not show %s on %s and %s on the target: %v\n%s", rec.File, rec.Node, rec.Object, err, stdout)
+			break
+		}
 	}
 	start = time.Now()
 	stdout, stderr, err = u.run(5*time.Minute, "snapshot", "fetch")
