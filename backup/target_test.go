@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/etcdbake/etcdbake/internal/testtools"
 	"github.com/etcdbake/etcdbake/spec"
@@ -22,14 +21,8 @@ func s3Target(t *testing.T, prefix string) (Target, *minio.Client) {
 	t.Helper()
 	s := testtools.StartS3(t)
 	tg := Target{Endpoint: s.Endpoint, Bucket: "etcd-backups", Prefix: prefix, AccessKey: s.AccessKey, SecretKey: s.SecretKey}
-	cli, err := minio.New(strings.TrimPrefix(s.Endpoint, "http://"), &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cli.MakeBucket(context.Background(), tg.Bucket, minio.MakeBucketOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	return tg, cli
+	s.MakeBucket(t, tg.Bucket)
+	return tg, s.Client(t)
 }
 
 // TestTargetUploadAndRetention: real snapshots uploaded to a real S3 server, listed newest
