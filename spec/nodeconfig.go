@@ -68,6 +68,9 @@ type NodeConfig struct {
 type NodeBackup struct {
 	Dir  string `json:"dir"`
 	Keep int    `json:"keep"`
+	// Schedule is backup.schedule (the timer's OnCalendar): each snapshot records when it
+	// elapses next, so the other nodes know this period's snapshot is taken.
+	Schedule string `json:"schedule,omitempty"`
 	// Target is the S3-compatible bucket snapshots are uploaded to (nil: none).
 	Target *NodeBackupTarget `json:"target,omitempty"`
 }
@@ -183,7 +186,7 @@ func (c *Cluster) NodeConfigFor(n Node) NodeConfig {
 			DefragMinFree: c.Maintenance.DefragMinFreeBytes,
 			DefragBetween: c.Maintenance.DefragBetween,
 		},
-		Backup: NodeBackup{Dir: NodeSnapshotDir, Keep: c.Backup.Keep, Target: c.Backup.nodeTarget()},
+		Backup: NodeBackup{Dir: NodeSnapshotDir, Keep: c.Backup.Keep, Schedule: c.Backup.Schedule, Target: c.Backup.nodeTarget()},
 	}
 }
 

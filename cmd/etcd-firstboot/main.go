@@ -255,9 +255,6 @@ func orNone(s string) string {
 	return s
 }
 
-// snapshotTimer is the unit that runs `etcd-firstboot snapshot` (ignition.SnapshotTimer).
-const snapshotTimer = "etcdbake-snapshot.timer"
-
 // scheduledSnapshot is one run of the snapshot schedule: the lock is the cluster's
 // (firstboot's), the snapshot and its files are package backup's.
 func scheduledSnapshot(ctx context.Context, a *firstboot.Agent) (*backup.ScheduledReport, error) {
@@ -272,7 +269,7 @@ func scheduledSnapshot(ctx context.Context, a *firstboot.Agent) (*backup.Schedul
 	}
 	return backup.Scheduled(ctx, backup.ScheduledOptions{
 		Endpoints: a.Endpoints(), TLS: tc, Node: nc.Name, Cluster: nc.Cluster, CA: nc.CA,
-		Dir: nc.Backup.Dir, Keep: nc.Backup.Keep, NextDue: nextElapse(ctx, snapshotTimer), Target: target,
+		Dir: nc.Backup.Dir, Keep: nc.Backup.Keep, NextDue: nextCalendarElapse(ctx, nc.Backup.Schedule), Target: target,
 		Lock: func(ctx context.Context, cli *clientv3.Client) (func(), error) {
 			l, err := a.AcquireRolloutLock(ctx, cli, 5*time.Minute)
 			if err != nil {
@@ -283,16 +280,36 @@ func scheduledSnapshot(ctx context.Context, a *firstboot.Agent) (*backup.Schedul
 	})
 }
 
-// nextElapse is when systemd runs timer next (zero when it cannot tell: run by hand, or
-// no systemd).
-func nextElapse(ctx context.Context, timer string) time.Time {
-	out, err := exec.CommandContext(ctx, "systemctl", "show", "--timestamp=unix", "-p", "NextElapseUSecRealtime", "--value", timer).Output()
+// nextCalendarElapse is when the OnCalendar expression schedule elapses next, as systemd
+// computes it (`systemd-analyze calendar`); zero when it cannot tell (no schedule, no
+// systemd). The timer's own NextElapseUSecRealtime is no use here: systemd reports it as
+// infinite while the timer's service runs, which is when this is asked.
+func nextCalendarElapse(ctx context.Context, schedule string) time.Time {
+	if schedule == "" {
+		return time.Time{}
+	}
+	cmd := exec.CommandContext(ctx, "systemd-analyze", "calendar", "--iterations=1", schedule)
+	cmd.Env = append(os.Environ(), "TZ=UTC")
+	out, err := cmd.Output()
 	if err != nil {
 		return time.Time{}
 	}
-	sec, err := strconv.ParseInt(strings.TrimPrefix(strings.TrimSpace(string(out)), "@"), 10, 64)
-	if err != nil || sec <= 0 {
-		return time.Time{}
+	return parseNextElapse(out)
+}
+
+// parseNextElapse reads the "Next elapse:" line of `systemd-analyze calendar` run with
+// TZ=UTC ("    Next elapse: Fri 2026-12-04 11:34:00 UTC"); zero when there is none.
+func parseNextElapse(out []byte) time.Time {
+	for _, line := range strings.Split(string(out), "\n") {
+		v, ok := strings.CutPrefix(strings.TrimSpace(line), "Next elapse:")
+		if !ok {
+			continue
+		}
+		t, err := time.Parse("Mon 2006-01-02 15:04:05 MST", strings.TrimSpace(v))
+		if zone, _ := t.Zone(); err != nil || zone != "UTC" {
+			return time.Time{} // another zone's abbreviation says nothing of its offset
+		}
+		return t
 	}
-	return time.Unix(sec, 0).UTC()
+	return time.Time{}
 }

@@ -337,3 +337,31 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestNextCalendarElapse: the next elapse of a schedule as systemd computes it (the host's
+// systemd-analyze, as on the node), and the parser on its output in UTC and another zone.
+func TestNextCalendarElapse(t *testing.T) {
+	utc := []byte("  Original form: *:0/2\nNormalized form: *-*-* *:00/2:00\n    Next elapse: Fri 2026-12-04 11:34:00 UTC\n       From now: 1min 10s left\n")
+	if got, want := parseNextElapse(utc), time.Date(2026, 12, 4, 11, 34, 0, 0, time.UTC); !got.Equal(want) {
+		t.Errorf("parseNextElapse(UTC output) = %v, want %v", got, want)
+	}
+	if got := parseNextElapse([]byte("    Next elapse: Fri 2026-12-04 12:34:00 CET\n")); !got.IsZero() {
+		t.Errorf("parseNextElapse(CET output) = %v, want zero (offset unknown)", got)
+	}
+	if got := nextCalendarElapse(context.Background(), ""); !got.IsZero() {
+		t.Errorf("no schedule: %v, want zero", got)
+	}
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Fatalf("systemd-analyze (package systemd, as on the nodes): %v", err)
+	}
+	before := time.Now()
+	got := nextCalendarElapse(context.Background(), "*:0/2")
+	// The next even minute after now.
+	want := before.UTC().Truncate(2 * time.Minute).Add(2 * time.Minute)
+	if !got.Equal(want) && !got.Equal(want.Add(2*time.Minute)) {
+		t.Errorf("nextCalendarElapse(*:0/2) at %s = %v, want %v", before.UTC().Format(time.TimeOnly), got, want)
+	}
+	if got := nextCalendarElapse(context.Background(), "not a calendar"); !got.IsZero() {
+		t.Errorf("an invalid schedule: %v, want zero", got)
+	}
+}

@@ -87,6 +87,11 @@ func snapshotForRestore(t *testing.T, u upCluster) *r1Snapshot {
 	// The one R1 restores from: the nodes' next scheduled snapshot (every 2 minutes here),
 	// uploaded to the S3 target and fetched from there, as after losing every disk.
 	rec := waitScheduledSnapshot(t, cli, acked, 2*r1Period+3*time.Minute)
+	// The record says when the schedule runs next (the other nodes skip this period by
+	// it): the next 2-minute boundary after the snapshot.
+	if !rec.NextDue.After(rec.Taken) || rec.NextDue.Sub(rec.Taken) > r1Period {
+		t.Errorf("R1: the scheduled snapshot taken at %s records its schedule's next run at %s, want within %s after", rec.Taken.Format(time.TimeOnly), rec.NextDue.Format(time.TimeOnly), r1Period)
+	}
 	if rec.Object == "" || rec.UploadError != "" {
 		t.Fatalf("R1: the scheduled snapshot %s on %s was not uploaded: object %q, error %q", rec.File, rec.Node, rec.Object, rec.UploadError)
 	}
