@@ -10,6 +10,7 @@
 package imagebuild
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -203,6 +204,27 @@ func buildTime(o BuildOptions) time.Time {
 	return time.Unix(base.DefaultSourceDateEpoch, 0).UTC()
 }
 
+// settledIn says which entries of the shared root are the base's own, unchanged (same
+// type, link target and contents): disk.WriteExt4 places them first, the same way in every
+// release made from this base, so a release that changes only etcdbake's files (binaries,
+// units, configuration) shares the blocks of everything else with the one before.
+func settledIn(base, root *fstree.Tree) func(*fstree.Entry) bool {
+	return func(e *fstree.Entry) bool {
+		b, ok := base.Get(e.Path)
+		if !ok || b.Mode.Type() != e.Mode.Type() {
+			return false
+		}
+		switch {
+		case e.IsDir():
+			return true
+		case e.IsSymlink():
+			return b.Target == e.Target
+		}
+		bd, rd := base.DataOf(b), root.DataOf(e)
+		return bd.Source == rd.Source && bytes.Equal(bd.Data, rd.Data)
+	}
+}
+
 // MachineID derives a node's systemd machine ID (32 hex digits) from its names.
 func MachineID(cluster, node string) string {
 	h := sha1.Sum([]byte("etcdbake machine-id\x00" + cluster + "\x00" + node))
@@ -278,7 +300,7 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	// The shared root, once.
 	t0 := time.Now()
 	rootImg := filepath.Join(tmp, "root.ext4")
-	rootSize := ext4Size(root)
+	rootSize := rootFSSize(root)
 	if rootSize > o.SlotSize {
 		return nil, fmt.Errorf("the shared root needs %d MiB, more than the slot size (%d MiB): give a larger slot size", rootSize>>20, o.SlotSize>>20)
 	}
@@ -290,7 +312,7 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the shared root: %w", err)
 	}
-	if _, err := disk.WriteExt4(ctx, rootImg, rootSize, root, disk.Ext4Options{Label: "root", UUID: disk.DeriveGUID(o.Cluster, "root-fs", rootDigest), Time: when, Meter: o.meter("shared root")}); err != nil {
+	if _, err := disk.WriteExt4(ctx, rootImg, rootSize, root, disk.Ext4Options{Label: "root", UUID: disk.DeriveGUID(o.Cluster, "root-fs", rootDigest), Time: when, Meter: o.meter("shared root"), Settled: settledIn(o.Base, root)}); err != nil {
 		return nil, fmt.Errorf("writing the shared root: %w", err)
 	}
 	progress("shared root: %d MiB ext4 in %s", rootSize>>20, time.Since(t0).Round(time.Millisecond))
@@ -414,6 +436,26 @@ func ext4Size(t *fstree.Tree) int64 {
 	})
 	size := bytes + bytes/4 + n*512 + 64*mib
 	return (size + mib - 1) &^ (mib - 1)
+}
+
+// rootFSSize is the shared root's file system size: its files, an eighth more, and room
+// for ext4's own metadata (inode tables, the journal, directories), rounded up to whole
+// block groups (128 MiB). Releases whose files differ by a few MiB (another etcd) then
+// have the same geometry, so the base's files keep their blocks (see settledIn).
+func rootFSSize(t *fstree.Tree) int64 {
+	const group = 128 * mib
+	var bytes int64
+	_ = t.Walk(func(e *fstree.Entry) error {
+		if e.IsRegular() {
+			n, err := t.Size(e)
+			if err == nil {
+				bytes += (n + 4095) &^ 4095
+			}
+		}
+		return nil
+	})
+	size := bytes + bytes/8 + int64(t.Len())*512 + 48*mib
+	return (size + group - 1) &^ (group - 1)
 }
 
 func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput, tmp, rootImg string, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time, dataImg string) (Image, error) {

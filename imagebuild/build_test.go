@@ -453,3 +453,66 @@ func pemBody(t *testing.T, path string) []byte {
 	}
 	return []byte(strings.Join(lines[1:len(lines)-1], "\n"))
 }
+
+// TestRootLayoutAcrossReleases: what keeps a release's root close to the one before, block
+// for block: its size is whole block groups and does not move when a binary changes by a
+// few MiB, and settledIn tells the base's unchanged entries from etcdbake's.
+func TestRootLayoutAcrossReleases(t *testing.T) {
+	dir := t.TempDir()
+	sized := func(name string, n int64) string {
+		p := filepath.Join(dir, name)
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Truncate(n); err != nil { // sparse: only its size is read
+			t.Fatal(err)
+		}
+		return p
+	}
+	base := fstree.NewTree()
+	for _, e := range []*fstree.Entry{
+		{Path: "usr/lib/modules", Mode: fs.ModeDir | 0o755},
+		{Path: "usr/lib/big", Mode: 0o644, Source: sized("big", 400<<20)},
+		{Path: "etc/hostname", Mode: 0o644, Data: []byte("debian\n")},
+		{Path: "etc/os-release", Mode: 0o644, Data: []byte("ID=debian\n")},
+		{Path: "bin", Mode: fs.ModeSymlink | 0o777, Target: "usr/bin"},
+		{Path: "sbin", Mode: fs.ModeSymlink | 0o777, Target: "usr/sbin"},
+	} {
+		if err := base.Put(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release := func(etcdSize int64) *fstree.Tree {
+		r := base.Clone()
+		for _, e := range []*fstree.Entry{
+			{Path: "opt/etcdbake/bin/etcd", Mode: 0o755, Source: sized(fmt.Sprintf("etcd-%d", etcdSize), etcdSize)},
+			{Path: "etc/hostname", Mode: 0o644, Data: []byte("etcd-1\n")},
+			{Path: "sbin", Mode: fs.ModeSymlink | 0o777, Target: "/usr/local/sbin"},
+		} {
+			if err := r.Put(e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return r
+	}
+	a, b := release(27<<20), release(24<<20)
+	sa, sb := rootFSSize(a), rootFSSize(b)
+	if sa != sb || sa%(128<<20) != 0 || sa < 427<<20 {
+		t.Errorf("root sizes %d and %d MiB for 427 and 424 MiB of files: want the same whole block groups (128 MiB), above the files", sa>>20, sb>>20)
+	}
+	settled := settledIn(base, a)
+	for p, want := range map[string]bool{
+		"usr/lib/modules": true, "usr/lib/big": true, "etc/os-release": true, "bin": true,
+		"etc/hostname": false, "sbin": false, "opt/etcdbake/bin/etcd": false, "opt": false,
+	} {
+		e, ok := a.Get(p)
+		if !ok {
+			t.Fatalf("no %s", p)
+		}
+		if got := settled(e); got != want {
+			t.Errorf("settled(%s) = %v, want %v", p, got, want)
+		}
+	}
+}

@@ -21,6 +21,11 @@ type Ext4Options struct {
 	Time time.Time
 	// Meter, if set, is told how many of the tree's entries are written.
 	Meter func(done, total int64)
+	// Settled, if set, says which entries are the same in every image made from the same
+	// base (the base's own files). They are written first and the others after them, so
+	// an image that changes only the others keeps every settled file's blocks where they
+	// were: a node staging it copies those pieces from its running slot.
+	Settled func(*fstree.Entry) bool
 }
 
 // Ext4Stats says what the writer could not represent (go-diskfs has no device nodes and
@@ -83,27 +88,35 @@ func WriteExt4(ctx context.Context, path string, size int64, t *fstree.Tree, o E
 	if err != nil {
 		return st, fmt.Errorf("creating ext4 (%d bytes): %w", size, err)
 	}
-	// Directories first (parents before children), then symlinks, then regular files
-	// from the smallest to the largest: go-diskfs looks for free blocks from the first
-	// block group on every allocation, so the many small files are written while the
-	// early groups still have room and the few large ones pay for the full groups.
+	// Two passes, settled entries first (all of them when Settled is nil), each with
+	// directories first (parents before children), then symlinks, then regular files.
+	// Settled files go from the smallest to the largest: go-diskfs looks for free blocks
+	// from the first block group on every allocation, so the many small files are written
+	// while the early groups still have room and the few large ones pay for the full
+	// groups. The others (a few binaries and many small configuration files) go from the
+	// largest to the smallest: a changed configuration file then moves only the small
+	// files after it, not a binary.
 	// Permissions and owners are set afterwards, by stampExt4, for every entry at once.
-	var dirs, links, files []*fstree.Entry
+	var pass [2]struct{ dirs, links, files []*fstree.Entry }
 	attrs := make(map[string]inodeAttrs, t.Len())
 	sizes := map[*fstree.Entry]int64{}
 	if err := t.Walk(func(e *fstree.Entry) error {
+		p := &pass[0]
+		if o.Settled != nil && !o.Settled(e) {
+			p = &pass[1]
+		}
 		switch {
 		case e.IsDir():
-			dirs = append(dirs, e)
+			p.dirs = append(p.dirs, e)
 		case e.IsSymlink():
-			links = append(links, e)
+			p.links = append(p.links, e)
 		case e.IsRegular():
 			n, err := t.Size(e)
 			if err != nil {
 				return err
 			}
 			sizes[e] = n
-			files = append(files, e)
+			p.files = append(p.files, e)
 		default:
 			st.Skipped = append(st.Skipped, e.Path)
 			return nil
@@ -113,7 +126,8 @@ func WriteExt4(ctx context.Context, path string, size int64, t *fstree.Tree, o E
 	}); err != nil {
 		return st, err
 	}
-	sort.SliceStable(files, func(i, j int) bool { return sizes[files[i]] < sizes[files[j]] })
+	sort.SliceStable(pass[0].files, func(i, j int) bool { return sizes[pass[0].files[i]] < sizes[pass[0].files[j]] })
+	sort.SliceStable(pass[1].files, func(i, j int) bool { return sizes[pass[1].files[i]] > sizes[pass[1].files[j]] })
 	total, done := int64(t.Len()), int64(len(st.Skipped))
 	tick := func() error {
 		if done++; done%256 == 0 || done == total {
@@ -124,50 +138,52 @@ func WriteExt4(ctx context.Context, path string, size int64, t *fstree.Tree, o E
 		}
 		return nil
 	}
-	for _, e := range dirs {
-		if e.Path != "" {
-			if err := fsys.Mkdir(e.Path); err != nil {
-				return st, fmt.Errorf("mkdir %s: %w", e.Path, err)
+	for _, p := range pass {
+		for _, e := range p.dirs {
+			if e.Path != "" {
+				if err := fsys.Mkdir(e.Path); err != nil {
+					return st, fmt.Errorf("mkdir %s: %w", e.Path, err)
+				}
+				st.Dirs++
 			}
-			st.Dirs++
-		}
-		if err := tick(); err != nil {
-			return st, err
-		}
-	}
-	for _, e := range links {
-		if err := fsys.Symlink(e.Target, e.Path); err != nil {
-			return st, fmt.Errorf("symlink %s: %w", e.Path, err)
-		}
-		st.Symlinks++
-		if err := tick(); err != nil {
-			return st, err
-		}
-	}
-	for _, e := range files {
-		data, err := t.Contents(e)
-		if err != nil {
-			return st, err
-		}
-		if e.Hardlink != "" {
-			st.HardlinksCopied++
-		}
-		fh, err := fsys.OpenFile(e.Path, os.O_CREATE|os.O_RDWR)
-		if err != nil {
-			return st, fmt.Errorf("create %s: %w", e.Path, err)
-		}
-		if len(data) > 0 {
-			if _, err := fh.Write(data); err != nil {
-				return st, fmt.Errorf("write %s: %w", e.Path, err)
+			if err := tick(); err != nil {
+				return st, err
 			}
 		}
-		if err := fh.Close(); err != nil {
-			return st, fmt.Errorf("close %s: %w", e.Path, err)
+		for _, e := range p.links {
+			if err := fsys.Symlink(e.Target, e.Path); err != nil {
+				return st, fmt.Errorf("symlink %s: %w", e.Path, err)
+			}
+			st.Symlinks++
+			if err := tick(); err != nil {
+				return st, err
+			}
 		}
-		st.Files++
-		st.Bytes += int64(len(data))
-		if err := tick(); err != nil {
-			return st, err
+		for _, e := range p.files {
+			data, err := t.Contents(e)
+			if err != nil {
+				return st, err
+			}
+			if e.Hardlink != "" {
+				st.HardlinksCopied++
+			}
+			fh, err := fsys.OpenFile(e.Path, os.O_CREATE|os.O_RDWR)
+			if err != nil {
+				return st, fmt.Errorf("create %s: %w", e.Path, err)
+			}
+			if len(data) > 0 {
+				if _, err := fh.Write(data); err != nil {
+					return st, fmt.Errorf("write %s: %w", e.Path, err)
+				}
+			}
+			if err := fh.Close(); err != nil {
+				return st, fmt.Errorf("close %s: %w", e.Path, err)
+			}
+			st.Files++
+			st.Bytes += int64(len(data))
+			if err := tick(); err != nil {
+				return st, err
+			}
 		}
 	}
 	if err := fsys.Close(); err != nil {
