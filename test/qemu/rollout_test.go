@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -442,13 +443,25 @@ func checkRollout(t *testing.T, u upCluster) {
 func (u upCluster) logStaging(t *testing.T, name string, nodes []string) {
 	t.Helper()
 	for _, n := range nodes {
-		stdout, _, err := u.run(2*time.Minute, "exec", n, "--", "sh", "-c", "journalctl -q --no-pager -u etcdbake-rollout | grep 'root-.: .* MiB written' | tail -1")
+		stdout, _, err := u.run(2*time.Minute, "exec", n, "--", "sh", "-c", "journalctl -q --no-pager -u etcdbake-rollout -o short-precise | grep 'stage: ' | tail -12")
 		if err != nil {
 			t.Errorf("%s: %s's journal: %v", name, n, err)
 			continue
 		}
-		_, line, _ := strings.Cut(strings.TrimSpace(stdout), "stage: ")
-		t.Logf("%s: %s staged %s", name, n, line)
+		// The last staging, step by step (where its time goes), then its root in a line.
+		lines := strings.Split(strings.TrimSpace(stdout), "\n")
+		for i := len(lines) - 1; i >= 0; i-- {
+			if strings.Contains(lines[i], "stage: release ") && strings.Contains(lines[i], " into slot ") {
+				lines = lines[i:]
+				break
+			}
+		}
+		t.Logf("%s: %s's last staging:\n%s", name, n, strings.Join(lines, "\n"))
+		for _, l := range lines {
+			if _, line, ok := strings.Cut(l, "stage: "); ok && regexp.MustCompile(`root-.: .* MiB written`).MatchString(line) {
+				t.Logf("%s: %s staged %s", name, n, line)
+			}
+		}
 		// What the verification of this boot waited for, and how long it took.
 		stdout, _, err = u.run(2*time.Minute, "exec", n, "--", "sh", "-c", "journalctl -q --no-pager -b -u etcdbake-verify-boot -o short-monotonic | grep -E 'verify-boot: (waiting|boot of)' | cut -c1-400 | tail -8")
 		if err == nil {
