@@ -419,22 +419,8 @@ func (o BuildOptions) meter(step string) func(done, total int64) {
 
 // ext4Size is the content plus room for metadata and a margin, in whole MiB.
 func ext4Size(t *fstree.Tree) int64 {
-	var bytes int64
-	n := int64(0)
-	_ = t.Walk(func(e *fstree.Entry) error {
-		n++
-		if e.IsRegular() {
-			if e.Source != "" {
-				if st, err := os.Stat(e.Source); err == nil {
-					bytes += (st.Size() + 4095) &^ 4095
-				}
-			} else {
-				bytes += (int64(len(e.Data)) + 4095) &^ 4095
-			}
-		}
-		return nil
-	})
-	size := bytes + bytes/4 + n*512 + 64*mib
+	bytes := fileBytes(t)
+	size := bytes + bytes/4 + int64(t.Len())*512 + 64*mib
 	return (size + mib - 1) &^ (mib - 1)
 }
 
@@ -444,18 +430,24 @@ func ext4Size(t *fstree.Tree) int64 {
 // have the same geometry, so the base's files keep their blocks (see settledIn).
 func rootFSSize(t *fstree.Tree) int64 {
 	const group = 128 * mib
+	bytes := fileBytes(t)
+	size := bytes + bytes/8 + int64(t.Len())*512 + 48*mib
+	return (size + group - 1) &^ (group - 1)
+}
+
+// fileBytes is what the tree's regular files take in 4 KiB blocks (a hard link is a copy
+// in the image, so it counts its contents again).
+func fileBytes(t *fstree.Tree) int64 {
 	var bytes int64
 	_ = t.Walk(func(e *fstree.Entry) error {
 		if e.IsRegular() {
-			n, err := t.Size(e)
-			if err == nil {
+			if n, err := t.Size(e); err == nil {
 				bytes += (n + 4095) &^ 4095
 			}
 		}
 		return nil
 	})
-	size := bytes + bytes/8 + int64(t.Len())*512 + 48*mib
-	return (size + group - 1) &^ (group - 1)
+	return bytes
 }
 
 func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput, tmp, rootImg string, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time, dataImg string) (Image, error) {

@@ -438,6 +438,10 @@ func checkRollout(t *testing.T, u upCluster) {
 	u.logStaging(t, "U1", nodes)
 }
 
+// rootWrittenLine is the agent's summary of a staged root ("stage: /dev/...root-b: 640 MiB
+// written in ...").
+var rootWrittenLine = regexp.MustCompile(`root-.: .* MiB written`)
+
 // logStaging logs each node's last staging of a root, from its agent's journal (how much
 // was downloaded, copied from the running slot, written as zeros; how long it took).
 func (u upCluster) logStaging(t *testing.T, name string, nodes []string) {
@@ -458,7 +462,7 @@ func (u upCluster) logStaging(t *testing.T, name string, nodes []string) {
 		}
 		t.Logf("%s: %s's last staging:\n%s", name, n, strings.Join(lines, "\n"))
 		for _, l := range lines {
-			if _, line, ok := strings.Cut(l, "stage: "); ok && regexp.MustCompile(`root-.: .* MiB written`).MatchString(line) {
+			if _, line, ok := strings.Cut(l, "stage: "); ok && rootWrittenLine.MatchString(line) {
 				t.Logf("%s: %s staged %s", name, n, line)
 			}
 		}
