@@ -29,10 +29,12 @@ import (
 //     so a power loss during the long download finds the ESP as it was;
 //  2. the root and node images are downloaded straight into the slot's partitions (their
 //     all-zero ranges written as zeros, not downloaded; the root's pieces the running
-//     slot holds copied from it), and their sha256 checked by reading the partitions
-//     back;
+//     slot holds copied from it), every piece checked against the release's digest of it
+//     before it is written (an image the release lists no piece digests for is read back
+//     and checked against its sha256 instead);
 //  3. every other entry of the target slot and its old kernel and initrd are removed,
-//     then the new kernel and initrd go to the ESP as .tmp files, checked, renamed;
+//     then the new kernel and initrd go to the ESP as .tmp files (copied from the running
+//     slot's when they are the same, else downloaded), checked, renamed;
 //  4. the staged release is recorded in the state directory (staged.json).
 //
 // While the partitions are written, an older entry of the target slot may still be on
@@ -155,12 +157,16 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 	if err := os.MkdirAll(kdir, 0o700); err != nil {
 		return nil, err
 	}
+	runningKdir := filepath.Join(esp, spec.SlotKernelDir(bi.Slot))
 	for _, f := range []struct {
 		name string
 		want spec.ReleaseFile
 	}{{"linux", m.Linux}, {"initrd", m.Initrd}} {
 		tmp := filepath.Join(kdir, f.name+".tmp")
-		if err := a.download(ctx, hc, base+f.name, tmp, 0o600, f.want, o.Progress); err != nil {
+		// A release that keeps the kernel (most do) needs no download of it.
+		if err := copyChecked(filepath.Join(runningKdir, f.name), tmp, f.want); err == nil {
+			a.logf("stage: %s: the running slot's (same sha256), copied", f.name)
+		} else if err := a.download(ctx, hc, base+f.name, tmp, 0o600, f.want, o.Progress); err != nil {
 			return nil, fmt.Errorf("stage: %s: %w", f.name, err)
 		}
 		if err := os.Rename(tmp, filepath.Join(kdir, f.name)); err != nil {
@@ -266,9 +272,11 @@ const stageBlock = 4 << 20
 // the running root holds (running, if set) are copied from it, and the rest is fetched
 // in range requests of up to stageBlock (a broken one is asked again). The
 // partition is written and read past the page cache (O_DIRECT) where the device allows
-// it: the image would otherwise push etcd's pages out of a small VM's memory. The sha256
-// is computed once, over what the partition holds after the write: it covers the
-// transfer and the disk together.
+// it: the image would otherwise push etcd's pages out of a small VM's memory. Every piece
+// of data, downloaded or copied, is checked against the release's digest of it before it
+// is written; a copied piece that does not match (the running slot is not what its node
+// partition says) is downloaded instead. Only an image whose release lists no piece
+// digests is read back after the write and checked against its sha256.
 func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string, running *runningRoot, dev string, want spec.ReleaseFile, progress func(string, int64, int64)) error {
 	// O_EXCL on a block device fails while it is mounted: the running slot is refused
 	// here even if the command line were wrong.
@@ -300,6 +308,34 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string,
 		i := off / spec.ZeroChunk
 		return src != nil && i < int64(len(want.Chunks)) && i < int64(len(running.chunks)) && want.Chunks[i] == running.chunks[i]
 	}
+	// pieces: the release has a digest of every piece, checked as the piece is written.
+	pieces := int64(len(want.Chunks)) == (want.Size+spec.ZeroChunk-1)/spec.ZeroChunk
+	// check compares the pieces in b (the image's bytes from off) with the release's
+	// digests; a copied piece that differs is downloaded into its place and checked again.
+	var refetched int64
+	check := func(off int64, b []byte, copied bool) error {
+		if !pieces {
+			return nil
+		}
+		for p := 0; p < len(b); p += spec.ZeroChunk {
+			piece := b[p:min(p+spec.ZeroChunk, len(b))]
+			i := (off + int64(p)) / spec.ZeroChunk
+			if spec.ChunkDigest(piece) == want.Chunks[i] {
+				continue
+			}
+			if !copied {
+				return fmt.Errorf("bytes %d-%d: their sha256 is not the release's digest of that piece: the transfer did not keep the image", off+int64(p), off+int64(p+len(piece))-1)
+			}
+			if err := a.fetchRange(ctx, hc, url, off+int64(p), piece, want.Size); err != nil {
+				return err
+			}
+			if spec.ChunkDigest(piece) != want.Chunks[i] {
+				return fmt.Errorf("bytes %d-%d: their sha256 is not the release's digest of that piece: the transfer did not keep the image", off+int64(p), off+int64(p+len(piece))-1)
+			}
+			refetched += int64(len(piece))
+		}
+		return nil
+	}
 	buf := alignedBuffer(stageBlock)
 	t0 := a.now()
 	var done, zeroed, copied int64
@@ -322,12 +358,16 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string,
 				zeroed += n
 			case copying:
 				if _, err = src.ReadAt(buf[:n], off); err == nil {
-					_, err = f.WriteAt(buf[:n], off)
+					if err = check(off, buf[:n], true); err == nil {
+						_, err = f.WriteAt(buf[:n], off)
+					}
 				}
 				copied += n
 			default:
 				if err = a.fetchRange(ctx, hc, url, off, buf[:n], want.Size); err == nil {
-					_, err = f.WriteAt(buf[:n], off)
+					if err = check(off, buf[:n], false); err == nil {
+						_, err = f.WriteAt(buf[:n], off)
+					}
 				}
 			}
 			if err == nil {
@@ -347,7 +387,13 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string,
 		return err
 	}
 	t1 := a.now()
-	// Read back what the partition holds.
+	copied -= refetched
+	if pieces {
+		a.logf("stage: %s: %d MiB written and every piece checked in %s (%d MiB downloaded, %d MiB copied from the running slot, %d MiB of zeros)",
+			dev, want.Size>>20, t1.Sub(t0).Round(time.Second), (want.Size-zeroed-copied)>>20, copied>>20, zeroed>>20)
+		return nil
+	}
+	// No piece digests: read back what the partition holds.
 	h := sha256.New()
 	for off := int64(0); off < want.Size; off += stageBlock {
 		n := min(stageBlock, want.Size-off)
@@ -506,6 +552,39 @@ func (a *Agent) download(ctx context.Context, hc *http.Client, url, path string,
 		return err
 	}
 	return f.Sync()
+}
+
+// copyChecked copies the file src to dst (created 0600, synced) when it is want: its
+// size and the sha256 of the bytes copied. On any error dst is removed.
+func copyChecked(src, dst string, want spec.ReleaseFile) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	if fi, err := in.Stat(); err != nil || fi.Size() != want.Size {
+		return fmt.Errorf("%s is not %d bytes", src, want.Size)
+	}
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(out, h), in); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
+		return fmt.Errorf("%s: sha256 %s, the release says %s", src, got, want.SHA256)
+	}
+	return out.Sync()
 }
 
 // fetch copies url to the start of w, checking size and sha256 over the stream. A

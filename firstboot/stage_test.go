@@ -35,6 +35,7 @@ type releaseServer struct {
 	mu       sync.Mutex
 	cut      map[string]int // wire name -> bytes before the first transfer is cut
 	ranges   []string       // Range headers seen
+	gets     []string       // every file asked for, in order
 	corrupt  string         // wire name served with one byte flipped
 }
 
@@ -92,6 +93,7 @@ func newReleaseServerID(t *testing.T, fc *fbCluster, node string, rootSize int, 
 			return
 		}
 		rs.mu.Lock()
+		rs.gets = append(rs.gets, name)
 		if rg := r.Header.Get("Range"); rg != "" {
 			rs.ranges = append(rs.ranges, name+" "+rg)
 		}
@@ -282,7 +284,19 @@ func TestStageRefusals(t *testing.T) {
 	o.URL = rs.url
 	rs.corrupt = "node"
 	_, err := a.Stage(ctx, o)
-	check("corrupt node image", err, "sha256")
+	check("corrupt node image", err, "release's digest of that piece")
+	// A release without piece digests: the partition is read back and its sha256 checked.
+	withPieces := rs.manifest
+	node := rs.manifest.Nodes["m1"]
+	node.Node.Chunks = nil
+	rs.manifest.Nodes = map[string]spec.ReleaseNode{"m1": node}
+	rs.files[spec.ReleaseManifestName], _ = json.Marshal(rs.manifest)
+	o = stageEnv(t, a, "a", 8<<20)
+	o.URL = rs.url
+	_, err = a.Stage(ctx, o)
+	check("corrupt node image without piece digests", err, "read back sha256")
+	rs.manifest = withPieces
+	rs.files[spec.ReleaseManifestName], _ = json.Marshal(rs.manifest)
 	rs.corrupt = ""
 
 	o = stageEnv(t, a, "a", 1<<20)
@@ -309,9 +323,10 @@ func TestStageRefusals(t *testing.T) {
 
 // TestStageCopiesPiecesOfTheRunningRoot: a node whose running slot's node partition
 // describes its root (spec.RootPiecesName) takes a release whose root differs in one MiB
-// by copying every other piece from its running slot and downloading that one; if the
-// running slot does not hold what its node partition says, the result fails its
-// read-back and the whole root is downloaded.
+// by copying every other piece from its running slot and downloading that one, and
+// copies the kernel and initrd from the running slot's when the release has the same.
+// A piece or file the running slot does not hold as the release says (its digest
+// differs) is downloaded instead, and only that one.
 func TestStageCopiesPiecesOfTheRunningRoot(t *testing.T) {
 	fc := newFBClusterN(t, "stgc", 1, 81)
 	a := fc.agents["m1"]
@@ -342,25 +357,36 @@ func TestStageCopiesPiecesOfTheRunningRoot(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name    string
-		corrupt bool // the running slot's root no longer holds release 1's MiB 7
+		corrupt bool // the running slot's root no longer holds release 1's MiB 7, nor its initrd
 		want    []string
+		fetched []string // the files asked for besides the manifest, node and root
 	}{
-		{"pieces copied", false, []string{"bytes=5242880-6291455"}},
-		{"running slot changed", true, []string{"bytes=5242880-6291455", "bytes=0-1048575", "bytes=3145728-7340031", "bytes=7340032-9437183"}},
+		{"pieces copied", false, []string{"bytes=5242880-6291455"}, nil},
+		{"running slot changed", true, []string{"bytes=5242880-6291455", "bytes=7340032-8388607"}, []string{"initrd"}},
 	} {
 		rs2 := newReleaseServerID(t, fc, "m1", 9<<20, "2222222222"+fmt.Sprint(len(tc.name)))
 		rs2.files["root"] = root2
 		rs2.manifest.Root = releaseFile("root", root2)
 		rs2.manifest.Root.Zeros = rs1.manifest.Root.Zeros
+		for _, k := range []string{"linux", "initrd"} { // the same kernel as release 1
+			rs2.files[k] = rs1.files[k]
+		}
+		rs2.manifest.Linux, rs2.manifest.Initrd = rs1.manifest.Linux, rs1.manifest.Initrd
 		rs2.files[spec.ReleaseManifestName], _ = json.Marshal(rs2.manifest)
 		o2 := stageEnv(t, a, "b", 12<<20) // now running slot b, release 1
 		a.BootPaths.Node = nodeDir
 		o2.URL = rs2.url
 		o2.Devices["root-b"] = o1.Devices["root-b"]
+		kdir := filepath.Join(a.BootPaths.ESP, spec.SlotKernelDir("b"))
+		os.MkdirAll(kdir, 0o755)
+		for _, k := range []string{"linux", "initrd"} { // what staging release 1 put there
+			os.WriteFile(filepath.Join(kdir, k), rs1.files[k], 0o600)
+		}
 		if tc.corrupt {
 			f, _ := os.OpenFile(o1.Devices["root-b"], os.O_RDWR, 0)
 			f.WriteAt([]byte("changed"), 7<<20)
 			f.Close()
+			os.WriteFile(filepath.Join(kdir, "initrd"), bytes.Repeat([]byte{1}, len(rs1.files["initrd"])), 0o600)
 		}
 		st, err := a.Stage(ctx, o2)
 		if err != nil {
@@ -371,6 +397,20 @@ func TestStageCopiesPiecesOfTheRunningRoot(t *testing.T) {
 		}
 		if got := rootRanges(rs2); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: root fetched as %v, want %v", tc.name, got, tc.want)
+		}
+		var fetched []string
+		for _, g := range rs2.gets {
+			if g == "linux" || g == "initrd" {
+				fetched = append(fetched, g)
+			}
+		}
+		if !slices.Equal(fetched, tc.fetched) {
+			t.Errorf("%s: kernel files fetched %v, want %v", tc.name, fetched, tc.fetched)
+		}
+		for _, k := range []string{"linux", "initrd"} {
+			if b, _ := os.ReadFile(filepath.Join(a.BootPaths.ESP, spec.SlotKernelDir("a"), k)); !bytes.Equal(b, rs2.files[k]) {
+				t.Errorf("%s: slot a's %s on the ESP is not the release's", tc.name, k)
+			}
 		}
 		b, _ := os.ReadFile(o2.Devices["root-a"])
 		if !bytes.Equal(b[:len(root2)], root2) {
