@@ -101,6 +101,15 @@ func TestIgnitionApply(t *testing.T) {
 				t.Fatalf("no preset file recording unit enablement: %v", err)
 			}
 			for _, u := range cfg.Systemd.Units {
+				for _, d := range u.Dropins {
+					got, err := os.ReadFile(filepath.Join(root, "etc/systemd/system", u.Name+".d", d.Name))
+					if err != nil || string(got) != *d.Contents {
+						t.Errorf("drop-in %s of %s not written as in the config: %v", d.Name, u.Name, err)
+					}
+				}
+				if u.Contents == nil {
+					continue
+				}
 				got, err := os.ReadFile(filepath.Join(root, "etc/systemd/system", u.Name))
 				if err != nil || string(got) != *u.Contents {
 					t.Errorf("unit %s not written as in the config: %v", u.Name, err)

@@ -63,6 +63,12 @@ func ownedBy(c *spec.Cluster) (owned, error) {
 		o.paths[l.Path] = true
 	}
 	for _, u := range cfg.Systemd.Units {
+		if u.Contents == nil { // a drop-in to the distribution's unit: only the drop-in is etcdbake's
+			for _, d := range u.Dropins {
+				o.paths[unitDir+u.Name+".d/"+d.Name] = true
+			}
+			continue
+		}
 		o.units[u.Name] = true
 	}
 	for _, u := range cfg.Passwd.Users {

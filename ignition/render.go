@@ -226,6 +226,11 @@ func (b *builder) unit(name string, contents []byte, enabled bool) {
 	b.cfg.Systemd.Units = append(b.cfg.Systemd.Units, u)
 }
 
+// dropin adds a drop-in to a unit etcdbake does not own (the distribution's).
+func (b *builder) dropin(unit, name string, contents []byte) {
+	b.cfg.Systemd.Units = append(b.cfg.Systemd.Units, types.Unit{Name: unit, Dropins: []types.Dropin{{Name: name, Contents: ptr(string(contents))}}})
+}
+
 // dataURL encodes small text files readably (percent-encoding) as Butane does.
 func dataURL(data []byte) string {
 	return "data:," + url.PathEscape(string(data))
@@ -318,6 +323,9 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 		b.cfg.Storage.Files = append(b.cfg.Storage.Files, f)
 	}
 
+	for _, u := range []string{"chrony.service", "chronyd.service"} {
+		b.dropin(u, "10-etcdbake.conf", ChronyDropin())
+	}
 	b.unit(FirstbootUnit, FirstbootService(c), true)
 	b.unit(EtcdUnit, EtcdService(c), true)
 	b.unit(ReadyUnit, ReadyService(c), true)

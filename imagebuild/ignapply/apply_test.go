@@ -49,6 +49,17 @@ func TestApplyIgnitionMatchesIgnitionApply(t *testing.T) {
 	var enabled []string
 	extras := map[string]string{}
 	for _, u := range cfg.Systemd.Units {
+		for _, d := range u.Dropins {
+			if e, ok := mine.Get("etc/systemd/system/" + u.Name + ".d/" + d.Name); !ok || string(e.Data) != *d.Contents {
+				t.Errorf("drop-in %s of %s not written", d.Name, u.Name)
+			}
+		}
+		if u.Contents == nil {
+			if len(u.Dropins) == 0 {
+				t.Errorf("unit %s has neither contents nor drop-ins", u.Name)
+			}
+			continue
+		}
 		if e, ok := mine.Get("etc/systemd/system/" + u.Name); !ok || string(e.Data) != *u.Contents {
 			t.Errorf("unit %s not written", u.Name)
 		}
