@@ -456,7 +456,7 @@ func (h health) follower() string {
 	return names[0]
 }
 
-func (f *faultEnv) client(t *testing.T, endpoints ...string) *clientv3.Client {
+func (f *faultEnv) client(t testing.TB, endpoints ...string) *clientv3.Client {
 	t.Helper()
 	if len(endpoints) == 0 {
 		for _, n := range f.cl.Nodes() {
@@ -487,7 +487,7 @@ func (f *faultEnv) ready(node string) bool {
 
 // look returns the cluster's health, or what is missing: all spec nodes are started,
 // voting members (no others), each answers /readyz, and all agree on one leader.
-func (f *faultEnv) look(t *testing.T) (health, string) {
+func (f *faultEnv) look(t testing.TB) (health, string) {
 	h := health{ids: map[string]uint64{}}
 	cli := f.client(t)
 	defer cli.Close()
@@ -532,7 +532,7 @@ func (f *faultEnv) look(t *testing.T) (health, string) {
 }
 
 // waitHealthy waits until look (and extra, when given) finds nothing missing.
-func (f *faultEnv) waitHealthy(t *testing.T, what string, limit time.Duration, extra func(health) string) (time.Duration, health) {
+func (f *faultEnv) waitHealthy(t testing.TB, what string, limit time.Duration, extra func(health) string) (time.Duration, health) {
 	t.Helper()
 	t0 := time.Now()
 	for {
@@ -597,7 +597,7 @@ func (f *faultEnv) waitNewLeader(t *testing.T, old string, limit time.Duration) 
 }
 
 // leases maps each node to its flannel subnet (by the lease's PublicIP).
-func (f *faultEnv) leases(t *testing.T) (map[string]string, error) {
+func (f *faultEnv) leases(t testing.TB) (map[string]string, error) {
 	cli := f.client(t)
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
@@ -628,7 +628,7 @@ func (f *faultEnv) leases(t *testing.T) (map[string]string, error) {
 }
 
 // waitLeases waits until every node holds exactly one flannel lease.
-func (f *faultEnv) waitLeases(t *testing.T, limit time.Duration) map[string]string {
+func (f *faultEnv) waitLeases(t testing.TB, limit time.Duration) map[string]string {
 	t.Helper()
 	t0 := time.Now()
 	for {
@@ -775,7 +775,7 @@ func (f *faultEnv) exec(t *testing.T, node, script string) string {
 
 // journals is the end of etcd-firstboot's and etcd's journal on every running node, for
 // failure messages.
-func (f *faultEnv) journals(t *testing.T) string {
+func (f *faultEnv) journals(t testing.TB) string {
 	var b strings.Builder
 	for _, n := range f.cl.Nodes() {
 		ctx, cancel := context.WithTimeout(f.ctx, 30*time.Second)
