@@ -45,7 +45,7 @@ func TestUpDown(t *testing.T) {
 		cmd.Stdout, cmd.Stderr = &so, &se
 		start := time.Now()
 		err := cmd.Run()
-		t.Logf("etcdbake %s (%s, %v):\n%s%s", strings.Join(args, " "), time.Since(start).Round(100*time.Millisecond), err, se.String(), so.String())
+		t.Logf("%s etcdbake %s (%s, %v):\n%s%s", start.Format("15:04:05"), strings.Join(args, " "), time.Since(start).Round(100*time.Millisecond), err, se.String(), so.String())
 		return so.String(), se.String(), err
 	}
 	t.Cleanup(func() { run(time.Minute, "down", "--purge") })
