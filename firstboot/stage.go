@@ -120,7 +120,7 @@ func (a *Agent) Stage(ctx context.Context, o StageOptions) (*Staged, error) {
 	var running *runningRoot
 	var have spec.ReleaseFile
 	if ok, _ := readJSON(filepath.Join(a.BootPaths.withDefaults().Node, spec.RootPiecesName), &have); ok && len(have.Chunks) > 0 {
-		running = &runningRoot{path: dev(spec.RootLabel(bi.Slot)), chunks: have.Chunks}
+		running = &runningRoot{path: dev(spec.RootLabel(bi.Slot)), chunks: have.Chunks, hash: have.ChunkHash}
 	}
 
 	// 1. Nothing may boot the target slot next while it is being written.
@@ -306,7 +306,7 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string,
 	// local says whether the piece at off can be copied from the running slot.
 	local := func(off int64) bool {
 		i := off / spec.ZeroChunk
-		return src != nil && i < int64(len(want.Chunks)) && i < int64(len(running.chunks)) && want.Chunks[i] == running.chunks[i]
+		return src != nil && running.hash == want.ChunkHash && i < int64(len(want.Chunks)) && i < int64(len(running.chunks)) && want.Chunks[i] == running.chunks[i]
 	}
 	// pieces: the release has a digest of every piece, checked as the piece is written.
 	pieces := int64(len(want.Chunks)) == (want.Size+spec.ZeroChunk-1)/spec.ZeroChunk
@@ -320,7 +320,7 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string,
 		for p := 0; p < len(b); p += spec.ZeroChunk {
 			piece := b[p:min(p+spec.ZeroChunk, len(b))]
 			i := (off + int64(p)) / spec.ZeroChunk
-			if spec.ChunkDigest(piece) == want.Chunks[i] {
+			if want.PieceDigest(piece) == want.Chunks[i] {
 				continue
 			}
 			if !copied {
@@ -329,7 +329,7 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string,
 			if err := a.fetchRange(ctx, hc, url, off+int64(p), piece, want.Size); err != nil {
 				return err
 			}
-			if spec.ChunkDigest(piece) != want.Chunks[i] {
+			if want.PieceDigest(piece) != want.Chunks[i] {
 				return fmt.Errorf("bytes %d-%d: their sha256 is not the release's digest of that piece: the transfer did not keep the image", off+int64(p), off+int64(p+len(piece))-1)
 			}
 			refetched += int64(len(piece))
@@ -456,6 +456,7 @@ func openDirect(path string, flag int, size int64) (*os.File, error) {
 type runningRoot struct {
 	path   string
 	chunks []string
+	hash   string // their ReleaseFile.ChunkHash
 }
 
 // alignedBuffer is a buffer of n bytes at a directAlign boundary.

@@ -133,7 +133,7 @@ func newReleaseServerID(t *testing.T, fc *fbCluster, node string, rootSize int, 
 // releaseFile describes data as the image build does (without Zeros).
 func releaseFile(name string, data []byte) spec.ReleaseFile {
 	s := sha256.Sum256(data)
-	f := spec.ReleaseFile{Path: name, Size: int64(len(data)), SHA256: hex.EncodeToString(s[:])}
+	f := spec.ReleaseFile{Path: name, Size: int64(len(data)), SHA256: hex.EncodeToString(s[:]), ChunkHash: spec.ChunkXXH64}
 	for off := 0; off < len(data); off += spec.ZeroChunk {
 		f.Chunks = append(f.Chunks, spec.ChunkDigest(data[off:min(off+spec.ZeroChunk, len(data))]))
 	}

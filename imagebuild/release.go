@@ -164,7 +164,7 @@ func digestRelease(rel, path string) (ReleaseFile, error) {
 		return ReleaseFile{}, err
 	}
 	defer f.Close()
-	rf := ReleaseFile{Path: rel}
+	rf := ReleaseFile{Path: rel, ChunkHash: spec.ChunkXXH64}
 	h := sha256.New()
 	buf := make([]byte, spec.ZeroChunk)
 	zero := make([]byte, spec.ZeroChunk)
