@@ -230,10 +230,6 @@ func Modules(c *spec.Cluster) []byte {
 	case "ipip":
 		mods += "ipip\n"
 	}
-	// flanneld's iptables rules (iptables-nft: the nat table's MASQUERADE, marks and
-	// comments) would otherwise load these one by one, each a modprobe the kernel
-	// starts, while flanneld waits; systemd-modules-load loads them early in one process.
-	mods += "nf_tables\nnft_compat\nnft_chain_nat\nnf_nat\nnf_conntrack\nxt_MASQUERADE\nxt_mark\nxt_comment\n"
 	return []byte(header("kernel modules flanneld needs") + mods)
 }
 
