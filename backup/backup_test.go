@@ -18,6 +18,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
 	"github.com/etcdbake/etcdbake/internal/testcluster"
@@ -77,6 +78,47 @@ func (f *fixture) write(t *testing.T, prefix string, n int) (map[string]string, 
 	return want, rev
 }
 
+// holdLock takes the cluster's reboot lock under a 5-minute lease (as a scheduled
+// snapshot does) and has a second session wait for it; the returned func stops waiting.
+func holdLock(t *testing.T, cli *clientv3.Client) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var sessions [2]*concurrency.Session
+	for i := range sessions {
+		s, err := concurrency.NewSession(cli, concurrency.WithTTL(300), concurrency.WithContext(ctx))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sessions[i] = s
+	}
+	if err := concurrency.NewMutex(sessions[0], spec.RolloutLockPrefix).Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan error, 1)
+	go func() { waiting <- concurrency.NewMutex(sessions[1], spec.RolloutLockPrefix).Lock(ctx) }()
+	for {
+		r, err := cli.Get(ctx, spec.RolloutLockPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Count == 2 {
+			break
+		}
+		select {
+		case err := <-waiting:
+			t.Fatalf("the second session did not wait for the lock: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return func() {
+		for _, s := range sessions {
+			s.Orphan() // the leases live on, as a crashed holder's would
+		}
+		cancel()
+		<-waiting
+	}
+}
+
 func TestSaveVerifyRestore(t *testing.T) {
 	f := start(t, "snap", 60)
 	ctx := context.Background()
@@ -90,6 +132,8 @@ func TestSaveVerifyRestore(t *testing.T) {
 	if _, err := f.cli.Compact(ctx, r.Header.Revision-50, clientv3.WithCompactPhysical()); err != nil {
 		t.Fatal(err)
 	}
+	// The reboot lock is held, as a scheduled snapshot holds it, and a node waits for it.
+	locked := holdLock(t, f.cli)
 	_, rev := f.write(t, "/k2", 20)
 	all, err := f.cli.Get(ctx, "/", clientv3.WithPrefix())
 	if err != nil {
@@ -97,7 +141,12 @@ func TestSaveVerifyRestore(t *testing.T) {
 	}
 	want = map[string]string{}
 	for _, kv := range all.Kvs {
-		want[string(kv.Key)] = string(kv.Value)
+		if !strings.HasPrefix(string(kv.Key), spec.RolloutLockPrefix) {
+			want[string(kv.Key)] = string(kv.Value)
+		}
+	}
+	if len(want) != len(all.Kvs)-2 {
+		t.Fatalf("%d keys, %d outside the lock: want the lock's holder and waiter", len(all.Kvs), len(want))
 	}
 	ml, err := f.cli.MemberList(ctx)
 	if err != nil {
@@ -111,7 +160,7 @@ func TestSaveVerifyRestore(t *testing.T) {
 		t.Fatalf("Save: %v", err)
 	}
 	t.Logf("saved revision %d (%d keys, %d bytes, from %s) in %s", m.Revision, m.Keys, m.Size, m.From, time.Since(t0).Round(time.Millisecond))
-	if m.Revision != rev || m.Keys != len(want) || m.Cluster != c.Name || m.ClusterID != fmt.Sprintf("%x", ml.Header.ClusterId) || len(m.Members) != 3 || m.CompactRevision != r.Header.Revision-50 {
+	if m.Revision != rev || m.Keys != len(all.Kvs) || m.Cluster != c.Name || m.ClusterID != fmt.Sprintf("%x", ml.Header.ClusterId) || len(m.Members) != 3 || m.CompactRevision != r.Header.Revision-50 {
 		t.Fatalf("manifest %+v: want revision %d, %d keys, cluster %s/%x, 3 members, compacted at %d", m, rev, len(want), c.Name, ml.Header.ClusterId, r.Header.Revision-50)
 	}
 	hr, err := f.cli.HashKV(ctx, c.ClientEndpoints()[0], m.Revision)
@@ -147,6 +196,7 @@ func TestSaveVerifyRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	lastSeen := seen.Header.Revision
+	locked()
 	f.cli.Close()
 
 	// Every member loses its data.
@@ -215,6 +265,15 @@ func TestSaveVerifyRestore(t *testing.T) {
 		if !ids[mem.ID] || mem.IsLearner {
 			t.Errorf("restored member %s %x (learner %v): not one of the old voters", mem.Name, mem.ID, mem.IsLearner)
 		}
+	}
+	// Nobody holds or waits for the reboot lock in the restored cluster.
+	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if err := concurrency.NewMutex(sess, spec.RolloutLockPrefix).TryLock(ctx); err != nil {
+		t.Errorf("the reboot lock in the restored cluster: %v; want it free", err)
 	}
 	// A watcher resuming after the last revision it saw is told it was compacted.
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)

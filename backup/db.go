@@ -20,11 +20,15 @@ import (
 	"os"
 	"path/filepath"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/etcdutl/v3/snapshot"
+	"go.etcd.io/etcd/pkg/v3/traceutil"
 	"go.etcd.io/etcd/server/v3/lease"
 	"go.etcd.io/etcd/server/v3/storage/backend"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
 	"go.uber.org/zap"
+
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 // dbInfo is what a database file says about itself.
@@ -100,8 +104,14 @@ func withHashes(path, scratch string, fn func(mvcc.HashStorage) error) (err erro
 		return err
 	}
 	defer os.RemoveAll(work)
-	cp := filepath.Join(work, "db")
-	if err := copyPrefix(path, cp, -sha256.Size); err != nil {
+	return withStore(path, filepath.Join(work, "db"), func(s mvcc.KV) error { return fn(s.HashStorage()) })
+}
+
+// withStore copies the database path (without etcd's trailing checksum) to dst, which
+// must not exist, opens the copy with etcd's backend and MVCC store and hands the store
+// to fn; what fn writes is committed to dst.
+func withStore(path, dst string, fn func(mvcc.KV) error) (err error) {
+	if err := copyPrefix(path, dst, -sha256.Size); err != nil {
 		return err
 	}
 	// etcd's backend and store panic on what they cannot read; bbolt's check has already
@@ -111,11 +121,34 @@ func withHashes(path, scratch string, fn func(mvcc.HashStorage) error) (err erro
 			err = fmt.Errorf("etcd cannot read the database: %v", r)
 		}
 	}()
-	be := backend.NewDefaultBackend(zap.NewNop(), cp)
+	be := backend.NewDefaultBackend(zap.NewNop(), dst)
 	defer be.Close()
 	s := mvcc.NewStore(zap.NewNop(), be, &lease.FakeLessor{}, mvcc.StoreConfig{})
 	defer s.Close()
-	return fn(s.HashStorage())
+	if err := fn(s); err != nil {
+		return err
+	}
+	be.ForceCommit()
+	return nil
+}
+
+// withoutLocks writes to dst the database path without the cluster's reboot lock: the
+// keys under spec.RolloutLockPrefix, which a snapshot taken on schedule always holds (the
+// snapshot is taken under the lock) and a rollout may too (nodes waiting for it). In a
+// restored cluster nobody holds them any more, but their leases live on for their TTL
+// (5 minutes for a snapshot, a rollout's timeout for a waiting node) and keep every
+// rollout, snapshot and defragmentation of the new cluster waiting. It returns how many
+// keys it removed.
+func withoutLocks(path, dst string) (removed int64, err error) {
+	err = withStore(path, dst, func(s mvcc.KV) error {
+		start := []byte(spec.RolloutLockPrefix)
+		end := []byte(clientv3.GetPrefixRangeEnd(spec.RolloutLockPrefix))
+		txn := s.Write(traceutil.TODO())
+		defer txn.End()
+		removed, _ = txn.DeleteRange(start, end)
+		return nil
+	})
+	return removed, err
 }
 
 // copyPrefix copies src to dst, leaving out the last -trim bytes (trim <= 0).

@@ -22,7 +22,8 @@ const RevisionBump = 1_000_000_000
 // Restore verifies the snapshot file path (Verify, against want), then builds the etcd
 // data directory of every member of c with etcdutl's restore: the spec's initial cluster
 // and token, so each member keeps the ID it was given at the static bootstrap and the
-// cluster its expected ID; the revision bumped by RevisionBump and marked compacted.
+// cluster its expected ID; the revision bumped by RevisionBump and marked compacted; no
+// key of the cluster's reboot lock (withoutLocks).
 // dataDirs maps each node to its data directory, which must not exist or be empty. Each
 // is built beside its place and renamed into it only when all are built: on error no
 // data directory is left (and none existing is touched).
@@ -59,7 +60,11 @@ func Restore(ctx context.Context, path string, c *spec.Cluster, want Expect, dat
 	if err != nil {
 		return nil, err
 	}
-	db := filepath.Join(scratch, spec.SnapshotDBName)
+	// The snapshot's reboot lock is left behind: nobody in the restored cluster holds it.
+	db := filepath.Join(scratch, "unlocked.db")
+	if _, err := withoutLocks(filepath.Join(scratch, spec.SnapshotDBName), db); err != nil {
+		return nil, fmt.Errorf("%s: releasing the reboot lock the snapshot holds: %w", path, err)
+	}
 
 	built := map[string]string{} // node -> its data dir built beside its place
 	defer func() {
@@ -91,6 +96,8 @@ func Restore(ctx context.Context, path string, c *spec.Cluster, want Expect, dat
 			InitialClusterToken: c.Etcd.Token,
 			RevisionBump:        RevisionBump,
 			MarkCompacted:       true,
+			// verified above, then rewritten without the lock (no trailing checksum)
+			SkipHashCheck: true,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("restoring member %s: %w", n.Name, err)
