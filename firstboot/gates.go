@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -158,60 +159,115 @@ func peerNames(nc *spec.NodeConfig) []string {
 	return out
 }
 
+// handOffTries is how many times HandOffLeadership asks the leader to transfer: raft
+// gives up a transfer that the target has not completed within an election timeout, which
+// a member that is busy (just rebooted, or emulated) can miss once.
+const handOffTries = 3
+
 // HandOffLeadership moves leadership away from this member, if it leads, to the voting
-// member with the highest applied index, and waits until that member leads. It returns
-// the new leader's ID, or 0 when this member did not lead.
+// member with the highest applied index among those that answer, and waits until another
+// member leads. It returns the new leader's ID, or 0 when this member did not lead.
+// Every step has its own time bound (a slow peer's Status does not eat the transfer's
+// time), and a transfer that raft gave up is asked for again, handOffTries times in all.
 func (a *Agent) HandOffLeadership(ctx context.Context, cli *clientv3.Client) (uint64, error) {
 	local, err := a.client([]string{a.Cfg.LocalClientURL}) // MoveLeader goes to the leader itself
 	if err != nil {
 		return 0, err
 	}
 	defer local.Close()
-	cctx, cancel := context.WithTimeout(ctx, 4*a.dialTimeout())
-	defer cancel()
-	st, err := local.Status(cctx, a.Cfg.LocalClientURL)
+	localStatus := func() (*clientv3.StatusResponse, error) {
+		return withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) {
+			return local.Status(c, a.Cfg.LocalClientURL)
+		})
+	}
+	st, err := localStatus()
 	if err != nil {
 		return 0, fmt.Errorf("local status: %w", err)
 	}
-	if st.Leader != st.Header.MemberId {
+	self := st.Header.MemberId
+	if st.Leader != self {
 		return 0, nil
 	}
-	ml, err := cli.MemberList(cctx)
+	ml, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.MemberListResponse, error) { return cli.MemberList(c) })
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("member list: %w", err)
 	}
-	var to uint64
-	var best uint64
+	// The candidates' Status, asked in parallel, each with statusPatience dial timeouts.
+	type candidate struct {
+		id      uint64
+		applied uint64
+		err     error
+	}
+	var wg sync.WaitGroup
+	cands := make([]candidate, 0, len(ml.Members))
 	for _, m := range ml.Members {
-		if m.ID == st.Header.MemberId || m.IsLearner || m.Name == "" {
+		if m.ID != self && !m.IsLearner && m.Name != "" {
+			cands = append(cands, candidate{id: m.ID})
+			wg.Add(1)
+			go func(c *candidate, ep string) {
+				defer wg.Done()
+				ms, err := withTimeout(ctx, statusPatience*a.dialTimeout(), func(cc context.Context) (*clientv3.StatusResponse, error) { return cli.Status(cc, ep) })
+				switch {
+				case err != nil:
+					c.err = err
+				case len(ms.Errors) > 0:
+					c.err = errors.New(strings.Join(ms.Errors, "; "))
+				default:
+					c.applied = ms.RaftAppliedIndex
+				}
+			}(&cands[len(cands)-1], memberEndpoint(m))
+		}
+	}
+	wg.Wait()
+	var to, best uint64
+	var why []string
+	for _, c := range cands {
+		if c.err != nil {
+			why = append(why, fmt.Sprintf("%x: %v", c.id, c.err))
 			continue
 		}
-		ms, err := cli.Status(cctx, memberEndpoint(m))
-		if err != nil || len(ms.Errors) > 0 {
-			continue
-		}
-		if to == 0 || ms.RaftAppliedIndex > best {
-			to, best = m.ID, ms.RaftAppliedIndex
+		if to == 0 || c.applied > best {
+			to, best = c.id, c.applied
 		}
 	}
 	if to == 0 {
-		return 0, errors.New("no healthy voting member to hand leadership to")
+		return 0, fmt.Errorf("no healthy voting member to hand leadership to (%s)", strings.Join(why, "; "))
 	}
-	if _, err := local.MoveLeader(cctx, to); err != nil {
-		return 0, fmt.Errorf("moving leadership to %x: %w", to, err)
-	}
-	for {
-		st, err := local.Status(cctx, a.Cfg.LocalClientURL)
-		if err == nil && st.Leader == to {
-			a.logf("rollout: leadership moved to %x", to)
-			return to, nil
+	var last error
+	for try := 1; try <= handOffTries; try++ {
+		last = nil
+		_, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.MoveLeaderResponse, error) { return local.MoveLeader(c, to) })
+		if err != nil {
+			last = fmt.Errorf("moving leadership to %x: %w", to, err)
 		}
-		select {
-		case <-cctx.Done():
-			return 0, fmt.Errorf("leadership did not move to %x: %w", to, cctx.Err())
-		case <-time.After(100 * time.Millisecond):
+		// Whatever the answer, the leader's own view decides: raft may have completed the
+		// transfer after the call's deadline, or given it up after a success was sent.
+		wait, cancel := context.WithTimeout(ctx, 4*a.dialTimeout())
+		for {
+			st, err := local.Status(wait, a.Cfg.LocalClientURL)
+			if err == nil && st.Leader != self && st.Leader != 0 {
+				cancel()
+				a.logf("rollout: leadership moved to %x", st.Leader)
+				return st.Leader, nil
+			}
+			if wait.Err() != nil {
+				break
+			}
+			select {
+			case <-wait.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
+		cancel()
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		if last == nil {
+			last = fmt.Errorf("leadership did not move to %x", to)
+		}
+		a.logf("rollout: handing leadership to %x, try %d of %d: %v", to, try, handOffTries, last)
 	}
+	return 0, last
 }
 
 // CompareHash checks that this member holds the same data as a peer: both members'

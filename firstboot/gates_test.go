@@ -83,6 +83,27 @@ func TestRebootGateAndHandOff(t *testing.T) {
 	if _, err := a1.RebootGate(ctx, cli); err == nil || !strings.Contains(err.Error(), "m3 (") || !strings.Contains(err.Error(), "does not answer") {
 		t.Errorf("gate with m3 down: %v", err)
 	}
+
+	// With a member down, the leader still hands leadership to the one that answers.
+	var lead string
+	for deadline := time.Now().Add(30 * time.Second); lead == ""; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no leader among m1 and m2 within 30s of stopping m3")
+		}
+		for _, n := range []string{"m1", "m2"} {
+			if st, err := cli.Status(ctx, fc.agents[n].Cfg.LocalClientURL); err == nil && st.Leader == st.Header.MemberId {
+				lead = n
+			}
+		}
+	}
+	other := map[string]string{"m1": "m2", "m2": "m1"}[lead]
+	voters, _ = fc.members(ctx)
+	t0 := time.Now()
+	to, err = fc.agents[lead].HandOffLeadership(ctx, agentClient(t, fc.agents[lead]))
+	if err != nil || to != voters[other] {
+		t.Fatalf("hand-off by %s with m3 down: to %x, %v; want %s (%x)", lead, to, err, other, voters[other])
+	}
+	t.Logf("with m3 down, %s handed leadership to %s in %s", lead, other, time.Since(t0).Round(time.Millisecond))
 }
 
 // TestRolloutLock: one holder at a time, in order; the holder's lock survives its
