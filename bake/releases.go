@@ -42,5 +42,7 @@ func ReleaseServer(c *spec.Cluster, pkiDir, releasesDir string, log func(pxe.Acc
 	if err != nil {
 		return nil, err
 	}
-	return &http.Server{Handler: h, TLSConfig: conf, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}, nil
+	// The header timeout bounds the TLS handshake too: an emulated node that has just
+	// started staging beside two others can take more than 10 s for it.
+	return &http.Server{Handler: h, TLSConfig: conf, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}, nil
 }
