@@ -76,6 +76,9 @@ systemd:
 // Then T-AB (checkABSlots) tries a bad entry, which falls back by itself.
 func TestBootOneNodeImage(t *testing.T) {
 	requireQEMU(t)
+	// With TestPXEInstall, after the 3-node tests: neither measures time against a bound
+	// (T-AB's slow boot fails its gate anyway), and one VM here shares the machine well.
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	dir := t.TempDir()

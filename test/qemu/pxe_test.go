@@ -29,6 +29,7 @@ import (
 // /boot.ipxe with ${mac}; on a real network the one NIC does both.
 func TestPXEInstall(t *testing.T) {
 	requireQEMU(t)
+	t.Parallel() // with TestBootOneNodeImage (see there)
 	pxeInstall(t, false)
 }
 
