@@ -46,9 +46,26 @@ type outputFormat struct {
 // Image.Files in this order).
 var formats = []outputFormat{
 	{Name: "raw", Suffix: ".raw"},
-	{Name: "qcow2", Suffix: ".qcow2", Write: func(ctx context.Context, raw, out string, meter func(done, total int64)) error {
-		return disk.ConvertQCOW2(ctx, raw, out, true, meter) // compressed: about half the size
-	}},
+	{Name: "qcow2", Suffix: ".qcow2", Write: qcow2(disk.QCOW2Zstd)},
+	// For readers older than QEMU 5.1, which cannot read zstd clusters.
+	{Name: "qcow2-zlib", Suffix: ".zlib.qcow2", Write: qcow2(disk.QCOW2Zlib)},
+}
+
+// qcow2 writes a compressed qcow2 (about a third of the raw image's size).
+func qcow2(compression string) func(ctx context.Context, raw, out string, meter func(done, total int64)) error {
+	return func(ctx context.Context, raw, out string, meter func(done, total int64)) error {
+		return disk.ConvertQCOW2(ctx, raw, out, compression, meter)
+	}
+}
+
+// FormatFile is the name of node's image file in format name ("" for an unknown format).
+func FormatFile(node, name string) string {
+	for _, f := range formats {
+		if f.Name == name {
+			return node + f.Suffix
+		}
+	}
+	return ""
 }
 
 // FormatNames lists the known output formats.

@@ -89,7 +89,7 @@ type imageFlags struct {
 
 func (o *imageFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.base, "base", "", "base root filesystem tarball (default: build Debian bookworm with mmdebstrap, cached)")
-	cmd.Flags().StringSliceVar(&o.formats, "format", []string{"raw", "qcow2"}, "image formats: raw, qcow2")
+	cmd.Flags().StringSliceVar(&o.formats, "format", []string{"raw", "qcow2"}, "image formats: raw, qcow2 (zstd-compressed: QEMU 5.1 or later), qcow2-zlib (for older QEMU)")
 	cmd.Flags().StringVar(&o.firstboot, "firstboot", "", firstbootFlagHelp)
 	// imagebuild makes the data partition at least 512MiB: less is refused here rather than
 	// silently raised.

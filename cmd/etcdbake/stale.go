@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/etcdbake/etcdbake/imagebuild"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 	"github.com/etcdbake/etcdbake/vmcluster"
@@ -88,8 +89,8 @@ func (a *app) reportStaleOutputs(cmd *cobra.Command, res *pki.Result) {
 		var files []string
 		formats := map[string]bool{}
 		for _, n := range nodes {
-			for _, f := range []string{"raw", "qcow2"} {
-				if p := filepath.Join(a.outDir, "images", n+"."+f); exists(p) {
+			for _, f := range imagebuild.FormatNames() {
+				if p := filepath.Join(a.outDir, "images", imagebuild.FormatFile(n, f)); exists(p) {
 					files = append(files, p)
 					formats[f] = true
 				}

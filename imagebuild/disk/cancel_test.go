@@ -66,7 +66,7 @@ func TestWriteDiskAndQCOW2Cancelled(t *testing.T) {
 	}
 	q := filepath.Join(dir, "disk.qcow2")
 	start := time.Now()
-	if err := ConvertQCOW2(ctx, raw, q, true, nil); !errors.Is(err, context.Canceled) {
+	if err := ConvertQCOW2(ctx, raw, q, QCOW2Zstd, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("ConvertQCOW2 with a cancelled context = %v", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {

@@ -2,6 +2,7 @@ package disk
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -631,8 +632,9 @@ func TestDiskQCOW2(t *testing.T) {
 	}, DeriveGUID("test", "qcow2")); err != nil {
 		t.Fatal(err)
 	}
-	for _, compress := range []bool{false, true} {
-		q := filepath.Join(dir, fmt.Sprintf("disk-%v.qcow2", compress))
+	sizes := map[string]int64{}
+	for _, compress := range []string{"", QCOW2Zlib, QCOW2Zstd} {
+		q := filepath.Join(dir, fmt.Sprintf("disk-%s.qcow2", compress))
 		var last, calls int64
 		if err := ConvertQCOW2(context.Background(), raw, q, compress, func(done, total int64) {
 			if done < last || total != 10000 {
@@ -650,8 +652,14 @@ func TestDiskQCOW2(t *testing.T) {
 			t.Fatalf("qemu-img info: %v", err)
 		}
 		var info struct {
-			Format      string `json:"format"`
-			VirtualSize int64  `json:"virtual-size"`
+			Format         string `json:"format"`
+			VirtualSize    int64  `json:"virtual-size"`
+			ActualSize     int64  `json:"actual-size"`
+			FormatSpecific struct {
+				Data struct {
+					CompressionType string `json:"compression-type"`
+				} `json:"data"`
+			} `json:"format-specific"`
 		}
 		if err := json.Unmarshal(out, &info); err != nil {
 			t.Fatalf("qemu-img info: %v\n%s", err, out)
@@ -659,16 +667,28 @@ func TestDiskQCOW2(t *testing.T) {
 		if info.Format != "qcow2" || info.VirtualSize != size {
 			t.Errorf("compress=%v: qemu-img info says %s, %d bytes; want qcow2, %d", compress, info.Format, info.VirtualSize, size)
 		}
+		// The clusters' compression is the one asked for (qemu-img names zlib for an
+		// uncompressed image too: it is the header's default).
+		if want := cmp.Or(compress, QCOW2Zlib); info.FormatSpecific.Data.CompressionType != want {
+			t.Errorf("compress=%q: compression type %q, want %q", compress, info.FormatSpecific.Data.CompressionType, want)
+		}
+		sizes[compress] = info.ActualSize
 		// The qcow2 holds the same disk.
 		if out, err := exec.Command(qemuImg, "compare", "-q", raw, q).CombinedOutput(); err != nil {
 			t.Errorf("compress=%v: qemu-img compare: %v %s", compress, err, out)
 		}
 	}
+	if sizes[QCOW2Zstd] >= sizes[""] || sizes[QCOW2Zlib] >= sizes[""] {
+		t.Errorf("compressed qcow2 files are not smaller than the uncompressed one: %v", sizes)
+	}
+	if err := ConvertQCOW2(context.Background(), raw, filepath.Join(dir, "x.qcow2"), "lz4", nil); err == nil || !strings.Contains(err.Error(), "zstd, zlib or none") {
+		t.Errorf("an unknown compression: %v", err)
+	}
 }
 
 func TestDiskQCOW2MissingTool(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
-	err := ConvertQCOW2(context.Background(), "a", "b", false, nil)
+	err := ConvertQCOW2(context.Background(), "a", "b", "", nil)
 	if err == nil || !strings.Contains(err.Error(), "qemu-utils") {
 		t.Fatalf("ConvertQCOW2 without qemu-img: %v, want an error naming qemu-utils", err)
 	}
