@@ -137,18 +137,14 @@ func withStore(path, dst string, fn func(mvcc.KV) error) (err error) {
 // snapshot is taken under the lock) and a rollout may too (nodes waiting for it). In a
 // restored cluster nobody holds them any more, but their leases live on for their TTL
 // (5 minutes for a snapshot, a rollout's timeout for a waiting node) and keep every
-// rollout, snapshot and defragmentation of the new cluster waiting. It returns how many
-// keys it removed.
-func withoutLocks(path, dst string) (removed int64, err error) {
-	err = withStore(path, dst, func(s mvcc.KV) error {
-		start := []byte(spec.RolloutLockPrefix)
-		end := []byte(clientv3.GetPrefixRangeEnd(spec.RolloutLockPrefix))
+// rollout, snapshot and defragmentation of the new cluster waiting.
+func withoutLocks(path, dst string) error {
+	return withStore(path, dst, func(s mvcc.KV) error {
 		txn := s.Write(traceutil.TODO())
 		defer txn.End()
-		removed, _ = txn.DeleteRange(start, end)
+		txn.DeleteRange([]byte(spec.RolloutLockPrefix), []byte(clientv3.GetPrefixRangeEnd(spec.RolloutLockPrefix)))
 		return nil
 	})
-	return removed, err
 }
 
 // copyPrefix copies src to dst, leaving out the last -trim bytes (trim <= 0).

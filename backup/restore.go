@@ -62,7 +62,7 @@ func Restore(ctx context.Context, path string, c *spec.Cluster, want Expect, dat
 	}
 	// The snapshot's reboot lock is left behind: nobody in the restored cluster holds it.
 	db := filepath.Join(scratch, "unlocked.db")
-	if _, err := withoutLocks(filepath.Join(scratch, spec.SnapshotDBName), db); err != nil {
+	if err := withoutLocks(filepath.Join(scratch, spec.SnapshotDBName), db); err != nil {
 		return nil, fmt.Errorf("%s: releasing the reboot lock the snapshot holds: %w", path, err)
 	}
 

@@ -175,12 +175,9 @@ func (a *Agent) HandOffLeadership(ctx context.Context, cli *clientv3.Client) (ui
 		return 0, err
 	}
 	defer local.Close()
-	localStatus := func() (*clientv3.StatusResponse, error) {
-		return withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) {
-			return local.Status(c, a.Cfg.LocalClientURL)
-		})
-	}
-	st, err := localStatus()
+	st, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) {
+		return local.Status(c, a.Cfg.LocalClientURL)
+	})
 	if err != nil {
 		return 0, fmt.Errorf("local status: %w", err)
 	}
@@ -235,39 +232,41 @@ func (a *Agent) HandOffLeadership(ctx context.Context, cli *clientv3.Client) (ui
 	}
 	var last error
 	for try := 1; try <= handOffTries; try++ {
-		last = nil
 		_, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.MoveLeaderResponse, error) { return local.MoveLeader(c, to) })
-		if err != nil {
-			last = fmt.Errorf("moving leadership to %x: %w", to, err)
-		}
 		// Whatever the answer, the leader's own view decides: raft may have completed the
 		// transfer after the call's deadline, or given it up after a success was sent.
-		wait, cancel := context.WithTimeout(ctx, 4*a.dialTimeout())
-		for {
-			st, err := local.Status(wait, a.Cfg.LocalClientURL)
-			if err == nil && st.Leader != self && st.Leader != 0 {
-				cancel()
-				a.logf("rollout: leadership moved to %x", st.Leader)
-				return st.Leader, nil
-			}
-			if wait.Err() != nil {
-				break
-			}
-			select {
-			case <-wait.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
+		if id := a.leaderOtherThan(ctx, local, self); id != 0 {
+			a.logf("rollout: leadership moved to %x", id)
+			return id, nil
 		}
-		cancel()
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		if last == nil {
-			last = fmt.Errorf("leadership did not move to %x", to)
+		last = fmt.Errorf("leadership did not move to %x", to)
+		if err != nil {
+			last = fmt.Errorf("moving leadership to %x: %w", to, err)
 		}
 		a.logf("rollout: handing leadership to %x, try %d of %d: %v", to, try, handOffTries, last)
 	}
 	return 0, last
+}
+
+// leaderOtherThan waits up to 4 dial timeouts for the local member to see a leader other
+// than self, and returns it (0 if none).
+func (a *Agent) leaderOtherThan(ctx context.Context, local *clientv3.Client, self uint64) uint64 {
+	wait, cancel := context.WithTimeout(ctx, 4*a.dialTimeout())
+	defer cancel()
+	for {
+		st, err := local.Status(wait, a.Cfg.LocalClientURL)
+		if err == nil && st.Leader != self && st.Leader != 0 {
+			return st.Leader
+		}
+		select {
+		case <-wait.Done():
+			return 0
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // CompareHash checks that this member holds the same data as a peer: both members'

@@ -320,22 +320,19 @@ func (a *Agent) stagePartition(ctx context.Context, hc *http.Client, url string,
 		for p := 0; p < len(b); p += spec.ZeroChunk {
 			piece := b[p:min(p+spec.ZeroChunk, len(b))]
 			i := (off + int64(p)) / spec.ZeroChunk
-			mismatch := func() error {
-				return fmt.Errorf("bytes %d-%d: their digest is not the release's digest of that piece (sha256 or XXH64, the manifest's chunkHash): the transfer did not keep the image", off+int64(p), off+int64(p+len(piece))-1)
-			}
 			if want.PieceDigest(piece) == want.Chunks[i] {
 				continue
 			}
-			if !copied {
-				return mismatch()
+			if copied { // the running slot's piece differs: download it into its place
+				if err := a.fetchRange(ctx, hc, url, off+int64(p), piece, want.Size); err != nil {
+					return err
+				}
+				if want.PieceDigest(piece) == want.Chunks[i] {
+					refetched += int64(len(piece))
+					continue
+				}
 			}
-			if err := a.fetchRange(ctx, hc, url, off+int64(p), piece, want.Size); err != nil {
-				return err
-			}
-			if want.PieceDigest(piece) != want.Chunks[i] {
-				return mismatch()
-			}
-			refetched += int64(len(piece))
+			return fmt.Errorf("bytes %d-%d: their digest is not the release's digest of that piece (sha256 or XXH64, the manifest's chunkHash): the transfer did not keep the image", off+int64(p), off+int64(p+len(piece))-1)
 		}
 		return nil
 	}
