@@ -108,6 +108,10 @@ func (a *Agent) tlsConfig() (*tls.Config, error) {
 // for the work of other packages that etcd-firstboot runs (the scheduled snapshot).
 func (a *Agent) TLSConfig() (*tls.Config, error) { return a.tlsConfig() }
 
+// RequestTimeout bounds one etcd request of this node's work (4 x the dial timeout, as
+// the maintenance pass's): a member of a busy node answers in seconds, not milliseconds.
+func (a *Agent) RequestTimeout() time.Duration { return 4 * a.dialTimeout() }
+
 // Endpoints are this member's client URL (loopback) and then the other members'.
 func (a *Agent) Endpoints() []string {
 	return append([]string{a.Cfg.LocalClientURL}, a.peerClientURLs()...)

@@ -52,7 +52,7 @@ const statusPatience = 3
 // one leader, and has applied a write made just now (so nobody is behind), and no alarm
 // is raised. The error names every member that fails and why.
 func (a *Agent) RebootGate(ctx context.Context, cli *clientv3.Client) (*GateReport, error) {
-	cctx, cancel := context.WithTimeout(ctx, 4*a.dialTimeout())
+	cctx, cancel := context.WithTimeout(ctx, a.RequestTimeout())
 	defer cancel()
 	ml, err := cli.MemberList(cctx)
 	if err != nil {
@@ -175,7 +175,7 @@ func (a *Agent) HandOffLeadership(ctx context.Context, cli *clientv3.Client) (ui
 		return 0, err
 	}
 	defer local.Close()
-	st, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) {
+	st, err := withTimeout(ctx, a.RequestTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) {
 		return local.Status(c, a.Cfg.LocalClientURL)
 	})
 	if err != nil {
@@ -185,7 +185,7 @@ func (a *Agent) HandOffLeadership(ctx context.Context, cli *clientv3.Client) (ui
 	if st.Leader != self {
 		return 0, nil
 	}
-	ml, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.MemberListResponse, error) { return cli.MemberList(c) })
+	ml, err := withTimeout(ctx, a.RequestTimeout(), func(c context.Context) (*clientv3.MemberListResponse, error) { return cli.MemberList(c) })
 	if err != nil {
 		return 0, fmt.Errorf("member list: %w", err)
 	}
@@ -232,7 +232,7 @@ func (a *Agent) HandOffLeadership(ctx context.Context, cli *clientv3.Client) (ui
 	}
 	var last error
 	for try := 1; try <= handOffTries; try++ {
-		_, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.MoveLeaderResponse, error) { return local.MoveLeader(c, to) })
+		_, err := withTimeout(ctx, a.RequestTimeout(), func(c context.Context) (*clientv3.MoveLeaderResponse, error) { return local.MoveLeader(c, to) })
 		// Whatever the answer, the leader's own view decides: raft may have completed the
 		// transfer after the call's deadline, or given it up after a success was sent.
 		if id := a.leaderOtherThan(ctx, local, self); id != 0 {
@@ -254,7 +254,7 @@ func (a *Agent) HandOffLeadership(ctx context.Context, cli *clientv3.Client) (ui
 // leaderOtherThan waits up to 4 dial timeouts for the local member to see a leader other
 // than self, and returns it (0 if none).
 func (a *Agent) leaderOtherThan(ctx context.Context, local *clientv3.Client, self uint64) uint64 {
-	wait, cancel := context.WithTimeout(ctx, 4*a.dialTimeout())
+	wait, cancel := context.WithTimeout(ctx, a.RequestTimeout())
 	defer cancel()
 	for {
 		st, err := local.Status(wait, a.Cfg.LocalClientURL)
@@ -273,7 +273,7 @@ func (a *Agent) leaderOtherThan(ctx context.Context, local *clientv3.Client, sel
 // HashKV at one common revision (a linearizable read's), retried while a member has not
 // applied it yet. It returns the revision compared.
 func (a *Agent) CompareHash(ctx context.Context, cli *clientv3.Client) (int64, error) {
-	cctx, cancel := context.WithTimeout(ctx, 4*a.dialTimeout())
+	cctx, cancel := context.WithTimeout(ctx, a.RequestTimeout())
 	defer cancel()
 	get, err := cli.Get(cctx, rolloutProbe+a.Cfg.Name)
 	if err != nil {

@@ -80,13 +80,13 @@ func (a *Agent) Maintain(ctx context.Context, o MaintainOptions) (MaintainReport
 		return rep, err
 	}
 	defer cli.Close()
-	self, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) {
+	self, err := withTimeout(ctx, a.RequestTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) {
 		return cli.Status(c, a.Cfg.LocalClientURL)
 	})
 	if err != nil {
 		return rep, fmt.Errorf("maintain: this member's status: %w", err)
 	}
-	alarms, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.AlarmResponse, error) { return cli.AlarmList(c) })
+	alarms, err := withTimeout(ctx, a.RequestTimeout(), func(c context.Context) (*clientv3.AlarmResponse, error) { return cli.AlarmList(c) })
 	if err != nil {
 		return rep, fmt.Errorf("maintain: listing alarms: %w", err)
 	}
@@ -130,7 +130,7 @@ func (a *Agent) repairNoSpace(ctx context.Context, cli *clientv3.Client, self *c
 		return did, fmt.Errorf("NOSPACE repair: compacting at revision %d: %w", rev, err)
 	}
 	did = append(did, fmt.Sprintf("compacted at revision %d", rev))
-	ml, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.MemberListResponse, error) { return cli.MemberList(c) })
+	ml, err := withTimeout(ctx, a.RequestTimeout(), func(c context.Context) (*clientv3.MemberListResponse, error) { return cli.MemberList(c) })
 	if err != nil {
 		return did, err
 	}
@@ -159,7 +159,7 @@ func (a *Agent) repairNoSpace(ctx context.Context, cli *clientv3.Client, self *c
 		return did, fmt.Errorf("NOSPACE repair: defragmenting %s; the alarm stays raised, the next pass tries again", strings.Join(failed, "; "))
 	}
 	for _, al := range alarms {
-		if _, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.AlarmResponse, error) {
+		if _, err := withTimeout(ctx, a.RequestTimeout(), func(c context.Context) (*clientv3.AlarmResponse, error) {
 			return cli.AlarmDisarm(c, &clientv3.AlarmMember{MemberID: al.MemberID, Alarm: al.Alarm})
 		}); err != nil {
 			return did, fmt.Errorf("NOSPACE repair: disarming %x: %w", al.MemberID, err)
@@ -177,7 +177,7 @@ func (a *Agent) repairNoSpace(ctx context.Context, cli *clientv3.Client, self *c
 
 // defragment defragments the member at ep and returns its database size before and after.
 func (a *Agent) defragment(ctx context.Context, cli *clientv3.Client, ep string) (int64, int64, error) {
-	before, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) { return cli.Status(c, ep) })
+	before, err := withTimeout(ctx, a.RequestTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) { return cli.Status(c, ep) })
 	if err != nil {
 		return 0, 0, err
 	}
@@ -187,7 +187,7 @@ func (a *Agent) defragment(ctx context.Context, cli *clientv3.Client, ep string)
 	if _, err := cli.Defragment(dctx, ep); err != nil {
 		return before.DbSize, 0, err
 	}
-	after, err := withTimeout(ctx, 4*a.dialTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) { return cli.Status(c, ep) })
+	after, err := withTimeout(ctx, a.RequestTimeout(), func(c context.Context) (*clientv3.StatusResponse, error) { return cli.Status(c, ep) })
 	if err != nil {
 		return before.DbSize, 0, err
 	}

@@ -157,7 +157,7 @@ func (a *Agent) followDesired(ctx context.Context, cli *clientv3.Client, o Rollo
 func (a *Agent) reportRollout(ctx context.Context, cli *clientv3.Client, n spec.RolloutNode) {
 	n.Node, n.Updated = a.Cfg.Name, a.now().UTC()
 	b, _ := json.Marshal(n)
-	cctx, cancel := context.WithTimeout(ctx, 4*a.dialTimeout())
+	cctx, cancel := context.WithTimeout(ctx, a.RequestTimeout())
 	defer cancel()
 	if _, err := cli.Put(cctx, spec.RolloutNodeKey(a.Cfg.Name), string(b)); err != nil {
 		a.logf("rollout: publishing this node's state (%s): %v", n.State, err)

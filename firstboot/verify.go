@@ -104,7 +104,7 @@ func subnetFromFile(path string) (string, error) {
 // caught up) and flannel kept the node's subnet.
 func (a *Agent) rolloutConditions(ctx context.Context, st *RolloutState, cli *clientv3.Client) []string {
 	var out []string
-	cctx, cancel := context.WithTimeout(ctx, 4*a.dialTimeout())
+	cctx, cancel := context.WithTimeout(ctx, a.RequestTimeout())
 	defer cancel()
 	if s, err := cli.Status(cctx, a.Cfg.LocalClientURL); err != nil {
 		out = append(out, fmt.Sprintf("the local member does not answer Status: %v", err))

@@ -270,6 +270,7 @@ func scheduledSnapshot(ctx context.Context, a *firstboot.Agent) (*backup.Schedul
 	return backup.Scheduled(ctx, backup.ScheduledOptions{
 		Endpoints: a.Endpoints(), TLS: tc, Node: nc.Name, Cluster: nc.Cluster, CA: nc.CA,
 		Dir: nc.Backup.Dir, Keep: nc.Backup.Keep, NextDue: nextCalendarElapse(ctx, nc.Backup.Schedule), Target: target,
+		Timeout: a.RequestTimeout(),
 		Lock: func(ctx context.Context, cli *clientv3.Client) (func(), error) {
 			l, err := a.AcquireRolloutLock(ctx, cli, 5*time.Minute)
 			if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -74,11 +75,16 @@ what every answering member computes for that revision. Nothing is left at FILE 
 			file := filepath.Join(a.snapshotsDir(), spec.SnapshotFileName(c.Name, now))
 			if len(args) == 1 {
 				file = args[0]
+				if _, err := os.Stat(file); err == nil {
+					return usageErrorf("%s exists: a snapshot never replaces a file; give another name", file)
+				}
 			} else if err := os.MkdirAll(a.snapshotsDir(), 0o700); err != nil {
 				return err
-			}
-			if _, err := os.Stat(file); err == nil {
-				return usageErrorf("%s exists: a snapshot never replaces a file; give another name", file)
+			} else {
+				// A snapshot fetched from the target, or saved, in the same second.
+				for i, first := 2, file; exists(file); i++ {
+					file = numbered(first, i)
+				}
 			}
 			start := time.Now()
 			m, err := backup.Save(cmd.Context(), file, backup.SaveOptions{Endpoints: eps, TLS: tlsCfg, Cluster: c.Name, CAFingerprint: fp,
@@ -158,7 +164,8 @@ func (a *app) snapshotFetchCmd() *cobra.Command {
 		Long: `fetch downloads one snapshot object from backup.target (with the credentials in
 backup.target.credentialsFile), verifies it as snapshot verify does (whole, and of the
 spec's cluster) and only then writes it, by default to OUT/snapshots under the object's
-name; its path is printed. That file is what ` + "`etcdbake restore`" + ` and ` + "`etcdbake up --restore`" + ` take
+name (NAME-2, NAME-3, ... when a different snapshot has that name there; the same
+snapshot is kept once); its path is printed. That file is what ` + "`etcdbake restore`" + ` and ` + "`etcdbake up --restore`" + ` take
 after a majority of the members lost their data. Exit 1 when the object does not verify;
 nothing is written then.`,
 		Args: cobra.MaximumNArgs(1),
@@ -193,13 +200,13 @@ nothing is written then.`,
 				}
 				key = objs[0].Key
 			}
-			if file == "" {
+			named := file != ""
+			if !named {
 				if err := os.MkdirAll(a.snapshotsDir(), 0o700); err != nil {
 					return err
 				}
 				file = filepath.Join(a.snapshotsDir(), path.Base(key))
-			}
-			if _, err := os.Stat(file); err == nil {
+			} else if _, err := os.Stat(file); err == nil {
 				return usageErrorf("%s exists: a snapshot never replaces a file; give another --file", file)
 			}
 			// Downloaded next to FILE under a temporary name, verified, then renamed: FILE
@@ -219,7 +226,11 @@ nothing is written then.`,
 			if err != nil {
 				return &exitError{code: 1, msg: fmt.Sprintf("snapshot fetch: %s from %s does not verify, nothing was written: %v", key, t, err)}
 			}
-			if err := os.Rename(tmp.Name(), file); err != nil {
+			if named {
+				if err := os.Rename(tmp.Name(), file); err != nil {
+					return err
+				}
+			} else if file, err = placeFetched(tmp.Name(), file); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s\n", file)
@@ -230,6 +241,42 @@ nothing is written then.`,
 	}
 	cmd.Flags().StringVar(&file, "file", "", "where to write it (default OUT/snapshots/OBJECT-NAME)")
 	return cmd
+}
+
+// numbered is the i-th name for a snapshot file in OUT/snapshots: file itself for 1,
+// then NAME-2.snapshot.tar, NAME-3.snapshot.tar, ...
+func numbered(file string, i int) string {
+	if i < 2 {
+		return file
+	}
+	return fmt.Sprintf("%s-%d%s", strings.TrimSuffix(file, spec.SnapshotExt), i, spec.SnapshotExt)
+}
+
+// placeFetched moves the verified download tmp to the default path file, never over
+// another file: the same snapshot fetched before is kept as it is, and a different one
+// of the same name (a `snapshot save` in the same second as the schedule) makes this
+// one NAME-2, NAME-3, ... It returns the path that holds the snapshot.
+func placeFetched(tmp, file string) (string, error) {
+	sum, err := fileutil.SHA256(tmp)
+	if err != nil {
+		return "", err
+	}
+	for i := 1; i < 100; i++ {
+		dst := numbered(file, i)
+		// A hard link fails when dst exists: two fetches at once never replace each
+		// other's file.
+		err := os.Link(tmp, dst)
+		if err == nil {
+			return dst, os.Remove(tmp)
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return "", err
+		}
+		if have, err := fileutil.SHA256(dst); err == nil && have == sum {
+			return dst, os.Remove(tmp)
+		}
+	}
+	return "", fmt.Errorf("%s: 99 other snapshots of that name are here already; give --file", file)
 }
 
 func (a *app) snapshotListCmd() *cobra.Command {

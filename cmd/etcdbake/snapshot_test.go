@@ -62,12 +62,18 @@ func TestSnapshotCommands(t *testing.T) {
 	if err != nil || !strings.Contains(stdout, file) || strings.Contains(stdout, "node etcd-2") || !strings.Contains(stderr, "the nodes' snapshots are not listed") {
 		t.Errorf("snapshot list without the cluster: %v\n%s%s", err, stdout, stderr)
 	}
-	// A snapshot never replaces a file.
+	// A snapshot never replaces a file: a named one is refused, a default name taken in
+	// the same second gets a number.
 	_, _, err = run(t, now, "snapshot", "save", file, "-f", specPath, "--out", out, "--endpoints", eps)
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(ee.msg, "exists") {
 		t.Errorf("save over an existing file: %v", err)
 	}
+	stdout, _, err = run(t, now, "snapshot", "save", "-f", specPath, "--out", out, "--endpoints", eps)
+	if want := strings.TrimSuffix(file, spec.SnapshotExt) + "-2" + spec.SnapshotExt; err != nil || strings.TrimSpace(stdout) != want {
+		t.Errorf("a second save in the same second: %v %q, want %s", err, stdout, want)
+	}
+	os.Remove(strings.TrimSpace(stdout))
 
 	stdout, _, err = run(t, now, "snapshot", "verify", file, "-f", specPath, "--out", out, "-o", "json")
 	if err != nil {
@@ -160,7 +166,8 @@ func TestSnapshotListTarget(t *testing.T) {
 // TestSnapshotFetch: `snapshot fetch` takes the newest snapshot of the cluster from the
 // backup target (a real S3 server), verifies it and writes it to OUT/snapshots, the same
 // bytes as uploaded; an object that does not verify is refused with exit 1 and nothing
-// written; a file is never replaced.
+// written; a file is never replaced, the same snapshot is kept once, and one of another
+// snapshot's name gets a numbered name.
 func TestSnapshotFetch(t *testing.T) {
 	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
 	c, _, out, specPath, ex := demoCluster(t, now, 161)
@@ -193,9 +200,30 @@ func TestSnapshotFetch(t *testing.T) {
 	if b, err := os.ReadFile(want); err != nil || !bytes.Equal(b, saved) {
 		t.Errorf("the fetched file differs from the uploaded snapshot (%v)", err)
 	}
+	// The same snapshot again: kept once.
+	if stdout, _, err := run(t, now, "snapshot", "fetch", "-f", specPath, "--out", out); err != nil || strings.TrimSpace(stdout) != want {
+		t.Errorf("fetch of a snapshot already here: %v %q, want %s", err, stdout, want)
+	}
+	if files, _ := filepath.Glob(filepath.Join(out, "snapshots", "*")); len(files) != 1 {
+		t.Errorf("fetching the same snapshot twice left %v", files)
+	}
 	var ee *exitError
-	if _, _, err := run(t, now, "snapshot", "fetch", "-f", specPath, "--out", out); !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(ee.msg, "exists") {
-		t.Errorf("fetch over an existing file: %v", err)
+	if _, _, err := run(t, now, "snapshot", "fetch", "-f", specPath, "--out", out, "--file", want); !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(ee.msg, "exists") {
+		t.Errorf("fetch over an existing --file: %v", err)
+	}
+	// Another snapshot of that name (a save in the same second as the schedule's) is
+	// neither replaced nor in the way: the fetched one is NAME-2.
+	other := []byte("another snapshot of the same second")
+	os.WriteFile(want, other, 0o600)
+	second := strings.TrimSuffix(want, spec.SnapshotExt) + "-2" + spec.SnapshotExt
+	if stdout, _, err := run(t, now, "snapshot", "fetch", "-f", specPath, "--out", out); err != nil || strings.TrimSpace(stdout) != second {
+		t.Errorf("fetch beside another snapshot of the same name: %v %q, want %s", err, stdout, second)
+	}
+	if b, _ := os.ReadFile(want); !bytes.Equal(b, other) {
+		t.Errorf("fetch replaced %s", want)
+	}
+	if b, err := os.ReadFile(second); err != nil || !bytes.Equal(b, saved) {
+		t.Errorf("%s differs from the uploaded snapshot (%v)", second, err)
 	}
 	before, _ := os.ReadDir(filepath.Join(out, "snapshots"))
 	_, _, err = run(t, now, "snapshot", "fetch", bad, "-f", specPath, "--out", out)

@@ -260,7 +260,7 @@ journalctl -b --no-pager -o cat -u etcdbake-maintain.service | tail -n 5`)
 	var taker, file string
 	for i, n := range e.cl.Nodes() {
 		res, err := e.cl.Exec(e.ctx, n, "/bin/sh", "-c", `systemctl start etcdbake-snapshot.service; echo "snapshot rc=$?"
-journalctl -b --no-pager -o cat -u etcdbake-snapshot.service | grep 'etcd-firstboot: snapshot'`)
+journalctl -b --no-pager -o cat -u etcdbake-snapshot.service | grep 'etcd-firstboot: '`)
 		if err != nil {
 			t.Fatalf("%s: %v", n, err)
 		}
