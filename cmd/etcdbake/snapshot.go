@@ -73,14 +73,15 @@ what every answering member computes for that revision. Nothing is left at FILE 
 			}
 			now := a.now().UTC()
 			file := filepath.Join(a.snapshotsDir(), spec.SnapshotFileName(c.Name, now))
-			if len(args) == 1 {
-				file = args[0]
-				if _, err := os.Stat(file); err == nil {
+			switch {
+			case len(args) == 1:
+				if file = args[0]; exists(file) {
 					return usageErrorf("%s exists: a snapshot never replaces a file; give another name", file)
 				}
-			} else if err := os.MkdirAll(a.snapshotsDir(), 0o700); err != nil {
-				return err
-			} else {
+			default:
+				if err := os.MkdirAll(a.snapshotsDir(), 0o700); err != nil {
+					return err
+				}
 				// A snapshot fetched from the target, or saved, in the same second.
 				for i, first := 2, file; exists(file); i++ {
 					file = numbered(first, i)
@@ -257,10 +258,7 @@ func numbered(file string, i int) string {
 // of the same name (a `snapshot save` in the same second as the schedule) makes this
 // one NAME-2, NAME-3, ... It returns the path that holds the snapshot.
 func placeFetched(tmp, file string) (string, error) {
-	sum, err := fileutil.SHA256(tmp)
-	if err != nil {
-		return "", err
-	}
+	sum := "" // of tmp, read only when a name is taken
 	for i := 1; i < 100; i++ {
 		dst := numbered(file, i)
 		// A hard link fails when dst exists: two fetches at once never replace each
@@ -271,6 +269,11 @@ func placeFetched(tmp, file string) (string, error) {
 		}
 		if !errors.Is(err, fs.ErrExist) {
 			return "", err
+		}
+		if sum == "" {
+			if sum, err = fileutil.SHA256(tmp); err != nil {
+				return "", err
+			}
 		}
 		if have, err := fileutil.SHA256(dst); err == nil && have == sum {
 			return dst, os.Remove(tmp)
