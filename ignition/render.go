@@ -291,6 +291,18 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 	b.file(NMKeyfilePath, 0o600, "", NMKeyfile(n))
 	b.file(SysctlPath, 0o644, "", Sysctl())
 	b.file(ModulesPath, 0o644, "", Modules(c))
+	if c.FirewallOn() {
+		b.dir(spec.FirewallDropInDir, 0o755, "")
+		b.file(spec.FirewallPath, 0o644, "", Firewall(c))
+		b.unit(FirewallUnit, FirewallService(), true)
+	}
+	// Key-only SSH; the host keys are made on the node's data partition at first boot.
+	b.file(SSHDConfigPath, 0o644, "", SSHDConfig(c))
+	b.file(SSHKeygenScript, 0o755, "", SSHHostKeysScript())
+	b.unit(SSHKeygenUnit, SSHKeygenService(), true)
+	if len(c.SSH.AuthorizedKeys) > 0 {
+		b.file(SudoersPath, 0o440, "", Sudoers(c))
+	}
 
 	if t := c.Backup.Target; t != nil {
 		// The backup target's keys: root's only, in this node's config (its own partition

@@ -89,6 +89,12 @@ func TestGoldenFiles(t *testing.T) {
 		MaintainTimer:            MaintainTimerUnit(c),
 		SnapshotUnit:             SnapshotService(c),
 		SnapshotTimer:            SnapshotTimerUnit(c),
+		"firewall.nft":           Firewall(c),
+		FirewallUnit:             FirewallService(),
+		"sshd-etcdbake.conf":     SSHDConfig(c),
+		"ssh-hostkeys":           SSHHostKeysScript(),
+		SSHKeygenUnit:            SSHKeygenService(),
+		"sudoers":                Sudoers(c),
 	}
 	for name, got := range files {
 		path := filepath.Join("testdata", "golden", n.Name, name)

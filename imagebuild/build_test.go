@@ -37,6 +37,10 @@ var testBootFiles = map[string]string{
 	"usr/sbin/init":                                "init",
 	"usr/sbin/chronyd":                             "chronyd",
 	"usr/sbin/iptables":                            "iptables",
+	"usr/sbin/nft":                                 "nft",
+	"usr/sbin/sshd":                                "sshd",
+	"usr/bin/ssh-keygen":                           "ssh-keygen",
+	"usr/bin/sudo":                                 "sudo",
 	"usr/sbin/mkfs.ext4":                           "mkfs",
 	"var/lib/dpkg/status":                          "Package: base\n",
 }

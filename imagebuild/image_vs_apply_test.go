@@ -47,7 +47,7 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 	if err := base.Check(baseTree); err != nil {
 		t.Fatalf("test baseTree: %v", err)
 	}
-	compareWithIgnitionApply(t, baseTree, 76)
+	compareWithIgnitionApply(t, baseTree, 90)
 }
 
 // TestImageMatchesIgnitionApplyOnTheRealBase is the same comparison on the default Debian

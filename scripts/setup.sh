@@ -10,9 +10,9 @@ mkdir -p "$tools"
 # Debian packages: cgo headers for Ignition's own ignition-apply, openssl for
 # certificate checks in tests; mmdebstrap for the base root filesystem; the standard disk
 # tools the image tests check against (sgdisk, sfdisk, fsck.vfat, fsck.ext4, qemu-img); QEMU and
-# OVMF for boot tests.
+# OVMF for boot tests; nftables for the firewall tests (real nft in network namespaces).
 need=()
-for p in libblkid-dev openssl pkg-config mmdebstrap gdisk fdisk dosfstools e2fsprogs qemu-utils qemu-system-x86 ovmf; do
+for p in libblkid-dev openssl pkg-config mmdebstrap gdisk fdisk dosfstools e2fsprogs qemu-utils qemu-system-x86 ovmf nftables; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -129,6 +129,16 @@ func (c *Cluster) ApplyDefaults() {
 	if c.SSH.User == "" {
 		c.SSH.User = DefaultSSHUser
 	}
+	if c.Firewall.Enabled == nil {
+		on := true
+		c.Firewall.Enabled = &on
+	}
+	if len(c.Firewall.ClientSources) == 0 {
+		c.Firewall.ClientSources = c.nodeSubnets()
+	}
+	if len(c.SSH.Sources) == 0 {
+		c.SSH.Sources = c.nodeSubnets()
+	}
 	if len(c.Binary.Sources) == 0 {
 		c.Binary.Sources = append([]string(nil), DefaultSources...)
 	}

@@ -24,6 +24,8 @@ type Cluster struct {
 	Time    Time     `yaml:"time" json:"time"`
 	PKI     PKI      `yaml:"pki" json:"pki"`
 	SSH     SSH      `yaml:"ssh" json:"ssh"`
+	// Firewall is every node's host firewall (nftables).
+	Firewall Firewall `yaml:"firewall,omitempty" json:"firewall,omitempty"`
 	Binary  Binaries `yaml:"binaries" json:"binaries"`
 	Rollout Rollout  `yaml:"rollout,omitempty" json:"rollout,omitempty"`
 	// Maintenance is what every node does by itself to keep etcd healthy for years:
@@ -163,11 +165,31 @@ type PKI struct {
 	Organization string   `yaml:"organization,omitempty" json:"organization,omitempty"`
 }
 
-// SSH configures the operator's login on the nodes.
+// SSH configures the operator's login on the nodes: key-only, as User, who becomes root
+// with `sudo` (no password); root and password logins are refused.
 type SSH struct {
 	// User is the login user that receives AuthorizedKeys; default "core".
 	User           string   `yaml:"user,omitempty" json:"user,omitempty"`
 	AuthorizedKeys []string `yaml:"authorizedKeys,omitempty" json:"authorizedKeys,omitempty"`
+	// Sources are the networks (CIDR) the firewall lets reach SSH (port 22). Default:
+	// the nodes' subnets; 0.0.0.0/0 and ::/0 mean anywhere.
+	Sources []string `yaml:"sources,omitempty" json:"sources,omitempty"`
+}
+
+// Firewall is the host firewall every node loads before etcd, flanneld or sshd start: an
+// nftables table (inet etcdbake) of its own, next to flanneld's iptables rules. Input is
+// dropped unless allowed: loopback, replies, the ICMP networks need, DHCP replies, etcd's
+// peer port and the flannel backend's port from the members only, etcd's client port from
+// the members and ClientSources, SSH from ssh.sources. Forwarding is allowed for the
+// flannel network only. Rules of your own go in *.nft files under
+// /etc/etcdbake/firewall.d/ (e.g. from a Butane fragment); they are included in the input
+// chain.
+type Firewall struct {
+	// Enabled turns the firewall on (default true). false leaves every port open.
+	Enabled *bool `yaml:"enabled,omitempty" json:"enabled,omitempty"`
+	// ClientSources are the networks (CIDR) that may reach etcd's client port besides the
+	// members. Default: the nodes' subnets; 0.0.0.0/0 and ::/0 mean anywhere.
+	ClientSources []string `yaml:"clientSources,omitempty" json:"clientSources,omitempty"`
 }
 
 // Binaries says where etcd, etcdctl and flanneld come from. Sources are tried in order

@@ -41,6 +41,7 @@ func Validate(c *Cluster) Report {
 	validateBackup(c, &r)
 	validatePKI(c, &r)
 	validateBinaries(c, &r)
+	validateFirewall(c, &r)
 	for i, k := range c.SSH.AuthorizedKeys {
 		if !strings.HasPrefix(k, "ssh-") && !strings.HasPrefix(k, "ecdsa-") && !strings.HasPrefix(k, "sk-") {
 			r.Errorf(fmt.Sprintf("ssh.authorizedKeys[%d]", i), "does not look like an OpenSSH public key (it should start with ssh-ed25519, ssh-rsa or ecdsa-...): paste the .pub file's line")

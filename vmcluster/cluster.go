@@ -98,7 +98,7 @@ type clusterNode struct {
 	endpoint                  string
 	peer                      string
 	// The host ports of the forwards, kept across restarts (0 until the first boot).
-	clientPort, peerPort int
+	clientPort, peerPort, sshPort int
 }
 
 // StartCluster launches every VM at once and returns when each one's forwarded port is
@@ -290,7 +290,8 @@ func (c *Cluster) boot(n *clusterNode) error {
 // agent paths it uses); the private segment's NIC is fd 3.
 func (c *Cluster) qemuArgs(n *clusterNode, vm *VM) []string {
 	// The host ports are chosen by QEMU at the first boot and kept by restarts.
-	fwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d,hostfwd=tcp:127.0.0.1:%d-:%d", n.clientPort, c.guestClient, n.peerPort, c.guestPeer)
+	fwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d,hostfwd=tcp:127.0.0.1:%d-:%d,hostfwd=tcp:127.0.0.1:%d-:%d",
+		n.clientPort, c.guestClient, n.peerPort, c.guestPeer, n.sshPort, GuestSSHPort)
 	disk := []string{"-drive", "if=virtio,format=qcow2,file=" + n.overlay}
 	// First NIC: the private segment (fd 3 is ExtraFiles[0]).
 	l2nic := "virtio-net-pci,netdev=l2,mac=" + strings.ToLower(n.mac)
@@ -344,23 +345,43 @@ func (c *Cluster) readPort(ctx context.Context, n *clusterNode) error {
 	if err != nil {
 		return err
 	}
+	ssh, err := vm.HostPort(ctx, GuestSSHPort)
+	if err != nil {
+		return err
+	}
 	c.mu.Lock()
-	n.clientPort, n.peerPort = port, peer
+	n.clientPort, n.peerPort, n.sshPort = port, peer, ssh
 	n.endpoint = fmt.Sprintf("https://127.0.0.1:%d", port)
 	n.peer = fmt.Sprintf("https://127.0.0.1:%d", peer)
 	c.mu.Unlock()
 	return nil
 }
 
-// writeEndpoints writes Dir/endpoints.json: {"<node>": "https://127.0.0.1:<port>", ...}.
+// SSHFile is the file in the run directory that maps each node to its SSH forward
+// ({"<node>": "127.0.0.1:<port>", ...}), next to endpoints.json.
+const SSHFile = "ssh.json"
+
+// writeEndpoints writes Dir/endpoints.json ({"<node>": "https://127.0.0.1:<port>", ...})
+// and Dir/ssh.json.
 func (c *Cluster) writeEndpoints() error {
 	c.epMu.Lock()
 	defer c.epMu.Unlock()
-	b, err := json.MarshalIndent(c.Endpoints(), "", "  ")
-	if err != nil {
-		return err
+	ssh := map[string]string{}
+	for _, n := range c.Nodes() {
+		if a := c.SSHAddr(n); a != "" {
+			ssh[n] = a
+		}
 	}
-	return fileutil.WriteAtomic(filepath.Join(c.dir, "endpoints.json"), append(b, '\n'), 0o644)
+	for file, v := range map[string]map[string]string{"endpoints.json": c.Endpoints(), SSHFile: ssh} {
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := fileutil.WriteAtomic(filepath.Join(c.dir, file), append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c *Cluster) node(name string) (*clusterNode, error) {
@@ -414,6 +435,17 @@ func (c *Cluster) Endpoints() map[string]string {
 		}
 	}
 	return out
+}
+
+// SSHAddr is the host address (127.0.0.1:port) forwarded to the node's SSH port, or ""
+// before its first boot.
+func (c *Cluster) SSHAddr(node string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := c.nodes[node]; n != nil && n.sshPort != 0 {
+		return fmt.Sprintf("127.0.0.1:%d", n.sshPort)
+	}
+	return ""
 }
 
 // Console is the path of the node's serial console log (kept across restarts).

@@ -23,6 +23,12 @@ const (
 	GuestNetworkPath = "/etc/systemd/network/20-qemu-user.network"
 	GuestEtcdDropIn  = "/etc/systemd/system/etcd.service.d/20-qemu.conf"
 	GuestEtcdEnv     = "/etc/etcd/qemu.env"
+	// GuestFirewallPath lets the host forwards through the node's firewall.
+	GuestFirewallPath = "/etc/etcdbake/firewall.d/20-qemu-user.nft"
+	// GuestSSHPort is the guest port of the SSH forward.
+	GuestSSHPort = 22
+	// slirpHost is where slirp's host forwards come from on the user-mode network.
+	slirpHost = "10.0.2.2"
 )
 
 // GuestButaneSource names GuestButane's config where it is merged as a fragment.
@@ -33,8 +39,9 @@ const GuestButaneSource = "qemu-guest.bu (vmcluster)"
 // listed in one identical file so it lands in the shared root) take slirp's address by
 // DHCP with neither routes nor DNS, and etcd listens on its client and peer ports (the
 // spec's, as in ClusterOptions) on all addresses (a later EnvironmentFile overrides
-// etcd.env), so the host forwards to 10.0.2.15 arrive. Peer traffic between the nodes stays
-// on their spec addresses.
+// etcd.env), so the host forwards to 10.0.2.15 arrive, and the node's firewall lets them
+// in (they come from 10.0.2.2; with restrict=on nothing else reaches that NIC). Peer
+// traffic between the nodes stays on their spec addresses.
 func GuestButane(clientPort, peerPort int, userMACs ...string) []byte {
 	macs := append([]string(nil), userMACs...)
 	for i := range macs {
@@ -49,11 +56,13 @@ func GuestButane(clientPort, peerPort int, userMACs ...string) []byte {
 	env := "# QEMU test harness: listen on every address (the host forwards arrive on 10.0.2.15).\n" +
 		"ETCD_LISTEN_CLIENT_URLS=https://0.0.0.0:" + strconv.Itoa(clientPort) + "\n" +
 		"ETCD_LISTEN_PEER_URLS=https://0.0.0.0:" + strconv.Itoa(peerPort) + "\n"
+	fw := "# QEMU test harness: the host forwards (etcd's client and peer ports, SSH).\n" +
+		fmt.Sprintf("ip saddr %s tcp dport { %d, %d, %d } accept comment \"QEMU host forwards\"\n", slirpHost, clientPort, peerPort, GuestSSHPort)
 	var b strings.Builder
 	b.WriteString("variant: fcos\nversion: 1.5.0\nstorage:\n  files:\n")
 	for _, f := range []struct {
 		path, data string
-	}{{GuestNetworkPath, network}, {GuestEtcdDropIn, dropIn}, {GuestEtcdEnv, env}} {
+	}{{GuestNetworkPath, network}, {GuestEtcdDropIn, dropIn}, {GuestEtcdEnv, env}, {GuestFirewallPath, fw}} {
 		fmt.Fprintf(&b, "    - path: %s\n      mode: 0644\n      contents:\n        inline: |\n", f.path)
 		for _, l := range strings.Split(strings.TrimRight(f.data, "\n"), "\n") {
 			if l == "" {

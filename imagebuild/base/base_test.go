@@ -259,6 +259,10 @@ func completeBase(t *testing.T) *fstree.Tree {
 	file("usr/lib/systemd/systemd")
 	link("usr/sbin/init", "../lib/systemd/systemd")
 	file("usr/sbin/chronyd")
+	file("usr/sbin/nft")
+	file("usr/sbin/sshd")
+	file("usr/bin/ssh-keygen")
+	file("usr/bin/sudo")
 	file("usr/sbin/xtables-nft-multi")
 	link("usr/sbin/iptables", "/etc/alternatives/iptables")
 	link("etc/alternatives/iptables", "/usr/sbin/iptables-nft")
@@ -287,6 +291,8 @@ func TestCheckBaseEmpty(t *testing.T) {
 		"mkfs.ext4", "e2fsprogs", "usr/lib/systemd/boot/efi/systemd-bootx64.efi", "systemd-boot-efi",
 		"usr/lib/systemd/systemd-bless-boot", "package systemd-boot)",
 		"etc/passwd", "etc/group", "base-passwd",
+		"usr/sbin/nft", "package nftables", "usr/sbin/sshd", "package openssh-server",
+		"usr/bin/ssh-keygen", "package openssh-client", "usr/bin/sudo", "package sudo",
 	}
 	runtime := []string{"iproute2", "udevadm", "package udev", "modprobe", "package kmod"}
 	for _, full := range []bool{false, true} {
@@ -483,7 +489,7 @@ func TestBaseRecipeHash(t *testing.T) {
 	}
 	// The default recipe has what the images need and not systemd-resolved.
 	inc := strings.Join(r.Include, " ")
-	for _, p := range []string{"systemd-sysv", "linux-image-cloud-amd64", "chrony", "iptables", "iproute2", "e2fsprogs", "udev", "dbus", "kmod", "ca-certificates", "systemd-boot-efi", "systemd-boot"} {
+	for _, p := range []string{"systemd-sysv", "linux-image-cloud-amd64", "chrony", "iptables", "iproute2", "e2fsprogs", "udev", "dbus", "kmod", "ca-certificates", "systemd-boot-efi", "systemd-boot", "nftables", "openssh-server", "sudo"} {
 		if !strings.Contains(" "+inc+" ", " "+p+" ") {
 			t.Errorf("default recipe does not include %s", p)
 		}
@@ -565,7 +571,7 @@ func TestBuildBaseFake(t *testing.T) {
 	joined := strings.Join(args, "\n")
 	for _, want := range []string{
 		"--variant=minbase",
-		"--include=ca-certificates,chrony,dbus,e2fsprogs,iproute2,iptables,iputils-ping,kmod,linux-image-cloud-amd64,qemu-guest-agent,systemd-boot,systemd-boot-efi,systemd-sysv,udev",
+		"--include=ca-certificates,chrony,dbus,e2fsprogs,iproute2,iptables,iputils-ping,kmod,linux-image-cloud-amd64,nftables,openssh-server,qemu-guest-agent,sudo,systemd-boot,systemd-boot-efi,systemd-sysv,udev",
 		"--customize-hook=set -e",
 		"--format=tar\n--\nbookworm\n",
 		"\nhttp://deb.example/debian",

@@ -46,6 +46,10 @@ var baseRequirements = []baseRequirement{
 	{"mkfs.ext4", []string{"sbin/mkfs.ext4", "usr/sbin/mkfs.ext4"}, "formats the writable /var partition on first boot (x-systemd.makefs)", "e2fsprogs"},
 	{"systemd-boot EFI binary", []string{"usr/lib/systemd/boot/efi/systemd-bootx64.efi"}, "the UEFI boot loader copied to the ESP as EFI/BOOT/BOOTX64.EFI", "systemd-boot-efi"},
 	{"systemd-bless-boot", []string{"usr/lib/systemd/systemd-bless-boot", "lib/systemd/systemd-bless-boot"}, "blesses a verified boot of a new A/B slot (systemd-boot's boot counting)", "systemd-boot"},
+	{"nft", []string{"usr/sbin/nft", "sbin/nft"}, "loads the host firewall (etcdbake-firewall.service)", "nftables"},
+	{"sshd", []string{"usr/sbin/sshd", "sbin/sshd"}, "key-only SSH logins (ssh.authorizedKeys)", "openssh-server"},
+	{"ssh-keygen", []string{"usr/bin/ssh-keygen", "bin/ssh-keygen"}, "makes the SSH host keys at first boot", "openssh-client"},
+	{"sudo", []string{"usr/bin/sudo", "bin/sudo"}, "lets the SSH user become root (root logins are refused)", "sudo"},
 	{"passwd database", []string{"etc/passwd"}, "user accounts", "base-passwd"},
 	{"group database", []string{"etc/group"}, "groups", "base-passwd"},
 }

@@ -86,7 +86,8 @@ fi`,
 }
 
 // DefaultRecipe is a Debian bookworm minbase with systemd, the cloud kernel (and its
-// stock initramfs-tools initrd), chrony, iptables, iproute2, e2fsprogs, udev, dbus, kmod,
+// stock initramfs-tools initrd), chrony, iptables, nftables, openssh-server, sudo,
+// iproute2, e2fsprogs, udev, dbus, kmod,
 // CA certificates, systemd-boot's EFI binary and systemd-boot (boot counting).
 func DefaultRecipe() Recipe {
 	return Recipe{
@@ -104,6 +105,10 @@ func DefaultRecipe() Recipe {
 			"kmod",
 			"ca-certificates",
 			"iputils-ping",
+			// The host firewall (etcdbake-firewall.service) and key-only SSH.
+			"nftables",
+			"openssh-server",
+			"sudo",
 			"systemd-boot-efi",
 			// systemd-bless-boot and its generator: boot counting for the A/B slots.
 			"systemd-boot",
