@@ -12,7 +12,7 @@ mkdir -p "$tools"
 # tools the image tests check against (sgdisk, sfdisk, fsck.vfat, fsck.ext4, qemu-img); QEMU and
 # OVMF for boot tests; nftables for the firewall tests (real nft in network namespaces).
 need=()
-for p in libblkid-dev openssl pkg-config mmdebstrap gdisk fdisk dosfstools e2fsprogs qemu-utils qemu-system-x86 ovmf nftables; do
+for p in libblkid-dev openssl pkg-config mmdebstrap gdisk fdisk dosfstools e2fsprogs qemu-utils qemu-system-x86 ovmf nftables openssh-client; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then

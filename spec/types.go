@@ -18,16 +18,16 @@ type Cluster struct {
 	// organisation and the IDs derived for disks.
 	Name string `yaml:"name" json:"name"`
 	// Nodes are the etcd members, one machine each.
-	Nodes   []Node   `yaml:"nodes" json:"nodes"`
-	Etcd    Etcd     `yaml:"etcd" json:"etcd"`
-	Flannel Flannel  `yaml:"flannel" json:"flannel"`
-	Time    Time     `yaml:"time" json:"time"`
-	PKI     PKI      `yaml:"pki" json:"pki"`
-	SSH     SSH      `yaml:"ssh" json:"ssh"`
+	Nodes   []Node  `yaml:"nodes" json:"nodes"`
+	Etcd    Etcd    `yaml:"etcd" json:"etcd"`
+	Flannel Flannel `yaml:"flannel" json:"flannel"`
+	Time    Time    `yaml:"time" json:"time"`
+	PKI     PKI     `yaml:"pki" json:"pki"`
+	SSH     SSH     `yaml:"ssh" json:"ssh"`
 	// Firewall is every node's host firewall (nftables).
 	Firewall Firewall `yaml:"firewall,omitempty" json:"firewall,omitempty"`
-	Binary  Binaries `yaml:"binaries" json:"binaries"`
-	Rollout Rollout  `yaml:"rollout,omitempty" json:"rollout,omitempty"`
+	Binary   Binaries `yaml:"binaries" json:"binaries"`
+	Rollout  Rollout  `yaml:"rollout,omitempty" json:"rollout,omitempty"`
 	// Maintenance is what every node does by itself to keep etcd healthy for years:
 	// NOSPACE repair, defragmentation one member at a time, the quota warning.
 	Maintenance Maintenance `yaml:"maintenance,omitempty" json:"maintenance,omitempty"`
