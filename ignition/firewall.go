@@ -140,8 +140,8 @@ RemainAfterExit=yes
 ExecStart=nft -f ` + spec.FirewallPath + `
 ExecReload=nft -f ` + spec.FirewallPath + `
 ExecStop=nft delete table inet ` + spec.FirewallTable + `
-` + bootFirst + `ProtectHome=yes
-PrivateTmp=yes
+` + bootFirst + `# No PrivateTmp: it would order the firewall after /var and tmpfiles, late in the boot.
+ProtectHome=yes
 ProtectSystem=strict
 
 [Install]
@@ -157,6 +157,8 @@ func SSHDConfig(c *spec.Cluster) []byte {
 		"HostKey " + spec.SSHHostKeyDir + "/ssh_host_ecdsa_key\n" +
 		"PermitRootLogin no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n" +
 		"PermitEmptyPasswords no\nAuthenticationMethods publickey\nAllowUsers " + c.SSH.User + "\n" +
+		"# Ignition writes the spec's keys to authorized_keys.d/ignition (Fedora CoreOS and\n# Flatcar read it by their own configuration; Debian's sshd needs this line).\n" +
+		"AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys.d/ignition\n" +
 		"X11Forwarding no\n")
 }
 

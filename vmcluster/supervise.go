@@ -566,6 +566,31 @@ func ExecIn(ctx context.Context, dir, node string, argv ...string) (ExecResult, 
 	return vm.Exec(ctx, argv...)
 }
 
+// SSHAddrIn is the host address (127.0.0.1:port) forwarded to the SSH port of a node of
+// the cluster running from dir (ssh.json, written by the cluster).
+func SSHAddrIn(dir, node string) (string, error) {
+	st, err := ReadRunState(dir)
+	if err != nil {
+		return "", fmt.Errorf("no cluster running from %s (etcdbake up): %w", dir, err)
+	}
+	n, ok := st.Nodes[node]
+	if !ok || !ProcessIs(n.QEMU, "qemu-system") {
+		return "", fmt.Errorf("node %q is not running (nodes: %v)", node, sortedKeys(st.Nodes))
+	}
+	b, err := os.ReadFile(filepath.Join(dir, SSHFile))
+	if err != nil {
+		return "", fmt.Errorf("the cluster running from %s has no SSH forwards (started by an older etcdbake? run `etcdbake down` and `etcdbake up`): %w", dir, err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return "", fmt.Errorf("%s: %w", filepath.Join(dir, SSHFile), err)
+	}
+	if m[node] == "" {
+		return "", fmt.Errorf("%s lists no SSH forward for node %q", filepath.Join(dir, SSHFile), node)
+	}
+	return m[node], nil
+}
+
 // DiscardDisks removes the VMs' disks (overlays) and firmware variables kept in dir, so
 // that the next StartCluster with KeepDisks begins from the images again. It returns how
 // many disks it removed; call it only while no cluster runs from dir.

@@ -60,6 +60,7 @@ Start with:  etcdbake init && etcdbake validate && etcdbake ignition --binaries-
 		a.upCmd(),
 		a.downCmd(),
 		a.execCmd(),
+		a.sshCmd(),
 		a.serveCmd(),
 		a.superviseCmd(),
 		a.relayCmd(),
