@@ -74,7 +74,7 @@ func TestImageMatchesIgnitionApplyOnTheRealBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Fewer changes than on the synthetic base: the real one has some of the directories.
-	compareWithIgnitionApply(t, baseTree, 71)
+	compareWithIgnitionApply(t, baseTree, 81)
 }
 
 // compareWithIgnitionApply is the comparison of TestImageMatchesIgnitionApply on a base,

@@ -39,6 +39,10 @@ type b0Env struct {
 	epList   []string
 	members  *clientv3.MemberListResponse
 	consoles func(lines int) string
+	// sshKey is the login key in the spec; hostKeys are the nodes' SSH host key
+	// fingerprints as B11 saw them.
+	sshKey   sshKey
+	hostKeys map[string]string
 }
 
 // b2TLSRejections (B2): every node refuses clients without the cluster's client

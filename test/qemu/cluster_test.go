@@ -245,7 +245,8 @@ func TestCluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 70*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	bc := buildClusterImages(ctx, t, dir, exampleSpecForQEMU(t), true, reportFragment())
+	login := newSSHKey(t)
+	bc := buildClusterImages(ctx, t, dir, withSSH(exampleSpecForQEMU(t), login), true, reportFragment())
 	c := bc.c
 
 	tlsCfg := adminTLS(t, bc.pkiDir)
@@ -481,8 +482,10 @@ func TestCluster(t *testing.T) {
 	t.Logf("L2 hub: %d frames delivered, %d dropped", fw, dropped)
 
 	// The harness's fault controls, which later fault tests rely on.
-	e := &b0Env{ctx: ctx, bc: bc, c: c, cl: cl, runDir: runDir, tlsCfg: tlsCfg, crt: crt, key: key, hc: hc, epList: epList, members: members, consoles: consoles}
+	e := &b0Env{ctx: ctx, bc: bc, c: c, cl: cl, runDir: runDir, tlsCfg: tlsCfg, crt: crt, key: key, hc: hc, epList: epList, members: members, consoles: consoles, sshKey: login}
 	t.Run("B2-tls-rejections", func(t *testing.T) { e.b2TLSRejections(t) })
+
+	t.Run("B11-firewall-ssh", func(t *testing.T) { e.b11FirewallSSH(t) })
 
 	t.Run("B3-B9-report", func(t *testing.T) { e.b3b9Report(t) })
 

@@ -66,6 +66,7 @@ func (e *b0Env) faultSuite(t *testing.T) {
 		if h1.ids[leader] != h0.ids[leader] {
 			t.Errorf("%s came back as member %x, was %x (its disk was kept)", leader, h1.ids[leader], h0.ids[leader])
 		}
+		e.checkHostKey(t, leader) // B11's: the host key lives on the data partition
 		// The forwarded ports stay the same across Restart (the README says so), and
 		// endpoints.json names them.
 		if now, nowPeer := cl.Endpoint(leader), cl.PeerEndpoint(leader); now != ep || nowPeer != peer {
