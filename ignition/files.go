@@ -24,6 +24,7 @@ const (
 	ChronyConfDebian = "/etc/chrony/chrony.conf"
 	ChronyConfFCOS   = "/etc/chrony.conf"
 	HostnamePath     = "/etc/hostname"
+	HostsPath        = "/etc/hosts"
 	NetworkdPath     = "/etc/systemd/network/10-etcdbake.network"
 	NMKeyfilePath    = "/etc/NetworkManager/system-connections/etcdbake.nmconnection"
 	SysctlPath       = "/etc/sysctl.d/90-etcdbake.conf"
@@ -211,6 +212,18 @@ func NMKeyfile(n spec.Node) []byte {
 	}
 	b.WriteString("\n[ipv6]\nmethod=disabled\n")
 	return b.Bytes()
+}
+
+// Hosts names loopback and every member (the same file on every node), so each node
+// resolves its own name (sudo asks) and the others' without DNS.
+func Hosts(c *spec.Cluster) []byte {
+	var b strings.Builder
+	b.WriteString(header("local names: loopback and the cluster's members"))
+	b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	for _, n := range c.Nodes {
+		fmt.Fprintf(&b, "%s\t%s\n", n.IP(), n.Name)
+	}
+	return []byte(b.String())
 }
 
 // Sysctl enables forwarding for the overlay and lets bridged traffic see iptables.

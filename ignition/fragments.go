@@ -87,6 +87,7 @@ func ownedBy(c *spec.Cluster) (owned, error) {
 // pathHints say where in the spec a file etcdbake writes comes from.
 var pathHints = map[string]string{
 	HostnamePath:     "the hostname is nodes[].name",
+	HostsPath:        "the names are nodes[].name and address",
 	ChronyConfDebian: "the NTP servers are time.servers",
 	ChronyConfFCOS:   "the NTP servers are time.servers",
 	NetworkdPath:     "the network is nodes[].address, gateway, dns and mac",

@@ -287,6 +287,7 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 	b.file(ChronyConfDebian, 0o644, "", ChronyConf(c))
 	b.file(ChronyConfFCOS, 0o644, "", ChronyConf(c))
 	b.file(HostnamePath, 0o644, "", []byte(n.Name+"\n"))
+	b.file(HostsPath, 0o644, "", Hosts(c))
 	b.file(NetworkdPath, 0o644, "", NetworkdUnit(n))
 	b.file(NMKeyfilePath, 0o600, "", NMKeyfile(n))
 	b.file(SysctlPath, 0o644, "", Sysctl())

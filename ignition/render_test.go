@@ -95,6 +95,7 @@ func TestGoldenFiles(t *testing.T) {
 		"ssh-hostkeys":           SSHHostKeysScript(),
 		SSHKeygenUnit:            SSHKeygenService(),
 		"sudoers":                Sudoers(c),
+		"hosts":                  Hosts(c),
 	}
 	for name, got := range files {
 		path := filepath.Join("testdata", "golden", n.Name, name)

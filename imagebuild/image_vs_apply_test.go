@@ -47,7 +47,7 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 	if err := base.Check(baseTree); err != nil {
 		t.Fatalf("test baseTree: %v", err)
 	}
-	compareWithIgnitionApply(t, baseTree, 90)
+	compareWithIgnitionApply(t, baseTree, 91)
 }
 
 // TestImageMatchesIgnitionApplyOnTheRealBase is the same comparison on the default Debian
@@ -74,7 +74,7 @@ func TestImageMatchesIgnitionApplyOnTheRealBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Fewer changes than on the synthetic base: the real one has some of the directories.
-	compareWithIgnitionApply(t, baseTree, 81)
+	compareWithIgnitionApply(t, baseTree, 82)
 }
 
 // compareWithIgnitionApply is the comparison of TestImageMatchesIgnitionApply on a base,

@@ -24,7 +24,7 @@ func TestButaneOverridesField(t *testing.T) {
 // TestSSHUserIsNotTheEtcdAccount: the login user cannot be etcd's system account (its keys
 // would be merged into an account that must have no login).
 func TestSSHUserIsNotTheEtcdAccount(t *testing.T) {
-	src := strings.Replace(string(Example), "# ssh:\n#   user: core", "ssh:\n  user: etcd", 1)
+	src := string(Example) + "ssh:\n  user: etcd\n"
 	if src == string(Example) {
 		t.Fatal("test case does not apply: no ssh block in the example")
 	}

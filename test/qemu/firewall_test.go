@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -33,8 +34,9 @@ const (
 
 // sshKey is the test's login key, made for each run.
 type sshKey struct {
-	signer ssh.Signer
-	public string // authorized_keys line
+	signer  ssh.Signer
+	private ed25519.PrivateKey
+	public  string // authorized_keys line
 }
 
 func newSSHKey(t testing.TB) sshKey {
@@ -47,7 +49,19 @@ func newSSHKey(t testing.TB) sshKey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sshKey{signer: s, public: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey()))) + " etcdbake-test"}
+	return sshKey{signer: s, private: priv, public: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey()))) + " etcdbake-test"}
+}
+
+// writeSSHPrivateKey writes the key for an ssh client (-i FILE).
+func writeSSHPrivateKey(t testing.TB, k sshKey, path string) {
+	t.Helper()
+	blk, err := ssh.MarshalPrivateKey(k.private, "etcdbake test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(blk), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // withSSH adds the test's key and a firewall policy narrower than the default to a spec.

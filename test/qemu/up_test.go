@@ -63,6 +63,11 @@ func TestUpDown(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "s3.env"), []byte("AWS_ACCESS_KEY_ID="+s3.AccessKey+"\nAWS_SECRET_ACCESS_KEY="+s3.SecretKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A login key for `etcdbake ssh` (the real ssh client, through up's forward).
+	login := newSSHKey(t)
+	keyFile := filepath.Join(dir, "id_ed25519")
+	writeSSHPrivateKey(t, login, keyFile)
+	b = fmt.Appendf(b, "\nssh:\n  authorizedKeys: [%q]\n", login.public)
 	b = fmt.Appendf(b, "\nbackup:\n  schedule: \"%s\"\n  keep: 3\n  target:\n    endpoint: %s\n    bucket: etcd-backups\n    prefix: demo/\n    credentialsFile: s3.env\n", r1Schedule, s3.Endpoint)
 	os.WriteFile(specPath, b, 0o644)
 
@@ -112,6 +117,17 @@ func TestUpDown(t *testing.T) {
 	}
 	if stdout, _, err := run(time.Minute, "exec", "etcd-1", "--", "findmnt", "-no", "OPTIONS", "/"); err != nil || !strings.HasPrefix(stdout, "ro") {
 		t.Errorf("root mount options %q (%v)", stdout, err)
+	}
+	// ssh: the system's client, the spec's user, sudo to root; a command's exit status
+	// comes back; the host key is trusted on first use into OUT/run/known_hosts only.
+	if stdout, _, err := run(time.Minute, "ssh", "-i", keyFile, "etcd-2", "--", "sh", "-c", "'id -un; sudo -n id -un; hostname'"); err != nil || stdout != "core\nroot\netcd-2\n" {
+		t.Errorf("etcdbake ssh: %q %v, want core, root, etcd-2", stdout, err)
+	}
+	if _, _, err := run(time.Minute, "ssh", "-i", keyFile, "etcd-1", "--", "exit", "4"); err == nil || err.(*exec.ExitError).ExitCode() != 4 {
+		t.Errorf("etcdbake ssh ... exit 4: %v", err)
+	}
+	if kh, err := os.ReadFile(filepath.Join(out, "run", "known_hosts")); err != nil || !bytes.Contains(kh, []byte("etcdbake-demo-etcd-2 ")) {
+		t.Errorf("OUT/run/known_hosts: %v %q", err, kh)
 	}
 	// The units the image masks (imagebuild.MaskedUnits) never ran.
 	if stdout, _, err := run(time.Minute, "exec", "etcd-2", "--", "sh", "-c", "systemctl is-enabled "+strings.Join(imagebuild.MaskedUnits, " ")+"; true"); err != nil || strings.Count(stdout, "masked") != len(imagebuild.MaskedUnits) {
