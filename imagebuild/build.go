@@ -303,6 +303,10 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	if !ok {
 		return nil, fmt.Errorf("the base has no systemd-boot EFI binary (usr/lib/systemd/boot/efi/systemd-bootx64.efi): add the systemd-boot-efi package")
 	}
+	sbom, err := makeSBOMParts(root, strings.TrimPrefix(path.Base(kernel), "vmlinuz-"), o.Binaries)
+	if err != nil {
+		return nil, err
+	}
 
 	parent := filepath.Dir(filepath.Clean(o.OutDir))
 	if err := os.MkdirAll(parent, 0o755); err != nil {
@@ -369,7 +373,7 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 				return nil, fmt.Errorf("node %s: the restored data partition: %w", n.Name, err)
 			}
 		}
-		im, err := buildNode(ctx, o, release, n, tmp, rootImg, own[n.Name], root, kernel, initrd, bootEFI, perNode, when, dataImg)
+		im, err := buildNode(ctx, o, release, n, tmp, rootImg, own[n.Name], root, kernel, initrd, bootEFI, perNode, when, dataImg, sbom)
 		if dataImg != "" {
 			os.Remove(dataImg)
 		}
@@ -467,7 +471,7 @@ func fileBytes(t *fstree.Tree) int64 {
 	return bytes
 }
 
-func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput, tmp, rootImg string, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time, dataImg string) (Image, error) {
+func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput, tmp, rootImg string, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time, dataImg string, sbom sbomParts) (Image, error) {
 	nodeImg := filepath.Join(tmp, n.Name+".node.ext4")
 	if _, err := disk.WriteExt4(ctx, nodeImg, nodeSize, own, disk.Ext4Options{Label: "node", UUID: disk.DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
 		return Image{}, fmt.Errorf("node partition: %w", err)
@@ -571,7 +575,11 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 	if err := os.WriteFile(mf, append(mb, '\n'), 0o644); err != nil {
 		return Image{}, err
 	}
-	im.Files = append(im.Files, mf)
+	sf := filepath.Join(tmp, n.Name+SBOMSuffix)
+	if err := writeSBOM(sf, sbom, o.Cluster, n.Name, release, im.Files, when); err != nil {
+		return Image{}, err
+	}
+	im.Files = append(im.Files, mf, sf)
 	return im, nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 	"github.com/etcdbake/etcdbake/imagebuild/internal/imagetest"
+	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/pki"
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -92,6 +93,13 @@ const testS3Secret = "etcdbake-test-secret-0123456789abcdef"
 
 func exampleBuildPKI(t testing.TB, out string) (BuildOptions, string) {
 	t.Helper()
+	return exampleBuildPKIWith(t, out, nil)
+}
+
+// exampleBuildPKIWith is exampleBuildPKI with some programs taken from local files
+// (name -> path) instead of stand-in scripts.
+func exampleBuildPKIWith(t testing.TB, out string, files map[string]string) (BuildOptions, string) {
+	t.Helper()
 	c, rep := spec.Parse(spec.Example)
 	if rep.HasErrors() {
 		t.Fatal(rep.String())
@@ -116,13 +124,20 @@ func exampleBuildPKI(t testing.TB, out string) (BuildOptions, string) {
 	for _, name := range ignition.BinaryNames {
 		p := filepath.Join(dir, name)
 		os.WriteFile(p, []byte("#!/bin/sh\necho "+name+"\n"), 0o755)
+		if f, ok := files[name]; ok {
+			p = f
+		}
 		b, err := ignition.LocalBinary(name, p)
 		if err != nil {
 			t.Fatal(err)
 		}
 		bins[name] = b
 		remote[url+"/"+name] = p
-		recs = append(recs, BinaryRecord{Name: name, Version: "test", SHA256: "x", Source: "test"})
+		sum, err := fileutil.SHA256(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, BinaryRecord{Name: name, Version: "test", SHA256: sum, Source: "test"})
 	}
 	configs, err := ignition.Render(ignition.Input{Cluster: c, PKI: set, Binaries: bins, Options: ignition.Options{BinariesURL: url}})
 	if err != nil {

@@ -74,12 +74,15 @@ func TestImageMatchesIgnitionApplyOnTheRealBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Fewer changes than on the synthetic base: the real one has some of the directories.
-	compareWithIgnitionApply(t, baseTree, 82)
+	out, root := compareWithIgnitionApply(t, baseTree, 82)
+	// The SBOM lists exactly the packages dpkg itself says the base has installed.
+	checkSBOMPackages(t, filepath.Join(out, "etcd-1"+SBOMSuffix), root)
 }
 
 // compareWithIgnitionApply is the comparison of TestImageMatchesIgnitionApply on a base,
-// where Ignition adds or changes wantChanged paths.
-func compareWithIgnitionApply(t *testing.T, baseTree *fstree.Tree, wantChanged int) {
+// where Ignition adds or changes wantChanged paths. It returns the images' directory and
+// the directory Ignition's own result is in.
+func compareWithIgnitionApply(t *testing.T, baseTree *fstree.Tree, wantChanged int) (out, root string) {
 	imagetest.Tool(t, "sgdisk", "gdisk")
 	apply := imagetest.IgnitionApply(t)
 	configs := imagetest.RenderAll(t)
@@ -87,7 +90,7 @@ func compareWithIgnitionApply(t *testing.T, baseTree *fstree.Tree, wantChanged i
 	cfg := imagetest.Config(t, raw)
 
 	// Ignition's result on disk.
-	root := imagetest.RootDir(t)
+	root = imagetest.RootDir(t)
 	imagetest.WriteTree(t, baseTree, root)
 	// useradd's clock and the build's are the same day (the shadow "last change" field).
 	t.Setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(imagetest.Now.Unix(), 10))
@@ -103,7 +106,7 @@ func compareWithIgnitionApply(t *testing.T, baseTree *fstree.Tree, wantChanged i
 	theirs := imagetest.ReadDir(t, root)
 
 	// The images.
-	out := filepath.Join(t.TempDir(), "images")
+	out = filepath.Join(t.TempDir(), "images")
 	var nodes []NodeInput
 	for _, n := range []string{"etcd-1", "etcd-2"} {
 		nodes = append(nodes, NodeInput{Name: n, Config: configs[n]})
@@ -236,6 +239,7 @@ func compareWithIgnitionApply(t *testing.T, baseTree *fstree.Tree, wantChanged i
 	if sections["enablement links"] == 0 || sections["units and drop-ins"] == 0 || sections["passwd"] == 0 || sections["storage"] == 0 {
 		t.Errorf("a section is missing from the comparison: %v", sections)
 	}
+	return out, root
 }
 
 // imageOnly are the paths (exact, or a prefix ending in "/") that etcdbake's image has and
