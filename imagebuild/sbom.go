@@ -226,17 +226,15 @@ func goPURL(mod, version string) string {
 }
 
 // digested are the image files whose sha256 the SBOM records: the compressed ones (qcow2),
-// which are what gets shipped and are a tenth of the disk's size; the raw disk only when it
-// is the one format (hashing it reads the whole disk, gigabytes of it).
+// which are what gets shipped. A raw disk is not hashed: that reads the whole disk,
+// gigabytes of it, on every build (`etcdbake up` builds raw only); its release ID, a
+// digest of everything that went into it, identifies it.
 func digested(images []string) []string {
 	var out []string
 	for _, f := range images {
 		if !strings.HasSuffix(f, ".raw") {
 			out = append(out, f)
 		}
-	}
-	if len(out) == 0 {
-		return images
 	}
 	return out
 }
