@@ -31,7 +31,7 @@ import (
 // recipeFormat versions the canonical form hashed by Recipe.Hash and the way
 // Build turns a recipe into an mmdebstrap call. Bump it whenever either changes so
 // that cached bases built the old way are not reused.
-const recipeFormat = "etcdbake-base-recipe/1"
+const recipeFormat = "etcdbake-base-recipe/2"
 
 // DefaultSourceDateEpoch is the SOURCE_DATE_EPOCH of the default base recipe
 // (2025-01-01T00:00:00Z): every file time in the tarball is clamped to it.
@@ -41,7 +41,8 @@ const DefaultSourceDateEpoch int64 = 1735689600
 //
 //	SOURCE_DATE_EPOCH=<SourceDateEpoch> mmdebstrap --variant=<Variant> \
 //	    --include=<Include...> [--components=<Components...>] \
-//	    --customize-hook=<CustomizeHooks[0]> ... --format=tar -- <Suite> OUT.tar [<Mirror>]
+//	    --dpkgopt=<DpkgOpts[0]> ... --customize-hook=<CustomizeHooks[0]> ... \
+//	    --format=tar -- <Suite> OUT.tar [<Mirror>]
 type Recipe struct {
 	// Suite is the Debian release ("bookworm").
 	Suite string
@@ -62,10 +63,41 @@ type Recipe struct {
 	// CustomizeHooks are shell snippets passed as --customize-hook, run on the build
 	// host after all packages are installed, with the root directory as "$1".
 	CustomizeHooks []string
+	// DpkgOpts are passed as --dpkgopt, in order (path-exclude and path-include are
+	// applied in order): files dpkg does not unpack. The packages stay installed in
+	// dpkg's status, so scanners still see them.
+	DpkgOpts []string
+}
+
+// LeanDpkgOpts leave out of the default base what an immutable appliance never reads:
+// manual and info pages, documentation (but each package's copyright file), translations,
+// lintian overrides. Nothing runs from them.
+var LeanDpkgOpts = []string{
+	"path-exclude=/usr/share/man/*",
+	"path-exclude=/usr/share/info/*",
+	"path-exclude=/usr/share/doc/*",
+	"path-include=/usr/share/doc/*/copyright",
+	"path-exclude=/usr/share/locale/*",
+	"path-include=/usr/share/locale/locale.alias",
+	"path-exclude=/usr/share/lintian/*",
+}
+
+// LeanPurge are packages the default base removes once it is built: the install needs
+// them, the nodes never run them. usrmerge did its one conversion (and brings Perl: perl,
+// libperl, perl-modules and three Perl libraries, about 48 MB); apt and what only apt
+// uses: a node's root is replaced whole by an A/B update, never changed by a package
+// manager. perl-base (essential, dpkg's own) stays.
+var LeanPurge = []string{
+	"usrmerge", "libfile-find-rule-perl", "libnumber-compare-perl", "libtext-glob-perl",
+	"perl", "libperl5.36", "perl-modules-5.36",
+	"apt", "libapt-pkg6.0", "gpgv", "debian-archive-keyring",
 }
 
 // DefaultHooks are the customize hooks of DefaultRecipe.
 var DefaultHooks = []string{
+	// The lean base: purge what only the install needed (see LeanPurge).
+	`set -e
+chroot "$1" dpkg --purge ` + strings.Join(LeanPurge, " ") + ``,
 	// Machine- and build-specific state out; the image is shared by every node and its
 	// root is read-only (machine id and hostname come from the kernel command line,
 	// resolv.conf from the node's own files).
@@ -117,6 +149,7 @@ func DefaultRecipe() Recipe {
 		},
 		SourceDateEpoch: DefaultSourceDateEpoch,
 		CustomizeHooks:  append([]string(nil), DefaultHooks...),
+		DpkgOpts:        append([]string(nil), LeanDpkgOpts...),
 	}
 }
 
@@ -128,6 +161,10 @@ func (r Recipe) canonical() []byte {
 	if hooks == nil {
 		hooks = []string{}
 	}
+	dpkg := r.DpkgOpts
+	if dpkg == nil {
+		dpkg = []string{}
+	}
 	b, err := json.Marshal(struct {
 		Format          string   `json:"format"`
 		Suite           string   `json:"suite"`
@@ -137,7 +174,8 @@ func (r Recipe) canonical() []byte {
 		Mirror          string   `json:"mirror"`
 		SourceDateEpoch int64    `json:"source_date_epoch"`
 		CustomizeHooks  []string `json:"customize_hooks"`
-	}{recipeFormat, r.Suite, r.Variant, inc, comps, r.Mirror, r.SourceDateEpoch, hooks})
+		DpkgOpts        []string `json:"dpkg_opts"`
+	}{recipeFormat, r.Suite, r.Variant, inc, comps, r.Mirror, r.SourceDateEpoch, hooks, dpkg})
 	if err != nil {
 		panic(err) // strings and ints only
 	}
@@ -181,6 +219,11 @@ func (r Recipe) Validate() error {
 			problems = append(problems, fmt.Sprintf("invalid package or component %q (one name per item)", p))
 		}
 	}
+	for _, o := range r.DpkgOpts {
+		if strings.ContainsAny(o, "\n") || strings.HasPrefix(o, "-") {
+			problems = append(problems, fmt.Sprintf("invalid dpkg option %q (one option per item, without --)", o))
+		}
+	}
 	if strings.HasPrefix(r.Mirror, "-") {
 		problems = append(problems, fmt.Sprintf("invalid mirror %q", r.Mirror))
 	}
@@ -201,6 +244,9 @@ func (r Recipe) mmdebstrapArgs(out string) []string {
 	}
 	if comps := normaliseList(r.Components); len(comps) > 0 {
 		args = append(args, "--components="+strings.Join(comps, ","))
+	}
+	for _, o := range r.DpkgOpts {
+		args = append(args, "--dpkgopt="+o)
 	}
 	for _, h := range r.CustomizeHooks {
 		args = append(args, "--customize-hook="+h)
