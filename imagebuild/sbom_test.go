@@ -115,7 +115,7 @@ func TestSBOM(t *testing.T) {
 		DpkgStatus: "Package: openssh-server\nStatus: install ok installed\nArchitecture: amd64\nSource: openssh\nVersion: 1:9.2p1-2+deb12u3\nDescription: secure shell\n more text\n\n" +
 			"Package: gone\nStatus: deinstall ok config-files\nVersion: 1.0\nArchitecture: amd64\n\n" +
 			"Package: chrony\nStatus: install ok installed\nArchitecture: amd64\nVersion: 4.3-2+deb12u1\n",
-		"usr/lib/os-release":  "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n",
+		"usr/lib/os-release": "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n",
 		"etc/debian_version": "12.8\n",
 	} {
 		if err := o.Base.Put(&fstree.Entry{Path: p, Mode: 0o644, Data: []byte(d)}); err != nil {
