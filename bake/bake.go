@@ -177,9 +177,20 @@ func NodeBinaries(ctx context.Context, c *spec.Cluster, cache *binaries.Cache, f
 	return bins, recs, nil
 }
 
-// Base returns the default base root filesystem tarball: built with mmdebstrap into
-// cacheDir (the default cache when empty), or reused when it is there already.
-func Base(ctx context.Context, cacheDir string, progress func(format string, args ...any)) (string, error) {
+// Recipe is the default base's recipe for a cluster: base.DefaultRecipe plus the spec's
+// image.packages (c may be nil: the default recipe).
+func Recipe(c *spec.Cluster) base.Recipe {
+	r := base.DefaultRecipe()
+	if c != nil {
+		r.Include = append(r.Include, c.Image.Packages...)
+	}
+	return r
+}
+
+// Base returns the cluster's default base root filesystem tarball (Recipe): built with
+// mmdebstrap into cacheDir (the default cache when empty), or reused when it is there
+// already.
+func Base(ctx context.Context, cacheDir string, c *spec.Cluster, progress func(format string, args ...any)) (string, error) {
 	if cacheDir == "" {
 		var err error
 		if cacheDir, err = base.DefaultCacheDir(); err != nil {
@@ -189,7 +200,7 @@ func Base(ctx context.Context, cacheDir string, progress func(format string, arg
 	if progress == nil {
 		progress = func(string, ...any) {}
 	}
-	return base.Build(ctx, base.DefaultRecipe(), cacheDir, progress)
+	return base.Build(ctx, Recipe(c), cacheDir, progress)
 }
 
 // ImageOptions say where and how Images writes the disk images.
@@ -218,7 +229,7 @@ func Images(ctx context.Context, s Sources, o ImageOptions) (*Configs, []imagebu
 	basePath := o.Base
 	if basePath == "" {
 		var err error
-		if basePath, err = Base(ctx, o.BaseCacheDir, s.Progress); err != nil {
+		if basePath, err = Base(ctx, o.BaseCacheDir, s.Cluster, s.Progress); err != nil {
 			return nil, nil, err
 		}
 	}

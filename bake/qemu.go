@@ -68,7 +68,7 @@ func QEMUImages(ctx context.Context, s Sources, o QEMUOptions) (*QEMUBuild, erro
 	if err != nil {
 		return nil, err
 	}
-	base, err := Base(ctx, o.BaseCacheDir, func(f string, args ...any) {
+	base, err := Base(ctx, o.BaseCacheDir, c, func(f string, args ...any) {
 		progress("base: "+f, args...)
 	})
 	if err != nil {
@@ -145,7 +145,7 @@ func QEMURelease(ctx context.Context, s Sources, o QEMUOptions) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	base, err := Base(ctx, o.BaseCacheDir, func(f string, args ...any) { s.progress("base: "+f, args...) })
+	base, err := Base(ctx, o.BaseCacheDir, s.Cluster, func(f string, args ...any) { s.progress("base: "+f, args...) })
 	if err != nil {
 		return "", err
 	}

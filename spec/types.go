@@ -26,6 +26,8 @@ type Cluster struct {
 	SSH     SSH     `yaml:"ssh" json:"ssh"`
 	// Firewall is every node's host firewall (nftables).
 	Firewall Firewall `yaml:"firewall,omitempty" json:"firewall,omitempty"`
+	// Image tunes the default base of the disk images.
+	Image Image `yaml:"image,omitempty" json:"image,omitempty"`
 	Binary   Binaries `yaml:"binaries" json:"binaries"`
 	Rollout  Rollout  `yaml:"rollout,omitempty" json:"rollout,omitempty"`
 	// Maintenance is what every node does by itself to keep etcd healthy for years:
@@ -152,6 +154,14 @@ type BackupTarget struct {
 	// CA is the PEM file (relative: to the spec file) of a private CA that signed the
 	// endpoint's certificate.
 	CA string `yaml:"ca,omitempty" json:"ca,omitempty"`
+}
+
+// Image tunes the default base root filesystem (Debian bookworm by mmdebstrap) the disk
+// images are made from; `etcdbake image --base FILE` replaces it altogether.
+type Image struct {
+	// Packages are Debian packages added to the default base (e.g. nfs-common, perl):
+	// they change the base's recipe, so a new base is built once and cached.
+	Packages []string `yaml:"packages,omitempty" json:"packages,omitempty"`
 }
 
 // PKI sets key algorithm and certificate lifetimes.

@@ -12,9 +12,10 @@ import (
 )
 
 var (
-	labelRe   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	versionRe = regexp.MustCompile(`^v(\d+)\.(\d+)\.(\d+)$`)
-	dnsNameRe = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+	labelRe      = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	versionRe    = regexp.MustCompile(`^v(\d+)\.(\d+)\.(\d+)$`)
+	debPackageRe = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+$`)
+	dnsNameRe    = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
 
 // Backends lists the flannel backends etcdbake configures.
@@ -42,6 +43,11 @@ func Validate(c *Cluster) Report {
 	validatePKI(c, &r)
 	validateBinaries(c, &r)
 	validateFirewall(c, &r)
+	for i, pkg := range c.Image.Packages {
+		if !debPackageRe.MatchString(pkg) {
+			r.Errorf(fmt.Sprintf("image.packages[%d]", i), "%q is not a Debian package name (lowercase letters, digits, '+', '-', '.'; e.g. nfs-common)", pkg)
+		}
+	}
 	for i, k := range c.SSH.AuthorizedKeys {
 		if !strings.HasPrefix(k, "ssh-") && !strings.HasPrefix(k, "ecdsa-") && !strings.HasPrefix(k, "sk-") {
 			r.Errorf(fmt.Sprintf("ssh.authorizedKeys[%d]", i), "does not look like an OpenSSH public key (it should start with ssh-ed25519, ssh-rsa or ecdsa-...): paste the .pub file's line")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -29,8 +30,16 @@ func (a *app) baseCmd() *cobra.Command {
 	}
 }
 
+// defaultBase builds (or reuses) the default base, with the spec's image.packages when
+// there is a spec.
 func (a *app) defaultBase(cmd *cobra.Command) (string, error) {
-	return bake.Base(cmd.Context(), "", func(f string, args ...any) {
+	var c *spec.Cluster
+	if _, err := os.Stat(a.specPath); err == nil {
+		if c, err = a.load(cmd); err != nil {
+			return "", err
+		}
+	}
+	return bake.Base(cmd.Context(), "", c, func(f string, args ...any) {
 		fmt.Fprintf(cmd.ErrOrStderr(), f+"\n", args...) // the lines name their step ("base: ...", "mmdebstrap: ...")
 	})
 }

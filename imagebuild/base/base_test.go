@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -571,7 +572,9 @@ func TestBuildBaseFake(t *testing.T) {
 	joined := strings.Join(args, "\n")
 	for _, want := range []string{
 		"--variant=minbase",
-		"--include=ca-certificates,chrony,dbus,e2fsprogs,iproute2,iptables,iputils-ping,kmod,linux-image-cloud-amd64,nftables,openssh-server,qemu-guest-agent,sudo,systemd-boot,systemd-boot-efi,systemd-sysv,udev",
+		"--include=ca-certificates,chrony,dbus,e2fsprogs,iproute2,iptables,iputils-ping,kmod,linux-image-cloud-amd64,nftables,openssh-server,qemu-guest-agent,sudo,systemd-boot,systemd-boot-efi,systemd-sysv,udev,usr-is-merged",
+		"--dpkgopt=path-exclude=/usr/share/doc/*\n--dpkgopt=path-include=/usr/share/doc/*/copyright",
+		"--customize-hook=chroot \"$1\" dpkg --purge apt debian-archive-keyring gpgv libapt-pkg6.0 libfile-find-rule-perl libnumber-compare-perl libperl5.36 libtext-glob-perl perl perl-modules-5.36 usrmerge ||",
 		"--customize-hook=set -e",
 		"--format=tar\n--\nbookworm\n",
 		"\nhttp://deb.example/debian",
@@ -737,5 +740,24 @@ func TestBuildDefaultBase(t *testing.T) {
 	// merged /usr, as lookups assume
 	if e, ok := tree.Get("sbin"); !ok || !e.IsSymlink() {
 		t.Logf("note: sbin is not a symlink (not merged-/usr): %+v", e)
+	}
+}
+
+// TestPurgeKeepsWhatIsIncluded: a package the recipe includes is never purged (a spec's
+// image.packages can bring back what the lean base removes), and the hash says so.
+func TestPurgeKeepsWhatIsIncluded(t *testing.T) {
+	r := DefaultRecipe()
+	if !slices.Contains(r.purged(), "perl") {
+		t.Fatalf("the default recipe does not purge perl: %v", r.purged())
+	}
+	r.Include = append(r.Include, "perl")
+	if slices.Contains(r.purged(), "perl") || !slices.Contains(r.purged(), "usrmerge") {
+		t.Errorf("with perl included, purged %v", r.purged())
+	}
+	if r.Hash() == DefaultRecipe().Hash() {
+		t.Error("including a package does not change the recipe's hash")
+	}
+	if strings.Contains(strings.Join(r.mmdebstrapArgs("out.tar"), "\n"), " perl ") {
+		t.Errorf("perl is still purged: %v", r.mmdebstrapArgs("out.tar"))
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,7 +42,8 @@ const DefaultSourceDateEpoch int64 = 1735689600
 //
 //	SOURCE_DATE_EPOCH=<SourceDateEpoch> mmdebstrap --variant=<Variant> \
 //	    --include=<Include...> [--components=<Components...>] \
-//	    --dpkgopt=<DpkgOpts[0]> ... --customize-hook=<CustomizeHooks[0]> ... \
+//	    --dpkgopt=<DpkgOpts[0]> ... --customize-hook='chroot "$1" dpkg --purge <Purge...>' \
+//	    --customize-hook=<CustomizeHooks[0]> ... \
 //	    --format=tar -- <Suite> OUT.tar [<Mirror>]
 type Recipe struct {
 	// Suite is the Debian release ("bookworm").
@@ -63,6 +65,10 @@ type Recipe struct {
 	// CustomizeHooks are shell snippets passed as --customize-hook, run on the build
 	// host after all packages are installed, with the root directory as "$1".
 	CustomizeHooks []string
+	// Purge are packages removed (dpkg --purge) once everything is installed, before the
+	// customize hooks, unless Include names them; one that an installed package still
+	// needs is kept (dpkg refuses to remove it).
+	Purge []string
 	// DpkgOpts are passed as --dpkgopt, in order (path-exclude and path-include are
 	// applied in order): files dpkg does not unpack. The packages stay installed in
 	// dpkg's status, so scanners still see them.
@@ -95,9 +101,6 @@ var LeanPurge = []string{
 
 // DefaultHooks are the customize hooks of DefaultRecipe.
 var DefaultHooks = []string{
-	// The lean base: purge what only the install needed (see LeanPurge).
-	`set -e
-chroot "$1" dpkg --purge ` + strings.Join(LeanPurge, " ") + ``,
 	// Machine- and build-specific state out; the image is shared by every node and its
 	// root is read-only (machine id and hostname come from the kernel command line,
 	// resolv.conf from the node's own files).
@@ -146,10 +149,14 @@ func DefaultRecipe() Recipe {
 			"systemd-boot",
 			// Started by udev only where a hypervisor offers its virtio port (etcdbake exec, tests).
 			"qemu-guest-agent",
+			// Marks the root as merged-/usr, so that usrmerge (and the Perl it brings) can
+			// be purged (LeanPurge).
+			"usr-is-merged",
 		},
 		SourceDateEpoch: DefaultSourceDateEpoch,
 		CustomizeHooks:  append([]string(nil), DefaultHooks...),
 		DpkgOpts:        append([]string(nil), LeanDpkgOpts...),
+		Purge:           append([]string(nil), LeanPurge...),
 	}
 }
 
@@ -175,11 +182,27 @@ func (r Recipe) canonical() []byte {
 		SourceDateEpoch int64    `json:"source_date_epoch"`
 		CustomizeHooks  []string `json:"customize_hooks"`
 		DpkgOpts        []string `json:"dpkg_opts"`
-	}{recipeFormat, r.Suite, r.Variant, inc, comps, r.Mirror, r.SourceDateEpoch, hooks, dpkg})
+		Purge           []string `json:"purge"`
+	}{recipeFormat, r.Suite, r.Variant, inc, comps, r.Mirror, r.SourceDateEpoch, hooks, dpkg, r.purged()})
 	if err != nil {
 		panic(err) // strings and ints only
 	}
 	return b
+}
+
+// purged is Purge without what Include asks for, normalised.
+func (r Recipe) purged() []string {
+	inc := normaliseList(r.Include)
+	var out []string
+	for _, p := range normaliseList(r.Purge) {
+		if !slices.Contains(inc, p) {
+			out = append(out, p)
+		}
+	}
+	if out == nil {
+		out = []string{}
+	}
+	return out
 }
 
 // normaliseList trims, drops empty items, sorts and de-duplicates.
@@ -214,7 +237,7 @@ func (r Recipe) Validate() error {
 	if r.Variant == "" || strings.ContainsAny(r.Variant, " \t\n") {
 		problems = append(problems, fmt.Sprintf("invalid variant %q", r.Variant))
 	}
-	for _, p := range append(append([]string(nil), r.Include...), r.Components...) {
+	for _, p := range append(append(append([]string(nil), r.Include...), r.Components...), r.Purge...) {
 		if strings.ContainsAny(strings.TrimSpace(p), " \t\n,") {
 			problems = append(problems, fmt.Sprintf("invalid package or component %q (one name per item)", p))
 		}
@@ -247,6 +270,10 @@ func (r Recipe) mmdebstrapArgs(out string) []string {
 	}
 	for _, o := range r.DpkgOpts {
 		args = append(args, "--dpkgopt="+o)
+	}
+	if p := r.purged(); len(p) > 0 {
+		args = append(args, `--customize-hook=chroot "$1" dpkg --purge `+strings.Join(p, " ")+
+			` || echo "etcdbake: dpkg kept some of: `+strings.Join(p, " ")+` (still needed by an installed package)" >&2`)
 	}
 	for _, h := range r.CustomizeHooks {
 		args = append(args, "--customize-hook="+h)
