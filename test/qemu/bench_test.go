@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/etcdbake/etcdbake/imagebuild"
+	"github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/vmcluster"
 )
 
@@ -29,15 +30,8 @@ func BenchmarkImagesAndBoot(b *testing.B) {
 	}
 }
 
-// benchImagesAndBoot is one run (a closure inside the b.Loop body makes go1.26.8's
-// compiler crash).
-func benchImagesAndBoot(ctx context.Context, b *testing.B) {
-	dir := b.TempDir()
-	start := time.Now()
-	_, imgs := buildClusterImagesAs(ctx, b, dir, exampleSpecForQEMU(b), false, []string{"raw", "qcow2"})
-	total := time.Since(start)
-	var perNode time.Duration
-	var rawSize, rawAlloc, qcowSize int64
+// imageFigures are the slowest node's build time and the sizes of the last node's images.
+func imageFigures(b *testing.B, imgs []imagebuild.Image) (perNode time.Duration, rawSize, rawAlloc, qcowSize int64) {
 	for _, im := range imgs {
 		perNode = max(perNode, im.Took)
 		for _, f := range im.Files {
@@ -53,11 +47,39 @@ func benchImagesAndBoot(ctx context.Context, b *testing.B) {
 			}
 		}
 	}
+	return perNode, rawSize, rawAlloc, qcowSize
+}
+
+// benchImagesAndBoot is one run (a closure inside the b.Loop body makes go1.26.8's
+// compiler crash).
+func benchImagesAndBoot(ctx context.Context, b *testing.B) {
+	dir := b.TempDir()
+	start := time.Now()
+	bc, imgs := buildClusterImagesAs(ctx, b, dir, exampleSpecForQEMU(b), false, []string{"raw", "qcow2"})
+	total := time.Since(start)
+	perNode, rawSize, rawAlloc, qcowSize := imageFigures(b, imgs)
 	b.ReportMetric(total.Seconds(), "3-images-s")
 	b.ReportMetric(perNode.Seconds(), "per-node-raw+qcow2-s")
 	b.ReportMetric(float64(rawSize>>20), "raw-MiB")
 	b.ReportMetric(float64(rawAlloc>>20), "raw-allocated-MiB")
 	b.ReportMetric(float64(qcowSize)/1e6, "qcow2-MB")
+
+	// Side by side: the same images from the base without the lean recipe (every file
+	// dpkg unpacks, usrmerge, Perl and apt kept).
+	full := base.DefaultRecipe()
+	full.DpkgOpts, full.Purge = nil, nil
+	fullBase, err := base.Build(ctx, full, bc.baseCache, b.Logf)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bc.base = fullBase
+	start = time.Now()
+	fullImgs := bc.bakeImages(ctx, b, bc.c, exampleSpecForQEMU(b), filepath.Join(dir, "full-images"), []string{"raw", "qcow2"})
+	fullTotal := time.Since(start)
+	_, _, fullAlloc, fullQcow := imageFigures(b, fullImgs)
+	b.ReportMetric(fullTotal.Seconds(), "full-base-3-images-s")
+	b.ReportMetric(float64(fullAlloc>>20), "full-base-raw-allocated-MiB")
+	b.ReportMetric(float64(fullQcow)/1e6, "full-base-qcow2-MB")
 
 	// Per extra node without qcow2 (raw only): build 1 and 3 nodes.
 	one := oneNodeQEMUSpec(b)
@@ -72,7 +94,7 @@ func benchImagesAndBoot(ctx context.Context, b *testing.B) {
 
 	// Boot: plain base vs a 1-node etcdbake image, one VM each.
 	plain := bootPlainBase(ctx, b, filepath.Join(dir, "plain"), map[string]string{"etcd-1": "52:54:00:88:00:11"})
-	bc := buildClusterImages(ctx, b, filepath.Join(dir, "one"), one, true)
+	bc = buildClusterImages(ctx, b, filepath.Join(dir, "one"), one, true)
 	cl, err := vmcluster.StartCluster(ctx, bc.options(filepath.Join(dir, "one", "run"), qemuTimeServer))
 	if err != nil {
 		b.Fatal(err)

@@ -139,6 +139,8 @@ type builtCluster struct {
 	firstboot         string
 	baseCache         string
 	binCache          string
+	// base, when set, is the base tarball to build from instead of the default one.
+	base string
 }
 
 // options are what vmcluster needs to boot the nodes (their spec MACs, forwards to the
@@ -223,7 +225,7 @@ func (bc builtCluster) bakeImages(ctx context.Context, t testing.TB, c *spec.Clu
 		Cluster: c, SpecBytes: specText, PKIDir: bc.pkiDir, Cache: &binaries.Cache{Dir: bc.binCache, Progress: t.Logf},
 		Firstboot: bc.firstboot, FirstbootVersion: "test", Fragments: extra, Progress: t.Logf,
 	}, bake.ImageOptions{
-		BaseCacheDir: bc.baseCache, OutDir: outDir, ReleasesDir: bc.releases, Formats: formats, DataSize: 1 << 30,
+		Base: bc.base, BaseCacheDir: bc.baseCache, OutDir: outDir, ReleasesDir: bc.releases, Formats: formats, DataSize: 1 << 30,
 	})
 	if err != nil {
 		t.Fatal(err)
