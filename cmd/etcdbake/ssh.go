@@ -82,9 +82,9 @@ func (a *app) sshArgv(c *spec.Cluster, node, identity string, command []string) 
 		if host, port, err = net.SplitHostPort(addr); err != nil {
 			return nil, err
 		}
-		// Local VMs: their keys are trusted on first use and kept in the run directory,
-		// out of your known_hosts (`down --purge` starts over with new keys).
-		opts = []string{"-o", "UserKnownHostsFile=" + filepath.Join(a.runDir(), "known_hosts"), "-o", "StrictHostKeyChecking=accept-new"}
+		// Local VMs: their keys are trusted on first use and kept, readable, in the run
+		// directory, out of your known_hosts (`down --purge` starts over with new keys).
+		opts = []string{"-o", "UserKnownHostsFile=" + filepath.Join(a.runDir(), "known_hosts"), "-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no"}
 	}
 	argv := append([]string{"ssh", "-p", port, "-l", c.SSH.User, "-o", "HostKeyAlias=etcdbake-" + c.Name + "-" + node}, opts...)
 	if identity != "" {
