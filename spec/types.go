@@ -27,9 +27,9 @@ type Cluster struct {
 	// Firewall is every node's host firewall (nftables).
 	Firewall Firewall `yaml:"firewall,omitempty" json:"firewall,omitempty"`
 	// Image tunes the default base of the disk images.
-	Image Image `yaml:"image,omitempty" json:"image,omitempty"`
-	Binary   Binaries `yaml:"binaries" json:"binaries"`
-	Rollout  Rollout  `yaml:"rollout,omitempty" json:"rollout,omitempty"`
+	Image   Image    `yaml:"image,omitempty" json:"image,omitempty"`
+	Binary  Binaries `yaml:"binaries" json:"binaries"`
+	Rollout Rollout  `yaml:"rollout,omitempty" json:"rollout,omitempty"`
 	// Maintenance is what every node does by itself to keep etcd healthy for years:
 	// NOSPACE repair, defragmentation one member at a time, the quota warning.
 	Maintenance Maintenance `yaml:"maintenance,omitempty" json:"maintenance,omitempty"`
