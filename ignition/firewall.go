@@ -3,6 +3,7 @@ package ignition
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -64,20 +65,17 @@ func ports(ps ...int) string {
 func allowFrom(b *strings.Builder, sources []string, match, comment string) {
 	v4, v6 := familyAddrs(sources)
 	for _, f := range []struct {
-		key   string
-		items []string
-		any   string
-	}{{"ip saddr", v4, "0.0.0.0/0"}, {"ip6 saddr", v6, "::/0"}} {
+		key, family, anywhere string
+		items                 []string
+	}{{"ip saddr", "ipv4", "0.0.0.0/0", v4}, {"ip6 saddr", "ipv6", "::/0", v6}} {
 		if len(f.items) == 0 {
 			continue
 		}
-		sel := f.key + " " + nftSet(f.items) + " "
-		for _, it := range f.items {
-			if it == f.any {
-				sel = "meta nfproto " + map[string]string{"ip saddr": "ipv4", "ip6 saddr": "ipv6"}[f.key] + " "
-			}
+		sel := f.key + " " + nftSet(f.items)
+		if slices.Contains(f.items, f.anywhere) {
+			sel = "meta nfproto " + f.family
 		}
-		fmt.Fprintf(b, "\t\t%s%s accept comment %q\n", sel, match, comment)
+		fmt.Fprintf(b, "\t\t%s %s accept comment %q\n", sel, match, comment)
 	}
 }
 

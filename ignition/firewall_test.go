@@ -115,3 +115,28 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// TestFirewallAnywhere: 0.0.0.0/0 and ::/0 become a family match with no address set, and
+// nft accepts the ruleset (checked, not loaded, in a fresh namespace).
+func TestFirewallAnywhere(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		testtools.Missing(t, "nft (nftables)")
+	}
+	c := exampleCluster(t)
+	c.SSH.Sources = []string{"0.0.0.0/0", "::/0"}
+	c.Firewall.ClientSources = []string{"10.0.0.0/8", "::/0"}
+	rules := string(Firewall(c))
+	for _, want := range []string{
+		"meta nfproto ipv4 tcp dport 22 accept", "meta nfproto ipv6 tcp dport 22 accept",
+		"ip saddr 10.0.0.0/8 tcp dport 2379 accept", "meta nfproto ipv6 tcp dport 2379 accept",
+	} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, rules)
+		}
+	}
+	f := filepath.Join(t.TempDir(), "firewall.nft")
+	if err := os.WriteFile(f, []byte(rules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testtools.NewNetNS(t, "ebk-fw-any").Run(t, "nft", "-c", "-f", f)
+}
