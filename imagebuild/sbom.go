@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"debug/buildinfo"
+	"errors"
 	"fmt"
 	"os"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"time"
@@ -183,11 +185,10 @@ func goComponent(root *fstree.Tree, b BinaryRecord) (cdx.Component, error) {
 	c := cdx.Component{BOMRef: ref, Type: cdx.ComponentTypeApplication, Name: b.Name, Version: b.Version,
 		Hashes:     &[]cdx.Hash{{Algorithm: cdx.HashAlgoSHA256, Value: b.SHA256}},
 		Properties: &[]cdx.Property{{Name: "etcdbake:path", Value: spec.BinDir + "/" + b.Name}, {Name: "etcdbake:source", Value: b.Source}}}
-	data, err := root.ReadFile(strings.TrimPrefix(spec.BinDir, "/") + "/" + b.Name)
-	if err != nil {
-		return c, fmt.Errorf("SBOM: reading %s: %w", b.Name, err)
+	bi, err := readBuildInfo(root, strings.TrimPrefix(spec.BinDir, "/")+"/"+b.Name)
+	if errors.Is(err, errNotInTree) {
+		return c, fmt.Errorf("SBOM: %s: %w", b.Name, err)
 	}
-	bi, err := buildinfo.Read(bytes.NewReader(data))
 	if err != nil {
 		*c.Properties = append(*c.Properties, cdx.Property{Name: "etcdbake:buildinfo", Value: "none: not a Go program, or built without module information"})
 		return c, nil
@@ -216,6 +217,21 @@ func goComponent(root *fstree.Tree, b BinaryRecord) (cdx.Component, error) {
 		c.Components = &deps
 	}
 	return c, nil
+}
+
+var errNotInTree = errors.New("not a regular file in the image")
+
+// readBuildInfo reads a program's Go build information. A program held as a local file
+// (the binaries are) is read there, only the parts buildinfo needs, not loaded whole.
+func readBuildInfo(root *fstree.Tree, p string) (*debug.BuildInfo, error) {
+	e, ok := root.Get(p)
+	if !ok || !e.IsRegular() {
+		return nil, errNotInTree
+	}
+	if e = root.DataOf(e); e.Source != "" {
+		return buildinfo.ReadFile(e.Source)
+	}
+	return buildinfo.Read(bytes.NewReader(e.Data))
 }
 
 // goPURL is a Go module's package URL: the path's last element is the name, the rest
