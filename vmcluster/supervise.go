@@ -554,28 +554,32 @@ func StopSupervised(dir string, timeout time.Duration) (*RunState, error) {
 
 // ExecIn runs a command in a node of the supervised cluster in dir (see VM.Exec).
 func ExecIn(ctx context.Context, dir, node string, argv ...string) (ExecResult, error) {
-	st, err := ReadRunState(dir)
+	n, err := runningNode(dir, node)
 	if err != nil {
-		return ExecResult{}, fmt.Errorf("no cluster running from %s (etcdbake up): %w", dir, err)
-	}
-	n, ok := st.Nodes[node]
-	if !ok || !ProcessIs(n.QEMU, "qemu-system") {
-		return ExecResult{}, fmt.Errorf("node %q is not running (nodes: %v)", node, sortedKeys(st.Nodes))
+		return ExecResult{}, err
 	}
 	vm := &VM{Name: node, qgaPath: n.Agent}
 	return vm.Exec(ctx, argv...)
 }
 
-// SSHAddrIn is the host address (127.0.0.1:port) forwarded to the SSH port of a node of
-// the cluster running from dir (ssh.json, written by the cluster).
-func SSHAddrIn(dir, node string) (string, error) {
+// runningNode is a node of the cluster running from dir whose VM is up.
+func runningNode(dir, node string) (RunNode, error) {
 	st, err := ReadRunState(dir)
 	if err != nil {
-		return "", fmt.Errorf("no cluster running from %s (etcdbake up): %w", dir, err)
+		return RunNode{}, fmt.Errorf("no cluster running from %s (etcdbake up): %w", dir, err)
 	}
 	n, ok := st.Nodes[node]
 	if !ok || !ProcessIs(n.QEMU, "qemu-system") {
-		return "", fmt.Errorf("node %q is not running (nodes: %v)", node, sortedKeys(st.Nodes))
+		return RunNode{}, fmt.Errorf("node %q is not running (nodes: %v)", node, sortedKeys(st.Nodes))
+	}
+	return n, nil
+}
+
+// SSHAddrIn is the host address (127.0.0.1:port) forwarded to the SSH port of a node of
+// the cluster running from dir (ssh.json, written by the cluster).
+func SSHAddrIn(dir, node string) (string, error) {
+	if _, err := runningNode(dir, node); err != nil {
+		return "", err
 	}
 	b, err := os.ReadFile(filepath.Join(dir, SSHFile))
 	if err != nil {
