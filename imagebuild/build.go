@@ -295,7 +295,7 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 		return nil, err
 	}
 	progress("split: %d entries in the shared root, %d per-node files (%s)", root.Len(), len(perNode), time.Since(start).Round(time.Millisecond))
-	kernel, initrd, err := base.KernelAndInitrd(root)
+	boot, err := takeBootFiles(root)
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +303,7 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	if !ok {
 		return nil, fmt.Errorf("the base has no systemd-boot EFI binary (usr/lib/systemd/boot/efi/systemd-bootx64.efi): add the systemd-boot-efi package")
 	}
-	sbom, err := makeSBOMParts(root, strings.TrimPrefix(path.Base(kernel), "vmlinuz-"), o.Binaries)
+	sbom, err := makeSBOMParts(root, strings.TrimPrefix(path.Base(boot.kernel), "vmlinuz-"), o.Binaries)
 	if err != nil {
 		return nil, err
 	}
@@ -373,7 +373,7 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 				return nil, fmt.Errorf("node %s: the restored data partition: %w", n.Name, err)
 			}
 		}
-		im, err := buildNode(ctx, o, release, n, tmp, rootImg, own[n.Name], root, kernel, initrd, bootEFI, perNode, when, dataImg, sbom)
+		im, err := buildNode(ctx, o, release, n, tmp, rootImg, own[n.Name], root, boot, bootEFI, perNode, when, dataImg, sbom)
 		if dataImg != "" {
 			os.Remove(dataImg)
 		}
@@ -388,7 +388,7 @@ func Build(ctx context.Context, o BuildOptions) ([]Image, error) {
 	if o.ReleasesDir != "" {
 		t2 := time.Now()
 		rp := releaseParts{id: release, rootImg: rootImg, nodeImgs: map[string]string{}, options: map[string]map[string]string{}, entries: map[string]map[string]string{},
-			kernel: kernel, initrd: initrd, root: root, when: when, slotSize: o.SlotSize, baseHash: o.BaseHash, specHash: o.SpecHash,
+			boot: boot, when: when, slotSize: o.SlotSize, baseHash: o.BaseHash, specHash: o.SpecHash,
 			cluster: o.Cluster, binaries: sortedBinaries(o.Binaries), certSerials: o.CertSerials, specJSON: o.SpecJSON}
 		for _, im := range images {
 			rp.nodeImgs[im.Node] = im.nodeImg
@@ -471,7 +471,7 @@ func fileBytes(t *fstree.Tree) int64 {
 	return bytes
 }
 
-func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput, tmp, rootImg string, own, root *fstree.Tree, kernel, initrd string, bootEFI *fstree.Entry, perNode []string, when time.Time, dataImg string, sbom sbomParts) (Image, error) {
+func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput, tmp, rootImg string, own, root *fstree.Tree, boot bootFiles, bootEFI *fstree.Entry, perNode []string, when time.Time, dataImg string, sbom sbomParts) (Image, error) {
 	nodeImg := filepath.Join(tmp, n.Name+".node.ext4")
 	if _, err := disk.WriteExt4(ctx, nodeImg, nodeSize, own, disk.Ext4Options{Label: "node", UUID: disk.DeriveGUID(o.Cluster, n.Name, "node-fs"), Time: when}); err != nil {
 		return Image{}, fmt.Errorf("node partition: %w", err)
@@ -484,24 +484,14 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 	if err != nil {
 		return Image{}, err
 	}
-	kEntry, _ := root.Get(kernel)
-	iEntry, _ := root.Get(initrd)
-	kData, err := root.Contents(kEntry)
-	if err != nil {
-		return Image{}, err
-	}
-	iData, err := root.Contents(iEntry)
-	if err != nil {
-		return Image{}, err
-	}
 	entry := EntryName(0, slot) + ".conf"
 	kdir := SlotKernelDir(slot)
 	files := []disk.ESPFile{
 		{Path: "EFI/BOOT/BOOTX64.EFI", Data: efiData},
 		{Path: "loader/loader.conf", Data: disk.LoaderConf()},
 		{Path: "loader/entries/" + entry, Data: nodeEntry(o.Cluster, n.Name, slot, release)},
-		{Path: kdir + "/linux", Data: kData},
-		{Path: kdir + "/initrd", Data: iData},
+		{Path: kdir + "/linux", Data: boot.linux},
+		{Path: kdir + "/initrd", Data: boot.initrd},
 	}
 	dataSize := o.DataSize
 	if dataSize < 512*mib {
@@ -566,7 +556,7 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 	}
 	bins := sortedBinaries(o.Binaries)
 	m := Manifest{Cluster: o.Cluster, Node: n.Name, Release: release, BaseSHA256: o.BaseHash, SpecSHA256: o.SpecHash, Binaries: bins,
-		Kernel: kernel, Layout: layout, Slot: slot, Entry: entry, Cmdline: cmdline, PerNode: perNode}
+		Kernel: boot.kernel, Layout: layout, Slot: slot, Entry: entry, Cmdline: cmdline, PerNode: perNode}
 	mb, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return Image{}, err

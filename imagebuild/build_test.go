@@ -57,6 +57,7 @@ func syntheticImageBase(t testing.TB) *fstree.Tree {
 		"etc/shadow":                            "root:*:19000:0:99999:7:::\n",
 		"etc/gshadow":                           "root:*::\n",
 		"usr/lib/systemd/system/chrony.service": "[Service]\nExecStart=/usr/sbin/chronyd\n[Install]\nWantedBy=multi-user.target\n",
+		"boot/config-6.1.0-test-amd64":          "CONFIG_EXT4_FS=y\n",
 	}
 	for p, d := range testBootFiles {
 		files[p] = d
@@ -66,7 +67,9 @@ func syntheticImageBase(t testing.TB) *fstree.Tree {
 			t.Fatal(err)
 		}
 	}
-	for _, l := range [][2]string{{"lib", "usr/lib"}, {"sbin", "usr/sbin"}, {"bin", "usr/bin"}} {
+	// Debian's links to the kernel (linux-image's postinst) and one to elsewhere.
+	for _, l := range [][2]string{{"lib", "usr/lib"}, {"sbin", "usr/sbin"}, {"bin", "usr/bin"},
+		{"vmlinuz", "boot/vmlinuz-6.1.0-test-amd64"}, {"initrd.img.old", "/boot/initrd.img-6.1.0-test-amd64"}, {"vmlinuz.old", "boot/config-6.1.0-test-amd64"}} {
 		if err := tr.Put(&fstree.Entry{Path: l[0], Mode: fs.ModeSymlink | 0o777, Target: l[1]}); err != nil {
 			t.Fatal(err)
 		}
@@ -279,6 +282,18 @@ func TestBuildImagesFromSyntheticBase(t *testing.T) {
 		}
 		if got := dbg(node, "stat /etc/etcd/pki/server.key"); !strings.Contains(got, "Mode:  0600") {
 			t.Errorf("%s: server.key: %s", im.Node, got)
+		}
+		// The kernel and initrd are on the ESP (checkSlots), not also in the root; so
+		// are the links to them. The rest of /boot and other links stay.
+		for _, p := range []string{"/boot/vmlinuz-6.1.0-test-amd64", "/boot/initrd.img-6.1.0-test-amd64", "/vmlinuz", "/initrd.img.old"} {
+			if got := dbg(root, "stat "+p); !strings.Contains(got, "File not found") {
+				t.Errorf("%s: the root holds %s, which belongs on the ESP only: %s", im.Node, p, got)
+			}
+		}
+		for _, p := range []string{"/boot/config-6.1.0-test-amd64", "/vmlinuz.old"} {
+			if got := dbg(root, "stat "+p); strings.Contains(got, "File not found") {
+				t.Errorf("%s: the root lost %s: %s", im.Node, p, got)
+			}
 		}
 		// Shared files are in the root itself, with their enablement links.
 		if got := dbg(root, "cat /etc/systemd/system/etcd.service"); !strings.Contains(got, "Type=notify") {

@@ -13,7 +13,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 	"github.com/etcdbake/etcdbake/internal/fileutil"
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -50,21 +49,20 @@ type (
 // releaseParts is what Build hands to writeRelease: the files it made in its temporary
 // directory (moved into the release, not copied) and what the manifest records.
 type releaseParts struct {
-	id             string
-	rootImg        string
-	nodeImgs       map[string]string
-	options        map[string]map[string]string
-	entries        map[string]map[string]string
-	kernel, initrd string
-	root           *fstree.Tree
-	when           time.Time
-	slotSize       int64
-	baseHash       string
-	specHash       string
-	cluster        string
-	binaries       []BinaryRecord
-	certSerials    map[string]map[string]string
-	specJSON       []byte
+	id          string
+	rootImg     string
+	nodeImgs    map[string]string
+	options     map[string]map[string]string
+	entries     map[string]map[string]string
+	boot        bootFiles
+	when        time.Time
+	slotSize    int64
+	baseHash    string
+	specHash    string
+	cluster     string
+	binaries    []BinaryRecord
+	certSerials map[string]map[string]string
+	specJSON    []byte
 }
 
 // writeRelease writes the release into dir/<id> through a temporary directory renamed
@@ -84,7 +82,7 @@ func writeRelease(ctx context.Context, dir string, p releaseParts) (string, erro
 	}
 	defer os.RemoveAll(tmp)
 	m := ReleaseManifest{ID: p.id, Cluster: p.cluster, Created: p.when, SpecSHA256: p.specHash, BaseSHA256: p.baseHash,
-		Binaries: p.binaries, Kernel: p.kernel, SlotSize: p.slotSize, Nodes: map[string]ReleaseNode{}}
+		Binaries: p.binaries, Kernel: p.boot.kernel, SlotSize: p.slotSize, Nodes: map[string]ReleaseNode{}}
 	// place moves (or writes) one file into the release and records its digest.
 	place := func(rel, from string, data []byte) (ReleaseFile, error) {
 		if err := ctx.Err(); err != nil {
@@ -112,18 +110,11 @@ func writeRelease(ctx context.Context, dir string, p releaseParts) (string, erro
 		}
 	}
 	for _, f := range []struct {
-		rel, path string
-		out       *ReleaseFile
-	}{{ReleaseLinux, p.kernel, &m.Linux}, {ReleaseInitrd, p.initrd, &m.Initrd}} {
-		e, ok := p.root.Get(f.path)
-		if !ok {
-			return "", fmt.Errorf("release: %s is not in the root", f.path)
-		}
-		data, err := p.root.Contents(e)
-		if err != nil {
-			return "", err
-		}
-		if *f.out, err = place(f.rel, "", data); err != nil {
+		rel  string
+		data []byte
+		out  *ReleaseFile
+	}{{ReleaseLinux, p.boot.linux, &m.Linux}, {ReleaseInitrd, p.boot.initrd, &m.Initrd}} {
+		if *f.out, err = place(f.rel, "", f.data); err != nil {
 			return "", err
 		}
 	}

@@ -3,9 +3,12 @@ package imagebuild
 import (
 	"fmt"
 	"io/fs"
+	"path"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/etcdbake/etcdbake/imagebuild/base"
 	"github.com/etcdbake/etcdbake/imagebuild/fstree"
 	"github.com/etcdbake/etcdbake/spec"
 )
@@ -200,4 +203,53 @@ func SlotCmdline(slot, rootPARTUUID, nodePARTUUID, release, hostname, machineID 
 		"panic=30",
 		"console=ttyS0,115200", "systemd.hostname=" + hostname, "systemd.machine_id=" + machineID,
 	}, " ")
+}
+
+// bootFiles are the kernel and initrd a slot boots, kept on the ESP (the slot's
+// directory) and in the release.
+type bootFiles struct {
+	kernel        string // its path in the base ("boot/vmlinuz-V"), recorded in manifests
+	linux, initrd []byte
+}
+
+// takeBootFiles takes the newest kernel and its initrd out of the shared root, with the
+// links to them ("vmlinuz", "initrd.img", their ".old" twins, at / or in boot/). Nothing
+// on a node reads them from its root: the firmware loads them from the ESP and an A/B
+// update brings its own in the release, so a root copy stored the same ~30 MB twice
+// in every image.
+func takeBootFiles(root *fstree.Tree) (bootFiles, error) {
+	kernel, initrd, err := base.KernelAndInitrd(root)
+	if err != nil {
+		return bootFiles{}, err
+	}
+	b := bootFiles{kernel: kernel}
+	var real []string
+	for _, f := range []struct {
+		path string
+		into *[]byte
+	}{{kernel, &b.linux}, {initrd, &b.initrd}} {
+		p, err := root.Resolve(f.path, true)
+		if err != nil {
+			return bootFiles{}, err
+		}
+		e, _ := root.Get(p)
+		if *f.into, err = root.Contents(e); err != nil {
+			return bootFiles{}, err
+		}
+		real = append(real, p)
+	}
+	for _, dir := range []string{"", "boot"} {
+		for _, name := range []string{"vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"} {
+			p := path.Join(dir, name)
+			if e, ok := root.Get(p); ok && e.IsSymlink() {
+				if to, err := root.Resolve(p, true); err == nil && slices.Contains(real, to) {
+					root.Remove(p)
+				}
+			}
+		}
+	}
+	for _, p := range real {
+		root.Remove(p)
+	}
+	return b, nil
 }

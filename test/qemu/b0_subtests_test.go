@@ -228,12 +228,22 @@ func (e *b0Env) b3b9Report(t *testing.T) {
 // file, copied out of the node, verifies as this cluster's.
 func (e *b0Env) maintenance(t *testing.T) {
 	for _, n := range e.cl.Nodes() {
-		res, err := e.cl.Exec(e.ctx, n, "/bin/sh", "-c", `for u in etcdbake-maintain.timer etcdbake-snapshot.timer; do
-  echo "$u $(systemctl is-enabled $u) $(systemctl is-active $u) $(systemctl show -p NextElapseUSecMonotonic -p NextElapseUSecRealtime --value $u | tr '\n' ' ')"
-done
-systemctl start etcdbake-maintain.service; echo "maintain rc=$?"
+		// The timers are read after the pass by hand: while a timer's own run is under
+		// way (the maintenance timer's first run falls 5-6 min after boot, when this
+		// subtest may run) systemd shows no next elapse; once the service is done it
+		// schedules the next run from OnUnitActiveSec. The loop waits briefly for that.
+		res, err := e.cl.Exec(e.ctx, n, "/bin/sh", "-c", `systemctl start etcdbake-maintain.service; echo "maintain rc=$?"
 systemctl show -p Result etcdbake-maintain.service
-journalctl -b --no-pager -o cat -u etcdbake-maintain.service | tail -n 5`)
+journalctl -b --no-pager -o cat -u etcdbake-maintain.service | tail -n 5
+next() { systemctl show -p NextElapseUSecMonotonic -p NextElapseUSecRealtime --value $1 | grep -v -x -e '' -e infinity -e 0; }
+for i in $(seq 20); do
+  next etcdbake-maintain.timer >/dev/null && next etcdbake-snapshot.timer >/dev/null && break
+  sleep 0.5
+done
+for u in etcdbake-maintain.timer etcdbake-snapshot.timer; do
+  echo "$u $(systemctl is-enabled $u) $(systemctl is-active $u) $(systemctl show -p NextElapseUSecMonotonic -p NextElapseUSecRealtime --value $u | tr '\n' ' ')"
+  echo "  ($u: $(systemctl show -p SubState -p LastTriggerUSec $u | tr '\n' ' '))"
+done`)
 		if err != nil {
 			t.Fatalf("%s: %v", n, err)
 		}
