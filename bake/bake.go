@@ -178,11 +178,12 @@ func NodeBinaries(ctx context.Context, c *spec.Cluster, cache *binaries.Cache, f
 }
 
 // Recipe is the default base's recipe for a cluster: base.DefaultRecipe plus the spec's
-// image.packages (c may be nil: the default recipe).
+// image.packages and image.kernelModules (c may be nil: the default recipe).
 func Recipe(c *spec.Cluster) base.Recipe {
 	r := base.DefaultRecipe()
 	if c != nil {
 		r.Include = append(r.Include, c.Image.Packages...)
+		r.KeepModules = append(r.KeepModules, c.Image.KernelModules...)
 	}
 	return r
 }

@@ -162,6 +162,10 @@ type Image struct {
 	// Packages are Debian packages added to the default base (e.g. nfs-common, perl):
 	// they change the base's recipe, so a new base is built once and cached.
 	Packages []string `yaml:"packages,omitempty" json:"packages,omitempty"`
+	// KernelModules are kernel modules the default base keeps although it leaves their
+	// kind out (e.g. xfs, nfs, sctp; see the README's "Disk images"), with the modules
+	// they need; they change the base's recipe too.
+	KernelModules []string `yaml:"kernelModules,omitempty" json:"kernelModules,omitempty"`
 }
 
 // PKI sets key algorithm and certificate lifetimes.

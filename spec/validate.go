@@ -15,7 +15,9 @@ var (
 	labelRe      = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	versionRe    = regexp.MustCompile(`^v(\d+)\.(\d+)\.(\d+)$`)
 	debPackageRe = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+$`)
-	dnsNameRe    = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+	// kernelModuleRe is a module name as modprobe takes it (base.Recipe.KeepModules).
+	kernelModuleRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+	dnsNameRe      = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
 
 // Backends lists the flannel backends etcdbake configures.
@@ -46,6 +48,11 @@ func Validate(c *Cluster) Report {
 	for i, pkg := range c.Image.Packages {
 		if !debPackageRe.MatchString(pkg) {
 			r.Errorf(fmt.Sprintf("image.packages[%d]", i), "%q is not a Debian package name (lowercase letters, digits, '+', '-', '.'; e.g. nfs-common)", pkg)
+		}
+	}
+	for i, m := range c.Image.KernelModules {
+		if !kernelModuleRe.MatchString(m) {
+			r.Errorf(fmt.Sprintf("image.kernelModules[%d]", i), "%q is not a kernel module name (letters, digits, '_' and '-', as modprobe takes it; e.g. xfs)", m)
 		}
 	}
 	for i, k := range c.SSH.AuthorizedKeys {

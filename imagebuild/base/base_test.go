@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -737,6 +738,7 @@ func TestBuildDefaultBase(t *testing.T) {
 			t.Errorf("ssh host key %s in the base", p)
 		}
 	}
+	checkLeanModules(t, tree, strings.TrimPrefix(path.Base(k), "vmlinuz-"))
 	// merged /usr, as lookups assume
 	if e, ok := tree.Get("sbin"); !ok || !e.IsSymlink() {
 		t.Logf("note: sbin is not a symlink (not merged-/usr): %+v", e)
@@ -760,4 +762,156 @@ func TestPurgeKeepsWhatIsIncluded(t *testing.T) {
 	if strings.Contains(strings.Join(r.mmdebstrapArgs("out.tar"), "\n"), " perl ") {
 		t.Errorf("perl is still purged: %v", r.mmdebstrapArgs("out.tar"))
 	}
+}
+
+// TestPruneHook runs the module-pruning customize hook (real sh, find, awk, chroot) on a
+// small module tree: pruned directories lose their modules, except a module named in
+// KeepModules and every module a kept one needs; empty directories go; depmod runs in
+// the root for the kernel; a KeepModules name the kernel lacks fails the hook, naming it.
+func TestPruneHook(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if testtools.UnderMakeTest() {
+			t.Fatal("the hook's chroot needs root (make test runs as root in CI)")
+		}
+		t.Skip("chroot needs root")
+	}
+	// A static stand-in for the base's depmod, which the hook runs inside the root.
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "main.go"), []byte(`package main
+
+import "os"
+
+func main() { os.WriteFile("/depmod.args", []byte(os.Args[1]), 0o644) }
+`), 0o644)
+	os.WriteFile(filepath.Join(src, "go.mod"), []byte("module depmod\n"), 0o644)
+	build := func() string {
+		root := t.TempDir()
+		mdir := filepath.Join(root, "usr/lib/modules/6.1.0-test")
+		dep := `kernel/fs/xfs/xfs.ko: kernel/lib/libcrc32c.ko
+kernel/fs/btrfs/btrfs.ko: kernel/lib/raid6/raid6_pq.ko kernel/lib/libcrc32c.ko
+kernel/fs/nfs/nfs.ko: kernel/fs/lockd/lockd.ko kernel/net/sunrpc/sunrpc.ko
+kernel/fs/lockd/lockd.ko: kernel/net/sunrpc/sunrpc.ko
+kernel/net/sunrpc/sunrpc.ko:
+kernel/net/sctp/sctp.ko: kernel/lib/libcrc32c.ko
+kernel/net/sctp/sctp_diag.ko: kernel/net/sctp/sctp.ko kernel/lib/libcrc32c.ko
+kernel/net/tipc/tipc.ko:
+kernel/drivers/net/uses-sctp.ko: kernel/net/sctp/sctp.ko kernel/lib/libcrc32c.ko
+kernel/drivers/net/vxlan/vxlan.ko: kernel/net/ipv4/udp_tunnel.ko
+kernel/net/ipv4/udp_tunnel.ko:
+kernel/lib/libcrc32c.ko:
+kernel/lib/raid6/raid6_pq.ko:
+`
+		for _, l := range strings.Split(strings.TrimSpace(dep), "\n") {
+			m, _, _ := strings.Cut(l, ":")
+			os.MkdirAll(filepath.Join(mdir, filepath.Dir(m)), 0o755)
+			os.WriteFile(filepath.Join(mdir, m), []byte("ko"), 0o644)
+		}
+		os.WriteFile(filepath.Join(mdir, "modules.dep"), []byte(dep), 0o644)
+		os.MkdirAll(filepath.Join(root, "usr/sbin"), 0o755)
+		os.MkdirAll(filepath.Join(root, "tmp"), 0o1777)
+		b := exec.Command("go", "build", "-o", filepath.Join(root, "usr/sbin/depmod"), ".")
+		b.Dir, b.Env = src, append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := b.CombinedOutput(); err != nil {
+			t.Fatalf("building the stand-in depmod: %v\n%s", err, out)
+		}
+		return root
+	}
+	run := func(r Recipe, root string) (string, error) {
+		if err := r.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("sh", "-c", r.pruneHook(), "exec", root)
+		cmd.Env = append(os.Environ(), "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+
+	r := Recipe{Suite: "bookworm", Variant: "minbase", PruneModules: []string{"fs/xfs", "fs/btrfs", "fs/nfs", "fs/lockd", "net/sunrpc", "net/sctp", "net/tipc/tipc.ko", "fs/absent"}, KeepModules: []string{"nfs"}}
+	root := build()
+	out, err := run(r, root)
+	if err != nil {
+		t.Fatalf("hook: %v\n%s", err, out)
+	}
+	t.Logf("hook: %s", strings.TrimSpace(out))
+	mdir := filepath.Join(root, "usr/lib/modules/6.1.0-test")
+	for m, want := range map[string]bool{
+		"kernel/fs/xfs/xfs.ko": false, "kernel/fs/btrfs/btrfs.ko": false, "kernel/net/tipc/tipc.ko": false, "kernel/net/sctp/sctp_diag.ko": false,
+		"kernel/fs/nfs/nfs.ko": true, "kernel/fs/lockd/lockd.ko": true, "kernel/net/sunrpc/sunrpc.ko": true, // kept by name, with what it needs
+		"kernel/net/sctp/sctp.ko":      true, // a module outside the pruned set needs it
+		"kernel/lib/raid6/raid6_pq.ko": true, "kernel/drivers/net/vxlan/vxlan.ko": true, "kernel/lib/libcrc32c.ko": true,
+	} {
+		if _, err := os.Stat(filepath.Join(mdir, m)); (err == nil) != want {
+			t.Errorf("%s: present %v, want %v", m, err == nil, want)
+		}
+	}
+	for _, d := range []string{"kernel/fs/xfs", "kernel/fs/btrfs", "kernel/net/tipc"} {
+		if _, err := os.Stat(filepath.Join(mdir, d)); err == nil {
+			t.Errorf("the emptied directory %s is still there", d)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "depmod.args")); err != nil || string(b) != "6.1.0-test" {
+		t.Errorf("depmod in the root: %q %v (want it run for 6.1.0-test)", b, err)
+	}
+	if !strings.Contains(out, "pruned 4 kernel modules of 6.1.0-test") {
+		t.Errorf("the hook's report: %q (want 4 modules pruned)", out)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "tmp")); len(ents) != 0 {
+		t.Errorf("the hook left files in the root's /tmp: %v", ents)
+	}
+
+	// A module the kernel does not have: the build fails, naming it, and nothing is pruned.
+	r.KeepModules = []string{"nfs", "no-such_mod"}
+	root = build()
+	out, err = run(r, root)
+	if err == nil || !strings.Contains(out, "image.kernelModules: kernel 6.1.0-test has no module no_such_mod") {
+		t.Errorf("keeping a module the kernel lacks: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(root, "usr/lib/modules/6.1.0-test/kernel/fs/xfs/xfs.ko")); err != nil {
+		t.Errorf("a failed hook pruned modules: %v", err)
+	}
+	if (Recipe{}).pruneHook() != "" {
+		t.Error("a recipe that prunes nothing has a prune hook")
+	}
+}
+
+// checkLeanModules: the real base has none of LeanModules' modules left, its modules.dep
+// (rebuilt by the base's depmod) names only modules that are there, and what the nodes
+// load is kept: NIC and disk drivers, the flannel backends, netfilter, ext4.
+func checkLeanModules(t *testing.T, tree *fstree.Tree, ver string) {
+	mdir := "usr/lib/modules/" + ver
+	for p := range tree.All() {
+		for _, d := range LeanModules {
+			if strings.HasPrefix(p, mdir+"/kernel/"+d) && strings.Contains(p, ".ko") {
+				t.Errorf("%s is in the base: %s is left out", p, d)
+			}
+		}
+	}
+	dep, err := tree.ReadFile(mdir + "/modules.dep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	builtin, _ := tree.ReadFile(mdir + "/modules.builtin")
+	have := map[string]bool{}
+	name := func(f string) string { return strings.ReplaceAll(strings.Split(path.Base(f), ".ko")[0], "-", "_") }
+	for _, f := range strings.Fields(string(builtin)) {
+		have[name(f)] = true
+	}
+	n := 0
+	for _, l := range strings.Split(string(dep), "\n") {
+		for i, f := range strings.Fields(strings.ReplaceAll(l, ":", " ")) {
+			if i == 0 {
+				have[name(f)] = true
+				n++
+			}
+			if e, ok := tree.Get(mdir + "/" + f); !ok || !e.IsRegular() {
+				t.Errorf("modules.dep names %s, which is not in the base", f)
+			}
+		}
+	}
+	for _, m := range []string{"vxlan", "wireguard", "ipip", "nf_tables", "nft_chain_nat", "xt_MASQUERADE", "br_netfilter", "virtio_net", "virtio_blk", "virtio_scsi", "nvme", "ext4", "vfat", "dm_mod", "bonding", "ena", "vmxnet3"} {
+		if !have[m] {
+			t.Errorf("kernel module %s is not in the base", m)
+		}
+	}
+	t.Logf("kernel %s: %d modules after pruning", ver, n)
 }

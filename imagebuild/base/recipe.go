@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -32,7 +33,7 @@ import (
 // recipeFormat versions the canonical form hashed by Recipe.Hash and the way
 // Build turns a recipe into an mmdebstrap call. Bump it whenever either changes so
 // that cached bases built the old way are not reused.
-const recipeFormat = "etcdbake-base-recipe/2"
+const recipeFormat = "etcdbake-base-recipe/3"
 
 // DefaultSourceDateEpoch is the SOURCE_DATE_EPOCH of the default base recipe
 // (2025-01-01T00:00:00Z): every file time in the tarball is clamped to it.
@@ -43,6 +44,7 @@ const DefaultSourceDateEpoch int64 = 1735689600
 //	SOURCE_DATE_EPOCH=<SourceDateEpoch> mmdebstrap --variant=<Variant> \
 //	    --include=<Include...> [--components=<Components...>] \
 //	    --dpkgopt=<DpkgOpts[0]> ... --customize-hook='chroot "$1" dpkg --purge <Purge...>' \
+//	    --customize-hook=<prune the kernel modules of PruneModules but KeepModules> \
 //	    --customize-hook=<CustomizeHooks[0]> ... \
 //	    --format=tar -- <Suite> OUT.tar [<Mirror>]
 type Recipe struct {
@@ -73,6 +75,15 @@ type Recipe struct {
 	// applied in order): files dpkg does not unpack. The packages stay installed in
 	// dpkg's status, so scanners still see them.
 	DpkgOpts []string
+	// PruneModules are directories or files under the kernel's module tree
+	// (usr/lib/modules/V/kernel/<item>, e.g. "fs/xfs") whose modules are deleted once
+	// everything is installed (depmod then rebuilds the indexes). A module that a kept
+	// module depends on stays. The initrd is not changed.
+	PruneModules []string
+	// KeepModules are module names ("xfs", "nfs") kept although PruneModules covers
+	// them, with the modules they depend on; the build fails if the kernel has no such
+	// module.
+	KeepModules []string
 }
 
 // LeanDpkgOpts leave out of the default base what an immutable appliance never reads:
@@ -97,6 +108,23 @@ var LeanPurge = []string{
 	"usrmerge", "libfile-find-rule-perl", "libnumber-compare-perl", "libtext-glob-perl",
 	"perl", "libperl5.36", "perl-modules-5.36",
 	"apt", "libapt-pkg6.0", "gpgv", "debian-archive-keyring",
+}
+
+// LeanModules are the kernel module directories (under usr/lib/modules/V/kernel/) the
+// default base leaves out: what an etcd and flannel appliance never loads. Kept: storage
+// and NIC drivers, netfilter, the flannel backends (vxlan, wireguard, ipip), ext4 and
+// the other local file systems, device mapper, bonding, bridges, crypto, hypervisor
+// drivers. The spec's image.kernelModules keeps any of these by name.
+var LeanModules = []string{
+	"arch/x86/kvm",                                 // running VMs on a node
+	"fs/xfs", "fs/btrfs", "fs/ceph", "fs/orangefs", // other file systems for the data partition (ext4)
+	"fs/nfs", "fs/nfsd", "fs/nfs_common", "fs/lockd", "fs/smb", "net/sunrpc", "net/ceph", // network file systems, client and server
+	"net/sctp", "net/tipc", "net/rds", "net/smc", "net/dccp", "net/l2tp", // other transports
+	"drivers/infiniband", "drivers/nvme/host/nvme-rdma.ko", "drivers/target", "drivers/nvme/target", // RDMA, storage targets
+	"drivers/block/drbd", "drivers/block/rbd.ko", "drivers/md/bcache", // replicated and cached block devices
+	"drivers/comedi", "drivers/net/wwan", "drivers/net/mhi_net.ko", "drivers/bus/mhi", // lab cards, modems
+	"drivers/platform/surface", "drivers/hid/surface-hid", "drivers/power/supply/surface_battery.ko", "drivers/power/supply/surface_charger.ko", // Surface laptops
+	"drivers/vhost", "drivers/vfio", "drivers/xen/xen-pciback", "drivers/xen/xen-scsiback.ko", "drivers/block/xen-blkback", "drivers/net/xen-netback", // hypervisor host sides
 }
 
 // DefaultHooks are the customize hooks of DefaultRecipe.
@@ -157,6 +185,7 @@ func DefaultRecipe() Recipe {
 		CustomizeHooks:  append([]string(nil), DefaultHooks...),
 		DpkgOpts:        append([]string(nil), LeanDpkgOpts...),
 		Purge:           append([]string(nil), LeanPurge...),
+		PruneModules:    append([]string(nil), LeanModules...),
 	}
 }
 
@@ -183,7 +212,9 @@ func (r Recipe) canonical() []byte {
 		CustomizeHooks  []string `json:"customize_hooks"`
 		DpkgOpts        []string `json:"dpkg_opts"`
 		Purge           []string `json:"purge"`
-	}{recipeFormat, r.Suite, r.Variant, inc, comps, r.Mirror, r.SourceDateEpoch, hooks, dpkg, r.purged()})
+		PruneModules    []string `json:"prune_modules"`
+		KeepModules     []string `json:"keep_modules"`
+	}{recipeFormat, r.Suite, r.Variant, inc, comps, r.Mirror, r.SourceDateEpoch, hooks, dpkg, r.purged(), normaliseList(r.PruneModules), normaliseList(r.KeepModules)})
 	if err != nil {
 		panic(err) // strings and ints only
 	}
@@ -242,6 +273,16 @@ func (r Recipe) Validate() error {
 			problems = append(problems, fmt.Sprintf("invalid package or component %q (one name per item)", p))
 		}
 	}
+	for _, m := range r.PruneModules {
+		if m = strings.TrimSpace(m); m == "" || !fs.ValidPath(m) || strings.ContainsAny(m, " \t\n'\"$`\\*?[") {
+			problems = append(problems, fmt.Sprintf("invalid module directory %q (a path under the kernel's module tree, e.g. fs/xfs)", m))
+		}
+	}
+	for _, m := range r.KeepModules {
+		if !moduleName.MatchString(strings.TrimSpace(m)) {
+			problems = append(problems, fmt.Sprintf("invalid kernel module name %q (e.g. xfs, nfsv4)", m))
+		}
+	}
 	for _, o := range r.DpkgOpts {
 		if strings.ContainsAny(o, "\n") || strings.HasPrefix(o, "-") {
 			problems = append(problems, fmt.Sprintf("invalid dpkg option %q (one option per item, without --)", o))
@@ -274,6 +315,9 @@ func (r Recipe) mmdebstrapArgs(out string) []string {
 	if p := r.purged(); len(p) > 0 {
 		args = append(args, `--customize-hook=chroot "$1" dpkg --purge `+strings.Join(p, " ")+
 			` || echo "etcdbake: dpkg kept some of: `+strings.Join(p, " ")+` (still needed by an installed package)" >&2`)
+	}
+	if h := r.pruneHook(); h != "" {
+		args = append(args, "--customize-hook="+h)
 	}
 	for _, h := range r.CustomizeHooks {
 		args = append(args, "--customize-hook="+h)
@@ -509,4 +553,47 @@ func firstLine(s string) string {
 		return s[:160] + "..."
 	}
 	return s
+}
+
+// moduleName is what KeepModules accepts: a kernel module's name as modprobe takes it.
+var moduleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+
+// pruneHook is the customize hook that deletes PruneModules' modules, except KeepModules
+// and every module a kept one depends on (modules.dep lists each module's dependencies
+// in full), then rebuilds the module indexes with the base's own depmod. Empty when
+// nothing is pruned. Validate has made the items safe to quote.
+func (r Recipe) pruneHook() string {
+	prune := normaliseList(r.PruneModules)
+	if len(prune) == 0 {
+		return ""
+	}
+	keep := normaliseList(r.KeepModules)
+	return `set -e
+root="$1"
+for mdir in "$root"/usr/lib/modules/*; do
+  [ -f "$mdir/modules.dep" ] || continue
+  v="${mdir##*/}"
+  list="$root/tmp/etcdbake-prune-$v"
+  ( cd "$mdir"; for d in '` + strings.Join(prune, "' '") + `'; do
+      if [ -e "kernel/$d" ]; then find "kernel/$d" -name '*.ko*' -type f; fi
+    done ) > "$list"
+  ( cd "$mdir"; awk -v keep='` + strings.Join(keep, " ") + `' -v ver="$v" '
+    function name(p) { sub(/.*\//, "", p); sub(/\.ko.*$/, "", p); gsub(/-/, "_", p); return p }
+    BEGIN { n = split(keep, k, " "); for (i = 1; i <= n; i++) { w = k[i]; gsub(/-/, "_", w); want[w] = 1 } }
+    FILENAME == ARGV[1] { pruned[$0] = 1; next }
+    {
+      m = $1; sub(/:$/, "", m); found[name(m)] = 1
+      if (!(m in pruned) || (name(m) in want)) { need[m] = 1; for (i = 2; i <= NF; i++) need[$i] = 1 }
+    }
+    END {
+      for (w in want) if (!(w in found)) { print "etcdbake: image.kernelModules: kernel " ver " has no module " w > "/dev/stderr"; bad = 1 }
+      if (bad) exit 1
+      for (p in pruned) if (!(p in need)) print p
+    }' "$list" modules.dep > "$list.rm" )
+  n=$(wc -l < "$list.rm")
+  ( cd "$mdir"; xargs -r rm -f < "$list.rm"; find kernel -depth -type d -empty -delete )
+  rm -f "$list" "$list.rm"
+  chroot "$root" depmod "$v"
+  echo "etcdbake: pruned $n kernel modules of $v" >&2
+done`
 }

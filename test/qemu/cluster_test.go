@@ -263,6 +263,7 @@ func TestCluster(t *testing.T) {
 	t.Logf("plain base (%d VMs at once): launch -> multi-user.target %v, last %s", len(plain), roundAll(plain), plainMax.Round(100*time.Millisecond))
 
 	runDir := filepath.Join(dir, "run")
+	keepOnFailure(t, filepath.Join(runDir, "*.log"))
 	cl, err := vmcluster.StartCluster(ctx, bc.options(runDir, qemuTimeServer))
 	if err != nil {
 		t.Fatal(err)

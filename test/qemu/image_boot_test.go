@@ -82,6 +82,7 @@ func TestBootOneNodeImage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
+	keepOnFailure(t, filepath.Join(dir, "run", "*.log"))
 	os.WriteFile(filepath.Join(dir, "report.bu"), []byte(reportBu), 0o644)
 	bc := buildClusterImages(ctx, t, dir, []byte(oneNodeSpec), true)
 	c, pkiDir := bc.c, bc.pkiDir

@@ -66,6 +66,7 @@ func pxeInstall(t testing.TB, compare bool) {
 	l.Close()
 	guestURL := fmt.Sprintf("http://10.0.2.2:%d", port)
 	binCache := os.Getenv("ETCDBAKE_TEST_CACHE")
+	keepOnFailure(t, filepath.Join(dir, "serve.log"), filepath.Join(dir, "pxe", "*.log"), filepath.Join(dir, "direct", "*.log"))
 	serveLog, err := os.Create(filepath.Join(dir, "serve.log"))
 	if err != nil {
 		t.Fatal(err)

@@ -37,6 +37,7 @@ func TestUpDown(t *testing.T) {
 		cache, _ = binaries.DefaultCacheDir()
 	}
 	specPath, out := filepath.Join(dir, "cluster.yaml"), filepath.Join(dir, "out")
+	keepOnFailure(t, filepath.Join(out, "run", "*.log"))
 	run := func(timeout time.Duration, args ...string) (string, string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
