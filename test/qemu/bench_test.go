@@ -65,9 +65,9 @@ func benchImagesAndBoot(ctx context.Context, b *testing.B) {
 	b.ReportMetric(float64(qcowSize)/1e6, "qcow2-MB")
 
 	// Side by side: the same images from the base without the lean recipe (every file
-	// dpkg unpacks, usrmerge, Perl and apt kept).
+	// dpkg unpacks, usrmerge, Perl, apt and every kernel module kept).
 	full := base.DefaultRecipe()
-	full.DpkgOpts, full.Purge = nil, nil
+	full.DpkgOpts, full.Purge, full.PruneModules = nil, nil, nil
 	fullBase, err := base.Build(ctx, full, bc.baseCache, b.Logf)
 	if err != nil {
 		b.Fatal(err)
