@@ -19,7 +19,7 @@ import (
 // InstallOptions are what the installer reads from the kernel command line.
 type InstallOptions struct {
 	Image  string // etcdbake.image=URL: the node's sparse image stream (/image?mac=)
-	SHA256 string // etcdbake.sha256=HEX: the whole image's SHA-256
+	SHA256 string // etcdbake.sha256=HEX: the SHA-256 of the image's sparse stream (StreamSHA256)
 	Report string // etcdbake.report=URL: where to say how it went (/installed?mac=)
 	Disk   string // etcdbake.disk=/dev/X: the target; default: the first fixed disk big enough
 }

@@ -151,7 +151,7 @@ func New(o Options) (*Server, error) {
 			return nil, fmt.Errorf("pxe: node %s has neither an Ignition config nor a disk image to serve", n.Name)
 		}
 		if n.Image != "" {
-			sum, size, err := ImageSHA256(n.Image)
+			sum, size, err := StreamSHA256(n.Image)
 			if err != nil {
 				return nil, fmt.Errorf("pxe: node %s: %w (build the images first: etcdbake image)", n.Name, err)
 			}
@@ -366,7 +366,7 @@ func (s *Server) ipxeScript(n *Node) ([]byte, error) {
 	if s.o.KernelArgs != "" {
 		args = append(args, s.o.KernelArgs)
 	}
-	return []byte(fmt.Sprintf("#!ipxe\n# etcdbake: node %s of cluster %s: install its disk image (%d MiB, sha256 %s), then boot it\nkernel %s/installer/vmlinuz %s\ninitrd --name initrd.img %s/installer/initrd.img\nboot\n",
+	return []byte(fmt.Sprintf("#!ipxe\n# etcdbake: node %s of cluster %s: install its disk image (%d MiB, stream sha256 %s), then boot it\nkernel %s/installer/vmlinuz %s\ninitrd --name initrd.img %s/installer/initrd.img\nboot\n",
 		n.Name, s.o.Cluster, n.imageSize>>20, n.imageSHA256, s.o.URL, strings.Join(args, " "), s.o.URL)), nil
 }
 

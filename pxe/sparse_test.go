@@ -50,15 +50,14 @@ func sparseImage(t *testing.T) (string, []byte) {
 
 func TestSparseRoundTrip(t *testing.T) {
 	p, whole := sparseImage(t)
-	sum := sha256.Sum256(whole)
-	want := hex.EncodeToString(sum[:])
-	got, size, err := ImageSHA256(p)
-	if err != nil || got != want || size != int64(len(whole)) {
-		t.Fatalf("ImageSHA256: %s %d %v, want %s %d", got, size, err, want, len(whole))
-	}
 	var stream bytes.Buffer
 	if err := WriteSparse(&stream, p); err != nil {
 		t.Fatal(err)
+	}
+	sum := sha256.Sum256(stream.Bytes())
+	want, size, err := StreamSHA256(p)
+	if err != nil || want != hex.EncodeToString(sum[:]) || size != int64(len(whole)) {
+		t.Fatalf("StreamSHA256: %s %d %v, want %x %d", want, size, err, sum, len(whole))
 	}
 	if stream.Len() >= len(whole)/2 {
 		t.Errorf("stream %d bytes for a %d-byte image that is mostly holes", stream.Len(), len(whole))
@@ -96,15 +95,19 @@ func TestSparseRoundTrip(t *testing.T) {
 		t.Fatalf("round trip: %v, equal %v", err, bytes.Equal(got2, whole))
 	}
 
-	// A flipped byte, a cut stream, a wrong hash, a wrong magic: refused.
+	// A flipped byte, an extent moved (its record's offset: the data is intact but
+	// lands elsewhere), a cut stream, a wrong hash, a wrong magic: refused.
 	flipped := bytes.Clone(stream.Bytes())
 	flipped[len(flipped)/2] ^= 1
+	moved := bytes.Clone(stream.Bytes())
+	moved[24+6] ^= 0x10 // the first extent's offset (bytes 24-31), by 4 KiB
 	for name, c := range map[string]struct {
 		b    []byte
 		want string
 		msg  string
 	}{
 		"flipped byte": {flipped, want, "corrupted"},
+		"moved extent": {moved, want, "corrupted"},
 		"cut short":    {stream.Bytes()[:stream.Len()-100], want, "cut short"},
 		"wrong hash":   {stream.Bytes(), strings.Repeat("0", 64), "corrupted"},
 		"not a stream": {[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), want, "not an etcdbake sparse image"},
