@@ -55,7 +55,7 @@ func ReadOnlyRoot(t *fstree.Tree, dns []string) error {
 	// go after a minute) for systemd-bless-boot and the slots' updates; passno 0: the base
 	// has no fsck.vfat.
 	fstab := "# etcdbake: read-only root, data partition, ESP; /node comes from " + path.Base(NodeGenerator) + "\n" +
-		"PARTLABEL=" + LabelData + " /var ext4 defaults,x-systemd.makefs,x-systemd.growfs 0 2\n" +
+		"PARTLABEL=" + LabelData + " /var ext4 defaults,x-systemd.makefs 0 2\n" +
 		"PARTLABEL=" + LabelESP + " /" + ESPMount + " vfat noauto,x-systemd.automount,x-systemd.idle-timeout=60,umask=0077,nosuid,nodev,noexec 0 0\n" +
 		"tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
 	if err := put("etc/fstab", 0o644, fstab); err != nil {
