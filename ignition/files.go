@@ -41,6 +41,7 @@ const (
 	MaintainTimer = "etcdbake-maintain.timer"
 	SnapshotUnit  = "etcdbake-snapshot.service"
 	SnapshotTimer = "etcdbake-snapshot.timer"
+	PrefetchUnit  = "etcdbake-prefetch.service"
 )
 
 func bin(name string) string { return spec.BinDir + "/" + name }
@@ -301,6 +302,36 @@ func ChronyDropin() []byte {
 		"[Unit]\n" + earlyChain + "\n[Service]\n" + bootFirst + "PrivateTmp=no\n" + privateTmp)
 }
 
+// PrefetchService reads the programs of etcd's chain into the page cache as soon as the
+// root is mounted, while the boot still waits for devices, the network and the peers.
+// Started cold, each program is paged in by faults at its start on the chain: 4.1 s for
+// etcd-firstboot under TCG, 0.3 s once cached (issue 17). Nothing is ordered after it,
+// so it never delays the chain; a program it has not reached yet is read as before.
+func PrefetchService() []byte {
+	return []byte(`[Unit]
+Description=etcdbake: read etcd's chain's programs into the page cache early in the boot
+DefaultDependencies=no
+After=systemd-remount-fs.service
+Conflicts=shutdown.target
+
+[Service]
+Type=oneshot
+# Once per boot: without it, a later transaction that pulls in sysinit.target (seen on the
+# first boot) would read them again.
+RemainAfterExit=yes
+# In the order the chain starts them.
+ExecStart=cat ` + bin("etcd-firstboot") + ` ` + bin("etcd") + ` ` + bin("flanneld") + `
+StandardOutput=null
+` + bootFirst + `ProtectSystem=strict
+ProtectHome=yes
+PrivateNetwork=yes
+NoNewPrivileges=yes
+
+[Install]
+WantedBy=sysinit.target
+`)
+}
+
 // EtcdService is etcd's unit: it starts only after etcd-firstboot has decided how.
 func EtcdService(c *spec.Cluster) []byte {
 	return []byte(`[Unit]
@@ -343,8 +374,10 @@ func FirstbootService(c *spec.Cluster) []byte {
 	return []byte(`[Unit]
 Description=etcd-firstboot: time gate and bootstrap decision for etcd
 Documentation=file://` + spec.NodeConfigPath + `
+# The time gate asks the NTP servers itself: chrony is started, not waited for (its
+# start took 1.5 s of the chain, and it steps the clock only later anyway).
 Wants=network-online.target chrony.service chronyd.service
-After=network-online.target chrony.service chronyd.service time-sync.target
+After=network-online.target
 Before=` + EtcdUnit + `
 StartLimitIntervalSec=0
 ` + earlyChain + `
