@@ -217,7 +217,8 @@ func TestTimeGateClockStepDuringWait(t *testing.T) {
 	if res.Waited < 600*time.Millisecond || res.Waited > 3*time.Second || !near(res.Offset, 0, 100*time.Millisecond) {
 		t.Errorf("waited %s offset %s", res.Waited, res.Offset)
 	}
-	if !e.logged("waiting for time sync: ntp "+srv.Addr()+" measures offset +3") || !e.logged("of 10s)") {
+	// The offset is about +3s: one CI run measured +2.999s.
+	if !e.logged("waiting for time sync: ntp "+srv.Addr()+" measures offset +") || !e.logged("more than 500ms") || !e.logged("of 10s)") {
 		t.Error("the wait was not logged with its progress")
 	}
 }

@@ -49,7 +49,7 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 	if err := base.Check(baseTree); err != nil {
 		t.Fatalf("test baseTree: %v", err)
 	}
-	compareWithIgnitionApply(t, baseTree, 91)
+	compareWithIgnitionApply(t, baseTree, 93)
 }
 
 // TestImageMatchesIgnitionApplyOnTheRealBase is the same comparison on the default Debian
@@ -76,7 +76,7 @@ func TestImageMatchesIgnitionApplyOnTheRealBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Fewer changes than on the synthetic base: the real one has some of the directories.
-	out, root := compareWithIgnitionApply(t, baseTree, 82)
+	out, root := compareWithIgnitionApply(t, baseTree, 84)
 	// The SBOM lists exactly the packages dpkg itself says the base has installed.
 	checkSBOMPackages(t, filepath.Join(out, "etcd-1"+SBOMSuffix), root)
 }
@@ -248,12 +248,14 @@ func compareWithIgnitionApply(t *testing.T, baseTree *fstree.Tree, wantChanged i
 // Ignition does not make: the immutable-root layout (osconfig), with why. Each must be in
 // every image.
 var imageOnly = map[string]string{
-	"etc/fstab":                                      "mounts /var (data), the ESP and /tmp",
-	"etc/machine-id":                                 "empty: systemd makes the machine ID at first boot",
-	"etc/resolv.conf":                                "the spec's DNS servers",
-	"etc/systemd/journald.conf.d/":                   "persistent journal on the data partition",
-	"etc/tmpfiles.d/etcdbake-var.conf":               "restores /var from the factory copy on a blank data partition",
-	"etc/systemd/system/systemd-networkd.service.d/": "networkd waits for /node (the node's .network file)",
+	"etc/fstab":                        "mounts /var (data), the ESP and /tmp",
+	"etc/machine-id":                   "empty: systemd makes the machine ID at first boot",
+	"etc/resolv.conf":                  "the spec's DNS servers",
+	"etc/systemd/journald.conf.d/":     "persistent journal on the data partition",
+	"etc/tmpfiles.d/etcdbake-var.conf": "restores /var from the factory copy on a blank data partition",
+	"usr/lib/systemd/system/etcdbake-var-factory.service":                                 "applies those lines on a blank data partition before etcd's chain",
+	"etc/systemd/system/local-fs.target.wants/etcdbake-var-factory.service":               "before local-fs.target",
+	"etc/systemd/system/systemd-networkd.service.d/":                                      "networkd waits for /node (the node's .network file)",
 	"etc/systemd/system/multi-user.target.wants/systemd-networkd.service":                 "networkd brings up the static address",
 	"etc/systemd/system/sockets.target.wants/systemd-networkd.socket":                     "networkd's socket",
 	"etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service": "network-online means the address is up",
@@ -285,7 +287,7 @@ var linkCount = regexp.MustCompile(` links=[0-9]+`)
 var imageOnlyParents = []string{"etc/systemd/journald.conf.d", "etc/systemd/system/systemd-networkd.service.d",
 	"etc/systemd/system/sockets.target.wants", "etc/systemd/system/network-online.target.wants", "etc/tmpfiles.d",
 	"tmp", "usr/share", "usr/share/factory", "etc/systemd/system/boot-complete.target.requires",
-	"etc/systemd/system/sysinit.target.wants", "usr/lib/systemd/system-generators"}
+	"etc/systemd/system/sysinit.target.wants", "usr/lib/systemd/system-generators", "etc/systemd/system/local-fs.target.wants"}
 
 // matchImageOnly is the imageOnly pattern p matches, or "".
 func matchImageOnly(p string) string {

@@ -55,7 +55,7 @@ func ReadOnlyRoot(t *fstree.Tree, dns []string) error {
 	// go after a minute) for systemd-bless-boot and the slots' updates; passno 0: the base
 	// has no fsck.vfat.
 	fstab := "# etcdbake: read-only root, data partition, ESP; /node comes from " + path.Base(NodeGenerator) + "\n" +
-		"PARTLABEL=" + LabelData + " /var ext4 defaults,x-systemd.makefs,x-systemd.growfs 0 2\n" +
+		"PARTLABEL=" + LabelData + " /var ext4 defaults,x-systemd.makefs 0 2\n" +
 		"PARTLABEL=" + LabelESP + " /" + ESPMount + " vfat noauto,x-systemd.automount,x-systemd.idle-timeout=60,umask=0077,nosuid,nodev,noexec 0 0\n" +
 		"tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
 	if err := put("etc/fstab", 0o644, fstab); err != nil {
@@ -146,8 +146,42 @@ func varToFactory(t *fstree.Tree) error {
 	if err := t.MkdirAll(factoryVar); err != nil {
 		return err
 	}
-	return t.Put(&fstree.Entry{Path: "etc/tmpfiles.d/etcdbake-var.conf", Mode: 0o644, Data: []byte(strings.Join(lines, "\n") + "\n")})
+	if err := t.Put(&fstree.Entry{Path: varTmpfiles, Mode: 0o644, Data: []byte(strings.Join(lines, "\n") + "\n")}); err != nil {
+		return err
+	}
+	// On a blank data partition the lines must run before anything makes a directory
+	// in /var: etcd's chain starts before systemd-tmpfiles-setup, and a StateDirectory=
+	// it makes (/var/lib/etcdbake) would make `C /var/lib` skip the whole factory copy.
+	if err := t.Put(&fstree.Entry{Path: "usr/lib/systemd/system/" + VarFactoryUnit, Mode: 0o644, Data: []byte(varFactoryService)}); err != nil {
+		return err
+	}
+	return t.Put(&fstree.Entry{Path: "etc/systemd/system/local-fs.target.wants/" + VarFactoryUnit, Mode: fs.ModeSymlink | 0o777, Target: "/usr/lib/systemd/system/" + VarFactoryUnit})
 }
+
+// varTmpfiles holds the tmpfiles.d lines that restore /var from the factory copy.
+const varTmpfiles = "etc/tmpfiles.d/etcdbake-var.conf"
+
+// VarFactoryUnit restores /var from the factory copy on a blank data partition (a
+// replaced disk; an image's own partition has its /var already), right after /var is
+// mounted and before local-fs.target, so before etcd's chain and everything else that
+// makes directories in /var. systemd-tmpfiles-setup applies the same lines again later
+// (nothing left to do).
+const VarFactoryUnit = "etcdbake-var-factory.service"
+
+const varFactoryService = `[Unit]
+Description=etcdbake: restore /var from the image's factory copy on a blank data partition
+Documentation=file:///` + varTmpfiles + `
+DefaultDependencies=no
+RequiresMountsFor=/var
+ConditionPathExists=!/var/lib
+Conflicts=shutdown.target
+Before=local-fs.target systemd-tmpfiles-setup.service shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=systemd-tmpfiles --create /` + varTmpfiles + `
+`
 
 func dirMode(d string) fs.FileMode {
 	if d == "tmp" {

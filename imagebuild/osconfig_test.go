@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -98,6 +99,47 @@ func TestReadOnlyRootVarWithSystemdTmpfiles(t *testing.T) {
 		t.Fatalf("systemd-tmpfiles --create: %v\n%s", err, out)
 	}
 	compareVar(t, want, imagetest.Summary(t, absTargets(imagetest.ReadDir(t, filepath.Join(root, "var")))))
+
+	// On a blank data partition the image's own unit applies etcdbake's lines alone,
+	// before local-fs.target (so before etcd's chain makes /var/lib/etcdbake, which
+	// would make `C /var/lib` skip the copy): run its ExecStart as it is written.
+	u, ok := tr.Get("usr/lib/systemd/system/" + VarFactoryUnit)
+	if !ok {
+		t.Fatalf("the tree has no %s", VarFactoryUnit)
+	}
+	unit := string(u.Data)
+	for _, line := range []string{"ConditionPathExists=!/var/lib", "RequiresMountsFor=/var", "Before=local-fs.target systemd-tmpfiles-setup.service shutdown.target", "DefaultDependencies=no"} {
+		if !strings.Contains(unit, "\n"+line+"\n") {
+			t.Errorf("%s lacks %q:\n%s", VarFactoryUnit, line, unit)
+		}
+	}
+	if l, ok := tr.Get("etc/systemd/system/local-fs.target.wants/" + VarFactoryUnit); !ok || l.Target != "/usr/lib/systemd/system/"+VarFactoryUnit {
+		t.Errorf("%s is not wanted by local-fs.target", VarFactoryUnit)
+	}
+	m := regexp.MustCompile(`\nExecStart=systemd-tmpfiles (.+)\n`).FindStringSubmatch(unit)
+	if m == nil {
+		t.Fatalf("%s does not run systemd-tmpfiles:\n%s", VarFactoryUnit, unit)
+	}
+	root2 := imagetest.RootDir(t)
+	imagetest.WriteTree(t, tr, root2)
+	// systemd-tmpfiles 252 does not look up a named config file under --root.
+	var args []string
+	for _, a := range strings.Fields(m[1]) {
+		if strings.HasSuffix(a, ".conf") {
+			a = filepath.Join(root2, a)
+		}
+		args = append(args, a)
+	}
+	args = append(args, "--root="+root2)
+	if out, err := exec.Command(tool, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s's systemd-tmpfiles %v: %v\n%s", VarFactoryUnit, args, err, out)
+	}
+	got := imagetest.Summary(t, absTargets(imagetest.ReadDir(t, filepath.Join(root2, "var"))))
+	for _, p := range []string{"helloworld", "lib/dpkg/status", "lib/hl-a"} {
+		if got[p] == "" || got[p] != want[p] {
+			t.Errorf("%s restored /var/%s as %q, want %q", VarFactoryUnit, p, got[p], want[p])
+		}
+	}
 }
 
 func compareVar(t *testing.T, want, got map[string]string) {

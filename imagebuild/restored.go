@@ -14,12 +14,14 @@ import (
 // etcdDataRel is etcd's data directory relative to /var, the data partition's root.
 const etcdDataRel = "lib/etcd"
 
-// restoredData is the content of a data partition that holds a restored member: the
-// image's /var as its first boot would copy it from the factory copy, with etcd's data
-// directory filled from dataDir (a directory made by backup.Restore) and owned, as the
-// image's own /var/lib/etcd is, by the etcd user. Files are read from dataDir when the
-// file system is written, not held in memory.
-func restoredData(node *fstree.Tree, dataDir string) (*fstree.Tree, error) {
+// dataContent is the content of a node's data partition (/var) as the image ships it: the
+// image's /var as systemd-tmpfiles would copy it from the factory copy, so the first boot
+// neither formats the partition nor copies /var. With a dataDir (a directory made by
+// backup.Restore) the partition holds a restored member:
+// etcd's data directory is filled from it and owned, as the image's own /var/lib/etcd
+// is, by the etcd user. Files are read from dataDir when the file system is written, not
+// held in memory.
+func dataContent(node *fstree.Tree, dataDir string) (*fstree.Tree, error) {
 	if filepath.Clean(spec.EtcdDataDir) != "/var/"+etcdDataRel {
 		return nil, fmt.Errorf("etcd's data directory %s is not /var/%s", spec.EtcdDataDir, etcdDataRel)
 	}
@@ -35,14 +37,17 @@ func restoredData(node *fstree.Tree, dataDir string) (*fstree.Tree, error) {
 			e.Hardlink, e.Data, e.Source = "", d.Data, d.Source
 		}
 	}
-	top, ok := t.Get(etcdDataRel)
-	if !ok || !top.IsDir() {
-		return nil, fmt.Errorf("the image has no directory %s: it runs no etcd", spec.EtcdDataDir)
-	}
 	if _, ok := t.Get(""); !ok {
 		if err := t.Put(&fstree.Entry{Path: "", Mode: fs.ModeDir | 0o755}); err != nil {
 			return nil, err
 		}
+	}
+	if dataDir == "" {
+		return t, nil
+	}
+	top, ok := t.Get(etcdDataRel)
+	if !ok || !top.IsDir() {
+		return nil, fmt.Errorf("the image has no directory %s: it runs no etcd", spec.EtcdDataDir)
 	}
 	uid, gid := top.UID, top.GID
 	err := filepath.WalkDir(dataDir, func(p string, d fs.DirEntry, err error) error {

@@ -102,7 +102,7 @@ func (o *imageFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.firstboot, "firstboot", "", firstbootFlagHelp)
 	// imagebuild makes the data partition at least 512MiB: less is refused here rather than
 	// silently raised.
-	cmd.Flags().Var(newPartitionSize(&o.dataSize, 1<<30, 512*mib), "data-size", "size of the /var data partition in the image, grown on a larger disk: "+sizeHelp)
+	cmd.Flags().Var(newPartitionSize(&o.dataSize, 1<<30, 512*mib), "data-size", "size of the /var data partition in the image (its file system is made at this size; on a larger disk, grow the partition and then the file system with resize2fs): "+sizeHelp)
 }
 
 func (a *app) runImage(cmd *cobra.Command, o imageFlags) error {

@@ -35,6 +35,8 @@ type Ext4Stats struct {
 	HardlinksCopied       int
 	Skipped               []string
 	Bytes                 int64
+	// Punched is how many bytes of zeros (journal, inode tables) were left as holes.
+	Punched int64
 }
 
 // WriteExt4 writes the tree as an ext4 file system into a new image file of the given
@@ -193,6 +195,9 @@ func WriteExt4(ctx context.Context, path string, size int64, t *fstree.Tree, o E
 		return st, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := disk.unmap(); err != nil {
+		return st, fmt.Errorf("%s: %w", path, err)
+	}
+	if st.Punched, err = punchZeros(f); err != nil {
 		return st, fmt.Errorf("%s: %w", path, err)
 	}
 	// No fsync: the file is an intermediate that Build copies into each disk image.

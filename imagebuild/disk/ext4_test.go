@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -344,5 +345,68 @@ func TestWriteExt4SettledFirst(t *testing.T) {
 		t.Errorf("control: ordered by size alone, no base file moved: the test does not tell the orders apart")
 	} else {
 		t.Logf("ordered by size alone, %d of the 40 base files moved; with Settled, none", n)
+	}
+}
+
+// TestWriteExt4LeavesZerosAsHoles: a 2 GiB file system (as a data partition is made at
+// its full size) takes only its metadata and files on disk: the journal's and inode
+// tables' zeros that go-diskfs writes are punched out, and e2fsck and debugfs read the
+// same file system.
+func TestWriteExt4LeavesZerosAsHoles(t *testing.T) {
+	imagetest.Tool(t, "fsck.ext4", "e2fsprogs")
+	imagetest.Tool(t, "debugfs", "e2fsprogs")
+	img := filepath.Join(t.TempDir(), "data.ext4")
+	st, err := WriteExt4(context.Background(), img, 2<<30, sampleTree(t), Ext4Options{Label: "data", Time: time.Unix(1700000000, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sys syscall.Stat_t
+	if err := syscall.Stat(img, &sys); err != nil {
+		t.Fatal(err)
+	}
+	alloc := sys.Blocks * 512
+	t.Logf("2 GiB ext4: %d KiB allocated, %d MiB of zeros punched", alloc>>10, st.Punched>>20)
+	if st.Punched < 64<<20 || alloc > 8<<20 {
+		t.Errorf("%d bytes punched, %d allocated: want the journal's and inode tables' zeros (> 64 MiB) gone and under 8 MiB left", st.Punched, alloc)
+	}
+	if out, err := exec.Command("fsck.ext4", "-fn", img).CombinedOutput(); err != nil {
+		t.Fatalf("fsck.ext4 -fn: %v\n%s", err, out)
+	}
+	if out, _ := exec.Command("debugfs", "-R", "cat /etc/hostname", img).CombinedOutput(); !strings.Contains(string(out), "node\n") {
+		t.Errorf("hostname after punching: %q", out)
+	}
+}
+
+// TestPunchZeros: only whole 4 KiB blocks of zeros become holes; the content reads the
+// same, a block with one byte set stays, and a partial block of zeros at the end stays.
+func TestPunchZeros(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want := make([]byte, 64<<10+100) // 16 blocks and a partial one
+	want[5<<10] = 1                  // block 1
+	want[40<<10+4095] = 2            // block 10
+	if _, err := f.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	freed, err := punchZeros(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if freed != 14*4096 {
+		t.Errorf("punched %d bytes, want 14 blocks (%d)", freed, 14*4096)
+	}
+	got, err := os.ReadFile(f.Name())
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("content changed by punching (%v)", err)
+	}
+	var sys syscall.Stat_t
+	if err := syscall.Stat(f.Name(), &sys); err != nil {
+		t.Fatal(err)
+	}
+	if sys.Blocks*512 > 4*4096 {
+		t.Errorf("%d bytes still allocated, want 3 blocks (two with data, the partial last one)", sys.Blocks*512)
 	}
 }

@@ -74,11 +74,11 @@ func TestApplyIgnitionMatchesIgnitionApply(t *testing.T) {
 		}
 	}
 	sort.Strings(enabled)
-	if want := []string{"etcd-firstboot.service", "etcd-ready.service", "etcd.service", "etcdbake-firewall.service", "etcdbake-maintain.timer", "etcdbake-snapshot.timer", "etcdbake-ssh-hostkeys.service", "flanneld.service"}; strings.Join(enabled, " ") != strings.Join(want, " ") {
+	if want := []string{"etcd-firstboot.service", "etcd-ready.service", "etcd.service", "etcdbake-firewall.service", "etcdbake-maintain.timer", "etcdbake-prefetch.service", "etcdbake-snapshot.timer", "etcdbake-ssh-hostkeys.service", "flanneld.service"}; strings.Join(enabled, " ") != strings.Join(want, " ") {
 		t.Fatalf("enabled units %v, want %v", enabled, want)
 	}
 	preset, _ := mine.Get(ignPresetPath)
-	if want := "enable etcd-firstboot.service\nenable etcd-ready.service\nenable etcd.service\nenable etcdbake-firewall.service\nenable etcdbake-maintain.timer\nenable etcdbake-snapshot.timer\nenable etcdbake-ssh-hostkeys.service\nenable flanneld.service\n"; preset == nil || string(preset.Data) != want {
+	if want := "enable etcd-firstboot.service\nenable etcd-ready.service\nenable etcd.service\nenable etcdbake-firewall.service\nenable etcdbake-maintain.timer\nenable etcdbake-prefetch.service\nenable etcdbake-snapshot.timer\nenable etcdbake-ssh-hostkeys.service\nenable flanneld.service\n"; preset == nil || string(preset.Data) != want {
 		t.Errorf("preset file:\n%v\nwant:\n%s", preset, want)
 	}
 

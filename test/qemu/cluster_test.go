@@ -115,9 +115,19 @@ echo "REPORT-END $host"
 	bu := "variant: fcos\nversion: 1.5.0\nstorage:\n  files:\n    - path: /usr/local/sbin/etcdbake-test-report\n      mode: 0755\n      contents:\n        inline: |\n" +
 		indent(script, "          ") +
 		"systemd:\n  units:\n    - name: etcdbake-test-report.service\n      enabled: true\n      contents: |\n" +
-		indent("[Unit]\nDescription=etcdbake test report on the console\nAfter=flanneld.service\nRequires=flanneld.service\n[Service]\nType=exec\nStandardOutput=tty\nTTYPath=/dev/ttyS0\nExecStart=/usr/local/sbin/etcdbake-test-report\n[Install]\nWantedBy=multi-user.target\n", "        ")
+		indent("[Unit]\nDescription=etcdbake test report on the console\nAfter=flanneld.service "+afterGetty+"\nRequires=flanneld.service\n[Service]\nType=exec\nExecStartPre="+waitGetty+"\nStandardOutput=tty\nTTYPath=/dev/ttyS0\nExecStart=/usr/local/sbin/etcdbake-test-report\n[Install]\nWantedBy=multi-user.target\n", "        ")
 	return ignition.Fragment{Source: "test report fragment", Data: []byte(bu)}
 }
+
+// A report unit writes to ttyS0, where serial-getty's agetty hangs the line up
+// (vhangup) when it starts: a report written then is lost (its writes fail with EIO).
+// Once etcd's chain stopped waiting for basic.target, flanneld was up as the gettys
+// started and the report units lost that race (session 20's CI: no REPORT lines). They
+// start after getty.target, and wait until agetty runs plus 3 s for its setup.
+const (
+	afterGetty = "getty.target"
+	waitGetty  = `/bin/sh -c 'for i in $(seq 60); do pgrep -x agetty >/dev/null && break; sleep 1; done; sleep 3'`
+)
 
 func indent(s, prefix string) string {
 	var b strings.Builder

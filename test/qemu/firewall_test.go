@@ -289,7 +289,16 @@ func (e *b0Env) checkHostKey(t *testing.T, node string) {
 	if e.hostKeys[node] == "" {
 		return
 	}
-	cli, hk, err := e.sshDial(node, e.c.SSH.User, ssh.PublicKeys(e.sshKey.signer))
+	// etcd's chain no longer waits for basic.target: the cluster can be healthy again
+	// before sshd (after basic.target and the host keys) listens. Up to 2 min.
+	var cli *ssh.Client
+	var hk ssh.PublicKey
+	var err error
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(3 * time.Second) {
+		if cli, hk, err = e.sshDial(node, e.c.SSH.User, ssh.PublicKeys(e.sshKey.signer)); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Errorf("%s: ssh after the reboot: %v", node, err)
 		return

@@ -58,10 +58,11 @@ systemd:
       contents: |
         [Unit]
         Description=report the node's state on the console (etcdbake test)
-        After=etcd-ready.service flanneld.service
+        After=etcd-ready.service flanneld.service ` + afterGetty + `
         Requires=etcd-ready.service
         [Service]
         Type=oneshot
+        ExecStartPre=` + waitGetty + `
         StandardOutput=tty
         TTYPath=/dev/ttyS0
         ExecStart=/bin/sh -c 'echo "REPORT root=$(findmnt -no OPTIONS /) var=$(findmnt -no SOURCE /var)"; /opt/etcdbake/bin/etcd-firstboot status; echo REPORT-END'
