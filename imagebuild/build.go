@@ -523,11 +523,7 @@ func buildNode(ctx context.Context, o BuildOptions, release string, n NodeInput,
 		}
 		parts = append(parts, rootPart, nodePart)
 	}
-	data := disk.Partition{Name: LabelData, Type: disk.TypeLinuxVar, GUID: guid("data"), Size: dataSize}
-	if dataImg != "" {
-		data.Content = disk.FileContent(dataImg)
-	}
-	parts = append(parts, data)
+	parts = append(parts, disk.Partition{Name: LabelData, Type: disk.TypeLinuxVar, GUID: guid("data"), Size: dataSize, Content: disk.FileContent(dataImg)})
 	total := int64(mib) // GPT at the start
 	for _, p := range parts {
 		total += p.Size

@@ -1,7 +1,7 @@
 package disk
 
 import (
-	"encoding/binary"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -148,7 +148,7 @@ func punchZeros(f *os.File) (int64, error) {
 		return 0, err
 	}
 	const blk = 4 << 10
-	buf := make([]byte, 1<<20)
+	buf, zeros := make([]byte, 1<<20), make([]byte, blk)
 	var freed int64
 	punch := func(off, n int64) error {
 		if n == 0 {
@@ -178,7 +178,7 @@ func punchZeros(f *os.File) (int64, error) {
 			}
 			for b := 0; b < n; b += blk {
 				off := c + int64(b)
-				if isZero(buf[b:min(b+blk, n)]) && min(b+blk, n)-b == blk {
+				if b+blk <= n && bytes.Equal(buf[b:b+blk], zeros) {
 					if run < 0 {
 						run = off
 					}
@@ -209,19 +209,4 @@ func noPunchOK(err error) error {
 		return nil
 	}
 	return err
-}
-
-func isZero(b []byte) bool {
-	for len(b) >= 8 {
-		if binary.LittleEndian.Uint64(b) != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
