@@ -49,8 +49,16 @@ func (a *Agent) BootRecord() (*spec.NodeRecord, error) {
 // status` shows each node's slot, release and fallback from the workstation.
 func (a *Agent) PublishBoot(ctx context.Context, cli *clientv3.Client) error {
 	r, err := a.BootRecord()
-	if err != nil || r == nil {
+	if err != nil {
 		return err
+	}
+	return a.publishRecord(ctx, cli, r)
+}
+
+// publishRecord puts a boot record (nil: nothing to publish) under spec.NodeRecordPrefix.
+func (a *Agent) publishRecord(ctx context.Context, cli *clientv3.Client, r *spec.NodeRecord) error {
+	if r == nil {
+		return nil
 	}
 	b, err := json.Marshal(r)
 	if err != nil {

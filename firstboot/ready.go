@@ -14,6 +14,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdbake/etcdbake/spec"
 )
 
 // ReadyResult is what the health gate saw.
@@ -93,6 +95,18 @@ func (a *Agent) Ready(ctx context.Context) (ReadyResult, FlannelResult, error) {
 	deadline := start.Add(a.readyTimeout())
 	res := ReadyResult{Decision: "not ready"}
 	var fl FlannelResult
+	// The boot record reads the ESP, an automount: its first access mounts it, which
+	// takes seconds on an emulated machine. It needs nothing from etcd, so it is read
+	// while the gate waits for etcd, and published once the gate has passed.
+	type bootRecord struct {
+		r   *spec.NodeRecord
+		err error
+	}
+	recc := make(chan bootRecord, 1)
+	go func() {
+		r, err := a.BootRecord()
+		recc <- bootRecord{r, err}
+	}()
 	if err := a.waitFor(ctx, deadline, "the local member to be live (/livez)", func() error { return a.probe(ctx, "/livez") }); err != nil {
 		res.Message = err.Error()
 		return res, fl, err
@@ -158,7 +172,9 @@ func (a *Agent) Ready(ctx context.Context) (ReadyResult, FlannelResult, error) {
 	}
 	// What this boot runs (A/B slot, release, fallback), for `etcdbake status`; a failure
 	// here does not hold the node back.
-	if err := a.PublishBoot(ctx, cli); err != nil {
+	if rec := <-recc; rec.err != nil {
+		a.logf("health: reading this node's boot record: %v", rec.err)
+	} else if err := a.publishRecord(ctx, cli, rec.r); err != nil {
 		a.logf("health: publishing this node's boot record: %v", err)
 	}
 	marker := Marker{Cluster: a.Cfg.Cluster, Token: a.Cfg.Token, ClusterID: res.ClusterID, MemberID: res.MemberID, Name: a.Cfg.Name, Written: a.now().UTC()}

@@ -377,6 +377,11 @@ Documentation=file://` + spec.NodeConfigPath + `
 # The time gate asks the NTP servers itself: chrony is started, not waited for (its
 # start took 1.5 s of the chain, and it steps the clock only later anyway).
 Wants=network-online.target chrony.service chronyd.service
+# A refusal fails the start jobs of etcd, the health gate and flanneld ("dependency
+# failed"). systemd's automatic restart is a restart job, which pulls in what the unit
+# wants, so a retry queues them again and they start once it succeeds (this replaces an
+# ExecStartPost=systemctl start that cost each boot 0.8 s on the chain).
+Wants=` + FlannelUnit + `
 After=network-online.target
 Before=` + EtcdUnit + `
 StartLimitIntervalSec=0
@@ -385,9 +390,6 @@ StartLimitIntervalSec=0
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=` + bin("etcd-firstboot") + ` prepare --config ` + spec.NodeConfigPath + `
-# A refusal fails the start jobs of etcd, the health gate and flanneld ("dependency
-# failed"); when a retry here succeeds, start them again.
-ExecStartPost=/usr/bin/systemctl --no-block start ` + FlannelUnit + `
 Restart=on-failure
 RestartSec=15s
 TimeoutStartSec=` + fmt.Sprint(int((c.Time.SyncTimeout.D+2*time.Minute)/time.Second)) + `s
@@ -411,6 +413,9 @@ func ReadyService(c *spec.Cluster) []byte {
 Description=etcd-firstboot: health gate (local readiness and quorum) and flannel seeding
 Requires=` + EtcdUnit + `
 After=` + EtcdUnit + `
+# A failed attempt fails flanneld's start job; the retry (a restart job) queues it again
+# (see etcd-firstboot.service).
+Wants=` + FlannelUnit + `
 Before=` + FlannelUnit + `
 StartLimitIntervalSec=0
 ` + earlyChain + `
@@ -418,8 +423,6 @@ StartLimitIntervalSec=0
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=` + bin("etcd-firstboot") + ` ready --config ` + spec.NodeConfigPath + `
-# A failed attempt fails flanneld's start job; when a retry succeeds, start it again.
-ExecStartPost=/usr/bin/systemctl --no-block start ` + FlannelUnit + `
 Restart=on-failure
 RestartSec=10s
 TimeoutStartSec=10min

@@ -46,6 +46,7 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 	for p, data := range testBootFiles {
 		imagetest.File(t, baseTree, p, 0o755, 0, 0, data)
 	}
+	imagetest.File(t, baseTree, "usr/lib/systemd/system-generators/systemd-gpt-auto-generator", 0o755, 0, 0, "#!generator\n")
 	if err := base.Check(baseTree); err != nil {
 		t.Fatalf("test baseTree: %v", err)
 	}
@@ -274,6 +275,7 @@ func init() {
 	for _, u := range MaskedUnits {
 		imageOnly["etc/systemd/system/"+u] = "masked: a unit of the base the appliance never runs (MaskedUnits)"
 	}
+	imageOnly[GeneratorMaskDir+"/"] = "masked: generators of the base with nothing to do on the image (MaskedGenerators)"
 }
 
 // shadowBackups are shadow-utils' backup and lock files.
@@ -287,7 +289,7 @@ var linkCount = regexp.MustCompile(` links=[0-9]+`)
 var imageOnlyParents = []string{"etc/systemd/journald.conf.d", "etc/systemd/system/systemd-networkd.service.d",
 	"etc/systemd/system/sockets.target.wants", "etc/systemd/system/network-online.target.wants", "etc/tmpfiles.d",
 	"tmp", "usr/share", "usr/share/factory", "etc/systemd/system/boot-complete.target.requires",
-	"etc/systemd/system/sysinit.target.wants", "usr/lib/systemd/system-generators", "etc/systemd/system/local-fs.target.wants"}
+	"etc/systemd/system/sysinit.target.wants", "usr/lib/systemd/system-generators", GeneratorMaskDir, "etc/systemd/system/local-fs.target.wants"}
 
 // matchImageOnly is the imageOnly pattern p matches, or "".
 func matchImageOnly(p string) string {

@@ -7,6 +7,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -365,5 +366,50 @@ func TestReadOnlyRootMasksUnits(t *testing.T) {
 		if !ok || e.Mode&fs.ModeSymlink == 0 || e.Target != "/dev/null" {
 			t.Errorf("%s: %+v, want a link to /dev/null", u, e)
 		}
+	}
+}
+
+// TestReadOnlyRootMasksIdleGenerators: a generator is masked only when the root gives it
+// nothing to do: crypttab keeps the cryptsetup generator, a SysV script without a native
+// unit keeps the sysv generator; generators the base lacks are not masked.
+func TestReadOnlyRootMasksIdleGenerators(t *testing.T) {
+	gens := []string{"systemd-bless-boot-generator", "systemd-cryptsetup-generator", "systemd-fstab-generator",
+		"systemd-gpt-auto-generator", "systemd-rc-local-generator", "systemd-sysv-generator", "systemd-veritysetup-generator"}
+	fixture := func(extra ...string) *fstree.Tree {
+		tr, _, _ := varFixture(t)
+		for _, g := range gens {
+			imagetest.File(t, tr, "usr/lib/systemd/system-generators/"+g, 0o755, 0, 0, "#!generator\n")
+		}
+		imagetest.File(t, tr, "etc/init.d/ssh", 0o755, 0, 0, "#!/bin/sh\n")
+		imagetest.File(t, tr, "usr/lib/systemd/system/ssh.service", 0o644, 0, 0, "[Service]\n")
+		imagetest.File(t, tr, "etc/init.d/hwclock.sh", 0o755, 0, 0, "#!/bin/sh\n")
+		imagetest.Link(t, tr, "usr/lib/systemd/system/hwclock.service", "/dev/null")
+		for _, p := range extra {
+			imagetest.File(t, tr, p, 0o755, 0, 0, "x\n")
+		}
+		return tr
+	}
+	masked := func(tr *fstree.Tree) []string {
+		if err := ReadOnlyRoot(tr, nil); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, g := range gens {
+			if e, ok := tr.Get(GeneratorMaskDir + "/" + g); ok {
+				if !e.IsSymlink() || e.Target != "/dev/null" {
+					t.Errorf("%s: %+v, want a link to /dev/null", g, e)
+				}
+				got = append(got, g)
+			}
+		}
+		return got
+	}
+	want := []string{"systemd-cryptsetup-generator", "systemd-gpt-auto-generator", "systemd-rc-local-generator", "systemd-sysv-generator", "systemd-veritysetup-generator"}
+	if got := masked(fixture()); !slices.Equal(got, want) {
+		t.Errorf("masked %v, want %v", got, want)
+	}
+	want = []string{"systemd-gpt-auto-generator", "systemd-rc-local-generator", "systemd-veritysetup-generator"}
+	if got := masked(fixture("etc/crypttab", "etc/init.d/custom-daemon")); !slices.Equal(got, want) {
+		t.Errorf("with crypttab and a SysV-only script: masked %v, want %v", got, want)
 	}
 }

@@ -129,6 +129,7 @@ func TestCheckChangeAllows(t *testing.T) {
 		"binary sources":      func(c *spec.Cluster) { c.Binary.Sources = []string{spec.SourceGo} },
 		"rollout timeout":     func(c *spec.Cluster) { c.Rollout.Timeout = dur(3 * time.Minute) },
 		"flannel ipMasq":      func(c *spec.Cluster) { c.Flannel.IPMasq = &no },
+		"flannel nftables":    func(c *spec.Cluster) { c.Flannel.NFTables = &no },
 		"flannel overwrite":   func(c *spec.Cluster) { c.Flannel.Overwrite = true },
 		"etcd release mirror": func(c *spec.Cluster) { c.Binary.EtcdReleaseURL = "https://mirror.example/etcd" },
 	}

@@ -94,6 +94,10 @@ func (c *Cluster) ApplyDefaults() {
 		t := true
 		f.IPMasq = &t
 	}
+	if f.NFTables == nil {
+		t := true
+		f.NFTables = &t
+	}
 
 	setDur(&c.Time.MaxSkew, DefaultMaxSkew)
 	setDur(&c.Time.SyncTimeout, DefaultSyncTimeout)

@@ -99,10 +99,11 @@ func (c *Cluster) FlannelNetworkConfig() []byte {
 		backend["VNI"] = c.Flannel.VNI
 	}
 	b, err := json.Marshal(struct {
-		Network   string
-		SubnetLen int
-		Backend   map[string]any
-	}{c.Flannel.Network, c.Flannel.SubnetLen, backend})
+		Network        string
+		SubnetLen      int
+		Backend        map[string]any
+		EnableNFTables bool `json:",omitempty"`
+	}{c.Flannel.Network, c.Flannel.SubnetLen, backend, c.Flannel.NFTables != nil && *c.Flannel.NFTables})
 	if err != nil {
 		panic(fmt.Sprintf("flannel config cannot be encoded: %v", err)) // fixed types: cannot happen
 	}

@@ -93,6 +93,10 @@ type Flannel struct {
 	Prefix string `yaml:"prefix,omitempty" json:"prefix,omitempty"`
 	// IPMasq makes flanneld install masquerade rules for traffic leaving the overlay.
 	IPMasq *bool `yaml:"ipMasq,omitempty" json:"ipMasq,omitempty"`
+	// NFTables makes flanneld keep its rules in nftables tables of its own
+	// ("EnableNFTables" in the network config; default true) instead of iptables, which it
+	// re-checks every 5 s with one iptables process per rule.
+	NFTables *bool `yaml:"nftables,omitempty" json:"nftables,omitempty"`
 	// Overwrite lets etcd-firstboot replace an existing, different network config
 	// (default false: a conflict is reported, never overwritten).
 	Overwrite bool `yaml:"overwrite,omitempty" json:"overwrite,omitempty"`
@@ -191,7 +195,7 @@ type SSH struct {
 }
 
 // Firewall is the host firewall every node loads before etcd, flanneld or sshd start: an
-// nftables table (inet etcdbake) of its own, next to flanneld's iptables rules. Input is
+// nftables table (inet etcdbake) of its own, next to flanneld's rules. Input is
 // dropped unless allowed: loopback, replies, the ICMP networks need, DHCP replies, etcd's
 // peer port and the flannel backend's port from the members only, etcd's client port from
 // the members and ClientSources, SSH from ssh.sources. Forwarding is allowed for the

@@ -173,6 +173,9 @@ func (e *b0Env) b3b9Report(t *testing.T) {
 				t.Errorf("%s: ping %s over flannel: loss %s%%", n, pm[1], pm[2])
 			}
 		}
+		if nm := regexp.MustCompile(`REPORT-NFT \S+ masquerade=(\d+) iptables=(\d+)`).FindStringSubmatch(out); nm == nil || nm[1] == "0" || nm[2] != "0" {
+			t.Errorf("%s: flanneld's rules: %v, want masquerade rules in nftables (table ip flannel-ipv4) and no FLANNEL rule in iptables", n, nm)
+		}
 		if !regexp.MustCompile(`REPORT-TIME \S+ time gate:\s+pass via ntp ` + regexp.QuoteMeta(qemuTimeServer) + `:123`).MatchString(out) {
 			t.Errorf("%s: the time gate did not pass via the hub's NTP server", n)
 		}

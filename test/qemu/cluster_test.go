@@ -109,6 +109,9 @@ done
 pid=$(systemctl show -p MainPID --value etcd.service)
 exposure=$(systemd-analyze security etcd.service --no-pager 2>/dev/null | tail -1)
 echo "REPORT-B9 $host datadir=$(stat -c %a:%U:%G /var/lib/etcd) etcduser=$(stat -c %U /proc/$pid) root=$(findmnt -no OPTIONS /) exposure=$exposure"
+# flanneld in nftables mode (flannel.nftables, the default): its masquerade rules in a
+# table of its own, none in iptables.
+echo "REPORT-NFT $host masquerade=$(nft list chain ip flannel-ipv4 postrtg 2>/dev/null | grep -c masquerade) iptables=$(iptables-save 2>/dev/null | grep -c FLANNEL)"
 echo "REPORT-TIME $host $(/opt/etcdbake/bin/etcd-firstboot status | grep 'time gate:')"
 echo "REPORT-END $host"
 `
