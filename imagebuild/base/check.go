@@ -42,7 +42,7 @@ var baseRequirements = []baseRequirement{
 	{"systemd", []string{"usr/lib/systemd/systemd", "lib/systemd/systemd"}, "the service manager run as PID 1", "systemd"},
 	{"init", []string{"sbin/init", "usr/sbin/init"}, "the program the kernel starts (a link to systemd)", "systemd-sysv"},
 	{"chronyd", []string{"usr/sbin/chronyd"}, "keeps the node's clock in sync (etcd leases and TLS need sane time)", "chrony"},
-	{"iptables", []string{"usr/sbin/iptables", "sbin/iptables"}, "packet filter rules (flannel's masquerading and forwarding)", "iptables"},
+	{"iptables", []string{"usr/sbin/iptables", "sbin/iptables"}, "flanneld runs it at every start to clear its iptables rules, and keeps its rules there with flannel.nftables: false", "iptables"},
 	{"mkfs.ext4", []string{"sbin/mkfs.ext4", "usr/sbin/mkfs.ext4"}, "formats the writable /var partition on first boot (x-systemd.makefs)", "e2fsprogs"},
 	{"systemd-boot EFI binary", []string{"usr/lib/systemd/boot/efi/systemd-bootx64.efi"}, "the UEFI boot loader copied to the ESP as EFI/BOOT/BOOTX64.EFI", "systemd-boot-efi"},
 	{"systemd-bless-boot", []string{"usr/lib/systemd/systemd-bless-boot", "lib/systemd/systemd-bless-boot"}, "blesses a verified boot of a new A/B slot (systemd-boot's boot counting)", "systemd-boot"},
