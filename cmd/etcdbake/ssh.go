@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -39,6 +41,18 @@ data partition; the node's console prints its fingerprint at every boot).`,
 			argv, err := a.sshArgv(c, args[0], identity, args[1:])
 			if err != nil {
 				return err
+			}
+			// Under `up`, a node that has just booted may be healthy before its sshd
+			// listens: wait for it (bounded) rather than fail with "connection reset".
+			if addr, err := vmcluster.SSHAddrIn(a.runDir(), args[0]); err == nil {
+				wctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+				err := vmcluster.WaitSSH(wctx, addr, func(err error) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "etcdbake: %s's sshd does not answer on %s yet (%v): waiting up to 2 min\n", args[0], addr, err)
+				})
+				cancel()
+				if err != nil {
+					return fmt.Errorf("%s: %w (its console: %s)", args[0], err, filepath.Join(a.runDir(), args[0]+".log"))
+				}
 			}
 			ssh := exec.CommandContext(cmd.Context(), argv[0], argv[1:]...)
 			ssh.Stdin, ssh.Stdout, ssh.Stderr = cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr()
