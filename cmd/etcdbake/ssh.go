@@ -38,16 +38,16 @@ data partition; the node's console prints its fingerprint at every boot).`,
 			if err != nil {
 				return err
 			}
-			argv, err := a.sshArgv(c, args[0], identity, args[1:])
+			argv, forward, err := a.sshArgv(c, args[0], identity, args[1:])
 			if err != nil {
 				return err
 			}
 			// Under `up`, a node that has just booted may be healthy before its sshd
 			// listens: wait for it (bounded) rather than fail with "connection reset".
-			if addr, err := vmcluster.SSHAddrIn(a.runDir(), args[0]); err == nil {
+			if forward != "" {
 				wctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
-				err := vmcluster.WaitSSH(wctx, addr, func(err error) {
-					fmt.Fprintf(cmd.ErrOrStderr(), "etcdbake: %s's sshd does not answer on %s yet (%v): waiting up to 2 min\n", args[0], addr, err)
+				err := vmcluster.WaitSSH(wctx, forward, func(err error) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "etcdbake: %s's sshd does not answer on %s yet (%v): waiting up to 2 min\n", args[0], forward, err)
 				})
 				cancel()
 				if err != nil {
@@ -72,35 +72,35 @@ data partition; the node's console prints its fingerprint at every boot).`,
 	return cmd
 }
 
-// sshArgv is the ssh command line for a node.
-func (a *app) sshArgv(c *spec.Cluster, node, identity string, command []string) ([]string, error) {
+// sshArgv is the ssh command line for a node, and the forward it goes to when the
+// cluster runs under `up` ("" otherwise).
+func (a *app) sshArgv(c *spec.Cluster, node, identity string, command []string) (argv []string, forward string, err error) {
 	n, ok := c.NodeByName(node)
 	if !ok {
 		var names []string
 		for _, n := range c.Nodes {
 			names = append(names, n.Name)
 		}
-		return nil, usageErrorf("no node %q in %s (nodes: %v)", node, a.specPath, names)
+		return nil, "", usageErrorf("no node %q in %s (nodes: %v)", node, a.specPath, names)
 	}
 	if len(c.SSH.AuthorizedKeys) == 0 {
-		return nil, fmt.Errorf("%s has no ssh.authorizedKeys, so no one can log in to %s: add your public key (the .pub file's line) and rebuild", a.specPath, node)
+		return nil, "", fmt.Errorf("%s has no ssh.authorizedKeys, so no one can log in to %s: add your public key (the .pub file's line) and rebuild", a.specPath, node)
 	}
 	host, port := n.IP().String(), strconv.Itoa(spec.SSHPort)
 	var opts []string
 	if st, err := vmcluster.ReadRunState(a.runDir()); err == nil && st.Running() {
 		// A cluster of `etcdbake up` runs from this output directory: its forward.
-		addr, err := vmcluster.SSHAddrIn(a.runDir(), node)
-		if err != nil {
-			return nil, err
+		if forward, err = vmcluster.SSHAddrIn(a.runDir(), node); err != nil {
+			return nil, "", err
 		}
-		if host, port, err = net.SplitHostPort(addr); err != nil {
-			return nil, err
+		if host, port, err = net.SplitHostPort(forward); err != nil {
+			return nil, "", err
 		}
 		// Local VMs: their keys are trusted on first use and kept, readable, in the run
 		// directory, out of your known_hosts (`down --purge` starts over with new keys).
 		opts = []string{"-o", "UserKnownHostsFile=" + filepath.Join(a.runDir(), "known_hosts"), "-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no"}
 	}
-	argv := append([]string{"ssh", "-p", port, "-l", c.SSH.User, "-o", "HostKeyAlias=etcdbake-" + c.Name + "-" + node}, opts...)
+	argv = append([]string{"ssh", "-p", port, "-l", c.SSH.User, "-o", "HostKeyAlias=etcdbake-" + c.Name + "-" + node}, opts...)
 	if identity != "" {
 		argv = append(argv, "-i", identity, "-o", "IdentitiesOnly=yes")
 	}
@@ -109,5 +109,5 @@ func (a *app) sshArgv(c *spec.Cluster, node, identity string, command []string) 
 		argv = append(argv, "--")
 		argv = append(argv, command...)
 	}
-	return argv, nil
+	return argv, forward, nil
 }

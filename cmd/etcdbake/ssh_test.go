@@ -19,7 +19,7 @@ func TestSSHArgv(t *testing.T) {
 		t.Fatal(rep.String())
 	}
 	a := &app{specPath: "cluster.yaml", outDir: filepath.Join(t.TempDir(), "out")}
-	argv, err := a.sshArgv(c, "etcd-2", "/k/id", []string{"sudo", "true"})
+	argv, _, err := a.sshArgv(c, "etcd-2", "/k/id", []string{"sudo", "true"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,13 +27,13 @@ func TestSSHArgv(t *testing.T) {
 	if got := strings.Join(argv, " "); got != want {
 		t.Errorf("argv %q, want %q", got, want)
 	}
-	_, err = a.sshArgv(c, "etcd-9", "", nil)
+	_, _, err = a.sshArgv(c, "etcd-9", "", nil)
 	var ue *exitError
 	if !errors.As(err, &ue) || ue.code != 2 || !strings.Contains(err.Error(), "etcd-1 etcd-2 etcd-3") {
 		t.Errorf("unknown node: %v, want a usage error listing the nodes", err)
 	}
 	c.SSH.AuthorizedKeys = nil
-	if _, err := a.sshArgv(c, "etcd-1", "", nil); err == nil || !strings.Contains(err.Error(), "ssh.authorizedKeys") {
+	if _, _, err := a.sshArgv(c, "etcd-1", "", nil); err == nil || !strings.Contains(err.Error(), "ssh.authorizedKeys") {
 		t.Errorf("no keys: %v, want an error naming ssh.authorizedKeys", err)
 	}
 }
