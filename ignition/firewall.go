@@ -201,6 +201,8 @@ Type=oneshot
 RemainAfterExit=yes
 ExecStart=` + SSHKeygenScript + `
 StandardOutput=journal+console
+# Like the OS services in BootLaterUnits: the lowest CPU share while etcd's chain boots.
+StartupCPUWeight=10
 
 [Install]
 WantedBy=multi-user.target

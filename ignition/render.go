@@ -339,6 +339,9 @@ func baseConfig(in Input, n spec.Node) (types.Config, error) {
 	for _, u := range []string{"chrony.service", "chronyd.service"} {
 		b.dropin(u, "10-etcdbake.conf", ChronyDropin())
 	}
+	for _, u := range BootLaterUnits {
+		b.dropin(u, "10-etcdbake-boot-later.conf", BootLaterDropin())
+	}
 	b.unit(PrefetchUnit, PrefetchService(), true)
 	b.unit(FirstbootUnit, FirstbootService(c), true)
 	b.unit(EtcdUnit, EtcdService(c), true)

@@ -50,7 +50,7 @@ func TestImageMatchesIgnitionApply(t *testing.T) {
 	if err := base.Check(baseTree); err != nil {
 		t.Fatalf("test baseTree: %v", err)
 	}
-	compareWithIgnitionApply(t, baseTree, 93)
+	compareWithIgnitionApply(t, baseTree, 115)
 }
 
 // TestImageMatchesIgnitionApplyOnTheRealBase is the same comparison on the default Debian
@@ -77,7 +77,7 @@ func TestImageMatchesIgnitionApplyOnTheRealBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Fewer changes than on the synthetic base: the real one has some of the directories.
-	out, root := compareWithIgnitionApply(t, baseTree, 84)
+	out, root := compareWithIgnitionApply(t, baseTree, 106)
 	// The SBOM lists exactly the packages dpkg itself says the base has installed.
 	checkSBOMPackages(t, filepath.Join(out, "etcd-1"+SBOMSuffix), root)
 }
