@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -347,6 +349,10 @@ func (a *Agent) peerView(ctx context.Context) (*peerView, error) {
 				return
 			}
 			defer cli.Close()
+			if err := listening(ctx, ep, a.dialTimeout()); err != nil {
+				a.logf("bootstrap: peer %s: no answer (%v)", ep, err)
+				return
+			}
 			ml, err := withTimeout(ctx, a.dialTimeout(), func(c context.Context) (*clientv3.MemberListResponse, error) {
 				return cli.MemberList(c, clientv3.WithSerializable())
 			})
@@ -367,4 +373,23 @@ func (a *Agent) peerView(ctx context.Context) (*peerView, error) {
 		}
 	}
 	return nil, nil
+}
+
+// listening reports whether anything accepts TCP connections at a client URL's address.
+// etcd's client retries a refused connection until its deadline, so without this a peer
+// whose etcd is not running (every peer, at a cluster's first boot) would cost the whole
+// dial timeout (issue 17: 3-4 s on every node's chain under TCG). A refusal proves that
+// no etcd serves there now; an address that does not answer at all (a peer still
+// booting) still waits the timeout, and one that accepts is asked as before.
+func listening(ctx context.Context, clientURL string, timeout time.Duration) error {
+	u, err := url.Parse(clientURL)
+	if err != nil {
+		return fmt.Errorf("client URL %q: %w", clientURL, err)
+	}
+	d := net.Dialer{Timeout: timeout}
+	conn, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
 }

@@ -510,3 +510,51 @@ func TestMajorityWipedNeverNew(t *testing.T) {
 		}
 	}
 }
+
+// TestPeerViewRefusedIsNoAnswerAtOnce: at a cluster's first boot no peer runs etcd yet.
+// A refused connection is "no answer" at once instead of after the dial timeout (etcd's
+// client retries refused connections until its deadline: issue 17), and a peer that runs
+// etcd is still asked and answers.
+func TestPeerViewRefusedIsNoAnswerAtOnce(t *testing.T) {
+	fc := newFBCluster(t, "fbr", 141)
+	a := fc.agents["m1"]
+	var mu sync.Mutex
+	var logged []string
+	a.Logf = func(f string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		logged = append(logged, fmt.Sprintf(f, args...))
+	}
+	// A dial timeout longer than the test's context: waiting it out would fail the test.
+	a.DialTimeout = 10 * time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	view, err := a.peerView(ctx)
+	if err != nil || view != nil {
+		t.Fatalf("no peer runs etcd: want no view and no error, got %+v, %v", view, err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("peerView waited out its context (%v): a refused connection should end the wait", ctx.Err())
+	}
+	mu.Lock()
+	refused := 0
+	for _, l := range logged {
+		if strings.Contains(l, "no answer") && strings.Contains(l, "connection refused") {
+			refused++
+		}
+	}
+	mu.Unlock()
+	if refused != 2 {
+		t.Fatalf("want both peers logged as refusing, got %q", logged)
+	}
+
+	a.Logf = func(string, ...any) {}
+	fc.bootAll(ctx, all...)
+	view, err = a.peerView(ctx)
+	if err != nil || view == nil {
+		t.Fatalf("the peers run etcd: want their view, got %+v, %v", view, err)
+	}
+	if got, want := view.clusterID, ExpectedClusterID(a.Cfg); got != want {
+		t.Fatalf("peer view cluster %x, want %x", got, want)
+	}
+}
