@@ -349,13 +349,13 @@ func (a *Agent) peerView(ctx context.Context) (*peerView, error) {
 				return
 			}
 			defer cli.Close()
-			if err := listening(ctx, ep, a.dialTimeout()); err != nil {
-				a.logf("bootstrap: peer %s: no answer (%v)", ep, err)
-				return
+			// One dial timeout for the whole question, as before the connection check.
+			pctx, cancel := context.WithTimeout(ctx, a.dialTimeout())
+			defer cancel()
+			var ml *clientv3.MemberListResponse
+			if err = listening(pctx, ep); err == nil {
+				ml, err = cli.MemberList(pctx, clientv3.WithSerializable())
 			}
-			ml, err := withTimeout(ctx, a.dialTimeout(), func(c context.Context) (*clientv3.MemberListResponse, error) {
-				return cli.MemberList(c, clientv3.WithSerializable())
-			})
 			if err != nil {
 				a.logf("bootstrap: peer %s: no answer (%v)", ep, err)
 				return
@@ -380,13 +380,13 @@ func (a *Agent) peerView(ctx context.Context) (*peerView, error) {
 // whose etcd is not running (every peer, at a cluster's first boot) would cost the whole
 // dial timeout (issue 17: 3-4 s on every node's chain under TCG). A refusal proves that
 // no etcd serves there now; an address that does not answer at all (a peer still
-// booting) still waits the timeout, and one that accepts is asked as before.
-func listening(ctx context.Context, clientURL string, timeout time.Duration) error {
+// booting) still waits until ctx ends, and one that accepts is asked as before.
+func listening(ctx context.Context, clientURL string) error {
 	u, err := url.Parse(clientURL)
 	if err != nil {
 		return fmt.Errorf("client URL %q: %w", clientURL, err)
 	}
-	d := net.Dialer{Timeout: timeout}
+	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", u.Host)
 	if err != nil {
 		return err

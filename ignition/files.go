@@ -296,9 +296,9 @@ Before=shutdown.target
 const privateTmp = "TemporaryFileSystem=/tmp:mode=1777\nInaccessiblePaths=-/var/tmp\n"
 
 // BootLaterUnits are the services of the OS that nothing in etcd's chain waits for but
-// that start while it runs: logins, D-Bus, SSH, the consoles, utmp and
-// the QEMU guest agent (names from Debian, Fedora CoreOS and Flatcar; a drop-in for a unit
-// an OS lacks does nothing). BootLaterDropin gives each the lowest CPU share during boot.
+// that start while it runs: logins, D-Bus, SSH, the consoles, utmp and the QEMU guest
+// agent (names from Debian, Fedora CoreOS and Flatcar; a drop-in for a unit an OS lacks
+// does nothing). BootLaterDropin gives each the lowest CPU share during boot.
 var BootLaterUnits = []string{
 	"dbus.service", "dbus-broker.service", "systemd-logind.service", "systemd-user-sessions.service",
 	"getty@.service", "serial-getty@.service", "ssh.service", "sshd.service",
@@ -306,12 +306,11 @@ var BootLaterUnits = []string{
 }
 
 // BootLaterDropin is the drop-in of BootLaterUnits (SSHKeygenUnit, etcdbake's own, has the
-// same line). bootFirst alone gave etcd's chain ten
-// times the share of each of them, but they start together (six at once when etcd
-// starts), so etcd still ran at about half speed: under TCG its start took 7 s on a reboot
-// against 1.1 s once the boot was over (issue 17). At a hundredth of the chain's share
-// they run when it waits (for the peers, the network or a timer), and at full speed once
-// the boot is over; nothing is reordered.
+// same line). bootFirst alone gave etcd's chain ten times the share of each of them, but
+// they start together (six at once when etcd starts), so etcd still ran at about half
+// speed: under TCG its start took 7 s on a reboot against 1.1 s once the boot was over
+// (issue 17). At a hundredth of the chain's share they run when it waits (for the peers,
+// the network or a timer), and at full speed once the boot is over; nothing is reordered.
 func BootLaterDropin() []byte {
 	return []byte(header("an OS service etcd's chain does not wait for: the lowest CPU share during boot") +
 		"[Service]\nStartupCPUWeight=10\n")
